@@ -1,0 +1,111 @@
+"""What this machine can do: the tier (cpu, gpu, trt), the GPU, and library versions."""
+import functools
+import importlib.metadata
+import platform
+import shutil
+import subprocess
+
+TIERS = ("cpu", "gpu", "trt")
+PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-extensions", "onnx-graphsurgeon",
+            "nvidia-modelopt", "polygraphy", "tensorrt", "papermill", "numpy")
+
+
+def tier_rank(tier: str) -> int:
+    """Order of a tier name: cpu < gpu < trt."""
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
+    return TIERS.index(tier)
+
+
+@functools.lru_cache(maxsize=None)
+def tensorrt_status() -> tuple[bool, str]:
+    """Whether TensorRT's builder can be imported, and why not."""
+    try:
+        import tensorrt as trt
+    except Exception as err:  # the PyPI stub raises at import when the real wheel is missing
+        return False, f"TensorRT not installed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+    if not hasattr(trt, "Builder"):
+        return False, "TensorRT not installed (only the lean runtime, which cannot build engines)"
+    return True, f"TensorRT {trt.__version__}"
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_status() -> tuple[bool, str]:
+    """Whether PyTorch sees an NVIDIA GPU, and why not."""
+    try:
+        import torch
+    except ImportError:
+        return False, "PyTorch not installed"
+    if not torch.cuda.is_available():
+        return False, f"no CUDA GPU visible to PyTorch {torch.__version__}"
+    return True, torch.cuda.get_device_name(0)
+
+
+def nvcc_path() -> str | None:
+    """Path of nvcc, if any (PATH first, then the usual CUDA prefix)."""
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    for cand in ("/usr/local/cuda/bin/nvcc",):
+        if shutil.which(cand):
+            return cand
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def detect_tier() -> str:
+    """The highest tier this machine reaches (DESIGN.md, The three tiers)."""
+    if not cuda_status()[0] or nvcc_path() is None:
+        return "cpu"
+    return "trt" if tensorrt_status()[0] else "gpu"
+
+
+def missing_for(tier: str) -> str:
+    """Why this machine does not reach `tier` (empty if it does)."""
+    have = detect_tier()
+    if tier_rank(have) >= tier_rank(tier):
+        return ""
+    if tier == "trt" and cuda_status()[0]:
+        return tensorrt_status()[1]
+    if not cuda_status()[0]:
+        return cuda_status()[1]
+    return "nvcc not found"
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions of the packages a run depends on (None where absent)."""
+    out: dict[str, str | None] = {}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    trt_ok, trt_msg = tensorrt_status()
+    if not trt_ok:
+        out["tensorrt"] = None
+    return out
+
+
+def gpu_info() -> dict:
+    """GPU name, driver, CUDA runtime and compute capability (empty values on the CPU)."""
+    info: dict = {"gpu": None, "driver": None, "cuda": None, "capability": None}
+    ok, name = cuda_status()
+    if ok:
+        import torch
+        info.update(gpu=name, cuda=torch.version.cuda,
+                    capability=".".join(map(str, torch.cuda.get_device_capability(0))))
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20)
+            info["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout else None
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    return info
+
+
+def machine() -> dict:
+    """A short description of the host."""
+    import os
+    return {"host_cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "platform": platform.platform(), "nvcc": nvcc_path()}

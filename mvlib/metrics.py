@@ -1,0 +1,36 @@
+"""Accuracy metrics against a reference: max/mean abs error, cosine similarity, top-1 agreement."""
+import numpy as np
+
+
+def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    """Compare logits `out` with reference logits `ref` (both [batch, classes]), in float64."""
+    ref = np.asarray(ref, dtype=np.float64)
+    out = np.asarray(out, dtype=np.float64)
+    if ref.shape != out.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape} vs output {out.shape}")
+    ref2, out2 = ref.reshape(ref.shape[0], -1), out.reshape(out.shape[0], -1)
+    diff = np.abs(ref2 - out2)
+    denom = np.linalg.norm(ref2, axis=1) * np.linalg.norm(out2, axis=1)
+    cos = np.sum(ref2 * out2, axis=1) / np.where(denom == 0, np.finfo(np.float64).tiny, denom)
+    return {
+        "n": int(ref2.shape[0]),
+        "max_abs": float(diff.max()),
+        "mean_abs": float(diff.mean()),
+        "cosine_mean": float(cos.mean()),
+        "cosine_min": float(cos.min()),
+        "top1_agreement": float(np.mean(ref2.argmax(1) == out2.argmax(1))),
+    }
+
+
+def passes(m: dict[str, float], *, max_abs: float | None = None, cosine: float | None = None,
+           top1: float | None = None) -> bool:
+    """Whether metrics `m` meet every stated tolerance (None skips that check)."""
+    return ((max_abs is None or m["max_abs"] <= max_abs)
+            and (cosine is None or m["cosine_mean"] >= cosine)
+            and (top1 is None or m["top1_agreement"] >= top1))
+
+
+def random_images(batch: int, img_size: int, seed: int | None = None) -> np.ndarray:
+    """Fresh random inputs in the model's input range [0, 1] (never zeros or ones), float32 NCHW."""
+    rng = np.random.default_rng(seed)
+    return rng.uniform(0.0, 1.0, size=(batch, 3, img_size, img_size)).astype(np.float32)

@@ -1,0 +1,105 @@
+"""A study run: its folder, manifest, stage statuses (ok / skipped / failed) and figure footers."""
+import datetime as _dt
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from mvlib import env, io, paths
+
+
+class StageSkipped(Exception):
+    """Raised inside a stage to record it as skipped with a reason (never a silent skip)."""
+
+
+class Run:
+    """Context of one notebook inside one run; every notebook opens it in its first code cell."""
+
+    def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
+        self.dir = paths.run_dir(str(run_dir))
+        self.notebook = notebook
+        self.tier = env.detect_tier()
+        self.figures = self.dir / "figures"
+        self.results = self.dir / "results"
+        for d in (self.figures, self.results):
+            d.mkdir(parents=True, exist_ok=True)
+        self.manifest_path = self.dir / "manifest.json"
+        self._update(lambda m: m.setdefault("params", {}).__setitem__(notebook, params or {}))
+        print(f"run {self.dir} | notebook {notebook} | tier {self.tier}"
+              + (f" ({env.missing_for('trt')})" if self.tier != "trt" else ""))
+
+    # manifest -------------------------------------------------------------
+    def manifest(self) -> dict:
+        """The manifest as it stands (created with machine facts on first use)."""
+        if self.manifest_path.exists():
+            return io.read_json(self.manifest_path)
+        return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "tier": self.tier, "tier_limits": {t: env.missing_for(t) for t in env.TIERS},
+                "machine": env.machine(), "gpu": env.gpu_info(), "versions": env.versions(),
+                "weights": None, "params": {}, "stages": {}}
+
+    def _update(self, fn: Callable[[dict], Any]) -> None:
+        manifest = self.manifest()
+        fn(manifest)
+        io.write_json(self.manifest_path, manifest)
+
+    def set(self, key: str, value: Any) -> None:
+        """Store a top-level manifest entry (e.g. the weights the run used)."""
+        self._update(lambda m: m.__setitem__(key, value))
+
+    def record(self, name: str, tier: str, status: str, reason: str = "", **details: Any) -> None:
+        """Record one stage's outcome under `<notebook>/<name>`."""
+        env.tier_rank(tier)
+        entry = {"tier": tier, "status": status, "reason": reason, **details}
+        self._update(lambda m: m["stages"].__setitem__(f"{self.notebook}/{name}", entry))
+
+    def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
+        missing = env.missing_for(tier)
+        if missing:
+            print(f"[{name}] skipped: {missing}")
+            self.record(name, tier, "skipped", missing)
+            return None
+        start = time.perf_counter()
+        try:
+            result = fn(*args, **kwargs)
+        except StageSkipped as why:
+            print(f"[{name}] skipped: {why}")
+            self.record(name, tier, "skipped", str(why))
+            return None
+        except BaseException as err:
+            self.record(name, tier, "failed", f"{type(err).__name__}: {err}",
+                        traceback=traceback.format_exc(limit=5))
+            raise
+        self.record(name, tier, "ok", seconds=round(time.perf_counter() - start, 3))
+        return result
+
+    # outputs --------------------------------------------------------------
+    def table(self, name: str) -> Path:
+        """Path of a results table of this run."""
+        return self.results / name
+
+    def figure(self, name: str) -> Path:
+        """Path of a figure of this run."""
+        return self.figures / name
+
+    def footer_text(self) -> str:
+        """What every figure says about where it came from: GPU, tier, weights."""
+        m = self.manifest()
+        gpu = (m.get("gpu") or {}).get("gpu") or f"no GPU ({m['machine'].get('host_cpu')}, {m['machine'].get('cores')} cores)"
+        weights = (m.get("weights") or {}).get("label", "weights not recorded")
+        return f"{gpu} | tier {m.get('tier')} | {weights} | run {self.dir.name} {m.get('created', '')[:10]}"
+
+    def save_figure(self, fig, name: str) -> Path:
+        """Add the provenance footer and save the figure under this run's figures/."""
+        fig.text(0.01, 0.005, self.footer_text(), fontsize=7, color="0.35", ha="left", va="bottom")
+        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.12))
+        path = io.save_figure(fig, self.figure(name))
+        print(f"figure: {path}")
+        return path
+
+    def save_table(self, frame, name: str) -> Path:
+        """Save a results table (CSV) under this run's results/."""
+        path = io.write_csv(self.table(name), frame)
+        print(f"table: {path}")
+        return path

@@ -1,0 +1,134 @@
+"""The batch driver: run every notebook in order with papermill, then check the manifest against the tier.
+
+    python -m mvlib.study --profile smoke [--tier cpu|gpu|trt|auto] [-p name value ...] [--only 01,03]
+"""
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from mvlib import env, io, paths
+
+
+def load_profile(name: str) -> dict:
+    """Parameters of a named profile (mvlib/profiles/<name>.yaml)."""
+    path = paths.PROFILES / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in paths.PROFILES.glob("*.yaml"))
+        raise SystemExit(f"unknown profile {name!r}; choose one of {', '.join(known)}")
+    return yaml.safe_load(path.read_text())
+
+
+def notebooks(only: str = "") -> list[Path]:
+    """The numbered notebooks in order, optionally only those whose number prefix is listed."""
+    found = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if only:
+        wanted = {w.strip() for w in only.split(",") if w.strip()}
+        found = [nb for nb in found if nb.name[:2] in wanted or nb.stem in wanted]
+        if not found:
+            raise SystemExit(f"--only {only!r} matches no notebook in {paths.NOTEBOOKS}")
+    return found
+
+
+def declared(nb: Path) -> set[str]:
+    """Names declared in a notebook's `parameters` cell."""
+    import papermill
+    return set(papermill.inspect_notebook(str(nb)).keys())
+
+
+def stage_problems(manifest: dict, tier: str) -> list[str]:
+    """Stages that failed, or that were skipped although the run was expected to reach their tier."""
+    problems = []
+    for name, st in sorted(manifest.get("stages", {}).items()):
+        if st["status"] == "failed":
+            problems.append(f"{name}: failed: {st['reason']}")
+        elif st["status"] == "skipped" and env.tier_rank(st["tier"]) <= env.tier_rank(tier):
+            problems.append(f"{name}: skipped although tier {tier} was expected: {st['reason']}")
+    return problems
+
+
+def summary(manifest: dict) -> str:
+    """One line per stage: status, tier and reason."""
+    return "\n".join(f"  {st['status']:8s} [{st['tier']}] {name}" + (f"  ({st['reason']})" if st.get("reason") else "")
+                     for name, st in sorted(manifest.get("stages", {}).items()))
+
+
+def publish(run: Path) -> None:
+    """Copy a run's figures, tables and manifest into the committed figures/ and data/results/."""
+    for sub, dest in (("figures", paths.FIGURES), ("results", paths.RESULTS)):
+        dest.mkdir(parents=True, exist_ok=True)
+        for f in sorted((run / sub).glob("*")):
+            io.write_bytes(dest / f.name, f.read_bytes())
+    io.write_bytes(paths.RESULTS / "manifest.json", (run / "manifest.json").read_bytes())
+    print(f"published figures to {paths.FIGURES} and tables to {paths.RESULTS}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    ap = argparse.ArgumentParser(prog="python -m mvlib.study", description=__doc__.splitlines()[0])
+    ap.add_argument("--profile", default="full", help="parameter profile: full (default) or smoke")
+    ap.add_argument("--tier", default="auto", help="tier the run must reach: cpu, gpu, trt, or auto (this machine's)")
+    ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                    help="override one parameter (VALUE parsed as YAML: 32, [1, 8], mobilevit_xs)")
+    ap.add_argument("--only", default="", help="comma-separated notebook numbers to run, e.g. 01,02")
+    ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>)")
+    ap.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
+                    help="copy figures and tables into figures/ and data/results/ (auto: only for the full profile)")
+    ap.add_argument("--timeout", type=int, default=3600, help="seconds one notebook cell may run")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study; exit non-zero if a notebook fails or a stage of the expected tier was skipped."""
+    import papermill
+
+    args = parse_args(argv)
+    have = env.detect_tier()
+    tier = have if args.tier == "auto" else args.tier
+    env.tier_rank(tier)
+    if env.tier_rank(tier) > env.tier_rank(have):
+        print(f"this machine reaches tier {have}, not {tier}: {env.missing_for(tier)}", file=sys.stderr)
+        return 2
+    params = load_profile(args.profile)
+    for name, value in args.param:
+        params[name] = yaml.safe_load(value)
+    run = Path(args.run_dir).resolve() if args.run_dir else paths.RUNS / args.profile
+    if run.exists():
+        shutil.rmtree(run)  # a run's manifest must describe this run only
+    (run / "notebooks").mkdir(parents=True)
+    print(f"study: profile {args.profile}, expected tier {tier} (machine: {have}), run folder {run}")
+    for nb in notebooks(args.only):
+        wanted = declared(nb)
+        unknown = set(params) - wanted
+        nb_params = {k: v for k, v in params.items() if k in wanted}
+        nb_params["run_dir"] = str(run)
+        start = time.perf_counter()
+        print(f"--> {nb.name} ({', '.join(f'{k}={v}' for k, v in sorted(nb_params.items()) if k != 'run_dir')})")
+        try:
+            papermill.execute_notebook(str(nb), str(run / "notebooks" / nb.name), parameters=nb_params,
+                                       cwd=str(paths.NOTEBOOKS), kernel_name="python3",
+                                       execution_timeout=args.timeout, progress_bar=False)
+        except papermill.PapermillExecutionError as err:
+            print(f"notebook {nb.name} failed: {err.ename}: {err.evalue}\n"
+                  f"see the executed copy {run / 'notebooks' / nb.name}", file=sys.stderr)
+            return 1
+        print(f"    done in {time.perf_counter() - start:.0f} s" + (f"; not used here: {sorted(unknown)}" if unknown else ""))
+    manifest = io.read_json(run / "manifest.json")
+    manifest["run"] = {"profile": args.profile, "expected_tier": tier, "params": params,
+                       "notebooks": [nb.name for nb in notebooks(args.only)]}
+    io.write_json(run / "manifest.json", manifest)
+    print("stages:\n" + summary(manifest))
+    problems = stage_problems(manifest, tier)
+    if problems:
+        print("the run did not reach its tier:\n  " + "\n  ".join(problems), file=sys.stderr)
+        return 1
+    if args.publish == "yes" or (args.publish == "auto" and args.profile == "full"):
+        publish(run)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

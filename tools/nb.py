@@ -1,0 +1,25 @@
+"""Write a notebook from a list of (kind, source) cells: no outputs, one `parameters` cell.
+
+Used when authoring notebooks: `python tools/nb.py` is not part of a run.
+"""
+import nbformat
+
+
+def write(path: str, cells: list[tuple[str, str]]) -> None:
+    """Write cells as a clean notebook; a code cell whose source starts with '# parameters' is tagged."""
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["language_info"] = {"name": "python"}
+    for kind, src in cells:
+        src = src.strip("\n")
+        if kind == "md":
+            nb.cells.append(nbformat.v4.new_markdown_cell(src))
+        else:
+            cell = nbformat.v4.new_code_cell(src)
+            if src.startswith("# parameters"):
+                cell.metadata["tags"] = ["parameters"]
+            nb.cells.append(cell)
+    for i, cell in enumerate(nb.cells):  # stable ids keep diffs small
+        cell["id"] = f"c{i:02d}"
+    nbformat.validate(nb)
+    nbformat.write(nb, path)
