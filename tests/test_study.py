@@ -1,0 +1,128 @@
+"""The driver, the run manifest and notebook hygiene."""
+import json
+import re
+import subprocess
+import sys
+
+import nbformat
+import papermill
+import pytest
+
+from mvlib import env, io, paths, study
+from mvlib.run import Run, StageSkipped
+
+NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+
+
+def test_notebooks_exist_in_order():
+    assert [nb.name[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
+    assert len(NOTEBOOKS) >= 1
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_hygiene(nb_path):
+    """Stored without outputs, exactly one `parameters` cell, every parameter visible to papermill."""
+    nb = nbformat.read(nb_path, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), "clear outputs before committing"
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, f"{len(tagged)} cells tagged parameters"
+    assigned = set(re.findall(r"^(\w+)\s*=", tagged[0].source, flags=re.M))
+    assert set(papermill.inspect_notebook(str(nb_path))) == assigned, "papermill cannot parse a parameter line"
+    assert "run_dir" in assigned
+    assert nb.cells[0].cell_type == "markdown" and "Creates" in nb.cells[0].source
+    assert not any("sys.path" in c.source for c in code), "no sys.path hacks: import mvlib"
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_profiles_match_notebook_parameter_types(nb_path):
+    """A profile value handed to a notebook has the type of that notebook's default."""
+    declared = papermill.inspect_notebook(str(nb_path))
+    for profile in ("full", "smoke"):
+        for name, value in study.load_profile(profile).items():
+            if name in declared:
+                default = eval(declared[name]["default"])  # literals from our own notebooks
+                assert type(value) is type(default), f"{profile}.{name}: {value!r} vs default {default!r}"
+
+
+def test_unknown_profile_names_the_known_ones():
+    with pytest.raises(SystemExit, match="full.*smoke"):
+        study.load_profile("huge")
+
+
+def test_stage_problems_follow_the_expected_tier():
+    manifest = {"stages": {
+        "01/a": {"tier": "cpu", "status": "ok", "reason": ""},
+        "03/engine": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
+        "05/kernel": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
+    }}
+    assert study.stage_problems(manifest, "cpu") == []
+    assert [p.split(":")[0] for p in study.stage_problems(manifest, "gpu")] == ["05/kernel"]
+    assert len(study.stage_problems(manifest, "trt")) == 2
+    manifest["stages"]["01/a"]["status"] = "failed"
+    assert study.stage_problems(manifest, "cpu")[0].startswith("01/a: failed")
+
+
+def test_run_records_ok_skipped_failed(tmp_path):
+    run = Run(tmp_path / "r", "99_test", params={"x": 1})
+    assert run.stage("fine", "cpu", lambda a: a + 1, 1) == 2
+
+    def skip():
+        raise StageSkipped("no images")
+    assert run.stage("skips", "cpu", skip) is None
+    with pytest.raises(ZeroDivisionError):
+        run.stage("breaks", "cpu", lambda: 1 / 0)
+    stages = io.read_json(run.manifest_path)["stages"]
+    assert stages["99_test/fine"]["status"] == "ok"
+    assert stages["99_test/skips"] == {"tier": "cpu", "status": "skipped", "reason": "no images"}
+    assert stages["99_test/breaks"]["status"] == "failed" and "ZeroDivisionError" in stages["99_test/breaks"]["reason"]
+
+
+@pytest.mark.skipif(env.detect_tier() != "cpu", reason="checks the skip path of a CPU-only machine")
+def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
+    run = Run(tmp_path / "r", "99_test")
+    assert run.stage("kernel", "gpu", lambda: pytest.fail("must not run")) is None
+    entry = io.read_json(run.manifest_path)["stages"]["99_test/kernel"]
+    assert entry["status"] == "skipped" and entry["reason"]
+
+
+@pytest.mark.skipif(env.detect_tier() != "cpu", reason="needs a machine below the gpu tier")
+def test_driver_refuses_a_tier_the_machine_cannot_reach(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "gpu",
+                           "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "reaches tier cpu, not gpu" in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "table.csv"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_smoke_run_manifest(smoke_run):
+    """The smoke run ran every notebook and wrote a complete manifest."""
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    assert manifest["tier"] == "cpu" and manifest["run"]["expected_tier"] == "cpu"
+    assert manifest["run"]["profile"] == "smoke"
+    assert {"torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt"} <= set(manifest["versions"])
+    assert manifest["versions"]["tensorrt"] is None  # not installable here: recorded as absent, not faked
+    assert manifest["weights"]["source"] == "random" and manifest["weights"]["tag"] == "random-seed0"
+    assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
+    assert all(st["status"] in ("ok", "skipped") for st in manifest["stages"].values())
+    assert all(st["reason"] for st in manifest["stages"].values() if st["status"] == "skipped")
+    assert sorted(p.name for p in (smoke_run / "notebooks").iterdir()) == [nb.name for nb in NOTEBOOKS]
+
+
+def test_notebook_01_creates_what_it_lists(smoke_run):
+    assert sorted(p.name for p in (smoke_run / "results").glob("01_*")) == ["01_export_accuracy.csv",
+                                                                        "01_export_model.csv"]
+    table = io.read_json(smoke_run / "manifest.json")["stages"]
+    assert table["01_export/export"]["status"] == "ok" and table["01_export/verify_onnxrt"]["status"] == "ok"
+    import pandas as pd
+    acc = pd.read_csv(smoke_run / "results" / "01_export_accuracy.csv")
+    assert list(acc["batch"]) == [1, 4] and (acc["top1_agreement"] == 1.0).all()
