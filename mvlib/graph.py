@@ -1,0 +1,268 @@
+"""Looking at the ONNX graph: op census, one MobileViT block as a compact picture, netron on request.
+
+No system binaries: the block is laid out here (layers by longest path) and drawn with networkx and
+matplotlib. Every figure is drawn from a table, so the census and block tables are the source of truth.
+"""
+import collections
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import networkx as nx
+import numpy as np
+import onnx
+import pandas as pd
+from matplotlib.patches import Patch, Rectangle
+
+from mvlib import silu
+
+CENSUS_FILES = ("model.onnx", "model.silu.onnx", "model.fp16.onnx", "model.int8.onnx")
+SHAPE_OPS = {"Shape", "Size"}  # their outputs describe a tensor, they carry no activations
+COLORS = {"conv": "#9ecae1", "act": "#fdae6b", "plugin": "#74c476", "norm": "#dadaeb", "linear": "#c6dbef",
+          "reshape": "#e5e5e5", "collapsed": "#fcc5c0", "merge": "#fee391", "io": "#ffffff", "other": "#f0f0f0"}
+KINDS = {"conv": "convolution", "act": "SiLU as Sigmoid + Mul", "plugin": "SiLU plugin node", "norm": "LayerNorm",
+         "linear": "linear layer", "reshape": "unfold / fold", "collapsed": "collapsed group",
+         "merge": "residual / concat", "other": "other op"}
+
+
+# --- op census --------------------------------------------------------------------------------------------
+def census_files(model_dir: Path | str, names=CENSUS_FILES) -> dict[str, Path]:
+    """The ONNX files of one export that exist now, by file name, in the study's order."""
+    model_dir = Path(model_dir)
+    found = {n: model_dir / n for n in names if (model_dir / n).is_file()}
+    if "model.onnx" not in found:
+        raise FileNotFoundError(f"{model_dir / 'model.onnx'} does not exist; export first "
+                                "(notebook 01 or mvlib.export.ensure_exported)")
+    return found
+
+
+def op_census(files: dict[str, Path]) -> pd.DataFrame:
+    """Node count per op type (rows) and file (columns), most frequent first, with a total row last."""
+    counts = {label: collections.Counter(n.op_type for n in onnx.load(str(p), load_external_data=False).graph.node)
+              for label, p in files.items()}
+    table = pd.DataFrame(counts).fillna(0).astype(int)
+    table = table.loc[table.max(axis=1).sort_values(ascending=False, kind="stable").index]
+    table.loc["total"] = table.sum()
+    return table.rename_axis("op_type").reset_index()
+
+
+def draw_census(table: pd.DataFrame):
+    """The op census table as an annotated heat map; cells that differ from the first file are outlined."""
+    files = [c for c in table.columns if c != "op_type"]
+    ops = table["op_type"].tolist()
+    counts = table[files].to_numpy()
+    fig, ax = plt.subplots(figsize=(2.2 + 1.45 * len(files), 0.26 * len(ops) + 1.6))
+    shade = np.log1p(counts.astype(float))
+    shade[-1] = np.nan  # the total row would dominate the colour scale
+    ax.imshow(shade, cmap="Blues", aspect="auto", vmin=0, vmax=np.nanmax(shade) * 1.25)
+    for i, op in enumerate(ops):
+        for j in range(len(files)):
+            v = int(counts[i, j])
+            ax.text(j, i, str(v) if v else "·", ha="center", va="center", fontsize=7.5,
+                    fontweight="bold" if op == "total" else "normal")
+            if j and v != counts[i, 0]:
+                ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="#d62728", lw=1.5))
+    ax.set_xticks(range(len(files)), files, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(ops)), ops, fontsize=8)
+    ax.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="left")
+    ax.set_title("ONNX op census: nodes per op type (red outline: differs from " + files[0] + ")", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+# --- one MobileViT block ----------------------------------------------------------------------------------
+def block_prefixes(model: onnx.ModelProto) -> list[str]:
+    """Name prefixes of the MobileViT blocks (scopes that hold a transformer), in graph order."""
+    found: list[str] = []
+    for node in model.graph.node:
+        m = re.match(r"^(.*/)transformer/", node.name)
+        if m and m.group(1) not in found:
+            found.append(m.group(1))
+    if not found:
+        raise ValueError("no node name contains '/transformer/': this graph does not carry timm's module names "
+                         "(export it with mvlib.export, which keeps them)")
+    return found
+
+
+def _data_tensors(model: onnx.ModelProto) -> set[str]:
+    """Tensors that carry activations: reachable from the graph inputs without passing a Shape op."""
+    consumers = collections.defaultdict(list)
+    for node in model.graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    seen, stack = set(), [i.name for i in model.graph.input]
+    while stack:
+        name = stack.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for node in consumers[name]:
+            if node.op_type not in SHAPE_OPS:
+                stack.extend(node.output)
+    return seen
+
+
+def _describe(node: onnx.NodeProto, rel: str) -> tuple[str, str]:
+    """Label and kind of one node kept as its own box."""
+    parts = [p for p in rel.split("/")[:-1]
+             if p not in ("transformer", "bn", "conv") and not p.startswith("transformer.")]
+    scope = " ".join(parts)
+    op = node.op_type
+    if op == "Conv":
+        k = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
+        return f"Conv {'x'.join(map(str, k)) if k else ''} · {scope}".strip(" ·"), "conv"
+    if op == silu.plugin_id().name:
+        return f"{op} (plugin) · {scope}", "plugin"
+    if op in ("Sigmoid", "Mul") and scope.endswith("act"):
+        return f"{op} · {scope}", "act"
+    if op == "LayerNormalization":
+        return f"LayerNorm · {scope}", "norm"
+    if op in ("Add", "Concat"):
+        return f"{op} · {scope or ('residual' if op == 'Add' else 'local + global')}", "merge"
+    return f"{op} · {scope}".strip(" ·"), "other"
+
+
+def _group(node: onnx.NodeProto, rel: str, layers: list[int], after_transformer: bool) -> tuple[str, str, str]:
+    """The box a block node is drawn in: (id, label, kind)."""
+    m = re.match(r"transformer/transformer\.(\d+)/(.*)", rel)
+    if m and int(m.group(1)) != layers[0]:
+        rest = layers[1:]
+        span = f"transformer layer {rest[0]}" if len(rest) == 1 else f"transformer layers {rest[0]}-{rest[-1]}"
+        return "later layers", span + " (as layer 0)", "collapsed"
+    if m and m.group(2).startswith("attn/"):
+        return "attention", "multi-head self-attention", "collapsed"
+    if m and re.match(r"mlp/fc\d/", m.group(2)):
+        fc = m.group(2).split("/")[1]
+        return fc, f"{fc} (MatMul + Add)", "linear"
+    if "/" not in rel and node.op_type in ("Reshape", "Transpose"):
+        gid = "fold" if after_transformer else "unfold"
+        return gid, f"{gid} (Reshape / Transpose)", "reshape"
+    return (rel, *_describe(node, rel))
+
+
+def _block_nodes(model: onnx.ModelProto, block: int) -> tuple[str, list[onnx.NodeProto]]:
+    """The name prefix of block `block` and its data-path nodes, in graph order."""
+    prefixes = block_prefixes(model)
+    if not 0 <= block < len(prefixes):
+        raise ValueError(f"block {block} does not exist: this model has {len(prefixes)} MobileViT blocks "
+                         f"(0..{len(prefixes) - 1})")
+    prefix, data = prefixes[block], _data_tensors(model)
+    return prefix, [n for n in model.graph.node if n.name.startswith(prefix) and n.op_type not in SHAPE_OPS
+                    and any(i in data for i in n.input)]
+
+
+def block_graph(path: Path | str, block: int = 0) -> nx.DiGraph:
+    """One MobileViT block of an ONNX file as a compact DAG of labelled boxes.
+
+    Shape arithmetic is left out; the unfold and fold reshapes, the attention and every transformer
+    layer after the first are each one box; convolutions, activations (Sigmoid, Mul or the plugin),
+    norms and merges stay single nodes so the SiLU rewrite shows.
+    """
+    model = onnx.load(str(path), load_external_data=False)
+    prefix, nodes = _block_nodes(model, block)
+    layer_of = (re.match(r"transformer/transformer\.(\d+)/", n.name[len(prefix):]) for n in nodes)
+    layers = sorted({int(m.group(1)) for m in layer_of if m})
+    g = nx.DiGraph(prefix=prefix, source=Path(path).name)
+    group_of, after_transformer = {}, False
+    for node in nodes:
+        rel = node.name[len(prefix):]
+        after_transformer |= rel.startswith("transformer/")
+        gid, label, kind = _group(node, rel, layers, after_transformer)
+        group_of[node.name] = gid
+        if gid not in g:
+            g.add_node(gid, label=label, kind=kind, ops=0)
+        g.nodes[gid]["ops"] += 1
+    for gid, d in g.nodes(data=True):
+        d["label"] += f"\n{d['ops']} ops" if d["ops"] > 1 else ""
+    _connect(g, model, prefix, nodes, group_of)
+    return g
+
+
+def _connect(g: nx.DiGraph, model: onnx.ModelProto, prefix: str, nodes: list, group_of: dict) -> None:
+    """Edges between boxes along data tensors, plus the block's input and output."""
+    data = _data_tensors(model)
+    producer = {o: n for n in nodes for o in n.output}
+    for node in nodes:
+        for name in (i for i in node.input if i in data):
+            src = group_of[producer[name].name] if name in producer else "block input"
+            if src == "block input":
+                g.add_node(src, label="block input", kind="io", ops=0)
+            if src != group_of[node.name]:
+                g.add_edge(src, group_of[node.name])
+    read_outside = {i for n in model.graph.node if not n.name.startswith(prefix) for i in n.input}
+    read_outside |= {o.name for o in model.graph.output}
+    for node in nodes:
+        if any(o in read_outside for o in node.output):
+            g.add_node("block output", label="block output", kind="io", ops=0)
+            g.add_edge(group_of[node.name], "block output")
+
+
+def block_tables(files: dict[str, Path], block: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Nodes (with layout) and edges of one block for each labelled file, as two tables."""
+    node_rows, edge_rows = [], []
+    for label, path in files.items():
+        g = block_graph(path, block)
+        layer = {}
+        for v in nx.topological_sort(g):  # longest-path layering: every edge points down
+            layer[v] = max((layer[u] + 1 for u in g.predecessors(v)), default=0)
+        by_layer = collections.defaultdict(list)
+        for v in nx.topological_sort(g):
+            by_layer[layer[v]].append(v)
+        for lay, vs in by_layer.items():
+            for i, v in enumerate(vs):
+                node_rows.append({"graph": label, "source": g.graph["source"], "block": g.graph["prefix"], "id": v,
+                                  "label": g.nodes[v]["label"], "kind": g.nodes[v]["kind"], "ops": g.nodes[v]["ops"],
+                                  "layer": lay, "x": i - (len(vs) - 1) / 2})
+        edge_rows += [{"graph": label, "src": u, "dst": v} for u, v in g.edges]
+    return pd.DataFrame(node_rows), pd.DataFrame(edge_rows)
+
+
+def draw_block(nodes: pd.DataFrame, edges: pd.DataFrame):
+    """Side-by-side drawings of the block tables (one panel per graph), skip edges drawn as arcs."""
+    graphs = list(dict.fromkeys(nodes["graph"]))
+    depth = int(nodes["layer"].max()) + 1
+    fig, axes = plt.subplots(1, len(graphs), figsize=(4.6 * len(graphs), 0.42 * depth + 1.8), squeeze=False)
+    for ax, name in zip(axes[0], graphs):
+        ns, es = nodes[nodes["graph"] == name], edges[edges["graph"] == name]
+        g = nx.DiGraph()
+        for r in ns.itertuples():
+            g.add_node(r.id, label=r.label, kind=r.kind, layer=r.layer)
+        g.add_edges_from(zip(es["src"], es["dst"]))
+        pos = {r.id: (r.x * 2.2, -r.layer) for r in ns.itertuples()}
+        near = [(u, v) for u, v in g.edges if g.nodes[v]["layer"] - g.nodes[u]["layer"] == 1]
+        far = [(u, v) for u, v in g.edges if (u, v) not in near]
+        nx.draw_networkx_edges(g, pos, edgelist=near, ax=ax, arrows=True, arrowsize=8, node_size=900, width=0.8)
+        nx.draw_networkx_edges(g, pos, edgelist=far, ax=ax, arrows=True, arrowsize=8, node_size=900, width=0.8,
+                               edge_color="0.45", style="dashed", connectionstyle="arc3,rad=-0.35")
+        for v, (x, y) in pos.items():
+            d = g.nodes[v]
+            plugin = d["kind"] == "plugin"
+            ax.text(x, y, d["label"], ha="center", va="center", fontsize=6.5, zorder=3,
+                    bbox=dict(boxstyle="round,pad=0.3", fc=COLORS.get(d["kind"], "#ffffff"),
+                              ec="#006d2c" if plugin else "0.3", lw=1.6 if plugin else 0.8))
+        n_ops = int(ns["ops"].sum())
+        ax.set_title(f"{name}\n{ns['source'].iloc[0]}: {ns['block'].iloc[0]} ({n_ops} data-path ops)", fontsize=9)
+        ax.set_xlim(-3.2, 3.2)
+        ax.set_ylim(-depth + 0.4, 0.6)
+        ax.axis("off")
+    present = [k for k in KINDS if k in set(nodes["kind"])]
+    fig.legend(handles=[Patch(fc=COLORS[k], ec="0.3", label=KINDS[k]) for k in present], loc="lower center",
+               ncol=min(5, len(present)), fontsize=7, frameon=False, bbox_to_anchor=(0.5, 0.02))
+    fig.suptitle("One MobileViT block: local conv, unfold, transformer, fold, fusion conv\n"
+                 "(dashed: skip connections; shape arithmetic left out)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+# --- netron ------------------------------------------------------------------------------------------------
+def netron_view(path: Path | str, height: int = 700):
+    """Serve `path` with netron and return an IFrame for JupyterLab (netron comes with the dev extra)."""
+    try:
+        import netron
+    except ImportError as err:
+        raise ImportError("netron is not installed: pip install -e '.[dev]' (or pip install netron), or set "
+                          "open_netron = False") from err
+    address = netron.start(str(path), browse=False)
+    print(f"netron serves {path} at http://{address[0]}:{address[1]} (the IFrame below needs that port reachable)")
+    return netron.widget(address, height=height)

@@ -1,0 +1,141 @@
+"""Graph views: op census, one MobileViT block before/after the rewrite, drawings from the saved tables, notebook 02."""
+import collections
+import re
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+import nbformat  # noqa: E402
+import onnx  # noqa: E402
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+from onnx import TensorProto as T  # noqa: E402
+from onnx import helper as h  # noqa: E402
+
+from mvlib import graph, io, paths, silu  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def model_dir(xxs, tmp_path_factory):
+    """A folder holding the exported xxs model.onnx and its SiLU rewrite."""
+    exported, _ = xxs
+    d = tmp_path_factory.mktemp("graph")
+    shutil.copy(exported.onnx, d / "model.onnx")
+    silu.rewrite(d / "model.onnx", d / "model.silu.onnx")
+    return d
+
+
+def test_census_counts_every_node_of_the_files_present(model_dir):
+    files = graph.census_files(model_dir)
+    assert list(files) == ["model.onnx", "model.silu.onnx"]  # fp16 / int8 absent: not listed
+    table = graph.op_census(files).set_index("op_type")
+    for name, path in files.items():
+        counts = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+        assert table.loc["total", name] == sum(counts.values())
+        assert {op: int(table.loc[op, name]) for op in counts} == dict(counts)
+    plugin = silu.plugin_id().name
+    assert table.loc["Sigmoid", "model.onnx"] == 34 and table.loc["Sigmoid", "model.silu.onnx"] == 0
+    assert table.loc[plugin, "model.onnx"] == 0 and table.loc[plugin, "model.silu.onnx"] == 34
+    assert table.loc["Mul", "model.onnx"] - table.loc["Mul", "model.silu.onnx"] == 34
+
+
+def test_census_needs_the_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="export first"):
+        graph.census_files(tmp_path)
+
+
+def test_census_figure_from_the_saved_table(model_dir, tmp_path):
+    table = graph.op_census(graph.census_files(model_dir))
+    io.write_csv(tmp_path / "census.csv", table)
+    fig = graph.draw_census(pd.read_csv(tmp_path / "census.csv"))
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    assert str(int(table.iloc[-1]["model.onnx"])) in texts  # the total is printed in its cell
+    assert len(fig.axes[0].patches) == int((table["model.silu.onnx"] != table["model.onnx"]).sum())  # outlines
+    fig.savefig(tmp_path / "census.png")
+    assert (tmp_path / "census.png").stat().st_size > 10_000
+
+
+def test_block_prefixes_of_mobilevit(model_dir):
+    prefixes = graph.block_prefixes(onnx.load(str(model_dir / "model.onnx")))
+    assert prefixes == ["/stages/stages.2/stages.2.1/", "/stages/stages.3/stages.3.1/", "/stages/stages.4/stages.4.1/"]
+
+
+def test_block_before_and_after_the_rewrite(model_dir):
+    before = graph.block_graph(model_dir / "model.onnx", 0)
+    after = graph.block_graph(model_dir / "model.silu.onnx", 0)
+    kinds = lambda g: collections.Counter(d["kind"] for _, d in g.nodes(data=True))  # noqa: E731
+    # the visible activations: conv_kxk, mlp of layer 0, conv_proj, conv_fusion
+    assert kinds(before)["act"] == 2 * 4 and kinds(before)["plugin"] == 0
+    assert kinds(after)["plugin"] == 4 and kinds(after)["act"] == 0
+    labels = [d["label"] for _, d in before.nodes(data=True)]
+    for part in ("unfold", "fold", "multi-head self-attention", "transformer layer 1", "Conv 3x3 · conv_fusion",
+                 "Concat · local + global", "block input", "block output"):
+        assert any(part in label for label in labels), part
+    # one op less per rewritten pair inside the block: 4 visible plus 1 in the collapsed layer 1
+    ops = lambda g: sum(d["ops"] for _, d in g.nodes(data=True))  # noqa: E731
+    assert ops(before) - ops(after) == 5
+    # the shortcut: the block input feeds the local conv and the concat
+    assert set(before.successors("block input")) == {"conv_kxk/conv/Conv", "Concat_6"}
+    assert before.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/Mul")  # x goes to Mul and to Sigmoid
+    assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + silu.plugin_id().name)
+
+
+def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):
+    files = {"before": model_dir / "model.onnx", "after": model_dir / "model.silu.onnx"}
+    nodes, edges = graph.block_tables(files, 1)
+    assert set(nodes["block"]) == {"/stages/stages.3/stages.3.1/"}
+    for name in files:  # every edge points to a later layer
+        layer = nodes[nodes.graph == name].set_index("id")["layer"]
+        e = edges[edges.graph == name]
+        assert (layer[e.dst].to_numpy() > layer[e.src].to_numpy()).all()
+    io.write_csv(tmp_path / "n.csv", nodes)
+    io.write_csv(tmp_path / "e.csv", edges)
+    fig = graph.draw_block(pd.read_csv(tmp_path / "n.csv"), pd.read_csv(tmp_path / "e.csv"))
+    assert len(fig.axes) == 2
+    drawn = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert sorted(drawn) == sorted(nodes["label"])
+    assert "transformer layers 1-3 (as layer 0)" in "".join(drawn)  # block 1 of xxs has 4 layers
+
+
+def test_block_bad_input(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="block 7 does not exist: this model has 3"):
+        graph.block_graph(model_dir / "model.onnx", 7)
+    vi = h.make_tensor_value_info("x", T.FLOAT, [1])
+    plain = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"], name="relu")], "g", [vi],
+                                      [h.make_tensor_value_info("y", T.FLOAT, [1])]))
+    onnx.save(plain, str(tmp_path / "plain.onnx"))
+    with pytest.raises(ValueError, match="timm's module names"):
+        graph.block_graph(tmp_path / "plain.onnx")
+
+
+def test_netron_serves_the_model(model_dir):
+    netron = pytest.importorskip("netron", reason="netron comes with the dev extra")
+    frame = graph.netron_view(model_dir / "model.onnx", height=300)
+    try:
+        assert re.match(r"http://[\w.]+:\d+", frame.src) and frame.height == 300
+        import urllib.request
+        assert urllib.request.urlopen(frame.src, timeout=10).status == 200
+    finally:
+        netron.stop()
+
+
+def _listed_files(nb_path):
+    """File names the notebook's first markdown cell says it creates."""
+    first = nbformat.read(str(nb_path), as_version=4).cells[0].source
+    return set(re.findall(r"`(?:results/|figures/)?([\w.]+\.(?:csv|png|onnx))`", first))
+
+
+@pytest.mark.slow
+def test_notebook_02_creates_exactly_what_it_lists(smoke_run):
+    listed = _listed_files(paths.NOTEBOOKS / "02_graph.ipynb")
+    made = {p.name for sub in ("results", "figures") for p in (smoke_run / sub).glob("02_*")}
+    assert made == listed - {"model.silu.onnx"}
+    model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
+    assert (model_dir / "model.silu.onnx").is_file()
+    stages = {k: v for k, v in io.read_json(smoke_run / "manifest.json")["stages"].items() if k.startswith("02_graph/")}
+    assert stages and all(v["status"] == "ok" and v["tier"] == "cpu" for v in stages.values()), stages
+    rewrite = pd.read_csv(smoke_run / "results" / "02_silu_rewrite.csv").iloc[0]
+    assert rewrite["pairs_rewritten"] == rewrite["torch_silu_calls"] == 34 and rewrite["passed"]
+    check = pd.read_csv(smoke_run / "results" / "02_silu_cpu_check.csv")
+    assert len(check) == 2 and (check["max_abs"] <= 1e-6).all()
