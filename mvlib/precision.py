@@ -1,0 +1,403 @@
+"""FP16 through NVIDIA ModelOpt AutoCast, and FP32 / FP16 accuracy through polygraphy's Comparator.
+
+Precision is decided in the ONNX graph (TensorRT 11 has no FP16 builder flag): AutoCast rewrites the
+FP32 model into FP16 with Casts, keeps the graph's inputs and outputs FP32, and keeps in FP32 the nodes
+its rules flag. Every variant stays an ONNX file that ONNX Runtime runs on the CPU, so its accuracy is
+measured here as well as in TensorRT.
+"""
+import contextlib
+import logging
+import math
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import onnx
+import pandas as pd
+
+from mvlib import accuracy, env, io, metrics, trt
+
+FP16_FILE = "model.fp16.onnx"
+FP16_META = "fp16.json"
+DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 spacing is >= 0.5, so such tensors stay FP32
+CALIB_BATCHES = (4, 4)  # AutoCast's reference run: two batches of random images in the model's input range
+AUTOCAST_LOGGER = "modelopt.onnx.autocast"
+MOVES_DATA = {"Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Slice", "Gather", "Flatten", "Identity",
+              "Split", "Expand", "Tile", "Pad"}
+NODE_COLUMNS = ["node", "op_type", "float_tensors", "rule", "autocast_reason", "effect"]
+_SKIP = re.compile(r"^Skipping node (?P<node>.+?): (?P<why>.+)$", re.S)
+_CONVERTED = re.compile(r"Converted (?P<low>\d+)/(?P<total>\d+) nodes")
+
+
+# --- FP16 conversion ------------------------------------------------------------------------------------
+@dataclass
+class Fp16Model:
+    """An AutoCast FP16 model: its path, the nodes that stayed FP32 (and why), and a summary."""
+    path: Path
+    fp32_nodes: pd.DataFrame
+    summary: dict
+
+    def summary_frame(self) -> pd.DataFrame:
+        """The summary as a one-row table (AutoCast's warnings joined into one cell)."""
+        row = {"file": self.path.name, **self.summary, "warnings": " | ".join(self.summary.get("warnings", [])),
+               **{f"io_{k}": v for k, v in io_types(self.path).items()}}
+        return pd.DataFrame([row])
+
+
+class _Records(logging.Handler):
+    """Collects AutoCast's log messages: its only record of why each node stayed FP32."""
+
+    def __init__(self):
+        super().__init__(level=logging.DEBUG)
+        self.messages: list[tuple[int, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep the message and its level."""
+        self.messages.append((record.levelno, record.getMessage()))
+
+
+@contextlib.contextmanager
+def _autocast_log() -> Iterator[_Records]:
+    """Capture AutoCast's messages for one conversion instead of printing them (one line per node otherwise)."""
+    from polygraphy.logger import G_LOGGER
+    logger = logging.getLogger(AUTOCAST_LOGGER)
+    handler, level, propagate = _Records(), logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        with G_LOGGER.verbosity(G_LOGGER.WARNING):  # AutoCast's reference run goes through polygraphy
+            yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
+def _dtypes(model: onnx.ModelProto) -> dict[str, int]:
+    """Element type of every tensor of a model (after ONNX shape inference)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    g = inferred.graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
+    types.update({i.name: i.data_type for i in g.initializer})
+    for node in g.node:
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value":
+                    types[node.output[0]] = attr.t.data_type
+    return types
+
+
+def fp32_nodes(converted: onnx.ModelProto, skipped: dict[str, str]) -> pd.DataFrame:
+    """Nodes that AutoCast kept FP32 or that still touch an FP32 tensor, with AutoCast's reason and the effect."""
+    types = _dtypes(converted)
+    f32, f16 = onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16
+    rows = []
+    for node in converted.graph.node:
+        if node.op_type == "Cast":
+            continue
+        tensors = [t for t in [*node.input, *node.output] if t]
+        floats = {types.get(t) for t in tensors} & {f32, f16}
+        if node.name not in skipped and f32 not in floats:
+            continue
+        if f32 not in floats:
+            effect = "no float math (integer shape arithmetic only): FP32 here costs nothing"
+        elif node.op_type in MOVES_DATA:
+            effect = "moves FP32 data between Casts (no arithmetic, but two extra Casts)"
+        else:
+            effect = "computes in FP32"
+        why = skipped.get(node.name, "not flagged by a rule; AutoCast's converter left an FP32 tensor here")
+        rows.append({"node": node.name, "op_type": node.op_type, "float_tensors": "FP32" if f32 in floats else "none",
+                     "rule": _rule(why), "autocast_reason": why, "effect": effect})
+    return pd.DataFrame(rows, columns=NODE_COLUMNS)
+
+
+def _rule(why: str) -> str:
+    """Which AutoCast rule a reason string comes from."""
+    for needle, rule in (("reference IO out of range", "data_max (activation range)"),
+                         ("initializer", "init_max (weight range)"), ("depth of reduction", "reduction depth"),
+                         ("DisabledOpTypes", "op type excluded"), ("DisabledNodeNameRegexRule", "node name excluded")):
+        if needle in why:
+            return rule
+    return "other"
+
+
+def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: float = DATA_MAX,
+                 op_types_to_exclude: Sequence[str] = ()) -> Fp16Model:
+    """Convert `src` to FP16 with AutoCast (inputs and outputs kept FP32); write `dst` atomically."""
+    from modelopt.onnx.autocast import convert_to_mixed_precision
+    from polygraphy.json import save_json
+    src, dst = Path(src), Path(dst)
+    if not src.is_file():
+        raise FileNotFoundError(f"{src} does not exist; export the FP32 model first (export.ensure_exported)")
+    _, shape = trt.onnx_input(src)
+    with tempfile.TemporaryDirectory() as tmp, _autocast_log() as log:
+        calib = Path(tmp) / "calibration.json"  # polygraphy JSON, which AutoCast's reference runner reads
+        save_json(accuracy.feeds(CALIB_BATCHES, shape[2], seed=seed + 1), str(calib))
+        model = convert_to_mixed_precision(
+            str(src), low_precision_type="fp16", keep_io_types=True, data_max=data_max,
+            op_types_to_exclude=list(op_types_to_exclude), calibration_data=str(calib),
+            providers=["cpu"], trt_plugins=[])  # fresh lists: AutoCast appends to `providers` in place
+    with io.atomic_path(dst) as tmp_path:
+        onnx.save(model, str(tmp_path))
+        onnx.checker.check_model(str(tmp_path), full_check=True)
+    skipped = {m["node"]: m["why"].strip() for lvl, msg in log.messages if (m := _SKIP.match(msg))}
+    nodes = fp32_nodes(model, skipped)
+    counts = next((m.groupdict() for _, msg in log.messages if (m := _CONVERTED.search(msg))), {})
+    source = onnx.load(str(src), load_external_data=False)
+    summary = {
+        "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
+        "casts_added": _count(model, "Cast") - _count(source, "Cast"),
+        "autocast_fp16_nodes": int(counts.get("low", -1)), "autocast_nodes": int(counts.get("total", -1)),
+        "kept_fp32_by_rule": len(skipped), "fp32_float_nodes": int((nodes["float_tensors"] == "FP32").sum()),
+        "data_max": data_max, "calibration": f"{sum(CALIB_BATCHES)} random images in [0, 1], seed {seed + 1}",
+        "warnings": [msg for lvl, msg in log.messages if lvl >= logging.WARNING],
+    }
+    for warning in summary["warnings"]:
+        print(f"AutoCast warning: {warning}")
+    print(f"wrote {dst}: {summary['autocast_fp16_nodes']}/{summary['autocast_nodes']} nodes FP16, "
+          f"{summary['kept_fp32_by_rule']} kept FP32 by a rule, {summary['fp32_float_nodes']} still touch FP32 data")
+    return Fp16Model(dst, nodes, summary)
+
+
+def _count(model: onnx.ModelProto, op_type: str) -> int:
+    """Number of nodes of one op type."""
+    return sum(n.op_type == op_type for n in model.graph.node)
+
+
+def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX) -> Fp16Model:
+    """model.fp16.onnx beside `src`, reused when made from the same bytes with the same ModelOpt and settings."""
+    import importlib.metadata
+    src = Path(src)
+    dst, meta = src.with_name(FP16_FILE), src.with_name(FP16_META)
+    settings = {"source_sha256": trt.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
+                "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
+    if dst.exists() and meta.exists():
+        saved = io.read_json(meta)
+        if saved.get("settings") == settings and saved.get("sha256") == trt.sha256(dst):
+            print(f"reusing {dst} (same source, ModelOpt and settings)")
+            return Fp16Model(dst, pd.DataFrame(saved["fp32_nodes"], columns=NODE_COLUMNS), saved["summary"])
+    result = convert_fp16(src, dst, seed=seed, data_max=data_max)
+    io.write_json(meta, {"settings": settings, "sha256": trt.sha256(dst), "summary": result.summary,
+                         "fp32_nodes": result.fp32_nodes.to_dict(orient="records")})
+    return result
+
+
+def io_types(onnx_path: Path | str) -> dict[str, str]:
+    """Element type name of each graph input and output."""
+    g = onnx.load(str(onnx_path), load_external_data=False).graph
+    return {v.name: onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type) for v in [*g.input, *g.output]}
+
+
+# --- accuracy -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Tolerance:
+    """Pass criteria against a reference: polygraphy's element-wise check (an element fails only if it
+    exceeds both atol and rtol) on every sample, and a worst-sample cosine similarity."""
+    atol: float
+    rtol: float
+    min_cosine: float
+
+
+def images(n_images: int, batches: Sequence[int], img_size: int, seed: int) -> np.ndarray:
+    """At least `n_images` fresh random images, enough to fill whole batches of every size in `batches`."""
+    if n_images < 1:
+        raise ValueError(f"n_images={n_images}: compare at least one image (64 in the full profile)")
+    n_total = max(math.ceil(n_images / b) * b for b in batches)
+    return metrics.random_images(n_total, img_size, seed=seed)
+
+
+def batch_feeds(imgs: np.ndarray, batches: Sequence[int], n_images: int) -> list[dict]:
+    """Feeds of whole batches for each size in `batches`, each covering the first ceil(n/b)*b images."""
+    data = []
+    for b in batches:
+        n = math.ceil(n_images / b) * b
+        data += [{accuracy.INPUT: imgs[i:i + b]} for i in range(0, n, b)]
+    return data
+
+
+def compare(runners: Sequence, reference: str, imgs: np.ndarray, batches: Sequence[int], n_images: int,
+            tolerances: dict[str, Tolerance], consistency: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Run every runner on the same images at each batch size; a table per runner and batch, and per-sample errors.
+
+    Each runner is compared with runner `reference` at the same batch. With `consistency`, the reference
+    gets a row too: at the first batch size it is the reference, at the others it is compared with itself at
+    the first batch size (the batching noise floor).
+    """
+    results = accuracy.run(list(runners), batch_feeds(imgs, batches, n_images))
+    outs = {name: _by_batch(iters) for name, iters in results.items()}  # runners keep the names we gave
+    ref = outs[reference]
+    rows, errors = [], []
+    for name, by_batch in outs.items():
+        for b in batches:
+            out = by_batch[b]
+            if name == reference:
+                if not consistency:
+                    continue
+                if b == batches[0]:
+                    rows.append(_reference_row(name, b, len(ref[b])))
+                    continue
+                n = min(len(out), len(ref[batches[0]]))  # the same images, fed one batch size and another
+                base, out, base_name = ref[batches[0]][:n], out[:n], f"{reference} (batch {batches[0]})"
+            else:
+                base, base_name = ref[b], reference
+            row, per_sample = _score(name, base_name, b, base, out, tolerances[name])
+            rows.append(row)
+            errors.append(per_sample)
+    return combine(pd.DataFrame(rows), columns=COLUMNS), combine(*errors) if errors else _empty_errors()
+
+
+def _by_batch(iters) -> dict[int, np.ndarray]:
+    """A runner's logits concatenated per batch size, in feed order."""
+    grouped: dict[int, list] = {}
+    for it in iters:
+        out = np.asarray(it[accuracy.OUTPUT])
+        grouped.setdefault(out.shape[0], []).append(out)
+    return {b: np.concatenate(v) for b, v in grouped.items()}
+
+
+def _reference_row(name: str, batch: int, n: int) -> dict:
+    """The reference's own row: no metrics, status 'reference'."""
+    return {"runner": name, "reference": "-", "batch": batch, "n": n, "status": "reference"}
+
+
+def _score(name: str, ref_name: str, batch: int, ref: np.ndarray, out: np.ndarray, tol: Tolerance):
+    """Metrics over all samples, polygraphy's per-sample verdicts, and the per-sample error rows."""
+    verdicts = polygraphy_check(ref, out, tol)
+    m = metrics.compare(ref, out)
+    passed = all(verdicts) and m["cosine_min"] >= tol.min_cosine
+    row = {"runner": name, "reference": ref_name, "batch": batch, **m, "atol": tol.atol, "rtol": tol.rtol,
+           "min_cosine": tol.min_cosine, "samples_within_tol": int(sum(verdicts)), "passed": bool(passed),
+           "status": "ok" if passed else "outside tolerance"}
+    r64, o64 = ref.astype(np.float64), out.astype(np.float64)
+    diff = np.abs(r64 - o64)
+    cos = np.sum(r64 * o64, 1) / np.maximum(np.linalg.norm(r64, axis=1) * np.linalg.norm(o64, axis=1), 1e-300)
+    per_sample = pd.DataFrame({"runner": name, "reference": ref_name, "batch": batch, "sample": np.arange(len(ref)),
+                               "max_abs": diff.max(1), "mean_abs": diff.mean(1), "cosine": cos,
+                               "top1_agree": r64.argmax(1) == o64.argmax(1), "within_tol": verdicts})
+    return row, per_sample
+
+
+def polygraphy_check(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> list[bool]:
+    """Polygraphy's element-wise check (CompareFunc.simple) of each sample of `out` against `ref`."""
+    from polygraphy.comparator import Comparator, CompareFunc, RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.logger import G_LOGGER
+    if ref.shape != out.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape} vs output {out.shape}")
+    results = RunResults()
+    for name, arr in (("reference", ref), ("output", out)):
+        results.append((name, [IterationResult({accuracy.OUTPUT: arr[i:i + 1]}, runner_name=name)
+                               for i in range(len(arr))]))
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # one line per sample otherwise
+        acc = Comparator.compare_accuracy(results, comparisons=[(0, 1)],
+                                          compare_func=CompareFunc.simple(atol=tol.atol, rtol=tol.rtol))
+    return [all(bool(v) for v in match.values()) for match in acc[0][("reference", "output")]]
+
+
+COLUMNS = ["runner", "reference", "batch", "n", "status", "passed", "max_abs", "mean_abs", "cosine_mean", "cosine_min",
+           "top1_agreement", "samples_within_tol", "atol", "rtol", "min_cosine"]
+
+
+def combine(*tables: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Stack tables (empty ones dropped), in a fixed column order."""
+    kept = [t for t in tables if t is not None and len(t)]
+    out = pd.concat(kept, ignore_index=True) if kept else pd.DataFrame()
+    if columns is not None:
+        out = out.reindex(columns=list(columns))
+    for col in ("batch", "n", "samples_within_tol", "sample"):  # counts stay integers next to empty rows
+        if col in out:
+            out[col] = out[col].astype("Int64")
+    return out
+
+
+def _empty_errors() -> pd.DataFrame:
+    """A per-sample error table with no rows."""
+    return pd.DataFrame(columns=["runner", "reference", "batch", "sample", "max_abs", "mean_abs", "cosine",
+                                 "top1_agree", "within_tol"])
+
+
+def skipped(run, stage: str, runners: Sequence[str], reference: str, batches: Sequence[int]):
+    """Rows saying why a stage did not run (its reason from the run manifest), and no per-sample errors."""
+    entry = run.manifest()["stages"].get(f"{run.notebook}/{stage}", {})
+    reasons = [entry.get("reason") or "not run"]
+    trt_ok, trt_why = env.tensorrt_status()
+    if not trt_ok and trt_why not in reasons:  # the manifest names the first missing piece (often the GPU)
+        reasons.insert(0, trt_why)
+    status = f"{entry.get('status', 'skipped')}: {'; '.join(reasons)}"
+    rows = [{"runner": r, "reference": reference, "batch": b, "status": status} for r in runners for b in batches]
+    return combine(pd.DataFrame(rows), columns=COLUMNS), _empty_errors()
+
+
+# --- the notebook's stages ----------------------------------------------------------------------------
+def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_images: int, batches: Sequence[int],
+                 fp32: Tolerance, fp16: Tolerance):
+    """PyTorch FP32, ONNX Runtime FP32 and FP16 on the CPU, each against PyTorch FP32 at the same batch."""
+    runners = [accuracy.torch_runner(model, imgs.shape[-1], "pytorch-fp32"),
+               accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, "onnxrt-fp16")]
+    tols = {"pytorch-fp32": fp32, "onnxrt-fp32": fp32, "onnxrt-fp16": fp16}
+    return compare(runners, "pytorch-fp32", imgs, batches, n_images, tols)
+
+
+def build_engines(onnx_files: dict[str, Path], batch_min: int, batch_opt: int, batch_max: int,
+                  workspace_gb: float = 4) -> dict[str, Path]:
+    """A strongly typed engine per ONNX file (cached by trt.build_engine), keyed like `onnx_files`."""
+    return {name: trt.build_engine(path, batch_min, batch_opt, batch_max, workspace_gb=workspace_gb)
+            for name, path in onnx_files.items()}
+
+
+def engine_accuracy(engines: dict[str, Path], fp32_onnx: Path, imgs: np.ndarray, n_images: int,
+                    batches: Sequence[int], tolerances: dict[str, Tolerance]):
+    """Each engine (runner `trt-<name>`) against ONNX Runtime FP32 at the profile's batches, checked against the profile."""
+    for name, plan in engines.items():
+        lo, _, hi = trt.build_info(plan)["profile"]
+        for b in batches:
+            trt.check_batch(b, lo, hi)
+    runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")]
+    runners += [trt.runner(plan, f"trt-{name}") for name, plan in engines.items()]
+    return compare(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
+
+
+def engine_layers(engines: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every engine's layers (from the saved inspector output) and one summary row per engine."""
+    per_layer, totals = [], []
+    for name, plan in engines.items():
+        layers = trt.layer_summary(Path(plan).parent)
+        per_layer.append(layers.assign(engine=name))
+        totals.append({"engine": name, **trt.layer_totals(layers), "plan_mb": round(Path(plan).stat().st_size / 2**20, 2)})
+    return pd.concat(per_layer, ignore_index=True), pd.DataFrame(totals)
+
+
+# --- the figure ------------------------------------------------------------------------------------------
+FLOOR = 1e-12  # log axes: smaller values (exact agreement included) are drawn at this floor
+
+
+def error_figure(errors_csv: Path | str, table_csv: Path | str):
+    """Distributions of per-sample max abs error and 1 - cosine, per runner and batch, from the saved tables."""
+    import matplotlib.pyplot as plt
+    errors, table = pd.read_csv(errors_csv), pd.read_csv(table_csv)
+    groups = [(f"{r} @ {b}\nvs {ref}", g) for (r, b, ref), g in errors.groupby(["runner", "batch", "reference"], sort=False)]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.55 * max(len(groups), 1)), sharey=True)
+    for ax, col, label in ((axes[0], "max_abs", "max |logit error| per image"),
+                           (axes[1], "cosine", "1 - cosine similarity per image")):
+        values = [np.maximum(g[col].to_numpy() if col != "cosine" else 1 - g[col].to_numpy(), FLOOR) for _, g in groups]
+        if values:
+            ax.boxplot(values, vert=False, showfliers=False, widths=0.5)
+            for i, v in enumerate(values, start=1):
+                ax.scatter(v, np.full(len(v), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(v)),
+                           s=8, alpha=0.5, color="tab:blue")
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{label} (log scale; values below {FLOOR:g} drawn at {FLOOR:g})")
+        ax.grid(True, axis="x", alpha=0.3)
+    if "atol" in table:
+        for atol in sorted(table["atol"].dropna().unique()):
+            axes[0].axvline(atol, color="tab:red", ls="--", lw=0.8)
+            axes[0].text(atol, 0.45, f" atol {atol:g}", color="tab:red", fontsize=7, va="bottom")
+    axes[0].set_yticks(range(1, len(groups) + 1), [g[0] for g in groups], fontsize=8)
+    axes[0].invert_yaxis()
+    fig.suptitle("Logit errors per image against the reference (same images at every batch size)")
+    fig.tight_layout()
+    return fig

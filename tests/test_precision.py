@@ -1,0 +1,178 @@
+"""FP16 through ModelOpt AutoCast, the accuracy table's numbers, and notebook 03's smoke run."""
+import re
+import shutil
+
+import nbformat
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pandas as pd
+import pytest
+import torch
+
+from mvlib import accuracy, env, io, metrics, paths, precision
+from mvlib.run import Run
+
+FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
+FP16 = precision.Tolerance(5e-2, 5e-2, 0.999)
+
+
+@pytest.fixture(scope="module")
+def fp16_xxs(xxs, tmp_path_factory):
+    """mobilevit_xxs converted once with AutoCast's default rules."""
+    dst = tmp_path_factory.mktemp("fp16") / precision.FP16_FILE
+    return precision.convert_fp16(xxs[0].onnx, dst, seed=0)
+
+
+def _ort(path, x):
+    """Logits of an ONNX file on the CPU."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {accuracy.INPUT: x})[0]
+
+
+def test_fp16_keeps_io_fp32_and_runs_close_to_fp32(xxs, fp16_xxs):
+    model = onnx.load(str(fp16_xxs.path))
+    assert precision.io_types(fp16_xxs.path) == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
+    opset = lambda m: next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))  # noqa: E731
+    assert opset(model) == opset(onnx.load(str(xxs[0].onnx))) == 17  # TensorRT 10.0's parser takes 9..20
+    weights = [i.data_type for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    assert weights.count(onnx.TensorProto.FLOAT16) > 0.9 * len(weights)  # the weights really are FP16
+    s = fp16_xxs.summary
+    assert s["autocast_fp16_nodes"] / s["autocast_nodes"] > 0.9 and s["casts_added"] > 0
+    x = metrics.random_images(2, 256, seed=5)
+    ref, out = _ort(xxs[0].onnx, x), _ort(fp16_xxs.path, x)
+    assert out.dtype == np.float32
+    m = metrics.compare(ref, out)
+    assert 1e-6 < m["max_abs"] < 1e-2 and m["cosine_min"] > 0.9999  # FP16 rounding: visible but small
+
+
+def test_fp32_node_table_says_why(fp16_xxs):
+    nodes = fp16_xxs.fp32_nodes
+    assert len(nodes) == fp16_xxs.summary["kept_fp32_by_rule"] > 0
+    assert (nodes["autocast_reason"].str.len() > 0).all()
+    # MobileViT's unfold/fold shape arithmetic exceeds data_max; AutoCast flags it by range
+    assert set(nodes["rule"]) == {"data_max (activation range)"}
+    assert nodes["autocast_reason"].str.contains("out of range").all()
+    integer_only = nodes[nodes["float_tensors"] == "none"]
+    assert set(integer_only["op_type"]) <= {"Mul", "Unsqueeze", "Concat", "Gather", "Shape", "Div", "Add"}
+    assert integer_only["effect"].str.startswith("no float math").all()
+    moving = nodes[nodes["float_tensors"] == "FP32"]
+    assert set(moving["op_type"]) == {"Reshape"} and moving["effect"].str.startswith("moves FP32 data").all()
+    assert fp16_xxs.summary["fp32_float_nodes"] == len(moving)
+
+
+def test_excluded_op_types_stay_fp32_with_their_reason(xxs, tmp_path):
+    result = precision.convert_fp16(xxs[0].onnx, tmp_path / "m.onnx", op_types_to_exclude=["Softmax"])
+    softmax = result.fp32_nodes[result.fp32_nodes["op_type"] == "Softmax"]
+    n_softmax = sum(n.op_type == "Softmax" for n in onnx.load(str(xxs[0].onnx)).graph.node)
+    assert len(softmax) == n_softmax > 0
+    assert (softmax["rule"] == "op type excluded").all() and (softmax["float_tensors"] == "FP32").all()
+    assert (softmax["effect"] == "computes in FP32").all()
+
+
+def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatch):
+    src = tmp_path / "model.onnx"
+    shutil.copyfile(xxs[0].onnx, src)
+    calls = []
+
+    def fake_convert(s, d, seed=0, data_max=precision.DATA_MAX):  # stands in for the 10-second AutoCast run
+        calls.append(data_max)
+        io.write_bytes(d, b"converted %d" % len(calls))
+        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]), {"casts_added": len(calls)})
+
+    monkeypatch.setattr(precision, "convert_fp16", fake_convert)
+    first = precision.ensure_fp16(src)
+    assert precision.ensure_fp16(src).summary == first.summary and len(calls) == 1  # reused
+    assert list(precision.ensure_fp16(src).fp32_nodes["op_type"]) == ["Reshape"]
+    precision.ensure_fp16(src, data_max=256.0)  # other settings
+    assert len(calls) == 2
+    io.write_bytes(src.with_name(precision.FP16_FILE), b"tampered")  # the file no longer matches its record
+    precision.ensure_fp16(src, data_max=256.0)
+    assert len(calls) == 3
+
+
+class _Shifted(torch.nn.Module):
+    """A model whose logits are the wrapped model's plus a known constant."""
+
+    def __init__(self, model, delta):
+        super().__init__()
+        self.model, self.delta = model, delta
+
+    def forward(self, x):
+        return self.model(x) + self.delta
+
+
+def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
+    exported, model = xxs
+    imgs = precision.images(3, [1, 2], 256, seed=11)
+    assert imgs.shape == (4, 3, 256, 256)  # 3 images rounded up to whole batches of 2
+    runners = [accuracy.torch_runner(model, 256, "pytorch-fp32"), accuracy.onnxrt_runner(exported.onnx, "onnxrt-fp32"),
+               accuracy.onnxrt_runner(fp16_xxs.path, "onnxrt-fp16"),
+               accuracy.torch_runner(_Shifted(model, 0.01), 256, "shifted")]
+    tols = {"pytorch-fp32": FP32, "onnxrt-fp32": FP32, "onnxrt-fp16": FP16,
+            "shifted": precision.Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.9)}
+    table, errors = precision.compare(runners, "pytorch-fp32", imgs, [1, 2], 3, tols)
+    row = table.set_index(["runner", "batch"])
+    assert row.loc[("pytorch-fp32", 1), "status"] == "reference"
+    assert row.loc[("pytorch-fp32", 2), "reference"] == "pytorch-fp32 (batch 1)"
+    assert row.loc[("pytorch-fp32", 1), "n"] == 3 and row.loc[("onnxrt-fp32", 2), "n"] == 4
+    for b in (1, 2):
+        assert row.loc[("onnxrt-fp32", b), "max_abs"] < 1e-4 and bool(row.loc[("onnxrt-fp32", b), "passed"])
+        fp16 = row.loc[("onnxrt-fp16", b)]
+        assert row.loc[("onnxrt-fp32", b), "max_abs"] < fp16["max_abs"] < 1e-2 and bool(fp16["passed"])
+        shifted = row.loc[("shifted", b)]  # a constant error of 0.01 on every logit
+        assert shifted["max_abs"] == pytest.approx(0.01, rel=1e-3) and shifted["mean_abs"] == pytest.approx(0.01, rel=1e-3)
+        assert shifted["top1_agreement"] == 1.0 and shifted["samples_within_tol"] == 0
+        assert not shifted["passed"] and shifted["status"] == "outside tolerance"
+    # per-sample rows add up to the table's rows
+    for (runner, batch), g in errors.groupby(["runner", "batch"]):
+        assert g["max_abs"].max() == pytest.approx(row.loc[(runner, batch), "max_abs"])
+        assert g["within_tol"].sum() == row.loc[(runner, batch), "samples_within_tol"]
+    # a looser tolerance passes the shifted runner: the verdict follows the stated tolerances
+    assert precision.polygraphy_check(np.zeros((2, 5)), np.full((2, 5), 0.01), precision.Tolerance(0.02, 0, 0)) == [True, True]
+    assert precision.polygraphy_check(np.zeros((2, 5)), np.full((2, 5), 0.01), precision.Tolerance(0.005, 0, 0)) == [False, False]
+    # the figure is drawn from the saved tables
+    table.to_csv(tmp_path / "t.csv", index=False)
+    errors.to_csv(tmp_path / "e.csv", index=False)
+    fig = precision.error_figure(tmp_path / "e.csv", tmp_path / "t.csv")
+    assert len(fig.axes) == 2 and len(fig.axes[0].get_yticklabels()) == errors.groupby(["runner", "batch"]).ngroups
+
+
+def test_skipped_rows_give_the_reason(tmp_path):
+    run = Run(tmp_path / "r", "03_test")
+    run.record("trt_accuracy", "trt", "skipped", "no CUDA GPU visible")
+    table, errors = precision.skipped(run, "trt_accuracy", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
+    assert len(table) == 6 and errors.empty and table["max_abs"].isna().all()
+    assert table["status"].str.startswith("skipped: ").all() and table["status"].str.contains("no CUDA GPU visible").all()
+    if not env.tensorrt_status()[0]:
+        assert table["status"].str.startswith("skipped: TensorRT not installed").all()
+
+
+def _listed(markdown: str) -> tuple[set, set]:
+    """Files a notebook's first cell lists for every tier, and those it lists for the trt tier only."""
+    always, _, trt_only = markdown.partition("On the `trt` tier also")
+    names = lambda text: set(re.findall(r"`((?:results|figures)/[^`]+)`", text))  # noqa: E731
+    return names(always), names(trt_only)
+
+
+def test_notebook_creates_the_files_it_lists(smoke_run):
+    nb = nbformat.read(paths.NOTEBOOKS / "03_fp32_fp16.ipynb", as_version=4)
+    always, trt_only = _listed(nb.cells[0].source)
+    made = {f"{d}/{f.name}" for d in ("results", "figures") for f in (smoke_run / d).glob("03_*")}
+    expected = always | (trt_only if env.detect_tier() == "trt" else set())
+    assert made == expected and trt_only and always
+    assert "`model.fp16.onnx`" in nb.cells[0].source and "`fp16.json`" in nb.cells[0].source
+    model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
+    assert (model_dir / "model.fp16.onnx").exists() and (model_dir / "fp16.json").exists()
+    table = pd.read_csv(smoke_run / "results" / "03_accuracy.csv")
+    cpu = table[table.runner.isin(["onnxrt-fp32", "onnxrt-fp16"])]
+    assert set(cpu.batch) == {1, 4} and (cpu.status == "ok").all() and (cpu.n == 8).all()
+    trt_rows = table[table.runner.str.startswith("trt-")]
+    assert set(trt_rows.batch) == {1, 2, 4} and len(trt_rows) == 6
+    if not env.tensorrt_status()[0]:
+        assert trt_rows.status.str.startswith("skipped: TensorRT not installed").all()
+    errors = pd.read_csv(smoke_run / "results" / "03_errors.csv")
+    assert len(errors[errors.runner == "onnxrt-fp16"]) == 16  # 8 images at batch 1 and at batch 4
+    assert (smoke_run / "figures" / "03_errors.png").read_bytes()[:4] == b"\x89PNG"
+    stages = io.read_json(smoke_run / "manifest.json")["stages"]
+    assert stages["03_fp32_fp16/cpu_accuracy"]["status"] == "ok"
+    assert stages["03_fp32_fp16/engines"]["status"] == ("ok" if env.detect_tier() == "trt" else "skipped")
