@@ -76,7 +76,10 @@ def run(runners: Sequence, data: list[dict]):
 def check(results, atol: float, rtol: float) -> bool:
     """Polygraphy's element-wise check of every runner against the first, with these tolerances."""
     from polygraphy.comparator import Comparator, CompareFunc
-    return bool(Comparator.compare_accuracy(results, compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
+    # polygraphy's default compares neighbours (0-1, 1-2, ...); every runner must face the reference.
+    pairs = [(0, i) for i in range(1, len(results))]
+    return bool(Comparator.compare_accuracy(results, comparisons=pairs,
+                                            compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
 
 
 def table(results, reference: str, atol: float | None = None, rtol: float | None = None) -> pd.DataFrame:

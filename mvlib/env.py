@@ -65,11 +65,14 @@ def missing_for(tier: str) -> str:
     have = detect_tier()
     if tier_rank(have) >= tier_rank(tier):
         return ""
-    if tier == "trt" and cuda_status()[0]:
-        return tensorrt_status()[1]
+    reasons = []
+    if tier == "trt" and not tensorrt_status()[0]:
+        reasons.append(tensorrt_status()[1])
     if not cuda_status()[0]:
-        return cuda_status()[1]
-    return "nvcc not found"
+        reasons.append(cuda_status()[1])
+    elif nvcc_path() is None:
+        reasons.append("nvcc not found")
+    return "; ".join(reasons)
 
 
 def versions() -> dict[str, str | None]:
