@@ -1,0 +1,613 @@
+"""Benchmarks measured the trtexec way: warm-up, per-launch timing, percentiles, throughput, repeats and their spread.
+
+Method (DESIGN.md, "trtexec's timing method"): each (backend, batch) is warmed up for at least
+`warmup_s` (200 ms), then measured `repeats` times; one measurement launches back to back for at
+least `seconds` and at least `min_iters` launches. CPU launches are timed with `perf_counter`
+around each call; GPU launches with CUDA events recorded on the stream around each launch (or
+CUDA-graph replay), with at most two launches in flight, so an event pair measures the GPU time
+of one launch. Throughput = launches / wall time x batch. Inputs are made once per batch and
+already sit where the backend reads them: host-device transfers are excluded, and every row says so.
+"""
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from mvlib import metrics
+from mvlib.run import StageSkipped
+
+WARMUP_S = 0.2   # trtexec --warmUp: 200 ms
+MIN_ITERS = 10   # trtexec --iterations: at least 10 launches per measurement
+IN_FLIGHT = 2    # GPU launches queued at once, as trtexec keeps two enqueues in flight
+MIB = 2 ** 20
+
+# The results table's schema: these columns, in this order (tests hold it fixed).
+COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "mean_ms", "median_ms",
+           "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mb", "notes",
+           "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
+           "variant", "img_size"]
+GPU_TRANSFERS = "excluded: input already on the GPU, output left there"
+CPU_TRANSFERS = "none: host memory"
+# The speed-up table's references (the seed's two baselines): (backend, device, precision).
+REFERENCES = {"pytorch_cpu": ("pytorch", "cpu", "fp32"), "pytorch_gpu_eager": ("pytorch-eager", "cuda", "fp32")}
+
+
+class BatchSkipped(Exception):
+    """A backend cannot run this batch size (e.g. outside a TensorRT engine's profile)."""
+
+
+# statistics ---------------------------------------------------------------------------------------
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (an observed value, as trtexec reports): the ceil(q/100 n)-th smallest."""
+    x = np.sort(np.asarray(values, dtype=np.float64))
+    if x.size == 0:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile {q} is outside 0..100")
+    rank = max(1, math.ceil(q / 100 * x.size))
+    return float(x[rank - 1])
+
+
+def relative_range(values: Sequence[float]) -> float:
+    """Spread of repeated measurements: (max - min) / median, in percent; NaN for fewer than two."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return float("nan")
+    return float(100 * (x.max() - x.min()) / np.median(x))
+
+
+@dataclasses.dataclass
+class Timing:
+    """One measurement: per-launch latencies (ms) and the wall time (s) all launches took."""
+    latencies_ms: np.ndarray
+    wall_s: float
+    batch: int
+
+    @property
+    def launches(self) -> int:
+        """Number of timed launches."""
+        return int(len(self.latencies_ms))
+
+    @property
+    def throughput(self) -> float:
+        """Images per second: launches / wall time x batch."""
+        return self.launches / self.wall_s * self.batch
+
+
+def summarize(timings: Sequence[Timing]) -> dict:
+    """Pool repeated measurements: latency statistics over all launches, throughput per repeat and overall."""
+    if not timings:
+        raise ValueError("no measurements to summarize")
+    batch = timings[0].batch
+    lat = np.concatenate([t.latencies_ms for t in timings])
+    wall = sum(t.wall_s for t in timings)
+    per_repeat = [t.throughput for t in timings]
+    return {"batch": batch, "repeats": len(timings), "iterations": int(lat.size),
+            "mean_ms": float(lat.mean()), "median_ms": float(np.median(lat)),
+            "p90_ms": percentile(lat, 90), "p95_ms": percentile(lat, 95), "p99_ms": percentile(lat, 99),
+            "throughput_ips": lat.size / wall * batch, "spread_pct": relative_range(per_repeat),
+            "throughput_min_ips": float(min(per_repeat)), "throughput_max_ips": float(max(per_repeat)),
+            "wall_s": float(wall)}
+
+
+def compare(a: dict | pd.Series, b: dict | pd.Series) -> dict:
+    """Throughput of row `a` against row `b`: ratio, difference and the spread it must exceed to count."""
+    spreads = (float(a["spread_pct"]), float(b["spread_pct"]))
+    if any(math.isnan(s) for s in spreads):
+        raise ValueError("a row has no spread (one repeat): measure with bench_repeats >= 2 to compare rows")
+    ratio = float(a["throughput_ips"]) / float(b["throughput_ips"])
+    diff_pct = 100 * (ratio - 1)
+    threshold = max(spreads)
+    if abs(diff_pct) <= threshold:
+        verdict = "no difference"
+    else:
+        verdict = "faster" if diff_pct > 0 else "slower"
+    return {"ratio": ratio, "diff_pct": diff_pct, "threshold_pct": threshold, "verdict": verdict}
+
+
+def verdict(a: dict | pd.Series, b: dict | pd.Series) -> str:
+    """'faster', 'slower' or 'no difference' (a difference within the larger spread) for `a` against `b`."""
+    return compare(a, b)["verdict"]
+
+
+# timing loops -------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How to measure: input size and seed, timing window, repeats, warm-up and minimum launches."""
+    img_size: int = 256
+    seconds: float = 3.0
+    repeats: int = 3
+    seed: int = 0
+    warmup_s: float = WARMUP_S
+    min_iters: int = MIN_ITERS
+    variant: str = ""
+
+    def __post_init__(self):
+        if self.repeats < 2:
+            raise ValueError(f"bench_repeats={self.repeats}: use at least 2, the spread between repeats decides "
+                             "whether two rows differ")
+        if not self.seconds > 0 or self.warmup_s < 0 or self.min_iters < 1:
+            raise ValueError(f"bench_seconds must be > 0 (got {self.seconds}), warm-up >= 0 (got {self.warmup_s}) "
+                             f"and min_iters >= 1 (got {self.min_iters})")
+
+
+def time_host(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int = MIN_ITERS) -> Timing:
+    """Launch `fn` back to back for >= `seconds` and >= `min_iters` calls, perf_counter around each call."""
+    clock = time.perf_counter
+    lat: list[float] = []
+    start = clock()
+    while True:
+        t0 = clock()
+        fn()
+        t1 = clock()
+        lat.append((t1 - t0) * 1e3)
+        if t1 - start >= seconds and len(lat) >= min_iters:
+            break
+    return Timing(np.asarray(lat), t1 - start, batch)
+
+
+def time_cuda(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int = MIN_ITERS,
+              in_flight: int = IN_FLIGHT) -> Timing:
+    """Launch `fn` on the current stream with CUDA events around each launch, `in_flight` launches queued at most."""
+    import torch
+    stream = torch.cuda.current_stream()
+    slots = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(in_flight)]
+    busy = [False] * in_flight
+    lat: list[float] = []
+
+    def collect(k: int) -> None:
+        if busy[k]:
+            slots[k][1].synchronize()  # waits for that launch only: the other stays queued
+            lat.append(slots[k][0].elapsed_time(slots[k][1]))
+            busy[k] = False
+
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    n = 0
+    while True:
+        k = n % in_flight
+        collect(k)
+        slots[k][0].record(stream)
+        fn()
+        slots[k][1].record(stream)
+        busy[k] = True
+        n += 1
+        if n >= min_iters and time.perf_counter() - start >= seconds:
+            break
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - start
+    for k in range(in_flight):
+        collect(k)
+    return Timing(np.asarray(lat), wall, batch)
+
+
+def warm_up(fn: Callable[[], Any], seconds: float, sync: Callable[[], None] = lambda: None, min_calls: int = 3) -> int:
+    """One priming call (compilation, graph capture), then calls for >= `seconds` and >= `min_calls`."""
+    fn()
+    sync()
+    start, calls = time.perf_counter(), 0
+    while calls < min_calls or time.perf_counter() - start < seconds:
+        fn()
+        calls += 1
+    sync()
+    return calls + 1
+
+
+# backends -----------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Backend:
+    """One way of running the model; `prepare(batch)` makes inputs and returns a zero-argument launch."""
+    backend: str
+    device: str       # "cpu" or "cuda"
+    precision: str    # fp32, fp16, int8
+    label: str        # how figures name it
+    prepare: Callable[[int], Callable[[], Any]]
+    timing: str       # what one timed launch is, and the clock
+    notes: str = ""
+    peak_mem_mb: Callable[[], float] | None = None  # device memory after a measurement, where readable
+    keep: list = dataclasses.field(default_factory=list)  # objects that must outlive the launches
+
+
+def measure(backend: Backend, batch: int, settings: Settings) -> dict:
+    """Prepare one batch, warm up, measure `settings.repeats` times; one results-table row."""
+    cuda = backend.device == "cuda"
+    if cuda:
+        import torch
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    launch = backend.prepare(batch)
+    if cuda:
+        warm_up(launch, settings.warmup_s, torch.cuda.synchronize)
+        timings = [time_cuda(launch, batch, settings.seconds, settings.min_iters) for _ in range(settings.repeats)]
+        peak = backend.peak_mem_mb() if backend.peak_mem_mb else torch.cuda.max_memory_allocated() / MIB
+    else:
+        warm_up(launch, settings.warmup_s)
+        timings = [time_host(launch, batch, settings.seconds, settings.min_iters) for _ in range(settings.repeats)]
+        peak = float("nan")  # process-wide RSS would mix backends: not reported
+    row = {"backend": backend.backend, "device": backend.device, "precision": backend.precision,
+           **summarize(timings), "peak_mem_mb": float(peak), "notes": backend.notes, "label": backend.label,
+           "timing": backend.timing, "transfers": GPU_TRANSFERS if cuda else CPU_TRANSFERS,
+           "variant": settings.variant, "img_size": settings.img_size}
+    return {c: row[c] for c in COLUMNS}
+
+
+def measure_all(factory: Callable[..., Backend], batches: Iterable[int], settings: Settings, *args: Any,
+                **kwargs: Any) -> pd.DataFrame:
+    """Build a backend with `factory(settings, *args, **kwargs)` and measure it at each batch size.
+
+    The backend is built inside this call, so a stage whose tier the machine lacks never constructs it.
+    Batches the backend cannot run (BatchSkipped) are printed and left out; all of them skipped skips the stage.
+    """
+    backend = factory(settings, *args, **kwargs)
+    rows, skipped = [], []
+    for batch in batches:
+        try:
+            row = measure(backend, int(batch), settings)
+        except BatchSkipped as why:
+            skipped.append(f"batch {batch}: {why}")
+            continue
+        rows.append(row)
+        print(f"{backend.label:42s} batch {row['batch']:4d}: {row['throughput_ips']:10.1f} img/s, median "
+              f"{row['median_ms']:8.3f} ms, p99 {row['p99_ms']:8.3f} ms, spread {row['spread_pct']:5.1f}%"
+              + (f", peak {row['peak_mem_mb']:.0f} MiB" if not math.isnan(row["peak_mem_mb"]) else ""))
+    for s in skipped:
+        print(f"{backend.label}: skipped {s}")
+    if not rows:
+        raise StageSkipped(f"{backend.label}: no batch could run ({'; '.join(skipped)})")
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def _images(batch: int, settings: Settings) -> np.ndarray:
+    """Fresh random inputs in [0, 1], seeded by the run's seed and the batch size."""
+    return metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch)
+
+
+def pytorch_cpu(settings: Settings, model) -> Backend:
+    """PyTorch FP32 eager on the CPU, under inference_mode (the seed timed it without no_grad)."""
+    import torch
+    net = copy.deepcopy(model).float().eval()
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        x = torch.from_numpy(_images(batch, settings))
+
+        def launch():
+            with torch.inference_mode():
+                return net(x)
+        return launch
+    return Backend("pytorch", "cpu", "fp32", "PyTorch CPU FP32", prepare, "perf_counter around each call",
+                   notes=f"torch {torch.__version__}, {torch.get_num_threads()} threads", keep=[net])
+
+
+def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = "fp32") -> Backend:
+    """ONNX Runtime's CPU execution provider on an ONNX file (FP32, or the INT8 Q/DQ model)."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.exists():
+        maker = {"int8": "notebook 04 (INT8)", "fp16": "notebook 03 (FP16)"}.get(precision, "notebook 01 (export)")
+        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: {maker} writes it")
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        feed = {name: _images(batch, settings)}
+        return lambda: sess.run(None, feed)
+    return Backend("onnxruntime", "cpu", precision, f"ONNX Runtime CPU {precision.upper()}", prepare,
+                   "perf_counter around each call",
+                   notes=f"onnxruntime {ort.__version__}, {onnx_path.name}, default threads", keep=[sess])
+
+
+def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_last: bool = False,
+                 compile_mode: str | None = None) -> Backend:
+    """PyTorch on the GPU: eager, or torch.compile ('default', or 'reduce-overhead' for CUDA graphs)."""
+    import torch
+    if compile_mode not in (None, "default", "reduce-overhead"):
+        raise ValueError(f"compile_mode {compile_mode!r}: use None (eager), 'default' or 'reduce-overhead'")
+    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = copy.deepcopy(model).to("cuda", dtype).to(memory_format=fmt).eval()
+    graphs = compile_mode == "reduce-overhead"
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        x = torch.from_numpy(_images(batch, settings)).to("cuda", dtype).contiguous(memory_format=fmt)
+        fn = net
+        if compile_mode:
+            torch._dynamo.reset()  # one static-shape compilation per batch, as a deployment would ship
+            fn = torch.compile(net, mode=None if compile_mode == "default" else compile_mode, dynamic=False)
+
+        def launch():
+            if graphs:
+                torch.compiler.cudagraph_mark_step_begin()  # each call is a new inference step
+            with torch.inference_mode():
+                return fn(x)
+        return launch
+
+    if compile_mode is None:
+        backend, label = "pytorch-eager", f"PyTorch eager {precision.upper()}"
+        timing = f"CUDA events around each launch, {IN_FLIGHT} in flight"
+    else:
+        backend = "torch.compile+cudagraphs" if graphs else "torch.compile"
+        label = f"torch.compile {precision.upper()}" + (" + CUDA graphs" if graphs else "")
+        timing = ("CUDA events around each CUDA-graph replay" if graphs else "CUDA events around each launch") \
+            + f", {IN_FLIGHT} in flight"
+    if channels_last:
+        label += " (channels_last)"
+    notes = f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}" \
+        + (", channels_last" if channels_last else "") + (f", mode={compile_mode}, dynamic=False" if compile_mode else "") \
+        + "; peak = torch.cuda.max_memory_allocated"
+    return Backend(backend, "cuda", precision, label, prepare, timing, notes=notes, keep=[net])
+
+
+# TensorRT (written against the TensorRT 10/11 Python API; runs only on the trt tier) ---------------
+def check_profile(batch: int, lo: int, hi: int) -> int:
+    """`batch` if the engine's optimization profile covers it, else BatchSkipped naming the fix."""
+    if not lo <= batch <= hi:
+        raise BatchSkipped(f"outside the engine's profile {lo}..{hi} (build with batch_max >= {batch} to measure it)")
+    return batch
+
+
+def _torch_dtype(trt_dtype):
+    """The torch dtype of a TensorRT DataType."""
+    import tensorrt as trt
+    import torch
+    for name, dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16),
+                        ("int8", torch.int8), ("uint8", torch.uint8), ("int32", torch.int32),
+                        ("int64", torch.int64), ("bool", torch.bool)):
+        if hasattr(trt, name) and trt_dtype == getattr(trt, name):
+            return dtype
+    raise TypeError(f"no torch dtype for TensorRT {trt_dtype}")
+
+
+def _engine_bytes(engine) -> bytes:
+    """Serialized engine from a path, bytes, an ICudaEngine or a loader returning one of these."""
+    if isinstance(engine, (bytes, bytearray, memoryview)):
+        return bytes(engine)
+    if isinstance(engine, (str, Path)):
+        return Path(engine).read_bytes()
+    if hasattr(engine, "serialize"):
+        return bytes(engine.serialize())
+    if callable(engine):
+        return _engine_bytes(engine())
+    raise TypeError(f"cannot read a TensorRT engine from {type(engine).__name__}")
+
+
+def plugin_library() -> Path | None:
+    """The SiLU plugin's shared library built by notebook 05 (newest .so under build/silu_plugin), if any."""
+    from mvlib import paths
+    found = sorted(paths.PLUGIN_BUILD.rglob("*.so"), key=lambda p: p.stat().st_mtime) if paths.PLUGIN_BUILD.exists() else []
+    return found[-1] if found else None
+
+
+def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plugin_libs: Sequence[Path | str] = (),
+                    backend: str = "tensorrt", notes: str = "") -> Backend:
+    """A TensorRT engine run through execute_async_v3, captured once per batch in a CUDA graph and replayed."""
+    import ctypes
+
+    import tensorrt as trt
+    import torch
+    for lib in plugin_libs:  # the plugin's creators register when its library loads (before deserializing)
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    logger = trt.Logger(trt.Logger.WARNING)
+    trt.init_libnvinfer_plugins(logger, "")
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free_before = torch.cuda.mem_get_info()[0]
+    runtime = trt.Runtime(logger)
+    cuda_engine = runtime.deserialize_cuda_engine(_engine_bytes(engine))
+    if cuda_engine is None:
+        raise RuntimeError(f"TensorRT could not deserialize the {label} engine (see its log above)")
+    context = cuda_engine.create_execution_context()
+    names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
+    inputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    outputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+    if len(inputs) != 1:
+        raise ValueError(f"{label}: expected one input tensor, the engine has {inputs}")
+    inp = inputs[0]
+    lo, _, hi = (tuple(d) for d in cuda_engine.get_tensor_profile_shape(inp, 0))
+    stream = torch.cuda.Stream()
+    state: dict = {}  # the current batch's graph and buffers: they must live while it replays
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        check_profile(batch, lo[0], hi[0])
+        state.clear()
+        shape = (batch, *tuple(cuda_engine.get_tensor_shape(inp))[1:])
+        if not context.set_input_shape(inp, shape):
+            raise RuntimeError(f"{label}: set_input_shape({inp}, {shape}) failed")
+        x = torch.from_numpy(_images(batch, settings)).to("cuda", _torch_dtype(cuda_engine.get_tensor_dtype(inp)))
+        buffers = {inp: x.contiguous()}
+        for name in outputs:
+            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)),
+                                        dtype=_torch_dtype(cuda_engine.get_tensor_dtype(name)), device="cuda")
+        for name, tensor in buffers.items():
+            if not context.set_tensor_address(name, tensor.data_ptr()):
+                raise RuntimeError(f"{label}: set_tensor_address({name}) failed")
+        # One plain enqueue after a shape change, before capture: TensorRT does its deferred
+        # shape-dependent setup there, which must not land inside the graph.
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise RuntimeError(f"{label}: execute_async_v3 failed at batch {batch}")
+        stream.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            if not context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError(f"{label}: execute_async_v3 failed while capturing batch {batch}")
+        state.update(graph=graph, buffers=buffers)
+        return graph.replay
+
+    def taken_mb() -> float:
+        torch.cuda.synchronize()
+        return (free_before - torch.cuda.mem_get_info()[0]) / MIB
+
+    return Backend(backend, "cuda", precision, label, prepare,
+                   f"CUDA events around each CUDA-graph replay of execute_async_v3, {IN_FLIGHT} in flight",
+                   notes=(f"TensorRT {trt.__version__}, profile {lo[0]}..{hi[0]}; peak = device memory taken by "
+                          "engine, context, I/O and graph (cudaMemGetInfo)" + (f"; {notes}" if notes else "")),
+                   peak_mem_mb=taken_mb, keep=[runtime, cuda_engine, context, stream, state])
+
+
+def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, batch_min: int, batch_opt: int,
+             batch_max: int, plugin: bool = False) -> Backend:
+    """Build (or reuse) the engine of an ONNX variant with mvlib.trt.build_engine and wrap it for timing."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.exists():
+        maker = {"int8": "notebook 04", "fp16": "notebook 03"}.get(precision, "notebook 02" if plugin else "notebook 01")
+        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: {maker} writes it")
+    libs: tuple = ()
+    if plugin:
+        lib = plugin_library()
+        if lib is None:
+            raise StageSkipped("the SiLU plugin library is not built (notebook 05 builds it under build/silu_plugin)")
+        libs = (lib,)
+    from mvlib import trt as mvtrt
+    engine = mvtrt.build_engine(onnx_path, batch_min, batch_opt, batch_max, plugins=libs)
+    label = f"TensorRT {precision.upper()}" + (" + SiLU plugin" if plugin else "")
+    return tensorrt_engine(settings, engine, precision, label, plugin_libs=libs,
+                           backend="tensorrt+plugin" if plugin else "tensorrt", notes=onnx_path.name)
+
+
+# derived tables -----------------------------------------------------------------------------------
+def _reference(df: pd.DataFrame, key: str) -> pd.DataFrame:
+    """Rows of one speed-up reference, indexed by batch."""
+    backend, device, precision = REFERENCES[key]
+    ref = df[(df.backend == backend) & (df.device == device) & (df.precision == precision)]
+    return ref.set_index("batch")
+
+
+def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The seed's speed-up table, for every row: throughput ratio to PyTorch CPU and to PyTorch GPU eager FP32
+    at the same batch, with the no-difference rule applied (NaN / empty where that reference was not measured)."""
+    out = df[["label", "backend", "device", "precision", "batch", "throughput_ips", "spread_pct"]].copy()
+    for key in REFERENCES:
+        ref = _reference(df, key)
+        ratios, verdicts = [], []
+        for _, row in df.iterrows():
+            if row.batch not in ref.index:
+                ratios.append(float("nan"))
+                verdicts.append("")
+                continue
+            c = compare(row, ref.loc[row.batch])
+            ratios.append(c["ratio"])
+            same = tuple(row[["backend", "device", "precision"]]) == REFERENCES[key]
+            verdicts.append("reference" if same else c["verdict"])
+        out[f"vs_{key}"] = ratios
+        out[f"verdict_vs_{key}"] = verdicts
+    return out.reset_index(drop=True)
+
+
+def model_cost(model, img_size: int) -> pd.DataFrame:
+    """FLOPs per image counted by torch.utils.flop_counter (convolutions, matmuls, attention), parameters, I/O sizes."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    net = copy.deepcopy(model).float().eval().cpu()
+    x = torch.from_numpy(metrics.random_images(1, img_size, seed=0))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        out = net(x)
+    return pd.DataFrame([{
+        "flops_per_image": float(counter.get_total_flops()), "params": int(sum(p.numel() for p in net.parameters())),
+        "input_elems": int(x[0].numel()), "output_elems": int(out[0].numel()), "img_size": img_size,
+        "method": f"torch.utils.flop_counter.FlopCounterMode, torch {torch.__version__}: conv/matmul/attention, "
+                  "2 FLOPs per multiply-add; element-wise ops not counted"}])
+
+
+def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
+    """Shortest wall time of `reps` calls of `fn` after two warm-up calls: a ceiling is the best rate seen."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(min(times))
+
+
+def cpu_ceilings(copy_mib: int = 64, matmul_n: int = 1024, reps: int = 5) -> pd.DataFrame:
+    """The host's measured memory-copy bandwidth (GB/s, read + write) and FP32 matmul rate (TFLOP/s), on random data."""
+    import torch
+    src = np.random.default_rng(0).random(copy_mib * MIB // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    copy_s = _best_seconds(lambda: np.copyto(dst, src), reps)
+    a, b = torch.rand(matmul_n, matmul_n), torch.rand(matmul_n, matmul_n)
+    mm_s = _best_seconds(lambda: torch.mm(a, b), reps)
+    return pd.DataFrame([
+        {"device": "cpu", "ceiling": "copy", "value": 2 * src.nbytes / copy_s / 1e9, "unit": "GB/s",
+         "size": f"{copy_mib} MiB fp32", "method": f"numpy copyto, best of {reps}"},
+        {"device": "cpu", "ceiling": "matmul_fp32", "value": 2 * matmul_n ** 3 / mm_s / 1e12, "unit": "TFLOP/s",
+         "size": f"{matmul_n}^3", "method": f"torch.mm, {torch.get_num_threads()} threads, best of {reps}"}])
+
+
+def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20) -> pd.DataFrame:
+    """The GPU's measured device-to-device copy bandwidth (GB/s, read + write) and fp16/bf16/fp32 matmul rates."""
+    import torch
+
+    def event_ms(fn: Callable[[], Any], n: int) -> float:
+        for _ in range(3):
+            fn()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(n):
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        return float(min(times))
+
+    src = torch.rand(copy_elems, device="cuda", dtype=torch.float16)
+    dst = torch.empty_like(src)
+    rows = [{"device": "cuda", "ceiling": "copy", "unit": "GB/s", "size": f"{copy_elems * 2 / MIB:.0f} MiB fp16",
+             "value": 2 * src.numel() * src.element_size() / (event_ms(lambda: dst.copy_(src), reps) / 1e3) / 1e9,
+             "method": f"Tensor.copy_, CUDA events, best of {reps}"}]
+    del src, dst
+    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 ceiling is true FP32, not TF32
+    try:
+        for name, dtype in (("matmul_fp16", torch.float16), ("matmul_bf16", torch.bfloat16),
+                            ("matmul_fp32", torch.float32)):
+            a = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
+            b = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
+            n = reps if dtype != torch.float32 else max(3, reps // 4)
+            ms = event_ms(lambda: torch.mm(a, b), n)
+            rows.append({"device": "cuda", "ceiling": name, "unit": "TFLOP/s", "size": f"{matmul_n}^3",
+                         "value": 2 * matmul_n ** 3 / (ms / 1e3) / 1e12,
+                         "method": f"torch.mm (cuBLAS) on random data, CUDA events, best of {n}"})
+            del a, b
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    name = torch.cuda.get_device_name(0)
+    for r in rows:
+        r["method"] += f", {name}"
+    return pd.DataFrame(rows)
+
+
+WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
+
+
+def roofline_points(df: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
+    """Each row's achieved FLOP/s and its compulsory arithmetic intensity (FLOPs per byte that must move:
+    weights once per launch plus each image's input and output), the x axis of a roofline."""
+    c = cost.iloc[0]
+    out = df[["label", "device", "precision", "batch", "throughput_ips"]].copy()
+    wbytes = out.precision.map(WEIGHT_BYTES).fillna(4)
+    iobytes = np.where(out.precision == "fp16", 2, 4)
+    bytes_per_launch = c.params * wbytes + out.batch * (c.input_elems + c.output_elems) * iobytes
+    out["flops_per_s"] = out.throughput_ips * c.flops_per_image
+    out["intensity"] = out.batch * c.flops_per_image / bytes_per_launch
+    return out
+
+
+def against_anchor(df: pd.DataFrame, anchor_ips: float, backend: str = "torch.compile+cudagraphs",
+                   precision: str = "fp16", batch: int = 32, tolerance: float = 0.15) -> dict | None:
+    """One row's throughput against a published figure: ratio and whether it lies within `tolerance`; None if absent."""
+    rows = df[(df.backend == backend) & (df.precision == precision) & (df.batch == batch)]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    ratio = float(row.throughput_ips) / anchor_ips
+    return {"label": row.label, "variant": row.variant, "batch": batch, "throughput_ips": float(row.throughput_ips),
+            "anchor_ips": anchor_ips, "ratio": ratio, "within_tolerance": abs(ratio - 1) <= tolerance}

@@ -1,0 +1,243 @@
+"""The benchmark harness: statistics on synthetic timings, the table's schema, a real CPU measurement, the figures."""
+import json
+import math
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from mvlib import bench, plots
+from mvlib.run import Run, StageSkipped
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_benchmark.ipynb"
+
+
+def timing(latencies, wall_s, batch=1):
+    """A synthetic measurement."""
+    return bench.Timing(np.asarray(list(latencies), dtype=float), wall_s, batch)
+
+
+# statistics ---------------------------------------------------------------------------------------
+def test_percentile_is_nearest_rank():
+    x = np.random.default_rng(0).permutation(np.arange(1, 101))  # order must not matter
+    assert [bench.percentile(x, q) for q in (0, 50, 90, 95, 99, 100)] == [1, 50, 90, 95, 99, 100]
+    assert bench.percentile([1, 2, 3, 4], 90) == 4  # an observed value, not an interpolation (3.7)
+    assert bench.percentile([1, 2, 3, 4], 50) == 2
+    assert bench.percentile([7.5], 99) == 7.5
+    with pytest.raises(ValueError):
+        bench.percentile([], 50)
+    with pytest.raises(ValueError):
+        bench.percentile([1.0], 101)
+
+
+def test_summarize_pools_repeats():
+    a = timing(range(1, 51), 2.0, batch=4)     # 50 launches in 2 s: 100 img/s
+    b = timing(range(51, 101), 2.5, batch=4)   # 50 launches in 2.5 s: 80 img/s
+    s = bench.summarize([a, b])
+    assert (s["repeats"], s["iterations"], s["batch"]) == (2, 100, 4)
+    assert s["mean_ms"] == pytest.approx(50.5) and s["median_ms"] == pytest.approx(50.5)
+    assert (s["p90_ms"], s["p95_ms"], s["p99_ms"]) == (90, 95, 99)
+    assert s["throughput_ips"] == pytest.approx(100 / 4.5 * 4)  # launches / wall time x batch
+    assert (s["throughput_min_ips"], s["throughput_max_ips"]) == (pytest.approx(80), pytest.approx(100))
+    assert s["spread_pct"] == pytest.approx(100 * 20 / 90)  # range over the median of the repeats
+    assert s["wall_s"] == pytest.approx(4.5)
+
+
+def test_relative_range():
+    assert bench.relative_range([100, 110, 105]) == pytest.approx(100 * 10 / 105)
+    assert bench.relative_range([3.0, 3.0]) == 0
+    assert math.isnan(bench.relative_range([5.0]))
+
+
+def test_no_difference_rule():
+    ref = {"throughput_ips": 100.0, "spread_pct": 5.0}
+    assert bench.verdict({"throughput_ips": 104.0, "spread_pct": 2.0}, ref) == "no difference"
+    assert bench.verdict({"throughput_ips": 96.0, "spread_pct": 2.0}, ref) == "no difference"
+    assert bench.verdict({"throughput_ips": 106.0, "spread_pct": 2.0}, ref) == "faster"
+    assert bench.verdict({"throughput_ips": 90.0, "spread_pct": 2.0}, ref) == "slower"
+    assert bench.verdict({"throughput_ips": 108.0, "spread_pct": 10.0}, ref) == "no difference"  # the larger spread
+    c = bench.compare({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
+    assert (c["ratio"], c["diff_pct"], c["threshold_pct"]) == (1.5, pytest.approx(50), 5.0)
+    with pytest.raises(ValueError, match="bench_repeats"):
+        bench.verdict({"throughput_ips": 1.0, "spread_pct": float("nan")}, ref)
+
+
+def test_settings_reject_what_cannot_be_compared():
+    with pytest.raises(ValueError, match="at least 2"):
+        bench.Settings(repeats=1)
+    with pytest.raises(ValueError, match="bench_seconds"):
+        bench.Settings(seconds=0)
+
+
+def test_time_host_honours_window_and_minimum_launches():
+    t = bench.time_host(lambda: time.sleep(0.001), 2, seconds=0.05)
+    assert t.wall_s >= 0.05 and t.launches >= 10 and t.latencies_ms.min() >= 1.0
+    assert t.throughput == pytest.approx(t.launches / t.wall_s * 2)
+    slow = bench.time_host(lambda: time.sleep(0.01), 1, seconds=0.001)
+    assert slow.launches == 10  # at least 10 launches even when the window is shorter
+
+
+def test_measure_all_leaves_out_batches_a_backend_cannot_run():
+    def prepare(batch):
+        bench.check_profile(batch, 1, 2)
+        return lambda: time.sleep(0.0005)
+
+    def factory(settings):
+        return bench.Backend("fake", "cpu", "fp32", "fake", prepare, "perf_counter around each call")
+
+    s = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
+    df = bench.measure_all(factory, [1, 2, 4], s)
+    assert list(df.batch) == [1, 2]
+    with pytest.raises(StageSkipped, match="outside the engine's profile 1..2"):
+        bench.measure_all(factory, [8], s)
+
+
+def test_missing_models_are_skipped_with_the_reason(tmp_path):
+    s = bench.Settings(seconds=0.01, repeats=2)
+    with pytest.raises(StageSkipped, match="notebook 04"):
+        bench.onnxruntime_cpu(s, tmp_path / "model.int8.onnx", "int8")
+    with pytest.raises(StageSkipped, match="model.fp16.onnx not found"):  # before TensorRT is even imported
+        bench.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", 1, 16, 32)
+
+
+# a real CPU measurement and the table's schema ------------------------------------------------------
+def test_real_cpu_measurement_gives_valid_rows(xxs):
+    exported, _ = xxs
+    s = bench.Settings(img_size=256, seconds=0.05, repeats=2, warmup_s=0.05, variant="mobilevit_xxs")
+    df = bench.measure_all(bench.onnxruntime_cpu, [1, 2], s, exported.onnx, "fp32")
+    assert list(df.columns) == bench.COLUMNS
+    assert list(df.batch) == [1, 2] and set(df.backend) == {"onnxruntime"} and set(df.device) == {"cpu"}
+    for _, r in df.iterrows():
+        assert r.repeats == 2 and r.iterations >= 2 * bench.MIN_ITERS
+        assert 0 < r.median_ms <= r.p90_ms <= r.p95_ms <= r.p99_ms
+        assert r.throughput_ips == pytest.approx(r.iterations / r.wall_s * r.batch)
+        # back-to-back launches on the host: throughput and mean latency tell the same story
+        assert r.throughput_ips == pytest.approx(1000 * r.batch / r.mean_ms, rel=0.2)
+        assert r.throughput_min_ips <= r.throughput_ips <= r.throughput_max_ips and r.spread_pct >= 0
+        assert math.isnan(r.peak_mem_mb) and r.transfers == bench.CPU_TRANSFERS
+        assert r.variant == "mobilevit_xxs" and r.precision == "fp32"
+
+
+def synthetic_table() -> pd.DataFrame:
+    """A results table with CPU and GPU rows, shaped like the harness writes it."""
+    rows = []
+    spec = [("pytorch", "cpu", "fp32", "PyTorch CPU FP32", {1: 20, 8: 30}),
+            ("onnxruntime", "cpu", "fp32", "ONNX Runtime CPU FP32", {1: 40, 8: 31}),
+            ("pytorch-eager", "cuda", "fp32", "PyTorch eager FP32", {1: 180, 8: 1400, 32: 3200}),
+            ("torch.compile+cudagraphs", "cuda", "fp16", "torch.compile FP16 + CUDA graphs",
+             {1: 1800, 8: 9000, 32: 11800}),
+            ("tensorrt", "cuda", "fp16", "TensorRT FP16", {1: 2500, 8: 14000, 32: 16000})]
+    for backend, device, precision, label, thr in spec:
+        for batch, ips in thr.items():
+            ms = 1000 * batch / ips
+            rows.append({"backend": backend, "device": device, "precision": precision, "batch": batch, "repeats": 3,
+                         "iterations": 300, "mean_ms": ms, "median_ms": ms * 0.99, "p90_ms": ms * 1.05,
+                         "p95_ms": ms * 1.08, "p99_ms": ms * 1.2, "throughput_ips": float(ips), "spread_pct": 2.0,
+                         "peak_mem_mb": 100.0 * batch if device == "cuda" else float("nan"), "notes": "synthetic",
+                         "label": label, "throughput_min_ips": ips * 0.99, "throughput_max_ips": ips * 1.01,
+                         "wall_s": 9.0, "timing": "synthetic",
+                         "transfers": bench.GPU_TRANSFERS if device == "cuda" else bench.CPU_TRANSFERS,
+                         "variant": "mobilevit_s", "img_size": 256})
+    return pd.DataFrame(rows, columns=bench.COLUMNS)
+
+
+def test_speedup_table_uses_same_batch_references_and_the_rule():
+    df = synthetic_table()
+    df.loc[(df.backend == "onnxruntime") & (df.batch == 8), "throughput_ips"] = 30.3  # within the 2 % spread
+    sp = bench.speedup_table(df).set_index(["label", "batch"])
+    assert sp.loc[("TensorRT FP16", 1), "vs_pytorch_cpu"] == pytest.approx(125)
+    assert sp.loc[("TensorRT FP16", 1), "verdict_vs_pytorch_cpu"] == "faster"
+    assert sp.loc[("TensorRT FP16", 32), "vs_pytorch_gpu_eager"] == pytest.approx(5)
+    assert math.isnan(sp.loc[("TensorRT FP16", 32), "vs_pytorch_cpu"])  # no CPU row at batch 32
+    assert sp.loc[("ONNX Runtime CPU FP32", 8), "verdict_vs_pytorch_cpu"] == "no difference"
+    assert sp.loc[("PyTorch CPU FP32", 1), "verdict_vs_pytorch_cpu"] == "reference"
+    assert sp.loc[("PyTorch eager FP32", 8), "verdict_vs_pytorch_gpu_eager"] == "reference"
+
+
+def test_roofline_points():
+    cost = pd.DataFrame([{"flops_per_image": 1e9, "params": 1_000_000, "input_elems": 1000, "output_elems": 0}])
+    df = synthetic_table()
+    pts = bench.roofline_points(df, cost).set_index(["label", "batch"])
+    trt = pts.loc[("TensorRT FP16", 8)]
+    assert trt.flops_per_s == pytest.approx(14000 * 1e9)
+    assert trt.intensity == pytest.approx(8e9 / (2e6 + 8 * 1000 * 2))  # fp16 weights and I/O: 2 bytes
+
+
+def test_against_anchor():
+    a = bench.against_anchor(synthetic_table(), 11790.0)
+    assert a["ratio"] == pytest.approx(11800 / 11790) and a["within_tolerance"]
+    assert not bench.against_anchor(synthetic_table(), 20000.0)["within_tolerance"]
+    assert bench.against_anchor(synthetic_table().query("device == 'cpu'"), 11790.0) is None
+
+
+# figures from tables --------------------------------------------------------------------------------
+def _draw_all(run: Run, table: pd.DataFrame, ceilings: pd.DataFrame) -> list[Path]:
+    """Save the tables, read them back, and draw every figure from them as the notebook does."""
+    cost = pd.DataFrame([{"flops_per_image": 4e9, "params": 5_600_000, "input_elems": 196608, "output_elems": 1000,
+                          "img_size": 256, "method": "synthetic"}])
+    run.save_table(table, "06_benchmark.csv")
+    run.save_table(bench.speedup_table(table), "06_speedup.csv")
+    run.save_table(ceilings, "06_ceilings.csv")
+    run.save_table(cost, "06_model_cost.csv")
+    t = pd.read_csv(run.table("06_benchmark.csv"))
+    return [run.save_figure(plots.throughput(t), "06_throughput.png"),
+            run.save_figure(plots.latency_b1(t), "06_latency_b1.png"),
+            run.save_figure(plots.speedup(pd.read_csv(run.table("06_speedup.csv"))), "06_speedup.png"),
+            run.save_figure(plots.roofline(t, pd.read_csv(run.table("06_ceilings.csv")),
+                                           pd.read_csv(run.table("06_model_cost.csv"))), "06_roofline.png")]
+
+
+@pytest.mark.parametrize("with_gpu", [True, False])
+def test_figures_are_drawn_from_the_tables(tmp_path, with_gpu):
+    table = synthetic_table()
+    ceilings = [{"device": "cpu", "ceiling": "copy", "value": 20.0, "unit": "GB/s", "size": "", "method": "synthetic"},
+                {"device": "cpu", "ceiling": "matmul_fp32", "value": 0.1, "unit": "TFLOP/s", "size": "",
+                 "method": "synthetic"}]
+    if with_gpu:
+        ceilings += [{"device": "cuda", "ceiling": "copy", "value": 4300.0, "unit": "GB/s", "size": "",
+                      "method": "synthetic"},
+                     {"device": "cuda", "ceiling": "matmul_fp16", "value": 790.0, "unit": "TFLOP/s", "size": "",
+                      "method": "synthetic"}]
+    else:
+        table = table[table.device == "cpu"]
+    run = Run(tmp_path / "run", "06_benchmark")
+    for path in _draw_all(run, table, pd.DataFrame(ceilings)):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+
+
+@pytest.mark.gpu
+def test_cuda_eager_measurement(xxs):
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU visible to PyTorch")
+    _, model = xxs
+    s = bench.Settings(seconds=0.05, repeats=2, warmup_s=0.05)
+    df = bench.measure_all(bench.pytorch_cuda, [1, 2], s, model, precision="fp16", channels_last=True)
+    assert list(df.columns) == bench.COLUMNS and set(df.device) == {"cuda"}
+    assert (df.peak_mem_mb > 0).all() and (df.transfers == bench.GPU_TRANSFERS).all()
+    assert (df.p99_ms >= df.median_ms).all() and (df.throughput_ips > 0).all()
+
+
+# the notebook ---------------------------------------------------------------------------------------
+def listed_outputs() -> set[str]:
+    """The run-folder files the notebook's first markdown cell says it creates."""
+    first = next(c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "markdown")
+    return set(re.findall(r"`((?:results|figures)/06_[\w.]+)`", "".join(first["source"])))
+
+
+def test_notebook_smoke_run_creates_what_it_lists(smoke_run):
+    listed = listed_outputs()
+    assert len(listed) == 8
+    made = {f"{d}/{p.name}" for d in ("results", "figures") for p in (smoke_run / d).glob("06_*")}
+    assert made == listed
+    table = pd.read_csv(smoke_run / "results" / "06_benchmark.csv")
+    assert list(table.columns) == bench.COLUMNS
+    assert {"pytorch", "onnxruntime"} <= set(table.backend) and set(table.batch) == {1, 4}
+    stages = json.loads((smoke_run / "manifest.json").read_text())["stages"]
+    assert stages["06_benchmark/pytorch_cpu"]["status"] == "ok"
+    for name in ("pytorch_cuda_fp32", "torch_compile_cudagraphs_fp16", "tensorrt_fp16", "gpu_ceilings"):
+        st = stages[f"06_benchmark/{name}"]
+        assert st["status"] in ("ok", "skipped") and (st["status"] == "ok" or st["reason"])
