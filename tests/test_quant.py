@@ -1,0 +1,232 @@
+"""INT8 with ModelOpt: exclusions that really stay unquantized, reused calibration, sensitivity, choice, notebook 04."""
+import re
+import warnings
+
+import nbformat
+import numpy as np
+import onnx
+import pandas as pd
+import pytest
+
+from mvlib import data, env, io, paths, quant
+from mvlib.export import Exported
+
+
+@pytest.fixture(scope="module")
+def images(xxs):
+    """Shipped sample images: 4 to calibrate, 6 to evaluate (no network in tests)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback banner
+        return data.load(xxs[1], 256, calib_images=4, eval_images=6, seed=0, imagenette=False)
+
+
+@pytest.fixture(scope="module")
+def ev(xxs, images):
+    """FP32 reference logits of the evaluation images."""
+    return quant.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
+
+
+@pytest.fixture(scope="module")
+def q_all(xxs, images, tmp_path_factory):
+    """mobilevit_xxs with policy `all`, max calibration."""
+    path = tmp_path_factory.mktemp("int8") / "all.onnx"
+    info = quant.quantize(xxs[0].onnx, path, images.calib, "max")
+    return path, info
+
+
+def _dq_readers(model):
+    """Names of non-Q/DQ nodes that read a DequantizeLinear output."""
+    return set(quant.quantized_nodes(model))
+
+
+def test_attention_nodes_of_mobilevit(xxs):
+    model = onnx.load(str(xxs[0].onnx))
+    attn = quant.attention_nodes(model)
+    ops = quant.count_ops(model, attn)
+    # mobilevit_xxs: 9 transformer layers (2 + 4 + 3), each 2 LayerNorms, 1 Softmax, Q.K^T and P.V; 3 block norms
+    assert ops == {"LayerNormalization": 21, "Softmax": 9, "MatMul": 18}
+    mm = quant.attention_matmuls(model)
+    assert len(mm) == 18 and all(re.search(r"/attn/MatMul(_1)?$", n) for n in mm)
+
+
+def test_quantize_all_places_qdq_and_leaves_the_export_alone(xxs, q_all):
+    path, info = q_all
+    before = xxs[0].onnx.read_bytes()
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model)
+    assert info["qdq_nodes"] > 100 and info["int8_weighted_ops"] > 50
+    assert quant.count_ops(model, quant.quantized_nodes(model))["Conv"] == 35  # every Conv of xxs
+    assert xxs[0].onnx.read_bytes() == before
+    assert not list(path.parent.glob("*.tmp*")), "no temporary files left beside the output"
+
+
+def test_isolate_of_every_quantized_node_gives_back_fp32(q_all, ev):
+    model = onnx.load(str(q_all[0]))
+    plain = quant.isolate(model, [n.name for n in model.graph.node])  # shape reads too, so that no Q/DQ is left
+    assert not any(n.op_type in quant.QDQ for n in plain.graph.node), "Q/DQ left behind"
+    numeric = quant.isolate(model, quant.quantized_nodes(model))  # what sensitivity() uses: shape reads may keep Q/DQ
+    np.testing.assert_array_equal(ev.logits(numeric), ev.logits(plain))
+    out = ev.logits(plain)
+    assert np.abs(out - ev.reference).max() < 1e-4
+    assert ev.metrics(out)["passes"]
+
+
+def test_modelopt_exclusion_alone_shares_qdq_and_isolate_fixes_it(q_all):
+    """ORT's quantizer shares one Q/DQ pair per tensor: a LayerNorm beside a quantized Add reads INT8 values."""
+    model = onnx.load(str(q_all[0]))
+    ln = [n.name for n in model.graph.node if n.op_type == "LayerNormalization"]
+    adds = {n.name for n in model.graph.node if n.op_type == "Add"} & _dq_readers(model)
+    assert set(ln) & _dq_readers(model), "expected LayerNorms reading shared Q/DQ pairs"
+    fixed = quant.isolate(model, ln)
+    assert not set(ln) & _dq_readers(fixed)
+    assert adds <= _dq_readers(fixed), "the Adds that share those tensors keep their Q/DQ"
+
+
+def test_fp_attention_policy_leaves_the_named_nodes_unquantized(xxs, images, q_all, tmp_path):
+    src = onnx.load(str(xxs[0].onnx))
+    attn = quant.attention_nodes(src)
+    cached = tmp_path / "fp_attention.cached.onnx"
+    info = quant.quantize(xxs[0].onnx, cached, images.calib, "max", quant.attention_matmuls(src),
+                          quant.HIGH_PRECISION_OPS, scales_from=q_all[0])
+    model = onnx.load(str(cached))
+    names = {n.name for n in model.graph.node}
+    assert set(attn) <= names, "excluded nodes must still exist"
+    assert not set(attn) & _dq_readers(model), "an excluded node reads a DequantizeLinear output"
+    assert info["excluded_nodes"] == len(attn) and 0 < info["quantized_nodes"] < quant.summary(q_all[0])[
+        "quantized_nodes"]
+    # reusing the `all` scales through the calibration cache equals calibrating again on the same images
+    fresh = tmp_path / "fp_attention.fresh.onnx"
+    quant.quantize(xxs[0].onnx, fresh, images.calib, "max", quant.attention_matmuls(src), quant.HIGH_PRECISION_OPS)
+    scales = lambda m: {n.input[0]: float(np.ravel(onnx.numpy_helper.to_array(  # noqa: E731
+        next(i for i in m.graph.initializer if i.name == n.input[1])))[0])
+        for n in m.graph.node if n.op_type == "QuantizeLinear"}
+    a, b = scales(model), scales(onnx.load(str(fresh)))
+    assert a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / max(abs(b[k]), 1e-12) for k in a) < 1e-5
+
+
+def test_unknown_excluded_node_is_an_error(xxs, images, tmp_path):
+    with pytest.raises(ValueError, match="not in the model"):
+        quant.quantize(xxs[0].onnx, tmp_path / "x.onnx", images.calib, "max", ["/no/such/node"])
+    with pytest.raises(ValueError, match="calibration method"):
+        quant.quantize(xxs[0].onnx, tmp_path / "x.onnx", images.calib, "minmax")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_groups_at_each_granularity():
+    names = ["/stem/conv/Conv", "/stages/stages.1/stages.1.0/conv1_1x1/conv/Conv",
+             "/stages/stages.2/stages.2.1/conv_kxk/conv/Conv",
+             "/stages/stages.2/stages.2.1/transformer/transformer.0/attn/qkv/MatMul",
+             "/stages/stages.2/stages.2.1/transformer/transformer.1/mlp/fc1/MatMul",
+             "/stages/stages.2/stages.2.1/conv_fusion/conv/Conv", "/head/global_pool/pool/GlobalAveragePool"]
+    assert list(quant.groups(names, "stage")) == ["stem", "stages.1", "stages.2", "head"]
+    block = quant.groups(names, "block")
+    assert list(block) == ["stem", "stages.1.0", "stages.2.1/conv", "stages.2.1/transformer", "head"]
+    assert len(block["stages.2.1/conv"]) == 2 and len(block["stages.2.1/transformer"]) == 2
+    assert list(quant.groups(names, "layer")) == names
+    with pytest.raises(ValueError, match="granularity"):
+        quant.group_of(names[0], "tensor")
+
+
+def test_sensitivity_ranks_groups_and_stops_when_it_passes(q_all, ev):
+    table, excluded = quant.sensitivity(q_all[0], ev, "stage", n_images=4)
+    assert list(table["rank"]) == list(range(1, len(table) + 1)) and len(table) == 8
+    assert (table.error_alone.diff().dropna() <= 0).all(), "ranked worst first"
+    k = int(table.excluded.sum())
+    assert table.excluded.iloc[:k].all() and not table.excluded.iloc[k:].any(), "excluded in rank order"
+    model = onnx.load(str(q_all[0]))
+    full = ev.evaluate(model, 4)
+    if full["passes"]:
+        assert k == 0 and excluded == []
+    else:
+        assert table.passes_after.iloc[k - 1] or k == len(table)
+        assert not table.passes_after.iloc[:k - 1].any()
+        grouped = quant.groups(quant.quantized_nodes(model), "stage")
+        assert sorted(excluded) == sorted(n for g in table.group[table.excluded] for n in grouped[g])
+
+
+def test_criterion_boundaries():
+    ok = {"top1_agreement": 0.99, "cosine_mean": 0.999}
+    assert quant.failures(ok) == []
+    assert quant.failures({**ok, "top1_drop_points": 0.5}) == []
+    assert "top-1 drop" in quant.failures({**ok, "top1_drop_points": 0.51})[0]
+    assert "agreement" in quant.failures({**ok, "top1_agreement": 0.989})[0]
+    assert "cosine" in quant.failures({**ok, "cosine_mean": 0.9989})[0]
+
+
+def test_labelled_metrics_report_the_top1_drop():
+    ref = np.eye(4, dtype=np.float32) * 5 + 0.1
+    ev = quant.Evaluator(np.zeros((4, 3, 8, 8), np.float32), ref, labels=np.array([0, 1, 2, 0]))
+    worse = ref.copy()
+    worse[1] = ref[0]  # image 1 now predicts class 0
+    m = ev.metrics(worse)
+    assert m["top1_fp32"] == 0.75 and m["top1_int8"] == 0.5 and m["top1_drop_points"] == pytest.approx(25.0)
+    assert not m["passes"] and "top-1 drop" in m["fails"]
+
+
+def _fake_exported(tmp_path, src):
+    """An Exported in a temporary folder holding a copy of the FP32 export."""
+    (tmp_path / "model.onnx").write_bytes(src.read_bytes())
+    return Exported(tmp_path, tmp_path / "model.onnx", {"tag": "t"}, {})
+
+
+def test_write_chosen_writes_nothing_when_no_policy_passes(tmp_path, xxs, ev):
+    exp = _fake_exported(tmp_path, xxs[0].onnx)
+    exp.path("model.int8.onnx").write_bytes(b"stale")
+    table = pd.DataFrame([{"policy": "all", "method": "max", "file": "model.onnx", "passes": False,
+                           "int8_weighted_ops": 80, "cosine_mean": 0.98}])
+    _, meta = quant.write_chosen(exp, table, ev, "fp32")
+    assert meta["passes"] is False and not exp.path("model.int8.onnx").exists()
+    assert io.read_json(exp.path("model.int8.json"))["passes"] is False
+    with pytest.raises(FileNotFoundError, match="no INT8 policy"):
+        quant.load_chosen(exp)
+
+
+def test_choose_prefers_more_int8_among_passing_rows():
+    table = pd.DataFrame([
+        {"policy": "all", "method": "max", "passes": False, "int8_weighted_ops": 90, "cosine_mean": 0.99},
+        {"policy": "sensitivity", "method": "max", "passes": True, "int8_weighted_ops": 70, "cosine_mean": 0.9991},
+        {"policy": "sensitivity", "method": "entropy", "passes": True, "int8_weighted_ops": 70, "cosine_mean": 0.9995},
+        {"policy": "fp_attention", "method": "max", "passes": True, "int8_weighted_ops": 0, "cosine_mean": 1.0}])
+    best = quant.choose(table)
+    assert (best.policy, best.method) == ("sensitivity", "entropy")
+    assert quant.choose(table.iloc[[0, 3]]) is None
+
+
+def test_chunks_pad_a_short_tail_for_the_engine_profile():
+    x = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
+    chunks = quant._chunks(x, batch_min=2, batch_max=4)
+    assert [(len(c), n) for c, n in chunks] == [(4, 4), (2, 1)]
+    assert chunks[1][0][1, 0, 0, 0] == 4.0  # padding repeats the last real image
+
+
+@pytest.mark.skipif(not env.tensorrt_status()[0], reason="TensorRT not installed: INT8 engines are built on the trt tier")
+def test_int8_engine_accuracy(tmp_path, xxs, images, ev, q_all):
+    exp = _fake_exported(tmp_path, xxs[0].onnx)
+    exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
+    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32",
+                           "file": "model.int8.all.max.onnx"}])
+    out = quant.engine_accuracy(exp, table, ev, 1, 2, 4)
+    assert out.iloc[0].cosine_mean > 0.9 and out.iloc[0].get("out_INT8", 0) > 0
+
+
+def test_notebook_04_creates_the_files_it_lists(smoke_run):
+    nb = nbformat.read(paths.NOTEBOOKS / "04_int8.ipynb", as_version=4)
+    listed = set(re.findall(r"`((?:results|figures)/04_[\w.]+)`", nb.cells[0].source))
+    trt_only = {"results/04_int8_trt_accuracy.csv"}
+    assert trt_only <= listed
+    made = {f"{p.parent.name}/{p.name}" for sub in ("results", "figures") for p in (smoke_run / sub).glob("04_*")}
+    manifest = io.read_json(smoke_run / "manifest.json")
+    expected = listed if manifest["tier"] == "trt" else listed - trt_only
+    assert made == expected
+    stages = {k: v for k, v in manifest["stages"].items() if k.startswith("04_int8/")}
+    assert stages["04_int8/trt_int8_engines"]["status"] == ("ok" if manifest["tier"] == "trt" else "skipped")
+    assert all(v["status"] == "ok" for k, v in stages.items() if v["tier"] == "cpu")
+    assert manifest["int8_images"]["source"] in data.SOURCES and manifest["int8"]["images"]
+    acc = pd.read_csv(smoke_run / "results" / "04_int8_accuracy.csv")
+    assert set(acc.policy) == set(quant.POLICIES) and set(acc.method) == set(quant.METHODS)
+    assert acc.images.nunique() == 1 and acc.images.iloc[0] == manifest["int8_images"]["label"]
+    meta = io.read_json(paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17) / "model.int8.json")
+    assert meta["passes"] == manifest["int8"]["passes"]
+    if meta["passes"]:
+        assert (paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17) / "model.int8.onnx").exists()
