@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Build the SiLU kernel library and, where TensorRT's headers are found, the TensorRT plugin.
+#
+#   bash silu_plugin/build.sh                        # outputs into $MVLIB_BUILD/silu_plugin (default build/silu_plugin)
+#   TRT_INCLUDE=/path/to/TensorRT/include bash silu_plugin/build.sh
+#
+# Variables: NVCC (compiler; default: nvcc on PATH, then /usr/local/cuda/bin/nvcc), TRT_INCLUDE
+# (TensorRT's include/ folder), TRT_ROOT (a TensorRT install with include/ and lib/), TRT_LIB
+# (folder holding libnvinfer.so*), MVLIB_BUILD (the study's build folder), SILU_ARCHS (gencode
+# list to use instead of the default sm_80, sm_86, sm_89, sm_90 + compute_90 PTX).
+#
+# Outputs (each written to a temporary name and renamed, so no half-built library is ever left):
+#   libmv_silu.so                  the kernel and its C ABI (mv_silu ...), always
+#   libmv_silu_plugin.so           kernel + IPluginV3 plugin, registered statically when loaded
+#                                  (ctypes, polygraphy --plugins, trtexec --staticPlugins)
+#   libmv_silu_plugin_dynamic.so   the same without the static registrar, for
+#                                  IPluginRegistry::loadLibrary / trtexec --dynamicPlugins
+#   mv_silu_plugin_check           drives the plugin through TensorRT's interfaces (no libnvinfer
+#                                  needed) and, on a GPU, runs its enqueue on device memory
+#   build_info.json                what was built, against which headers, and why not the rest
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+build_root="$(realpath -m "${MVLIB_BUILD:-$root/build}")"  # as mvlib.paths.BUILD
+out="$build_root/silu_plugin"                               # as mvlib.paths.PLUGIN_BUILD
+mkdir -p "$out"
+tmp="$(mktemp -d "$out/.build.XXXXXX")"
+trap 'rm -rf "$tmp"' EXIT
+
+nvcc="${NVCC:-$(command -v nvcc || true)}"
+if [[ -z "$nvcc" && -x /usr/local/cuda/bin/nvcc ]]; then nvcc=/usr/local/cuda/bin/nvcc; fi
+if [[ -z "$nvcc" ]] || ! command -v "$nvcc" >/dev/null; then
+    echo "error: nvcc not found${nvcc:+ at $nvcc}: install the CUDA toolkit or set NVCC=/path/to/nvcc" >&2
+    exit 2
+fi
+
+archs="${SILU_ARCHS:--gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_86,code=sm_86 -gencode=arch=compute_89,code=sm_89 -gencode=arch=compute_90,code=[sm_90,compute_90]}"
+# Host code: every warning is an error; device code likewise (--Werror all-warnings).
+host_flags="-fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror"
+common=(-O3 -std=c++17 --Werror all-warnings -Xcompiler "$host_flags")
+# Keep the static CUDA runtime's symbols private: only our C ABI and TensorRT's entry points are exported.
+link=(-shared -Xlinker --exclude-libs,ALL -Xlinker --as-needed)
+
+# TensorRT's headers: TRT_INCLUDE, else TRT_ROOT/include, else the usual install places.
+trt_inc="${TRT_INCLUDE:-}"
+if [[ -z "$trt_inc" ]]; then
+    for cand in "${TRT_ROOT:+$TRT_ROOT/include}" /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu \
+                /usr/include /usr/local/tensorrt/include /opt/tensorrt/include; do
+        if [[ -n "$cand" && -f "$cand/NvInferRuntime.h" ]]; then trt_inc="$cand"; break; fi
+    done
+fi
+if [[ -n "$trt_inc" && ! -f "$trt_inc/NvInferRuntime.h" ]]; then
+    echo "error: TRT_INCLUDE=$trt_inc has no NvInferRuntime.h: point it at TensorRT's include/ folder" >&2
+    exit 2
+fi
+
+echo "nvcc: $nvcc ($("$nvcc" --version | grep -o 'release [0-9.]*'))"
+echo "targets: $archs"
+# shellcheck disable=SC2086
+"$nvcc" "${common[@]}" $archs --threads 0 -c "$here/silu_kernel.cu" -o "$tmp/silu_kernel.o"
+"$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" -o "$tmp/libmv_silu.so"
+
+plugin="no"
+trt_version=""
+trt_lib=""
+why=""
+if [[ -n "$trt_inc" ]]; then
+    ver_h="$trt_inc/NvInferVersion.h"
+    major=$(grep -Eo '#define (TRT|NV_TENSORRT)_MAJOR(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
+    minor=$(grep -Eo '#define (TRT|NV_TENSORRT)_MINOR(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
+    patch=$(grep -Eo '#define (TRT|NV_TENSORRT)_PATCH(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
+    trt_version="$major.$minor.$patch"
+    # libnvinfer, if present: linking it records the dependency, so loading the plugin pulls TensorRT in.
+    for dir in "${TRT_LIB:-}" "${TRT_ROOT:+$TRT_ROOT/lib}" \
+               "$(python3 -c 'import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))' 2>/dev/null || true)" \
+               /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/local/tensorrt/lib /opt/tensorrt/lib; do
+        if [[ -n "$dir" ]]; then
+            found=$(ls "$dir"/libnvinfer.so.[0-9]* "$dir"/libnvinfer.so 2>/dev/null | head -1 || true)
+            if [[ -n "$found" ]]; then trt_lib="$found"; break; fi
+        fi
+    done
+    # TensorRT's headers are third-party: -isystem keeps their own deprecation warnings (they use
+    # their deprecated IPluginV2 types internally) from failing -Werror, which applies to our code.
+    for variant in static dynamic; do
+        defs=()
+        [[ "$variant" == dynamic ]] && defs=(-DMV_SILU_NO_STATIC_REGISTRATION)
+        "$nvcc" "${common[@]}" "${defs[@]}" -isystem "$trt_inc" -I "$here" -c "$here/silu_plugin.cpp" -o "$tmp/silu_plugin_$variant.o"
+    done
+    libs=()
+    [[ -n "$trt_lib" ]] && libs=("$trt_lib")
+    "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_static.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin.so"
+    "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_dynamic.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin_dynamic.so"
+    # The interface check drives the plugin through TensorRT's interfaces without libnvinfer.
+    "$nvcc" "${common[@]}" -isystem "$trt_inc" -I "$here" -c "$here/plugin_check.cpp" -o "$tmp/plugin_check.o"
+    "$nvcc" "${common[@]}" "$tmp/plugin_check.o" "$tmp/silu_plugin_dynamic.o" "$tmp/silu_kernel.o" -o "$tmp/mv_silu_plugin_check"
+    plugin="yes"
+    if [[ -z "$trt_lib" ]]; then
+        why="libnvinfer not found (set TRT_LIB): TensorRT's symbols are left undefined, so load the plugin only into a process that has loaded TensorRT"
+    fi
+else
+    why="no TensorRT headers found: set TRT_INCLUDE to TensorRT's include/ folder (or TRT_ROOT to an install) to build the plugin"
+fi
+
+for f in "$tmp"/*.so "$tmp"/mv_silu_plugin_check; do [[ -e "$f" ]] && mv -f "$f" "$out/"; done
+if [[ "$plugin" == no ]]; then rm -f "$out/libmv_silu_plugin.so" "$out/libmv_silu_plugin_dynamic.so" "$out/mv_silu_plugin_check"; fi
+cat > "$tmp/build_info.json" <<EOF
+{
+  "kernel_library": "$out/libmv_silu.so",
+  "plugin": $([[ "$plugin" == yes ]] && echo true || echo false),
+  "plugin_library": $([[ "$plugin" == yes ]] && echo "\"$out/libmv_silu_plugin.so\"" || echo null),
+  "plugin_library_dynamic": $([[ "$plugin" == yes ]] && echo "\"$out/libmv_silu_plugin_dynamic.so\"" || echo null),
+  "plugin_check": $([[ "$plugin" == yes ]] && echo "\"$out/mv_silu_plugin_check\"" || echo null),
+  "tensorrt_include": $([[ -n "$trt_inc" ]] && echo "\"$trt_inc\"" || echo null),
+  "tensorrt_headers_version": $([[ -n "$trt_version" ]] && echo "\"$trt_version\"" || echo null),
+  "tensorrt_library": $([[ -n "$trt_lib" ]] && echo "\"$trt_lib\"" || echo null),
+  "note": "$why",
+  "nvcc": "$("$nvcc" --version | grep -o 'release [0-9.]*' | cut -d' ' -f2)",
+  "targets": "$archs"
+}
+EOF
+mv -f "$tmp/build_info.json" "$out/build_info.json"
+
+if [[ "$plugin" == yes ]]; then
+    echo "built: kernel library and TensorRT plugin (TensorRT $trt_version headers at $trt_inc) in $out"
+else
+    echo "built: kernel library only, no TensorRT plugin in $out"
+fi
+[[ -n "$why" ]] && echo "note: $why"
+ls -l "$out"/*.so
