@@ -377,13 +377,6 @@ def _engine_bytes(engine) -> bytes:
     raise TypeError(f"cannot read a TensorRT engine from {type(engine).__name__}")
 
 
-def plugin_library() -> Path | None:
-    """The SiLU plugin's shared library built by notebook 05 (newest .so under build/silu_plugin), if any."""
-    from mvlib import paths
-    found = sorted(paths.PLUGIN_BUILD.rglob("*.so"), key=lambda p: p.stat().st_mtime) if paths.PLUGIN_BUILD.exists() else []
-    return found[-1] if found else None
-
-
 def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plugin_libs: Sequence[Path | str] = (),
                     backend: str = "tensorrt", notes: str = "") -> Backend:
     """A TensorRT engine run through execute_async_v3, captured once per batch in a CUDA graph and replayed."""
@@ -459,10 +452,11 @@ def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, batch_mi
         raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: {maker} writes it")
     libs: tuple = ()
     if plugin:
-        lib = plugin_library()
-        if lib is None:
-            raise StageSkipped("the SiLU plugin library is not built (notebook 05 builds it under build/silu_plugin)")
-        libs = (lib,)
+        from mvlib import plugin as mvplugin
+        try:  # the self-registering library, not the kernel-only or the dynamic-entry-point one
+            libs = (mvplugin.plugin_library(),)
+        except FileNotFoundError as err:
+            raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}") from err
     from mvlib import trt as mvtrt
     engine = mvtrt.build_engine(onnx_path, batch_min, batch_opt, batch_max, plugins=libs)
     label = f"TensorRT {precision.upper()}" + (" + SiLU plugin" if plugin else "")

@@ -154,3 +154,17 @@ def test_build_folder_is_isolated_and_ignored():
     assert paths.BUILD == (paths.ROOT / "build" / "tests").resolve()
     out = subprocess.run(["git", "check-ignore", "build/x.onnx"], cwd=paths.ROOT, capture_output=True, text=True)
     assert out.returncode == 0
+
+
+def test_check_compares_every_runner_with_the_reference():
+    """A third runner that is off fails the check even when the second is fine (not neighbour-to-neighbour)."""
+    from polygraphy.comparator import IterationResult, RunResults
+    rng = np.random.default_rng()
+    ref = rng.normal(size=(2, 1000)).astype(np.float32)
+
+    def results(*outs):
+        return RunResults([(f"r{i}", [IterationResult({accuracy.OUTPUT: o}, runner_name=f"r{i}")])
+                           for i, o in enumerate(outs)])
+    assert accuracy.check(results(ref, ref + 1e-7, ref + 2e-7), atol=1e-5, rtol=0)
+    assert not accuracy.check(results(ref, ref + 1e-7, ref + 1.0), atol=1e-5, rtol=0)
+    assert not accuracy.check(results(ref, ref + 1.0, ref + 1.0), atol=1e-5, rtol=0)  # 2 vs 3 agree, both off
