@@ -121,20 +121,16 @@ def list_folder(folder: Path | str) -> tuple[list[Item], str]:
         items = [Item(p, labels[d]) for d, files in nested.items() for p in files]
         return items, f"{len(nested)} class folders named by ImageNet-1k id: labelled"
     items = [Item(p) for p in top] + [Item(p) for files in nested.values() for p in files]
-    why = ("flat folder" if not nested else
-           "images at the top level besides sub-folders" if top else
-           f"sub-folder names are not ImageNet-1k WordNet ids or indices (e.g. {next(d.name for d, v in labels.items() if v is None)!r})")
+    odd = next((d.name for d, v in labels.items() if v is None), "")
+    why = ("flat folder" if not nested else "images at the top level besides sub-folders" if top else
+           f"sub-folder names are not ImageNet-1k WordNet ids or indices (e.g. {odd!r})")
     return items, f"unlabelled ({why}): only agreement with FP32 is measured"
 
 
 def open_image(path: Path) -> Image.Image:
-    """Decode an image fully as RGB (raises OSError/ValueError when it cannot be read)."""
+    """Decode an image fully and convert it to RGB as timm's dataset readers do (`Image.convert("RGB")`)."""
     with Image.open(path) as im:
         im.load()
-        if im.mode in ("RGBA", "LA", "P"):  # composite on white so transparent areas do not turn black
-            im = im.convert("RGBA")
-            bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(bg, im)
         return im.convert("RGB")
 
 
