@@ -78,6 +78,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
                     help="copy figures and tables into figures/ and data/results/ (auto: only for the full profile)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds one notebook cell may run")
+    ap.add_argument("--keep-going", action="store_true",
+                    help="run the remaining notebooks after one fails (the run still fails at the end)")
     return ap.parse_args(argv)
 
 
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     if run.exists():
         shutil.rmtree(run)  # a run's manifest must describe this run only
     (run / "notebooks").mkdir(parents=True)
+    failed: list[str] = []
     print(f"study: profile {args.profile}, expected tier {tier} (machine: {have}), run folder {run}")
     for nb in notebooks(args.only):
         wanted = declared(nb)
@@ -114,14 +117,17 @@ def main(argv: list[str] | None = None) -> int:
         except papermill.PapermillExecutionError as err:
             print(f"notebook {nb.name} failed: {err.ename}: {err.evalue}\n"
                   f"see the executed copy {run / 'notebooks' / nb.name}", file=sys.stderr)
-            return 1
+            failed.append(nb.name)
+            if not args.keep_going:
+                return 1
+            continue
         print(f"    done in {time.perf_counter() - start:.0f} s" + (f"; not used here: {sorted(unknown)}" if unknown else ""))
     manifest = io.read_json(run / "manifest.json")
     manifest["run"] = {"profile": args.profile, "expected_tier": tier, "params": params,
                        "notebooks": [nb.name for nb in notebooks(args.only)]}
     io.write_json(run / "manifest.json", manifest)
     print("stages:\n" + summary(manifest))
-    problems = stage_problems(manifest, tier)
+    problems = stage_problems(manifest, tier) + [f"notebook {name} failed" for name in failed]
     if problems:
         print("the run did not reach its tier:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
