@@ -3,6 +3,7 @@
     python -m mvlib.study --profile smoke [--tier cpu|gpu|trt|auto] [-p name value ...] [--only 01,03]
 """
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -88,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     import papermill
 
     args = parse_args(argv)
+    # Figures are saved to files; a batch kernel needs no inline backend (and some matplotlib
+    # builds reject ipykernel's default one). Kernels inherit this environment.
+    os.environ.setdefault("MPLBACKEND", "Agg")
     have = env.detect_tier()
     tier = have if args.tier == "auto" else args.tier
     env.tier_rank(tier)
