@@ -592,7 +592,9 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     """Error (1 - mean cosine) and top-1 agreement per policy and method, with the pass thresholds."""
     import matplotlib.pyplot as plt
     table = table.copy()
-    table["label"] = table.policy + np.where(table.high_precision == "fp16", "\n(deployed, fp16)", "")
+    # model.int8.onnx can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
+    table["label"] = table.policy + np.where(table.file == "model.int8.onnx",
+                                             "\n(model.int8.onnx, " + table.high_precision + " floats)", "")
     labels = list(dict.fromkeys(table.label))
     methods = list(dict.fromkeys(table.method))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))

@@ -268,3 +268,18 @@ def test_notebook_04_creates_the_files_it_lists(smoke_run):
     assert meta["passes"] == manifest["int8"]["passes"]
     if meta["passes"]:
         assert (paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17) / "model.int8.onnx").exists()
+
+
+def test_plot_accuracy_with_fp32_fallback_rows(tmp_path):
+    """The accuracy figure draws a table where model.int8.onnx appears twice (FP16 failed, FP32 fallback)."""
+    import pandas as pd
+    rows = [("all", "max", "fp32", "model.int8.all.max.onnx", 0.92, 0.05, False),
+            ("sensitivity", "entropy", "fp32", "model.int8.sensitivity.entropy.onnx", 0.99975, 0.992, True),
+            ("sensitivity", "entropy", "fp16", "model.int8.onnx", 0.99975, 0.977, False),
+            ("sensitivity", "entropy", "fp32", "model.int8.onnx", 0.99975, 0.992, True)]
+    table = pd.DataFrame(rows, columns=["policy", "method", "high_precision", "file", "cosine_mean",
+                                        "top1_agreement", "passes"])
+    fig = quant.plot_accuracy(table, "fallback")
+    labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert len(labels) == len(set(labels)) == 4
+    fig.savefig(tmp_path / "f.png")
