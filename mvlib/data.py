@@ -21,9 +21,7 @@ source picture).
 """
 import hashlib
 import os
-import socket
 import tarfile
-import threading
 import shutil
 import urllib.parse
 import urllib.request
@@ -35,7 +33,7 @@ from typing import Callable, Sequence
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from mvlib import io, paths
+from mvlib import env, io, paths
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
 MIN_SIDE = 64  # shorter side in pixels; smaller images are skipped (upscaled > 4x to 256 they carry no detail)
@@ -250,22 +248,7 @@ def from_folder(folder: Path | str, tf: Callable, calib: int, evaluation: int, s
 
 def _reachable(url: str, timeout: float) -> tuple[bool, str]:
     """Whether the URL's host accepts a TCP connection within `timeout` seconds (DNS included)."""
-    if os.environ.get("MVLIB_OFFLINE") or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
-        return False, "offline mode is set (MVLIB_OFFLINE / HF_HUB_OFFLINE)"
-    host = urllib.parse.urlparse(url).hostname
-    result: list = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, 443), timeout=timeout).close()
-            result.append((True, "reachable"))
-        except OSError as err:
-            result.append((False, f"{host} unreachable ({err})"))
-
-    thread = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
-    thread.start()
-    thread.join(timeout)
-    return result[0] if result else (False, f"{host} did not answer within {timeout:.0f} s")
+    return env.reachable(urllib.parse.urlparse(url).hostname, 443, timeout)
 
 
 def _md5(path: Path) -> str:

@@ -1,9 +1,12 @@
 """What this machine can do: the tier (cpu, gpu, trt), the GPU, and library versions."""
 import functools
 import importlib.metadata
+import os
 import platform
 import shutil
+import socket
 import subprocess
+import threading
 
 TIERS = ("cpu", "gpu", "trt")
 PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-extensions", "onnx-graphsurgeon",
@@ -109,6 +112,31 @@ def gpu_info() -> dict:
 
 def machine() -> dict:
     """A short description of the host."""
-    import os
     return {"host_cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version(), "platform": platform.platform(), "nvcc": nvcc_path()}
+
+
+def offline() -> str:
+    """Why network access is switched off (MVLIB_OFFLINE / HF_HUB_OFFLINE), or an empty string."""
+    if os.environ.get("MVLIB_OFFLINE") or os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return "offline mode is set (MVLIB_OFFLINE / HF_HUB_OFFLINE)"
+    return ""
+
+
+def reachable(host: str, port: int, timeout: float) -> tuple[bool, str]:
+    """Whether `host` accepts a TCP connection within `timeout` seconds, DNS included, and why not."""
+    if offline():
+        return False, offline()
+    result: list = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append((True, "reachable"))
+        except OSError as err:
+            result.append((False, f"{host} unreachable ({err})"))
+
+    thread = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
+    thread.start()
+    thread.join(timeout)
+    return result[0] if result else (False, f"{host} did not answer within {timeout:.0f} s")

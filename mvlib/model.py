@@ -1,14 +1,12 @@
 """Build a timm MobileViT with the requested weights: pretrained, seeded random, or a checkpoint."""
 import hashlib
-import os
-import socket
-import threading
 import warnings
 from pathlib import Path
 
 import torch
 
 import mvlib  # noqa: F401  (applies the torchvision import fix before timm)
+from mvlib import env
 import timm
 
 HUB_HOST = ("huggingface.co", 443)
@@ -30,21 +28,7 @@ def check_variant(variant: str) -> str:
 
 def hub_reachable(timeout: float = HUB_TIMEOUT_S) -> tuple[bool, str]:
     """Whether the weights hub answers a TCP connection within `timeout` seconds (DNS included)."""
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0") or os.environ.get("MVLIB_OFFLINE"):
-        return False, "offline mode is set (HF_HUB_OFFLINE / MVLIB_OFFLINE)"
-    result: list = []
-
-    def probe() -> None:
-        try:
-            socket.create_connection(HUB_HOST, timeout=timeout).close()
-            result.append((True, "reachable"))
-        except OSError as err:
-            result.append((False, f"{HUB_HOST[0]} unreachable ({err})"))
-
-    thread = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore socket timeouts
-    thread.start()
-    thread.join(timeout)
-    return result[0] if result else (False, f"{HUB_HOST[0]} did not answer within {timeout:.0f} s")
+    return env.reachable(*HUB_HOST, timeout)
 
 
 def _random(variant: str, seed: int) -> torch.nn.Module:
