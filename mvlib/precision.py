@@ -272,12 +272,8 @@ def _score(name: str, ref_name: str, batch: int, ref: np.ndarray, out: np.ndarra
     row = {"runner": name, "reference": ref_name, "batch": batch, **m, "atol": tol.atol, "rtol": tol.rtol,
            "min_cosine": tol.min_cosine, "samples_within_tol": int(sum(verdicts)), "passed": bool(passed),
            "status": "ok" if passed else "outside tolerance"}
-    r64, o64 = ref.astype(np.float64), out.astype(np.float64)
-    diff = np.abs(r64 - o64)
-    cos = np.sum(r64 * o64, 1) / np.maximum(np.linalg.norm(r64, axis=1) * np.linalg.norm(o64, axis=1), 1e-300)
     per_sample = pd.DataFrame({"runner": name, "reference": ref_name, "batch": batch, "sample": np.arange(len(ref)),
-                               "max_abs": diff.max(1), "mean_abs": diff.mean(1), "cosine": cos,
-                               "top1_agree": r64.argmax(1) == o64.argmax(1), "within_tol": verdicts})
+                               **metrics.per_sample(ref, out), "within_tol": verdicts})
     return row, per_sample
 
 
