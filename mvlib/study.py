@@ -94,7 +94,6 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     have = env.detect_tier()
     tier = have if args.tier == "auto" else args.tier
-    env.tier_rank(tier)
     if env.tier_rank(tier) > env.tier_rank(have):
         print(f"this machine reaches tier {have}, not {tier}: {env.missing_for(tier)}", file=sys.stderr)
         return 2
@@ -107,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     (run / "notebooks").mkdir(parents=True)
     failed: list[str] = []
     print(f"study: profile {args.profile}, expected tier {tier} (machine: {have}), run folder {run}")
-    for nb in notebooks(args.only):
+    selected = notebooks(args.only)
+    for nb in selected:
         wanted = declared(nb)
         unknown = set(params) - wanted
         nb_params = {k: v for k, v in params.items() if k in wanted}
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    done in {time.perf_counter() - start:.0f} s" + (f"; not used here: {sorted(unknown)}" if unknown else ""))
     manifest = io.read_json(run / "manifest.json")
     manifest["run"] = {"profile": args.profile, "expected_tier": tier, "params": params,
-                       "notebooks": [nb.name for nb in notebooks(args.only)]}
+                       "notebooks": [nb.name for nb in selected]}
     io.write_json(run / "manifest.json", manifest)
     print("stages:\n" + summary(manifest))
     problems = stage_problems(manifest, tier) + [f"notebook {name} failed" for name in failed]
