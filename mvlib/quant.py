@@ -36,7 +36,7 @@ import onnx
 import pandas as pd
 from onnx import numpy_helper
 
-from mvlib import io, metrics
+from mvlib import io, metrics, trt
 from mvlib.accuracy import INPUT, OUTPUT
 
 METHODS = ("max", "entropy")
@@ -200,15 +200,26 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     nodes are quantized. ModelOpt then sees only the first image (for its shape
     probes). The input is copied to a private folder first because ModelOpt
     writes intermediate files beside its input; the result is written atomically.
+    A result made from the same input bytes, images, method, exclusions, scales
+    and ModelOpt version is reused (`<out>.json` holds that key), so a second run
+    of the study spends no calibration time.
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {', '.join(METHODS)}")
     calib = np.ascontiguousarray(calib, dtype=np.float32)
     if calib.ndim != 4 or len(calib) == 0:
         raise ValueError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {calib.shape}")
-    from modelopt.onnx.quantization import quantize as modelopt_quantize
     source = onnx.load(str(onnx_path))
     excluded = _resolve(source, exclude_nodes, exclude_op_types)
+    key = _quantize_key(onnx_path, calib, method, excluded, exclude_op_types, scales_from)
+    out_path, meta_path = Path(out_path), Path(f"{out_path}.json")
+    if out_path.exists() and meta_path.exists():
+        saved = io.read_json(meta_path)
+        if saved.get("key") == key and saved.get("sha256") == trt.sha256(out_path):
+            print(f"reusing {out_path.name} (same model, images, method, exclusions and ModelOpt)")
+            return saved["summary"]
+    meta_path.unlink(missing_ok=True)  # the key goes last: a half-written result is never reused
+    from modelopt.onnx.quantization import quantize as modelopt_quantize
     with tempfile.TemporaryDirectory(prefix="mvlib-int8-") as tmp:
         src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
         shutil.copyfile(onnx_path, src)
@@ -223,7 +234,21 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         model = isolate(onnx.load(str(dst)), excluded)
     with io.atomic_path(out_path) as tmp_path:
         onnx.save(model, str(tmp_path))
-    return summary(model, excluded)
+    info = summary(model, excluded)
+    io.write_json(meta_path, {"key": key, "sha256": trt.sha256(out_path), "summary": info})
+    return info
+
+
+def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, excluded: Sequence[str],
+                  op_types: Sequence[str], scales_from: Path | str | None) -> dict:
+    """Everything a quantized model depends on, as hashes and names (the reuse key of `quantize`)."""
+    import hashlib
+    import importlib.metadata
+    return {"source_sha256": trt.sha256(onnx_path), "calib_shape": list(calib.shape),
+            "calib_sha256": hashlib.sha256(calib.tobytes()).hexdigest(), "method": method,
+            "excluded": sorted(excluded), "op_types": sorted(op_types),
+            "scales_sha256": trt.sha256(scales_from) if scales_from else None,
+            "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
 
 
 def calibration_cache(q_model: onnx.ModelProto | Path | str, path: Path | str) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from mvlib import env, io, paths
+from mvlib import env, io, paths, rerun
 
 
 def load_profile(name: str) -> dict:
@@ -57,14 +57,54 @@ def summary(manifest: dict) -> str:
                      for name, st in sorted(manifest.get("stages", {}).items()))
 
 
-def publish(run: Path) -> None:
-    """Copy a run's figures, tables and manifest into the committed figures/ and data/results/."""
-    for sub, dest in (("figures", paths.FIGURES), ("results", paths.RESULTS)):
+def publish(run: Path, sub: str = "") -> None:
+    """Copy a run's figures, tables and manifest into the committed figures/ and data/results/ (or their `sub`/)."""
+    figures, results = paths.FIGURES / sub, paths.RESULTS / sub
+    for src, dest in (("figures", figures), ("results", results)):
         dest.mkdir(parents=True, exist_ok=True)
-        for f in sorted((run / sub).glob("*")):
+        for f in sorted((run / src).glob("*")):
             io.write_bytes(dest / f.name, f.read_bytes())
-    io.write_bytes(paths.RESULTS / "manifest.json", (run / "manifest.json").read_bytes())
-    print(f"published figures to {paths.FIGURES} and tables to {paths.RESULTS}")
+    io.write_bytes(results / "manifest.json", (run / "manifest.json").read_bytes())
+    print(f"published figures to {figures} and tables to {results}")
+
+
+def variant_label(profile: str, params: dict) -> str:
+    """'' for the profile's own model, else the overriding variant (it names the run folder and publish folder)."""
+    return "" if params.get("variant") == load_profile(profile).get("variant") else str(params.get("variant"))
+
+
+def keep_previous(run: Path) -> Path | None:
+    """Move an earlier run in `run` aside to `<run>.previous` (for the re-run comparison); its new path or None."""
+    previous = run.with_name(run.name + ".previous")
+    if not (run / "manifest.json").exists():
+        shutil.rmtree(run, ignore_errors=True)
+        return None
+    shutil.rmtree(previous, ignore_errors=True)
+    run.rename(previous)
+    return previous
+
+
+def record_rerun(run: Path, manifest: dict, previous: Path | None, before: dict) -> dict:
+    """Write which artifacts the run reused and, after a comparable earlier run, how its tables agree with it."""
+    cache = rerun.cache_use(before, rerun.snapshot())
+    io.write_csv(run / "results" / rerun.CACHE_TABLE, cache)
+    timed = tables = None
+    why = "no earlier run in this folder"
+    if previous is not None:
+        why = rerun.comparable(io.read_json(previous / "manifest.json"), manifest)
+        if not why:
+            timed, tables = rerun.compare_runs(previous, run)
+            io.write_csv(run / "results" / rerun.TIMED_TABLE, timed)
+            io.write_csv(run / "results" / rerun.TABLES_TABLE, tables)
+    info = rerun.summary(cache, timed, tables) | {"compared_with": str(previous) if timed is not None else None,
+                                                  "not_compared": why if timed is None else ""}
+    print("artifacts: " + ", ".join(f"{v} {k[6:]}" for k, v in info.items() if k.startswith("files_")))
+    if timed is not None:
+        print(f"re-run against {previous.name}: {info['timed_rows_agree']} of {info['timed_rows']} timed rows agree "
+              f"within their spread (largest difference {info['max_abs_diff_pct']:.1f}%); "
+              f"{info['tables_identical']} of {info['tables']} untimed tables identical, verdicts differ in "
+              f"{info['tables_verdicts_differ'] or 'none'}")
+    return info
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -75,9 +115,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override one parameter (VALUE parsed as YAML: 32, [1, 8], mobilevit_xs)")
     ap.add_argument("--only", default="", help="comma-separated notebook numbers to run, e.g. 01,02")
-    ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>)")
+    ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>[_<variant>]); "
+                    "an earlier run there is kept as <run>.previous and compared with this one")
     ap.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
-                    help="copy figures and tables into figures/ and data/results/ (auto: only for the full profile)")
+                    help="copy figures and tables into figures/ and data/results/ (auto: only for the full profile; "
+                         "another variant goes to their <variant>/ subfolders)")
     ap.add_argument("--timeout", type=int, default=3600, help="seconds one notebook cell may run")
     ap.add_argument("--keep-going", action="store_true",
                     help="run the remaining notebooks after one fails (the run still fails at the end)")
@@ -100,10 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     params = load_profile(args.profile)
     for name, value in args.param:
         params[name] = yaml.safe_load(value)
-    run = Path(args.run_dir).resolve() if args.run_dir else paths.RUNS / args.profile
-    if run.exists():
-        shutil.rmtree(run)  # a run's manifest must describe this run only
+    extra = variant_label(args.profile, params)
+    run = Path(args.run_dir).resolve() if args.run_dir else paths.RUNS / (args.profile + (f"_{extra}" if extra else ""))
+    previous = keep_previous(run)  # a run's manifest must describe this run only; the last one is kept aside
     (run / "notebooks").mkdir(parents=True)
+    before = rerun.snapshot()
     failed: list[str] = []
     print(f"study: profile {args.profile}, expected tier {tier} (machine: {have}), run folder {run}")
     selected = notebooks(args.only)
@@ -129,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = io.read_json(run / "manifest.json")
     manifest["run"] = {"profile": args.profile, "expected_tier": tier, "params": params,
                        "notebooks": [nb.name for nb in selected]}
+    manifest["rerun"] = record_rerun(run, manifest, previous, before)
     io.write_json(run / "manifest.json", manifest)
     print("stages:\n" + summary(manifest))
     problems = stage_problems(manifest, tier) + [f"notebook {name} failed" for name in failed]
@@ -136,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         print("the run did not reach its tier:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     if args.publish == "yes" or (args.publish == "auto" and args.profile == "full"):
-        publish(run)
+        publish(run, extra)
     return 0
 
 

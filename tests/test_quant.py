@@ -283,3 +283,28 @@ def test_plot_accuracy_with_fp32_fallback_rows(tmp_path):
     labels = [t.get_text() for t in fig.axes[0].get_xticklabels()]
     assert len(labels) == len(set(labels)) == 4
     fig.savefig(tmp_path / "f.png")
+
+
+def test_quantize_reuses_a_result_only_for_the_same_inputs(xxs, images, q_all, tmp_path, monkeypatch):
+    import shutil
+
+    import modelopt.onnx.quantization as mq
+    path = tmp_path / "all.onnx"
+    shutil.copyfile(q_all[0], path)
+    shutil.copyfile(f"{q_all[0]}.json", f"{path}.json")
+    made = path.stat().st_mtime_ns
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("ModelOpt called")
+    monkeypatch.setattr(mq, "quantize", refuse)
+    # same model, images and method: the saved result comes back without calibrating
+    assert quant.quantize(xxs[0].onnx, path, images.calib, "max") == q_all[1]
+    assert path.stat().st_mtime_ns == made
+    # other images, or a changed file on disk, mean a new calibration
+    with pytest.raises(RuntimeError, match="ModelOpt called"):
+        quant.quantize(xxs[0].onnx, path, images.calib[:3], "max")
+    assert not (tmp_path / "all.onnx.json").exists(), "a failed rebuild must not leave a key that vouches for the old file"
+    shutil.copyfile(f"{q_all[0]}.json", f"{path}.json")
+    path.write_bytes(path.read_bytes() + b"\0")
+    with pytest.raises(RuntimeError, match="ModelOpt called"):
+        quant.quantize(xxs[0].onnx, path, images.calib, "max")
