@@ -17,6 +17,7 @@ from matplotlib.patches import Patch, Rectangle
 from mvlib import silu
 
 CENSUS_FILES = ("model.onnx", "model.silu.onnx", "model.fp16.onnx", "model.int8.onnx")
+OWN_FILES = CENSUS_FILES[:2]  # what notebook 02 itself makes: its census must not depend on later notebooks
 SHAPE_OPS = {"Shape", "Size"}  # their outputs describe a tensor, they carry no activations
 COLORS = {"conv": "#9ecae1", "act": "#fdae6b", "plugin": "#74c476", "norm": "#dadaeb", "linear": "#c6dbef",
           "reshape": "#e5e5e5", "collapsed": "#fcc5c0", "merge": "#fee391", "io": "#ffffff", "other": "#f0f0f0"}

@@ -179,9 +179,9 @@ def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX) -> F
         saved = io.read_json(meta)
         if saved.get("settings") == settings and saved.get("sha256") == trt.sha256(dst):
             print(f"reusing {dst} (same source, ModelOpt and settings)")
-            return Fp16Model(dst, pd.DataFrame(saved["fp32_nodes"], columns=NODE_COLUMNS), saved["summary"])
+            return Fp16Model(dst, pd.DataFrame(saved["fp32_nodes"], columns=NODE_COLUMNS), dict(saved["summary"]))
     result = convert_fp16(src, dst, seed=seed, data_max=data_max)
-    io.write_json(meta, {"settings": settings, "sha256": trt.sha256(dst), "summary": result.summary,
+    io.write_json(meta, {"settings": settings, "sha256": trt.sha256(dst), "summary": list(result.summary.items()),
                          "fp32_nodes": result.fp32_nodes.to_dict(orient="records")})
     return result
 

@@ -217,7 +217,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         saved = io.read_json(meta_path)
         if saved.get("key") == key and saved.get("sha256") == trt.sha256(out_path):
             print(f"reusing {out_path.name} (same model, images, method, exclusions and ModelOpt)")
-            return saved["summary"]
+            return summary(out_path, excluded)
     meta_path.unlink(missing_ok=True)  # the key goes last: a half-written result is never reused
     from modelopt.onnx.quantization import quantize as modelopt_quantize
     with tempfile.TemporaryDirectory(prefix="mvlib-int8-") as tmp:
@@ -234,9 +234,8 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         model = isolate(onnx.load(str(dst)), excluded)
     with io.atomic_path(out_path) as tmp_path:
         onnx.save(model, str(tmp_path))
-    info = summary(model, excluded)
-    io.write_json(meta_path, {"key": key, "sha256": trt.sha256(out_path), "summary": info})
-    return info
+    io.write_json(meta_path, {"key": key, "sha256": trt.sha256(out_path)})
+    return summary(model, excluded)
 
 
 def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, excluded: Sequence[str],

@@ -109,8 +109,9 @@ def table_identity(name: str, first: pd.DataFrame, second: pd.DataFrame) -> dict
     drop = _durations(first.columns)
     a, b = first.drop(columns=drop), second.drop(columns=_durations(second.columns))
     row = {"table": name, "ignored": ", ".join(drop)}
-    if list(a.columns) != list(b.columns) or len(a) != len(b):
+    if set(a.columns) != set(b.columns) or len(a) != len(b):
         return row | {"status": "verdicts differ", "columns": "shape or columns changed", "max_rel_diff": np.nan}
+    b = b[list(a.columns)]  # the same columns in another order are the same table
     changed, worst = [c for c in a.columns if not a[c].equals(b[c])], 0.0
     for col in changed:
         if pd.api.types.is_numeric_dtype(a[col]) and pd.api.types.is_numeric_dtype(b[col]):

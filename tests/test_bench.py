@@ -59,6 +59,10 @@ def test_no_difference_rule():
     assert bench.verdict({"throughput_ips": 106.0, "spread_pct": 2.0}, ref) == "faster"
     assert bench.verdict({"throughput_ips": 90.0, "spread_pct": 2.0}, ref) == "slower"
     assert bench.verdict({"throughput_ips": 108.0, "spread_pct": 10.0}, ref) == "no difference"  # the larger spread
+    # below MIN_DIFF_PCT nothing is called, however tight both spreads are
+    tight = {"throughput_ips": 100.0, "spread_pct": 0.01}
+    assert bench.verdict({"throughput_ips": 100.0 + 0.9 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "no difference"
+    assert bench.verdict({"throughput_ips": 100.0 + 1.1 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "faster"
     c = bench.compare({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
     assert (c["ratio"], c["diff_pct"], c["threshold_pct"]) == (1.5, pytest.approx(50), 5.0)
     with pytest.raises(ValueError, match="bench_repeats"):

@@ -77,11 +77,13 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
     def fake_convert(s, d, seed=0, data_max=precision.DATA_MAX):  # stands in for the 10-second AutoCast run
         calls.append(data_max)
         io.write_bytes(d, b"converted %d" % len(calls))
-        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]), {"casts_added": len(calls)})
+        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]), {"nodes_before": 1, "casts_added": len(calls)})
 
     monkeypatch.setattr(precision, "convert_fp16", fake_convert)
     first = precision.ensure_fp16(src)
-    assert precision.ensure_fp16(src).summary == first.summary and len(calls) == 1  # reused
+    reused = precision.ensure_fp16(src)
+    assert reused.summary == first.summary and len(calls) == 1  # reused
+    assert list(reused.summary) == list(first.summary)  # same column order in the tables it feeds
     assert list(precision.ensure_fp16(src).fp32_nodes["op_type"]) == ["Reshape"]
     precision.ensure_fp16(src, data_max=256.0)  # other settings
     assert len(calls) == 2
