@@ -25,7 +25,7 @@ WARMUP_S = 0.2   # trtexec --warmUp: 200 ms
 MIN_ITERS = 10   # trtexec --iterations: at least 10 launches per measurement
 # Differences below this are never called: adjacent windows miss slow drift (clocks, temperature). Two
 # back-to-back H200 runs of GPU-bound rows (CUDA graphs, batch 256) differed by up to 0.7% while most
-# row's windows spread 0.002-0.06%.
+# rows' windows spread 0.002-0.06%.
 MIN_DIFF_PCT = 1.0
 IN_FLIGHT = 2    # GPU launches queued at once, as trtexec keeps two enqueues in flight
 MIB = 2 ** 20
