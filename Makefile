@@ -8,6 +8,9 @@ ARGS    ?=
 # PyTorch is pinned to the release the study was developed on; override to use another.
 TORCH_SPEC ?= torch==2.13.*
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+# TensorRT-RTX (pip install tensorrt-rtx-cu13) builds every engine, GPU or not; PyPI has it for x86_64 Linux.
+ARCH := $(shell uname -m)
+RTX_WHEELS := $(if $(filter x86_64,$(ARCH)),1)
 
 .PHONY: study test env lab clean
 study: $(VENV)/.installed
@@ -23,14 +26,38 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
+ifeq ($(RTX_WHEELS),1)
+	$(PY) -m pip install -q -e ".[rtx]" "$(TORCH_SPEC)"
+else
+	@echo "NOTE: TensorRT-RTX has no wheels for $(ARCH); engines are built only where TensorRT is installed."
+endif
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[trt]" "$(TORCH_SPEC)" || echo "WARNING: TensorRT did not install; the study runs at the gpu tier (engines are skipped)."
+	$(PY) -m pip install -q -e ".[trt]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 8.0, 8.6, 8.9 and 12.x."
 endif
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
 
+# JupyterLab rooted at the project, so figures/, data/results/ and build/runs/ are in its file browser, opened
+# on notebooks/. As root (containers, cloud GPU machines) it adds --allow-root. Your own options go in LAB_ARGS:
+#   make lab LAB_ARGS="--no-browser --port=8890"
+LAB_ARGS ?=
+LAB_AS_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
+# The kernels also get TensorRT-RTX's unversioned library name on their path (its parser dlopens it for plugins).
 lab: $(VENV)/.installed
-	$(VENV)/bin/jupyter lab notebooks/
+	d="$$($(PY) -m mvlib.trt libdir 2>/dev/null)"; \
+	LD_LIBRARY_PATH="$$d$${d:+$${LD_LIBRARY_PATH:+:}}$$LD_LIBRARY_PATH" \
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_AS_ROOT) $(LAB_ARGS)
+
+# Notebooks saved from JupyterLab carry outputs: this git filter strips them (and execution counts) when you
+# `git add`, keeping cell ids; .gitattributes applies it to *.ipynb. Once per clone: make hooks
+NBSTRIP = "$(abspath $(VENV))/bin/python" -m nbstripout --keep-id
+.PHONY: hooks
+hooks: $(VENV)/.installed
+	git config filter.nbstripout-keepid.clean '$(NBSTRIP)'
+	git config filter.nbstripout-keepid.smudge cat
+	git config filter.nbstripout-keepid.required true
+	git config diff.ipynb.textconv '$(NBSTRIP) -t'
+	@echo "notebooks are stripped of outputs on git add (git config filter.nbstripout-keepid.*)"
 
 clean:
 	rm -rf build

@@ -1,9 +1,22 @@
-"""Import-time fixes for environment quirks, applied once when mvlib is imported."""
+"""Import-time fixes for environment quirks, applied once when mvlib is imported.
+
+They are quiet when they work: the details go to the `mvlib` logger at DEBUG level. Set
+MVLIB_VERBOSE=1 to see them as warnings (as every mvlib version before this one printed them).
+"""
+import logging
+import os
 import re
 import sys
 import warnings
 
 import torch
+
+log = logging.getLogger("mvlib")
+
+
+def verbose() -> bool:
+    """Whether MVLIB_VERBOSE asks for the environment notes as warnings."""
+    return os.environ.get("MVLIB_VERBOSE", "").strip().lower() not in ("", "0", "false", "no")
 
 
 def _import_torchvision_without_ops() -> None:
@@ -38,12 +51,13 @@ def _import_torchvision_without_ops() -> None:
                 del sys.modules[name]
     sys.modules["torchvision"]._mvlib_placeholder_ops = tuple(defined)  # type: ignore[attr-defined]
     _KEEP.append(lib)  # the Library object must outlive this function
-    warnings.warn(
-        "torchvision's C++ ops could not load (a CUDA torchvision wheel on a CPU-only torch); "
-        f"placeholder schemas were defined for {len(defined)} ops that MobileViT does not use.",
-        RuntimeWarning,
-        stacklevel=2,
-    )
+    note = ("torchvision's C++ ops could not load (a CUDA torchvision wheel on a CPU-only torch); "
+            f"placeholder schemas were defined for {len(defined)} ops that MobileViT does not use "
+            f"({', '.join(defined)}); calling one of them raises")
+    if verbose():
+        warnings.warn(note, RuntimeWarning, stacklevel=2)
+    else:  # the normal case on a CPU machine: nothing the user has to act on
+        log.debug(note)
 
 
 _KEEP: list = []

@@ -1,6 +1,6 @@
 """Benchmarks measured the trtexec way: warm-up, per-launch timing, percentiles, throughput, repeats and their spread.
 
-Method (DESIGN.md, "trtexec's timing method"): each (backend, batch) is warmed up for at least
+Method (trtexec's; README, "Method and anchors"): each (backend, batch) is warmed up for at least
 `warmup_s` (200 ms), then measured `repeats` times; one measurement launches back to back for at
 least `seconds` and at least `min_iters` launches. CPU launches are timed with `perf_counter`
 around each call; GPU launches with CUDA events recorded on the stream around each launch (or
@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from mvlib import metrics
+from mvlib.progress import progress
 from mvlib.run import StageSkipped
 
 WARMUP_S = 0.2   # trtexec --warmUp: 200 ms
@@ -252,7 +253,7 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
     """
     backend = factory(settings, *args, **kwargs)
     rows, skipped = [], []
-    for batch in batches:
+    for batch in progress(list(batches), backend.label, unit="batch", lines=False):  # a line per batch below
         try:
             row = measure(backend, int(batch), settings)
         except BatchSkipped as why:
@@ -351,92 +352,44 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     return Backend(backend, "cuda", precision, label, prepare, timing, notes=notes, keep=[net])
 
 
-# TensorRT (written against the TensorRT 10/11 Python API; runs only on the trt tier) ---------------
-def check_profile(batch: int, lo: int, hi: int) -> int:
-    """`batch` if the engine's optimization profile covers it, else BatchSkipped naming the fix."""
-    if not lo <= batch <= hi:
-        raise BatchSkipped(f"outside the engine's profile {lo}..{hi} (build with batch_max >= {batch} to measure it)")
-    return batch
-
-
-def _torch_dtype(trt_dtype):
-    """The torch dtype of a TensorRT DataType."""
-    import tensorrt as trt
-    import torch
-    for name, dtype in (("float32", torch.float32), ("float16", torch.float16), ("bfloat16", torch.bfloat16),
-                        ("int8", torch.int8), ("uint8", torch.uint8), ("int32", torch.int32),
-                        ("int64", torch.int64), ("bool", torch.bool)):
-        if hasattr(trt, name) and trt_dtype == getattr(trt, name):
-            return dtype
-    raise TypeError(f"no torch dtype for TensorRT {trt_dtype}")
-
-
-def _engine_bytes(engine) -> bytes:
-    """Serialized engine from a path, bytes, an ICudaEngine or a loader returning one of these."""
-    if isinstance(engine, (bytes, bytearray, memoryview)):
-        return bytes(engine)
-    if isinstance(engine, (str, Path)):
-        return Path(engine).read_bytes()
-    if hasattr(engine, "serialize"):
-        return bytes(engine.serialize())
-    if callable(engine):
-        return _engine_bytes(engine())
-    raise TypeError(f"cannot read a TensorRT engine from {type(engine).__name__}")
+# TensorRT, either flavour (mvlib.trt.Session: the raw API; runs only on the trt tier) ----------------
+def within(profile, batch: int) -> int:
+    """`batch`, or BatchSkipped (left out of the table, with the reason) where the engine's profile refuses it."""
+    try:
+        return profile.check(batch)
+    except ValueError as err:
+        raise BatchSkipped(str(err)) from err
 
 
 def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plugin_libs: Sequence[Path | str] = (),
                     backend: str = "tensorrt", notes: str = "") -> Backend:
-    """A TensorRT engine run through execute_async_v3, captured once per batch in a CUDA graph and replayed."""
-    import ctypes
-
-    import tensorrt as trt
+    """A built engine run through execute_async_v3, captured once per batch in a CUDA graph and replayed."""
     import torch
-    for lib in plugin_libs:  # the plugin's creators register when its library loads (before deserializing)
-        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    logger = trt.Logger(trt.Logger.WARNING)
-    trt.init_libnvinfer_plugins(logger, "")
+
+    from mvlib import trt
+    engine = engine if isinstance(engine, trt.Engine) else trt.load(engine)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
     free_before = torch.cuda.mem_get_info()[0]
-    runtime = trt.Runtime(logger)
-    cuda_engine = runtime.deserialize_cuda_engine(_engine_bytes(engine))
-    if cuda_engine is None:
-        raise RuntimeError(f"TensorRT could not deserialize the {label} engine (see its log above)")
-    context = cuda_engine.create_execution_context()
-    names = [cuda_engine.get_tensor_name(i) for i in range(cuda_engine.num_io_tensors)]
-    inputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
-    outputs = [n for n in names if cuda_engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    if len(inputs) != 1:
-        raise ValueError(f"{label}: expected one input tensor, the engine has {inputs}")
-    inp = inputs[0]
-    lo, _, hi = (tuple(d) for d in cuda_engine.get_tensor_profile_shape(inp, 0))
+    session = trt.Session(engine, plugin_libs)
+    profile = engine.profile
     stream = torch.cuda.Stream()
     state: dict = {}  # the current batch's graph and buffers: they must live while it replays
 
     def prepare(batch: int) -> Callable[[], Any]:
-        check_profile(batch, lo[0], hi[0])
+        within(profile, batch)
         state.clear()
-        shape = (batch, *tuple(cuda_engine.get_tensor_shape(inp))[1:])
-        if not context.set_input_shape(inp, shape):
-            raise RuntimeError(f"{label}: set_input_shape({inp}, {shape}) failed")
-        x = torch.from_numpy(_images(batch, settings)).to("cuda", _torch_dtype(cuda_engine.get_tensor_dtype(inp)))
-        buffers = {inp: x.contiguous()}
-        for name in outputs:
-            buffers[name] = torch.empty(tuple(context.get_tensor_shape(name)),
-                                        dtype=_torch_dtype(cuda_engine.get_tensor_dtype(name)), device="cuda")
-        for name, tensor in buffers.items():
-            if not context.set_tensor_address(name, tensor.data_ptr()):
-                raise RuntimeError(f"{label}: set_tensor_address({name}) failed")
-        # One plain enqueue after a shape change, before capture: TensorRT does its deferred
-        # shape-dependent setup there, which must not land inside the graph.
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"{label}: execute_async_v3 failed at batch {batch}")
+        x = torch.from_numpy(_images(batch, settings)).to("cuda")
+        with torch.cuda.stream(stream):
+            buffers = session.bind(x)
+            # One plain enqueue after a shape change, before capture: TensorRT does its deferred
+            # shape-dependent setup there, which must not land inside the graph.
+            session.execute(stream.cuda_stream)
         stream.synchronize()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            if not context.execute_async_v3(stream.cuda_stream):
-                raise RuntimeError(f"{label}: execute_async_v3 failed while capturing batch {batch}")
-        state.update(graph=graph, buffers=buffers)
+            session.execute(stream.cuda_stream)
+        state.update(graph=graph, buffers=buffers, bound=list(session.keep))
         return graph.replay
 
     def taken_mb() -> float:
@@ -445,28 +398,28 @@ def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plug
 
     return Backend(backend, "cuda", precision, label, prepare,
                    f"CUDA events around each CUDA-graph replay of execute_async_v3, {IN_FLIGHT} in flight",
-                   notes=(f"TensorRT {trt.__version__}, profile {lo[0]}..{hi[0]}; peak = device memory taken by "
-                          "engine, context, I/O and graph (cudaMemGetInfo)" + (f"; {notes}" if notes else "")),
-                   peak_mem_mb=taken_mb, keep=[runtime, cuda_engine, context, stream, state])
+                   notes=(f"{engine.flavour.label}, target {engine.info['target']}, profile {profile.min}..{profile.max}; "
+                          "peak = device memory taken by engine, context, I/O and graph (cudaMemGetInfo)"
+                          + (f"; {notes}" if notes else "")),
+                   peak_mem_mb=taken_mb, keep=[session, stream, state])
 
 
-def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, batch_min: int, batch_opt: int,
-             batch_max: int, plugin: bool = False) -> Backend:
+def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, profile, plugin: bool = False,
+             trt_flavour: str = "auto", trt_target: str = "auto", workspace_gb: float = 4) -> Backend:
     """Build (or reuse) the engine of an ONNX variant with mvlib.trt.build_engine and wrap it for timing."""
+    from mvlib import trt
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
-        maker = {"int8": "notebook 04", "fp16": "notebook 03"}.get(precision, "notebook 02" if plugin else "notebook 01")
-        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: {maker} writes it")
+        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: notebooks 01 to 05 write it")
     libs: tuple = ()
     if plugin:
         from mvlib import plugin as mvplugin
-        try:  # the self-registering library, not the kernel-only or the dynamic-entry-point one
+        try:
             libs = (mvplugin.plugin_library(),)
         except FileNotFoundError as err:
             raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}") from err
-    from mvlib import trt as mvtrt
-    engine = mvtrt.build_engine(onnx_path, batch_min, batch_opt, batch_max, plugins=libs)
-    label = f"TensorRT {precision.upper()}" + (" + SiLU plugin" if plugin else "")
+    engine = trt.runnable(trt.build_engine(onnx_path, profile, trt.select(trt_flavour), trt_target, libs, workspace_gb))
+    label = f"{engine.flavour.label.split()[0]} {precision.upper()}" + (" + SiLU plugin" if plugin else "")
     return tensorrt_engine(settings, engine, precision, label, plugin_libs=libs,
                            backend="tensorrt+plugin" if plugin else "tensorrt", notes=onnx_path.name)
 

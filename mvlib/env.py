@@ -10,7 +10,7 @@ import threading
 
 TIERS = ("cpu", "gpu", "trt")
 PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-extensions", "onnx-graphsurgeon",
-            "nvidia-modelopt", "polygraphy", "tensorrt", "papermill", "numpy")
+            "nvidia-modelopt", "polygraphy", "papermill", "numpy")
 
 
 def tier_rank(tier: str) -> int:
@@ -22,14 +22,17 @@ def tier_rank(tier: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def tensorrt_status() -> tuple[bool, str]:
-    """Whether TensorRT's builder can be imported, and why not."""
-    try:
-        import tensorrt as trt
-    except Exception as err:  # the PyPI stub raises at import when the real wheel is missing
-        return False, f"TensorRT not installed ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
-    if not hasattr(trt, "Builder"):
-        return False, "TensorRT not installed (only the lean runtime, which cannot build engines)"
-    return True, f"TensorRT {trt.__version__}"
+    """Whether an installed TensorRT flavour runs engines on this GPU (the trt tier), and why not."""
+    from mvlib import trt  # trt imports env: import here, not at the top
+    reasons = []
+    for name in trt.FLAVOUR_NAMES:
+        flavour, why = trt.installed(name)
+        if flavour is not None:
+            runs, why = flavour.runs_here()
+            if runs:
+                return True, flavour.label
+        reasons.append(why)
+    return False, "no TensorRT runtime for this machine: " + "; ".join(reasons)
 
 
 @functools.lru_cache(maxsize=None)
@@ -57,7 +60,7 @@ def nvcc_path() -> str | None:
 
 @functools.lru_cache(maxsize=None)
 def detect_tier() -> str:
-    """The highest tier this machine reaches (DESIGN.md, The three tiers)."""
+    """The highest tier this machine reaches (README, "The tiers")."""
     if not cuda_status()[0] or nvcc_path() is None:
         return "cpu"
     return "trt" if tensorrt_status()[0] else "gpu"
@@ -86,9 +89,10 @@ def versions() -> dict[str, str | None]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
-    trt_ok, trt_msg = tensorrt_status()
-    if not trt_ok:
-        out["tensorrt"] = None
+    from mvlib import trt
+    for name in trt.FLAVOUR_NAMES:  # what imports, not what pip lists (PyPI's `tensorrt` is a stub)
+        flavour, _ = trt.installed(name)
+        out[name] = flavour.version if flavour else None
     return out
 
 

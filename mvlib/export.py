@@ -14,17 +14,46 @@ MIN_OPSET = 17  # LayerNormalization stays one op from opset 17
 MAX_OPSET = 20  # TensorRT 10.0's ONNX parser takes opsets 9 to 20
 
 
+# Every file derived from one exported model, by role: the one place their names are written. Writers and
+# readers ask Exported.artifact(role) / Exported.model(precision, plugin) for the path.
+ARTIFACTS = {
+    "fp32": "model.onnx",                                   # notebook 01
+    "reference_inputs": "reference_inputs.json",            # notebook 01 (polygraphy --load-inputs)
+    "reference_outputs": "reference_outputs.json",          # notebook 01 (polygraphy --load-outputs)
+    "fp16": "model.fp16.onnx",                              # notebook 03 (AutoCast)
+    "int8": "model.int8.onnx",                              # notebook 04 (the chosen Q/DQ policy)
+    "int8_record": "model.int8.json",                       # notebook 04 (why that policy, or why none)
+    "plugin_fp32": "model.silu.onnx",                       # notebooks 02 and 05 (SiLU plugin rewrite)
+    "plugin_fp16": "model.fp16.silu.onnx",                  # notebook 05
+    "plugin_int8": "model.int8.silu.onnx",                  # notebook 05
+    "ort_reference": "onnxrt_reference_outputs.json",       # notebook 05 (ONNX Runtime on model.onnx)
+}
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
 @dataclass
 class Exported:
-    """An exported model: its folder, ONNX path, weights description and export settings."""
+    """An exported model: its folder, ONNX path, weights description and export settings; owns its artifacts' names."""
     dir: Path
     onnx: Path
     weights: dict
     settings: dict = field(default_factory=dict)
 
     def path(self, name: str) -> Path:
-        """A sibling artifact (e.g. 'model.fp16.onnx') in the same keyed folder."""
+        """A file in the model's keyed folder by file name (prefer `artifact` for the study's own files)."""
         return self.dir / name
+
+    def artifact(self, role: str) -> Path:
+        """The path of one of the study's artifacts of this model, by role (ARTIFACTS)."""
+        if role not in ARTIFACTS:
+            raise ValueError(f"unknown artifact {role!r}; known: {', '.join(ARTIFACTS)}")
+        return self.dir / ARTIFACTS[role]
+
+    def model(self, precision: str, plugin: bool = False) -> Path:
+        """The ONNX file of a precision (fp32, fp16, int8), or its SiLU-plugin rewrite."""
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        return self.artifact(f"plugin_{precision}" if plugin else precision)
 
 
 def check_opset(opset: int) -> int:
@@ -62,7 +91,7 @@ def ensure_exported(variant: str, weights: str = "auto", img_size: int = 256, op
     check_image_size(img_size)
     model, info = load_model(variant, weights, seed)
     out_dir = paths.model_dir(variant, info["tag"], img_size, opset)
-    onnx_path = out_dir / "model.onnx"
+    onnx_path = out_dir / ARTIFACTS["fp32"]
     settings = {"variant": variant, "weights": info, "img_size": img_size, "opset": opset,
                 "torch": torch.__version__}
     meta = out_dir / "export.json"
@@ -91,9 +120,9 @@ def verify(exported: Exported, model: torch.nn.Module, batches=(1, 3), atol: flo
 def save_reference(exported: Exported, data: list[dict], results) -> None:
     """Save inputs and PyTorch outputs in polygraphy's formats (--load-inputs / --load-outputs)."""
     from polygraphy.json import save_json
-    with io.atomic_path(exported.path("reference_inputs.json")) as tmp:
+    with io.atomic_path(exported.artifact("reference_inputs")) as tmp:
         save_json(data, str(tmp))
-    with io.atomic_path(exported.path("reference_outputs.json")) as tmp:
+    with io.atomic_path(exported.artifact("reference_outputs")) as tmp:
         results.save(str(tmp))
 
 
@@ -101,7 +130,7 @@ def load_reference(exported: Exported):
     """The saved reference inputs (list of feeds) and outputs (polygraphy RunResults)."""
     from polygraphy.comparator import RunResults
     from polygraphy.json import load_json
-    return load_json(str(exported.path("reference_inputs.json"))), RunResults.load(str(exported.path("reference_outputs.json")))
+    return load_json(str(exported.artifact("reference_inputs"))), RunResults.load(str(exported.artifact("reference_outputs")))
 
 
 def describe(onnx_path: Path | str) -> dict:

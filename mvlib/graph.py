@@ -15,8 +15,9 @@ import pandas as pd
 from matplotlib.patches import Patch, Rectangle
 
 from mvlib import silu
+from mvlib.export import ARTIFACTS
 
-CENSUS_FILES = ("model.onnx", "model.silu.onnx", "model.fp16.onnx", "model.int8.onnx")
+CENSUS_FILES = tuple(ARTIFACTS[role] for role in ("fp32", "plugin_fp32", "fp16", "int8"))
 OWN_FILES = CENSUS_FILES[:2]  # what notebook 02 itself makes: its census must not depend on later notebooks
 SHAPE_OPS = {"Shape", "Size"}  # their outputs describe a tensor, they carry no activations
 COLORS = {"conv": "#9ecae1", "act": "#fdae6b", "plugin": "#74c476", "norm": "#dadaeb", "linear": "#c6dbef",
@@ -31,8 +32,8 @@ def census_files(model_dir: Path | str, names=CENSUS_FILES) -> dict[str, Path]:
     """The ONNX files of one export that exist now, by file name, in the study's order."""
     model_dir = Path(model_dir)
     found = {n: model_dir / n for n in names if (model_dir / n).is_file()}
-    if "model.onnx" not in found:
-        raise FileNotFoundError(f"{model_dir / 'model.onnx'} does not exist; export first "
+    if ARTIFACTS["fp32"] not in found:
+        raise FileNotFoundError(f"{model_dir / ARTIFACTS['fp32']} does not exist; export first "
                                 "(notebook 01 or mvlib.export.ensure_exported)")
     return found
 
@@ -257,13 +258,156 @@ def draw_block(nodes: pd.DataFrame, edges: pd.DataFrame):
 
 
 # --- netron ------------------------------------------------------------------------------------------------
-def netron_view(path: Path | str, height: int = 700):
-    """Serve `path` with netron and return an IFrame for JupyterLab (netron comes with the dev extra)."""
+# netron (the dev extra) serves its web app and the model file from a small HTTP server in this kernel. The
+# browser reaches it through JupyterLab's own port where jupyter-server-proxy is installed (`/proxy/<port>/`,
+# relative to the server's base URL, so it works through an SSH tunnel to JupyterLab), else on localhost:<port>.
+# The web app asks for consent to cookies and then reports usage to Google Analytics and looks the visitor up
+# on ipinfo.io; netron has no setting to turn that off, so this server sends a Content-Security-Policy that
+# lets the page connect to its own origin only: the browser blocks both calls.
+NETRON_PORT = 8080  # tried first, then any free port; one server per kernel, reused by every call
+NETRON_HEADERS = {"Content-Security-Policy": "connect-src 'self'", "Cache-Control": "no-store"}
+_NETRON: dict = {}  # this kernel's netron server: server, thread, handler, port, path
+
+
+def jupyter_server(pid: int | None = None) -> dict | None:
+    """The running Jupyter server that started this kernel (its parent process), from the runtime files.
+
+    Its info has `url`, `base_url`, `port`, `token`, `root_dir`, `pid`. None outside a Jupyter server (a
+    papermill run, a terminal), or where jupyter_server is not installed.
+    """
+    import os
     try:
-        import netron
+        from jupyter_server.serverapp import list_running_servers
+    except ImportError:
+        return None
+    pid = os.getppid() if pid is None else pid
+    try:
+        return next((info for info in list_running_servers() if info.get("pid") == pid), None)
+    except OSError:
+        return None
+
+
+def _proxy_serves(server: dict, port: int, timeout: float = 3.0) -> bool | None:
+    """Whether the server's `/proxy/<port>/` answers (True), is absent (False) or could not be asked (None)."""
+    import urllib.error
+    import urllib.request
+    url = server.get("url", "").rstrip("/") + f"/proxy/{port}/"
+    headers = {"Authorization": f"token {server['token']}"} if server.get("token") else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as reply:
+            return reply.status == 200
+    except urllib.error.HTTPError as err:
+        return False if err.code == 404 else None
+    except (OSError, ValueError):
+        return None
+
+
+def proxy_installed() -> bool:
+    """Whether jupyter-server-proxy is installed where this kernel runs (the server usually shares the env)."""
+    import importlib.util
+    return importlib.util.find_spec("jupyter_server_proxy") is not None
+
+
+def netron_address(port: int, server: dict | None, proxy: bool, host: str = "", user: str = "") -> tuple[str, str]:
+    """Where the netron frame points, and what to tell the user about reaching it.
+
+    With a Jupyter server whose jupyter-server-proxy is on: a path on JupyterLab's own origin,
+    `<base_url>proxy/<port>/`, which every browser that reaches JupyterLab also reaches (a tunnel
+    included). Otherwise `http://localhost:<port>/`, visible only to a browser on this machine, and the one
+    `ssh -L` line that forwards the port to a browser elsewhere.
+    """
+    if server is not None and proxy:
+        base = "/" + server.get("base_url", "/").strip("/")
+        src = base.rstrip("/") + f"/proxy/{port}/"
+        return src, (f"netron is served through JupyterLab's own port at {src} (jupyter-server-proxy): it shows "
+                     "wherever JupyterLab does, through an SSH tunnel too")
+    import getpass
+    import socket
+    host = host or socket.gethostname()
+    user = user or getpass.getuser()
+    src = f"http://localhost:{port}/"
+    why = ("jupyter-server-proxy is not enabled in this JupyterLab (pip install -e '.[dev]', then restart "
+           "JupyterLab, to serve netron through JupyterLab's own port)" if server is not None else
+           "this kernel was not started by a Jupyter server")
+    return src, (f"netron serves {src}; {why}. The frame shows only in a browser on this machine. From another "
+                 f"machine, forward the port, then reload the frame (re-run the cell):\n"
+                 f"    ssh -N -L {port}:localhost:{port} {user}@{host}")
+
+
+def _netron_handler(path: Path):
+    """A request handler class that serves netron's app and `path`, with NETRON_HEADERS on every reply."""
+    from netron import server as ns
+    base, provider = ns._HTTPRequestHandler, ns._ContentProvider  # netron's own handler: mime types, /data/, meta
+
+    class Handler(base):
+        content = provider(None, str(path), str(path), str(path))
+
+        def end_headers(self):
+            for key, value in NETRON_HEADERS.items():
+                self.send_header(key, value)
+            super().end_headers()
+    return Handler
+
+
+def _netron_serve(path: Path, port: int | None) -> int:
+    """Serve `path` from this kernel's one netron server (started on first use, else re-pointed); its port."""
+    import http.server
+    import threading
+    running = _NETRON.get("thread")
+    if running is not None and running.is_alive() and port in (None, _NETRON["port"]):
+        handler = _NETRON["handler"]
+        handler.content = _netron_handler(path).content  # same port and frame address, new file
+        _NETRON["path"] = path
+        return _NETRON["port"]
+    netron_stop()
+    handler, server = _netron_handler(path), None
+    for candidate in ([port] if port else [NETRON_PORT, 0]):
+        try:
+            server = http.server.ThreadingHTTPServer(("localhost", candidate), handler)
+            break
+        except OSError:
+            if port:
+                raise
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="mvlib-netron", daemon=True)
+    thread.start()
+    _NETRON.update(server=server, thread=thread, handler=handler, port=server.server_address[1], path=path)
+    return _NETRON["port"]
+
+
+def netron_stop() -> None:
+    """Stop this kernel's netron server, if one runs."""
+    server = _NETRON.pop("server", None)
+    _NETRON.clear()
+    if server is not None:
+        server.shutdown()
+        server.server_close()
+
+
+def netron_view(path: Path | str, height: int = 700, port: int | None = None):
+    """Serve `path` with netron and return an IFrame for JupyterLab (netron comes with the dev extra).
+
+    One server per kernel: a re-run, or another file, reuses it (same port, same frame address). The frame is
+    served through JupyterLab's port where jupyter-server-proxy is on (`netron_address` says what else).
+    After a kernel restart a saved frame points at a server that is gone: re-run the cell.
+    """
+    try:
+        import netron  # noqa: F401
     except ImportError as err:
         raise ImportError("netron is not installed: pip install -e '.[dev]' (or pip install netron), or set "
                           "open_netron = False") from err
-    address = netron.start(str(path), browse=False)
-    print(f"netron serves {path} at http://{address[0]}:{address[1]} (the IFrame below needs that port reachable)")
-    return netron.widget(address, height=height)
+    from IPython.display import IFrame
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    reused = _NETRON.get("thread") is not None and _NETRON["thread"].is_alive()
+    port = _netron_serve(path, port)
+    server = jupyter_server()
+    proxy = False
+    if server is not None:
+        answer = _proxy_serves(server, port)
+        proxy = proxy_installed() if answer is None else answer
+    src, note = netron_address(port, server, proxy)
+    print(("reusing this kernel's netron server" if reused else "started netron") + f" on port {port} for {path.name}")
+    print(note)
+    return IFrame(src, width="100%", height=height)

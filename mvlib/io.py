@@ -1,20 +1,41 @@
-"""Atomic writes: a run that dies half-way never leaves a file a later run would trust."""
+"""Atomic writes: a run that dies half-way never leaves a file a later run would trust.
+
+Written files get the permissions an ordinary `open(path, "w")` gives a new file (0666 less the umask:
+0644 under the usual umask 022), not `tempfile.mkstemp`'s 0600, so results, figures, engines and
+executed notebooks stay readable to other users, a web server or a container volume.
+"""
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
+
+NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off
+
+
+def _create_beside(path: Path) -> Path:
+    """Create a new, empty, uniquely named file beside `path` with an ordinary open's permissions."""
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp{path.suffix}")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, NEW_FILE_MODE)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextlib.contextmanager
 def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds."""
+    """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
+
+    The file that lands on `path` is a new file with the umask's permissions (as `open()` would make it).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)

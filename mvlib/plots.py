@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogFormatter, NullFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter, NullLocator
 
 from mvlib import bench
 
@@ -34,6 +34,50 @@ def _labels(df: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(df.label))
 
 
+def measured(df: pd.DataFrame, dashed_cpu: bool = False) -> str:
+    """What the rows of a results table measured, for titles: devices, and where the inputs sat."""
+    devices = set(df.device) if "device" in df else set()
+    if devices == {"cpu"}:
+        return "CPU only, inputs in host memory"
+    if devices == {"cuda"}:
+        return "GPU only, transfers excluded"
+    if devices:
+        return "GPU rows: transfers excluded; " + ("dashed: " if dashed_cpu else "") + "CPU rows: host memory"
+    return "no rows"
+
+
+def _subject(df: pd.DataFrame) -> str:
+    """'mobilevit_s, 256x256: ' when the table says which model it measured, else ''."""
+    if "variant" not in df or df.empty:
+        return ""
+    variants = sorted({str(v) for v in df.variant.dropna() if str(v)})
+    sizes = sorted({int(v) for v in df.img_size.dropna()}) if "img_size" in df else []
+    parts = [", ".join(variants)] + [f"{s}x{s}" for s in sizes]
+    text = ", ".join(p for p in parts if p)
+    return f"{text}: " if text else ""
+
+
+def ratio_ticks(lo: float, hi: float) -> list[float]:
+    """Tick values for a log axis of ratios from `lo` to `hi`: 1-2-5 steps, finer on a short range, always >= 3."""
+    lo, hi = min(lo, hi), max(lo, hi)
+    decades = np.log10(hi / lo) if lo > 0 else np.inf
+    for subs in ((1.0,), (1.0, 2.0, 5.0), (1.0, 1.5, 2.0, 3.0, 5.0, 7.0),
+                 (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0)):
+        if len(subs) == 1 and decades < 3:
+            continue
+        ticks = [m * 10.0 ** e for e in range(int(np.floor(np.log10(lo))) - 1, int(np.ceil(np.log10(hi))) + 1)
+                 for m in subs]
+        inside = [t for t in ticks if lo <= t * (1 + 1e-9) and t <= hi * (1 + 1e-9)]
+        if len(inside) >= 3 or subs[-1] == 9.0:
+            return [float(f"{t:.3g}") for t in inside]
+    return []
+
+
+def _ratio_label(v: float, _=None) -> str:
+    """1x, 0.5x, 2.41x."""
+    return f"{v:.3g}x"
+
+
 def throughput(df: pd.DataFrame) -> Figure:
     """Throughput against batch per backend (log-log); bars span the repeats' min..max."""
     fig = _figure(8, 5)
@@ -51,7 +95,7 @@ def throughput(df: pd.DataFrame) -> Figure:
     _plain_log(ax.yaxis)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
-    ax.set_title("Throughput against batch (GPU: transfers excluded; dashed: CPU)")
+    ax.set_title(f"{_subject(df)}throughput against batch\n{measured(df, dashed_cpu=True)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
     _margins(fig)
@@ -78,7 +122,7 @@ def latency_b1(df: pd.DataFrame) -> Figure:
     ax.set_xscale("log")
     _plain_log(ax.xaxis)
     ax.set_xlabel("latency per launch at batch 1 (ms)")
-    ax.set_title("Latency percentiles at batch 1")
+    ax.set_title(f"{_subject(d)}latency percentiles at batch 1\n{measured(d)}", fontsize=10)
     ax.grid(True, axis="x", which="both", alpha=0.3)
     ax.legend(fontsize=8)
     _margins(fig)
@@ -87,19 +131,24 @@ def latency_b1(df: pd.DataFrame) -> Figure:
 
 def speedup(sp: pd.DataFrame) -> Figure:
     """The seed's speed-up table as bars: ratio to PyTorch CPU and to PyTorch GPU eager FP32, at batch 1 and the
-    largest batch each reference was measured at; hatched bars are within the spread (no difference)."""
-    fig = _figure(13, 5.5)
+    largest batch each reference was measured at; hatched bars are within the spread (no difference).
+
+    One panel per reference the run measured (a CPU-only run has no GPU reference, so no GPU panel); the ratio
+    axis is labelled across the range of the bars, not only at powers of ten."""
     titles = {"pytorch_cpu": "PyTorch CPU FP32", "pytorch_gpu_eager": "PyTorch GPU eager FP32"}
-    for i, key in enumerate(bench.REFERENCES):
-        ax = fig.add_subplot(1, 2, i + 1)
-        ax.set_title(f"speed-up over {titles[key]}", fontsize=10)
+    keys = [k for k in bench.REFERENCES if f"vs_{k}" in sp and sp[f"vs_{k}"].notna().any()]
+    fig = _figure(6.5 * max(len(keys), 1) + 0.5 * (len(keys) < 2), 5.5)
+    fig.suptitle(f"{_subject(sp)}speed-up at the same batch ({measured(sp)})", fontsize=10)
+    if not keys:
+        ax = fig.add_subplot()
+        ax.text(0.5, 0.5, "neither reference (" + " / ".join(titles[k] for k in bench.REFERENCES)
+                + ") was measured in this run", ha="center", va="center", transform=ax.transAxes, color="0.3")
+        ax.set_axis_off()
+    for i, key in enumerate(keys):
+        ax = fig.add_subplot(1, len(keys), i + 1)
+        ax.set_title(f"over {titles[key]}", fontsize=10)
         col, vcol = f"vs_{key}", f"verdict_vs_{key}"
         d = sp[sp[col].notna()]
-        if d.empty:
-            ax.text(0.5, 0.5, f"{titles[key]} not measured in this run", ha="center", va="center",
-                    transform=ax.transAxes, color="0.3")
-            ax.set_axis_off()
-            continue
         batches = sorted({1, int(d.batch.max())} & set(d.batch.astype(int)))
         labels = _labels(d)
         x = np.arange(len(labels))
@@ -119,13 +168,18 @@ def speedup(sp: pd.DataFrame) -> Figure:
                             ha="center", va="bottom", fontsize=6, xytext=(0, 1), textcoords="offset points")
         ax.axhline(1, color="0.3", lw=0.8)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        shown = d[d.batch.isin(batches)][col]
+        lo, hi = min(float(shown.min()), 1.0), max(float(shown.max()), 1.0)
+        ax.set_ylim(lo / 1.35, hi * 1.35)  # room for the value labels above the bars
+        ax.yaxis.set_major_locator(FixedLocator(ratio_ticks(*ax.get_ylim())))
+        ax.yaxis.set_major_formatter(FuncFormatter(_ratio_label))
+        ax.yaxis.set_minor_locator(NullLocator())
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_xticks(x, labels, rotation=35, ha="right", fontsize=7)
         ax.set_ylabel("throughput ratio (same batch)")
         ax.grid(True, axis="y", which="both", alpha=0.3)
         ax.legend(fontsize=8, title="hatched, (=): no difference", title_fontsize=7)
-    _margins(fig, 1.9, wspace=0.25)
+    _margins(fig, 1.9, wspace=0.25, top=0.88)
     return fig
 
 

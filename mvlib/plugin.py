@@ -16,6 +16,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -34,7 +35,7 @@ PLUGIN_CHECK = "mv_silu_plugin_check"
 BUILD_INFO = "build_info.json"
 
 KERNEL_SYMBOLS = ("mv_silu", "mv_silu_ex", "mv_silu_default_config", "mv_copy_ex")
-PLUGIN_ENTRY_POINTS = ("getCreators", "getPluginCreators", "setLoggerFinder")
+PLUGIN_ENTRY_POINTS = ("getCreators", "getPluginCreators", "setLoggerFinder", "mv_silu_plugin_tensorrt_version")
 DTYPE_CODES = {"float32": 0, "float16": 1}  # MV_SILU_FLOAT32 / MV_SILU_FLOAT16 (silu_kernel.h)
 TOLERANCE = {"float32": 1e-6, "float16": 1e-3}  # relative error against torch.nn.functional.silu
 CHECK_SIZES = (1, 7, 1023, 2**20 + 3, 2**26)
@@ -46,9 +47,7 @@ IMPLS = {"mv_silu": "ours (mv_silu)", "torch_silu": "torch.nn.functional.silu",
          "copy": "device copy (cudaMemcpyAsync)", "mv_copy": "ours, no arithmetic (mv_copy_ex)"}
 GOAL_FRACTION = 0.95  # of the copy's bandwidth, at GOAL_MIN_ELEMENTS and above
 GOAL_MIN_ELEMENTS = 2**24
-PRECISION_SOURCES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-REWRITTEN = {"fp32": "model.silu.onnx", "fp16": "model.fp16.silu.onnx", "int8": "model.int8.silu.onnx"}
-ORT_REFERENCE = "onnxrt_reference_outputs.json"  # ONNX Runtime on the original model, reference inputs
+PRECISIONS = ("fp32", "fp16", "int8")  # the plugin graphs: export.Exported.onnx_of / plugin_onnx name their files
 
 
 # --- build --------------------------------------------------------------------------------------------
@@ -57,9 +56,35 @@ def build_dir(build_root: Path | str | None = None) -> Path:
     return Path(build_root).resolve() / "silu_plugin" if build_root else paths.PLUGIN_BUILD
 
 
-def build(trt_include: str | None = None, build_root: Path | str | None = None, nvcc: str | None = None) -> dict:
-    """Run silu_plugin/build.sh (kernel library, plus the plugin when TensorRT headers are found); its build_info."""
-    run_env = dict(os.environ)
+def build_env(trt_flavour: str = "auto") -> dict[str, str]:
+    """What build.sh needs to compile a plugin this interpreter's TensorRT flavour loads: PYTHON, TRT_MAJOR, TRT_LIB.
+
+    Set these in os.environ before a `%%bash` cell runs build.sh (notebook 05 does): the kernel's own
+    interpreter is not the `python3` first on PATH when the environment is not activated.
+    """
+    from mvlib import trt
+    out = {"PYTHON": sys.executable}
+    try:
+        fl = trt.select(trt_flavour)
+    except trt.NoBuilder:
+        return out  # no TensorRT here: build.sh still builds the kernel, and the plugin where it finds headers
+    out["TRT_MAJOR"] = str(fl.abi_major)
+    lib = fl.runtime_library()
+    if lib is not None and "TRT_LIB" not in os.environ:
+        out["TRT_LIB"] = str(lib)
+    return out
+
+
+def build(trt_include: str | None = None, build_root: Path | str | None = None, nvcc: str | None = None,
+          trt_flavour: str = "auto", match_runtime: bool = True) -> dict:
+    """Run silu_plugin/build.sh (kernel library, plus the plugin when TensorRT headers are found); its build_info.
+
+    `match_runtime` makes build.sh refuse headers of another major than the installed runtime's; tests
+    turn it off to compile against every release.
+    """
+    run_env = {**os.environ, **build_env(trt_flavour)}
+    if not match_runtime:
+        run_env.pop("TRT_MAJOR", None)
     for key, value in (("TRT_INCLUDE", trt_include), ("MVLIB_BUILD", build_root), ("NVCC", nvcc)):
         if value is not None:
             run_env[key] = str(value)
@@ -119,11 +144,7 @@ def check_build(build_root: Path | str | None = None) -> pd.DataFrame:
 
 def plugin_interface_check(build_root: Path | str | None = None) -> pd.DataFrame:
     """Run mv_silu_plugin_check (the plugin driven through TensorRT's interfaces); one row per check."""
-    if env.nvcc_path() is None:
-        raise StageSkipped("nvcc not found: nothing was built")
-    info = build_info(build_root)
-    if not info.get("plugin"):
-        raise StageSkipped(f"the TensorRT plugin was not built: {info.get('note')}")
+    info = require_plugin(build_root)
     exe = build_dir(build_root) / PLUGIN_CHECK
     proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
     rows = [{"status": line[:4].strip(), "check": line[5:]} for line in proc.stdout.splitlines()
@@ -149,8 +170,37 @@ def library_path(name: str = KERNEL_LIB, build_root: Path | str | None = None) -
 
 
 def plugin_library(build_root: Path | str | None = None) -> Path:
-    """The plugin library TensorRT loads by static registration (polygraphy --plugins, ctypes, trtexec --staticPlugins)."""
-    return library_path(PLUGIN_LIB, build_root)
+    """The plugin library the study hands to TensorRT: the registry's load_library calls its getCreators.
+
+    That route needs no TensorRT symbols visible to the library, so it works with pip wheels (which load
+    TensorRT privately), SDK installs and TensorRT-RTX alike. The statically registering copy
+    (PLUGIN_LIB) is for trtexec --staticPlugins and ctypes users.
+    """
+    return library_path(PLUGIN_LIB_DYNAMIC, build_root)
+
+
+def headers_version(library: Path | str) -> tuple[int, int, int]:
+    """The TensorRT version of the headers a plugin library was compiled against (its exported record)."""
+    path = str(library)
+    try:
+        lib = ctypes.CDLL(path)  # the dynamic library registers nothing when loaded, so this is side-effect free
+        fn = lib.mv_silu_plugin_tensorrt_version
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"{path} does not say which TensorRT headers it was built against ({err}); rebuild it with "
+                           "`bash silu_plugin/build.sh`") from err
+    fn.restype = ctypes.c_int32
+    v = fn()
+    return v // 10000, v // 100 % 100, v % 100
+
+
+def check_abi(library: Path | str, fl) -> None:
+    """Stop before TensorRT sees a plugin built against headers of another major than its runtime (a crash otherwise)."""
+    major, minor, patch = headers_version(library)
+    if major != fl.abi_major:
+        raise RuntimeError(
+            f"{Path(library).name} was compiled against TensorRT {major}.{minor}.{patch} headers, but {fl.label} "
+            f"expects TensorRT {fl.abi_major}.x plugins (the plugin interfaces' virtual tables differ between majors). "
+            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, or run notebook 05")
 
 
 @functools.lru_cache(maxsize=None)
@@ -589,13 +639,13 @@ def rewrite_all(exported, img_size: int, seed: int = 0, batch: int = 1) -> pd.Da
 
     from mvlib import precision, silu
     rows = []
-    for prec, src_name in PRECISION_SOURCES.items():
-        src, dst = exported.path(src_name), exported.path(REWRITTEN[prec])
-        row = {"precision": prec, "source": src_name, "rewritten": REWRITTEN[prec]}
+    for prec in PRECISIONS:
+        src, dst = exported.model(prec), exported.model(prec, plugin=True)
+        row = {"precision": prec, "source": src.name, "rewritten": dst.name}
         if prec == "fp16" and not src.exists():
             precision.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
         if not src.exists():
-            rows.append({**row, "status": f"skipped: {src_name} not found (notebook 04 writes it)"})
+            rows.append({**row, "status": f"skipped: {src.name} not found (notebook 04 writes it)"})
             continue
         try:
             report = silu.rewrite(src, dst)
@@ -620,91 +670,105 @@ def onnxrt_reference(exported, model=None, batches: Sequence[int] = (1, 3), seed
     Without notebook 01's reference inputs, `model` makes them the way notebook 01 does (export.verify).
     """
     from mvlib import accuracy, export
-    if not exported.path("reference_inputs.json").exists():
+    if not exported.artifact("reference_inputs").exists():
         if model is None:
-            raise FileNotFoundError(f"{exported.path('reference_inputs.json')} not found: run notebook 01, or pass the "
+            raise FileNotFoundError(f"{exported.artifact('reference_inputs')} not found: run notebook 01, or pass the "
                                     "PyTorch model so export.verify can make it")
         export.verify(exported, model, batches=batches, seed=seed)
     inputs, _ = export.load_reference(exported)
     results = accuracy.run([accuracy.onnxrt_runner(exported.onnx, "onnxrt-original")], inputs)
-    path = exported.path(ORT_REFERENCE)
+    path = exported.artifact("ort_reference")
     with io.atomic_path(path) as tmp:
         results.save(str(tmp))
     print(f"saved {path.name}: ONNX Runtime on {exported.onnx.name}, {len(inputs)} reference batches")
     return path
 
 
-def plugin_engines(exported, batch_min: int, batch_opt: int, batch_max: int) -> pd.DataFrame:
-    """Build (or reuse) one plugin engine per rewritten ONNX file; one row per precision with the plan path."""
+class NoCompiler(StageSkipped):
+    """nvcc is missing: no plugin can be compiled here (excused like a missing TensorRT builder)."""
+    no_builder = True
+
+
+def require_plugin(build_root: Path | str | None = None) -> dict:
+    """The build record of a built plugin, or a skip that says what is missing and how to get it."""
     from mvlib import trt
-    info = build_info()
-    if not info.get("plugin"):
-        raise StageSkipped(f"the TensorRT plugin was not built: {info.get('note')} (a pip-installed TensorRT ships no "
-                           "headers: point TRT_INCLUDE at include/ of NVIDIA's TensorRT repository at the matching release tag)")
+    if env.nvcc_path() is None:
+        raise NoCompiler("nvcc not found: the SiLU plugin cannot be compiled on this machine (install the CUDA toolkit)")
+    info = build_info(build_root)
+    if info.get("plugin"):
+        return info
+    has_builder, why = trt.builder_status()
+    cls = StageSkipped if has_builder else trt.NoBuilder  # with a builder here, an unbuilt plugin fails the run
+    raise cls(f"the TensorRT plugin was not built: {info.get('note')}. TensorRT's pip wheels ship no headers: set "
+              "TRT_INCLUDE to include/ of NVIDIA's TensorRT repository at your release's tag (TensorRT-RTX: 11.x) "
+              "and rerun notebook 05's build cell (README, 'The SiLU plugin')" + ("" if has_builder else f"; {why}"))
+
+
+def engine_specs(exported) -> list:
+    """The plugin engines of the study: one per precision, from the rewritten ONNX files, with our plugin library."""
+    from mvlib import trt
+    require_plugin()
+    trt.select()  # NoBuilder before anything else when there is none
     lib = plugin_library()
-    rows = []
-    for prec, name in REWRITTEN.items():
-        src = exported.path(name)
-        if not src.exists():
-            rows.append({"precision": prec, "onnx": name, "engine": None, "status": f"skipped: {name} not found"})
-            continue
-        plan = trt.build_engine(src, batch_min, batch_opt, batch_max, plugins=(lib,))
-        rows.append({"precision": prec, "onnx": name, "engine": str(plan), "status": "ok",
-                     "build_seconds": trt.build_info(plan).get("build_seconds"), "plugin": str(lib)})
-    return pd.DataFrame(rows)
+    return [trt.EngineSpec(f"plugin_{p}", exported.model(p, plugin=True), (lib,)) for p in PRECISIONS]
 
 
-def _engines_built(engines: pd.DataFrame | None) -> pd.DataFrame:
-    """The rows of engines that were built, or StageSkipped when there are none."""
-    built = engines[engines["status"] == "ok"] if engines is not None else None
+def build_engines(exported, profile, trt_flavour: str = "auto", trt_target: str = "auto",
+                  workspace_gb: float = 4) -> pd.DataFrame:
+    """The plugin engines' rows of the engines table (built or reused; failures with the builder's words)."""
+    from mvlib import trt
+    return trt.build_all("05_silu_plugin", engine_specs(exported), profile, trt_flavour, trt_target, workspace_gb)
+
+
+def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
+    """The engines-table rows that were built and can run here, or StageSkipped saying why none can."""
+    from mvlib import trt
+    built = engines[engines["status"].isin(["built", "reused"])] if engines is not None else None
     if built is None or not len(built):
         raise StageSkipped("no plugin engine was built (see the plugin_engines stage)")
+    trt.runnable(trt.load(built["path"].iloc[0]))
     return built
 
 
 def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str, float]) -> pd.DataFrame:
     """Plugin engines against ONNX Runtime on the original model, on the same saved inputs (cosine tolerance per precision)."""
-    built = _engines_built(engines)
+    built = _built(engines)
     from polygraphy.comparator import RunResults
 
     from mvlib import accuracy, export, trt
     inputs, _ = export.load_reference(exported)
-    ref_path = exported.path(ORT_REFERENCE)
+    ref_path = exported.artifact("ort_reference")
     if not ref_path.exists():
         raise FileNotFoundError(f"{ref_path} not found: run plugin.onnxrt_reference(exported) first (a cpu stage)")
     ref = RunResults.load(str(ref_path))
-    runners = [trt.runner(r.engine, f"trt-{r.precision}-plugin", plugins=(plugin_library(),)) for r in built.itertuples()]
+    runners = [trt.runner(r.path, f"trt-{r.engine}", plugins=(plugin_library(),)) for r in built.itertuples()]
     results = accuracy.run(runners, inputs)
     merged = RunResults()
     for name, iters in list(ref.items()) + list(results.items()):
         merged[name] = iters
     table = accuracy.table(merged, reference="onnxrt-original")
-    table["precision"] = table["runner"].str.extract(r"trt-(\w+)-plugin", expand=False)
+    table["precision"] = table["runner"].str.extract(r"trt-plugin_(\w+)", expand=False)
     table["cosine_tolerance"] = table["precision"].map(tolerances)
     table["passed"] = table["cosine_min"] >= table["cosine_tolerance"]
     return table
 
 
-def plugin_layers(exported, engines: pd.DataFrame | None) -> pd.DataFrame:
-    """The plugin layers of each engine (from its saved layer information): one row each, with the expected count."""
-    built = _engines_built(engines)
-    import onnx
-    import onnx_graphsurgeon as gs
-
+def plugin_layers(engines: pd.DataFrame | None) -> pd.DataFrame:
+    """The plugin layers of each engine as the engine inspector reports them, against the ONNX file's plugin nodes."""
+    built = _built(engines)
     from mvlib import silu, trt
     name = silu.plugin_id().name
     frames = []
     for r in built.itertuples():
-        layers = trt.layer_summary(Path(r.engine).parent)
+        layers = trt.layer_summary(Path(r.path).parent)
         is_plugin = layers["type"].astype(str).str.contains("Plugin", case=False) | layers["name"].str.contains(name)
         found = layers[is_plugin].copy()
-        graph = gs.import_onnx(onnx.load(str(exported.path(r.onnx))))
-        found.insert(0, "precision", r.precision)
+        found.insert(0, "engine", r.engine)
         found["engine_layers"] = len(layers)
-        found["plugin_nodes_in_onnx"] = len(silu.plugin_nodes(graph))
+        found["plugin_nodes_in_onnx"] = r.plugin_nodes_in_onnx
         frames.append(found)
-    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    for prec, grp in table.groupby("precision") if len(table) else []:
-        print(f"{prec}: {len(grp)} plugin layers of {grp['engine_layers'].iloc[0]}, "
-              f"{grp['plugin_nodes_in_onnx'].iloc[0]} {name} nodes in the ONNX file")
+    table = pd.concat(frames, ignore_index=True)
+    counts = table.groupby("engine").agg(layers=("name", "size"), nodes=("plugin_nodes_in_onnx", "first"))
+    if not (counts["layers"] == counts["nodes"]).all():
+        raise AssertionError(f"engine plugin layers differ from the ONNX files' {name} nodes:\n{counts}")
     return table

@@ -19,8 +19,9 @@ import onnx
 import pandas as pd
 
 from mvlib import accuracy, env, io, metrics, trt
+from mvlib.export import ARTIFACTS
 
-FP16_FILE = "model.fp16.onnx"
+FP16_FILE = ARTIFACTS["fp16"]
 FP16_META = "fp16.json"
 DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 spacing is >= 0.5, so such tensors stay FP32
 CALIB_BATCHES = (4, 4)  # AutoCast's reference run: two batches of random images in the model's input range
@@ -338,32 +339,33 @@ def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_im
     return compare(runners, "pytorch-fp32", imgs, batches, n_images, tols)
 
 
-def build_engines(onnx_files: dict[str, Path], batch_min: int, batch_opt: int, batch_max: int,
-                  workspace_gb: float = 4) -> dict[str, Path]:
-    """A strongly typed engine per ONNX file (cached by trt.build_engine), keyed like `onnx_files`."""
-    return {name: trt.build_engine(path, batch_min, batch_opt, batch_max, workspace_gb=workspace_gb)
-            for name, path in onnx_files.items()}
-
-
-def engine_accuracy(engines: dict[str, Path], fp32_onnx: Path, imgs: np.ndarray, n_images: int,
+def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,
                     batches: Sequence[int], tolerances: dict[str, Tolerance]):
-    """Each engine (runner `trt-<name>`) against ONNX Runtime FP32 at the profile's batches, checked against the profile."""
-    for name, plan in engines.items():
-        lo, _, hi = trt.build_info(plan)["profile"]
+    """Each built engine (runner `trt-<engine>`) against ONNX Runtime FP32 at the profile's batches."""
+    built = trt.built_rows(engines)
+    for r in built.itertuples():
+        engine = trt.runnable(trt.load(r.path))  # StageSkipped, with the reason, where the flavour cannot run
         for b in batches:
-            trt.check_batch(b, lo, hi)
+            engine.profile.check(b)
     runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")]
-    runners += [trt.runner(plan, f"trt-{name}") for name, plan in engines.items()]
+    runners += [trt.runner(r.path, f"trt-{r.engine}") for r in built.itertuples()]
     return compare(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
 
 
-def engine_layers(engines: dict[str, Path]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Every engine's layers (from the saved inspector output) and one summary row per engine."""
+def engine_verdicts(table: pd.DataFrame) -> dict[str, str]:
+    """Per engine, the accuracy verdict for the engines table, from the accuracy table's trt rows."""
+    rows = table[table["runner"].str.startswith("trt-")]
+    return {runner[4:]: ("passed" if grp["passed"].all() else "FAILED") + f" (cosine_min {grp['cosine_min'].min():.6f})"
+            for runner, grp in rows.groupby("runner")}
+
+
+def engine_layers(engines: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every engine's layers (from the engine inspector, where the engine could be inspected) and a summary row each."""
     per_layer, totals = [], []
-    for name, plan in engines.items():
-        layers = trt.layer_summary(Path(plan).parent)
-        per_layer.append(layers.assign(engine=name))
-        totals.append({"engine": name, **trt.layer_totals(layers), "plan_mb": round(Path(plan).stat().st_size / 2**20, 2)})
+    for r in trt.built_rows(engines).itertuples():
+        layers = trt.layer_summary(Path(r.path).parent)
+        per_layer.append(layers.assign(engine=r.engine))
+        totals.append({"engine": r.engine, **trt.layer_totals(layers), "plan_mb": round(r.engine_bytes / 2**20, 2)})
     return pd.concat(per_layer, ignore_index=True), pd.DataFrame(totals)
 
 

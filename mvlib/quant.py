@@ -38,6 +38,7 @@ from onnx import numpy_helper
 
 from mvlib import io, metrics, trt
 from mvlib.accuracy import INPUT, OUTPUT
+from mvlib.progress import progress
 
 METHODS = ("max", "entropy")
 POLICIES = OrderedDict([
@@ -421,7 +422,9 @@ def compare_policies(exported, calib: np.ndarray, ev: Evaluator, policies: Seque
                      methods: Sequence[str] = METHODS) -> pd.DataFrame:
     """Every policy x method; `all` first for each method, since the others reuse its calibration."""
     order = sorted(policies, key=lambda p: p != "all")
-    rows = {(p, m): run_policy(exported, p, m, calib, ev) for m in methods for p in order}
+    steps = [(p, m) for m in methods for p in order]
+    rows = {(p, m): run_policy(exported, p, m, calib, ev)  # run_policy prints a line per step: no extra lines
+            for p, m in progress(steps, "INT8 policies x calibration methods", unit="model", lines=False)}
     return pd.DataFrame([rows[(p, m)] for p in policies for m in methods])
 
 
@@ -473,7 +476,8 @@ def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block",
     qnodes = quantized_nodes(model)
     grouped = groups(qnodes, granularity)
     rows = []
-    for order, (g, names) in enumerate(grouped.items()):
+    for order, (g, names) in enumerate(progress(list(grouped.items()), f"sensitivity, one {granularity} at a time",
+                                                unit="group")):
         inside = set(names)
         m = ev.evaluate(isolate(model, [n for n in qnodes if n not in inside]), n_images)
         rows.append({"group": g, "order": order, "nodes": len(names), "ops": _ops(model, names),
@@ -529,7 +533,7 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     if high_precision not in ("fp16", "fp32"):
         raise ValueError(f"high_precision must be 'fp16' or 'fp32', not {high_precision!r}")
     best = choose(table)
-    target, meta_path = exported.path("model.int8.onnx"), exported.path("model.int8.json")
+    target, meta_path = exported.artifact("int8"), exported.artifact("int8_record")
     meta = {"criterion": CRITERION, "images": images, "policies": list(table.policy.unique())}
     if best is None:
         target.unlink(missing_ok=True)
@@ -563,7 +567,7 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
 
 def load_chosen(exported) -> tuple[Path, dict]:
     """The chosen INT8 model and its description (for notebooks 05 and 06); raises if notebook 04 wrote none."""
-    meta_path, target = exported.path("model.int8.json"), exported.path("model.int8.onnx")
+    meta_path, target = exported.artifact("int8_record"), exported.artifact("int8")
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path} does not exist: run notebook 04 (04_int8) first")
     meta = io.read_json(meta_path)
@@ -574,41 +578,58 @@ def load_chosen(exported) -> tuple[Path, dict]:
 
 
 # ---------------------------------------------------------------- TensorRT
-def engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, batch_min: int, batch_opt: int,
-                    batch_max: int) -> pd.DataFrame:
-    """Build a TensorRT engine from each Q/DQ file in `table`; measure it against FP32 like the ONNX Runtime rows.
+def engine_name(file: str) -> str:
+    """The engines-table name of a Q/DQ file: 'int8' for the chosen model, 'int8.<policy>.<method>' for a variant."""
+    from mvlib.export import ARTIFACTS
+    return "int8" if file == ARTIFACTS["int8"] else Path(file).stem.removeprefix("model.")
 
-    Evaluation images go through in chunks of at most `batch_max` (the engine's
-    largest batch); a last chunk below `batch_min` is padded and its padding dropped.
-    Each row also counts the engine's layers per output precision (how much of
-    the network TensorRT really runs in INT8).
+
+def engine_specs(exported, table: pd.DataFrame) -> list:
+    """One engine per Q/DQ file of the accuracy table (the chosen model.int8.onnx and every policy variant)."""
+    from mvlib import trt
+    return [trt.EngineSpec(engine_name(file), exported.path(file)) for file in dict.fromkeys(table.file)]
+
+
+def source_row(exported, table: pd.DataFrame, file: str) -> pd.Series:
+    """The accuracy-table row describing the file an engine was built from.
+
+    model.int8.onnx can have two rows (FP16 floats that failed, then the FP32-float file written in its
+    place): its float type is the one model.int8.json records, never simply the first row's.
     """
+    rows = table[table.file == file]
+    if file == exported.artifact("int8").name and exported.artifact("int8_record").exists():
+        written = io.read_json(exported.artifact("int8_record")).get("high_precision")
+        rows = rows[rows.high_precision == written]
+    if rows.empty:
+        raise ValueError(f"no accuracy-table row describes {file}")
+    return rows.iloc[-1]
+
+
+def collect_outputs(runner, images: np.ndarray, profile) -> np.ndarray:
+    """Logits of `images` through `runner` in chunks the engine's profile accepts, each copied out as it arrives.
+
+    Runners may return views of one host buffer they reuse on the next call (polygraphy's TrtRunner
+    does): without the copy every chunk would end up holding the last chunk's logits.
+    """
+    outs = []
+    with runner:
+        for chunk, n in profile.chunks(images):
+            outs.append(np.array(runner.infer({INPUT: chunk})[OUTPUT], dtype=np.float32, copy=True)[:n])
+    return np.concatenate(outs)
+
+
+def engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, engines: pd.DataFrame | None) -> pd.DataFrame:
+    """Each built INT8 engine against FP32 like the ONNX Runtime rows, with its layers per output precision."""
     from mvlib import trt
     rows = []
-    for file in dict.fromkeys(table.file):
-        engine = trt.build_engine(exported.path(file), batch_min, batch_opt, batch_max)
-        runner = trt.runner(engine, f"trt-{Path(file).stem}")
-        outs = []
-        with runner:
-            for chunk, n in _chunks(ev.images, batch_min, batch_max):
-                outs.append(np.asarray(runner.infer({INPUT: chunk})[OUTPUT], dtype=np.float32)[:n])
-        src = table[table.file == file].iloc[0]
-        rows.append({"policy": src.policy, "method": src.method, "high_precision": src.high_precision, "file": file,
-                     "engine": Path(engine).parent.name, **ev.metrics(np.concatenate(outs)),
-                     **trt.layer_totals(trt.layer_summary(Path(engine).parent))})
+    for r in trt.built_rows(engines).itertuples():
+        engine = trt.runnable(trt.load(r.path))
+        logits = collect_outputs(trt.runner(engine, f"trt-{r.engine}"), ev.images, engine.profile)
+        src = source_row(exported, table, r.onnx)
+        rows.append({"engine": r.engine, "policy": src.policy, "method": src.method,
+                     "high_precision": src.high_precision, "file": r.onnx, **ev.metrics(logits),
+                     **trt.layer_totals(trt.layer_summary(engine.dir))})
     return pd.DataFrame(rows)
-
-
-def _chunks(images: np.ndarray, batch_min: int, batch_max: int) -> list[tuple[np.ndarray, int]]:
-    """Chunks of at most `batch_max` images, each with its count of real images; a tail below `batch_min` is padded."""
-    out = []
-    for i in range(0, len(images), batch_max):
-        chunk = images[i:i + batch_max]
-        n = len(chunk)
-        if n < batch_min:  # the profile refuses smaller batches: repeat the last image, drop its outputs later
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_min - n, axis=0)])
-        out.append((chunk, n))
-    return out
 
 
 # ---------------------------------------------------------------- figures

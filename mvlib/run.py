@@ -1,5 +1,6 @@
 """A study run: its folder, manifest, stage statuses (ok / skipped / failed) and figure footers."""
 import datetime as _dt
+import re
 import time
 import traceback
 from pathlib import Path
@@ -8,8 +9,31 @@ from typing import Any, Callable
 from mvlib import env, io, paths
 
 
+# A capability beside the tiers: a TensorRT builder is installed, so engines are built (run or not). A build
+# stage skipped for any reason but "no builder" (StageSkipped.no_builder) fails the run, whatever its tier.
+BUILD = "build"
+
+
 class StageSkipped(Exception):
-    """Raised inside a stage to record it as skipped with a reason (never a silent skip)."""
+    """Raised inside a stage to record it as skipped with a reason (never a silent skip).
+
+    `needs` names the notebooks whose output was missing (e.g. "04", or ["03", "05"]): a run that left
+    those notebooks out (`--only`) reports the skip as caused by the selection, not as a tier failure.
+    Without it, a reason that says "notebook 04 writes it" / "(notebook 05 builds it)" means the same.
+    """
+
+    def __init__(self, reason: str, needs: str | list[str] | tuple[str, ...] = ()):
+        super().__init__(reason)
+        self.needs = [needs] if isinstance(needs, str) else list(needs)
+
+
+# "... notebook 04 (INT8) writes it", "(notebook 05 builds it)", "notebook 02 makes it"
+_MADE_BY = re.compile(r"\bnotebook (\d{2})\b(?: \([^)]*\))? (?:writes|builds|makes)\b")
+
+
+def producers(reason: str) -> list[str]:
+    """Notebook numbers that a skip reason names as the makers of a missing input."""
+    return list(dict.fromkeys(_MADE_BY.findall(reason)))
 
 
 class Run:
@@ -49,13 +73,14 @@ class Run:
 
     def record(self, name: str, tier: str, status: str, reason: str = "", **details: Any) -> None:
         """Record one stage's outcome under `<notebook>/<name>`."""
-        env.tier_rank(tier)
+        if tier != BUILD:
+            env.tier_rank(tier)
         entry = {"tier": tier, "status": status, "reason": reason, **details}
         self._update(lambda m: m["stages"].__setitem__(f"{self.notebook}/{name}", entry))
 
     def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
-        missing = env.missing_for(tier)
+        missing = "" if tier == BUILD else env.missing_for(tier)  # a build stage says itself when there is no builder
         if missing:
             print(f"[{name}] skipped: {missing}")
             self.record(name, tier, "skipped", missing)
@@ -65,7 +90,9 @@ class Run:
             result = fn(*args, **kwargs)
         except StageSkipped as why:
             print(f"[{name}] skipped: {why}")
-            self.record(name, tier, "skipped", str(why))
+            needs = [str(n).zfill(2)[:2] for n in why.needs] or producers(str(why))  # "4", "04", "04_int8"
+            self.record(name, tier, "skipped", str(why), **({"needs": needs} if needs else {}),
+                        **({"no_builder": True} if getattr(why, "no_builder", False) else {}))
             return None
         except BaseException as err:
             self.record(name, tier, "failed", f"{type(err).__name__}: {err}",

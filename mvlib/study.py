@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from mvlib import env, io, paths, rerun
+from mvlib import run as run_mod
 
 
 def load_profile(name: str) -> dict:
@@ -40,21 +41,59 @@ def declared(nb: Path) -> set[str]:
     return set(papermill.inspect_notebook(str(nb)).keys())
 
 
+def not_selected(manifest: dict, stage: dict) -> list[str]:
+    """The notebooks a skipped stage needed output from that this run left out (`--only`); [] if none.
+
+    The selection is the manifest's `run.notebooks`; a manifest without it counts as a run of every notebook.
+    A stage names what it needs with `StageSkipped(..., needs="04")` or a reason saying "notebook 04 writes it"
+    (mvlib.run.producers).
+    """
+    ran = (manifest.get("run") or {}).get("notebooks")
+    if stage.get("status") != "skipped" or ran is None:
+        return []
+    selected = {str(nb)[:2] for nb in ran}
+    needs = stage.get("needs") or run_mod.producers(stage.get("reason", ""))
+    return [n for n in needs if n not in selected]
+
+
+def skip_note(manifest: dict, stage: dict) -> str:
+    """'input made by 04, not selected' for a skip the selection caused, else ''."""
+    missing = not_selected(manifest, stage)
+    return f"input made by {', '.join(missing)}, not selected" if missing else ""
+
+
 def stage_problems(manifest: dict, tier: str) -> list[str]:
-    """Stages that failed, or that were skipped although the run was expected to reach their tier."""
+    """Stages that failed, or that were skipped although the run was expected to reach their tier.
+
+    A skip caused by leaving out the notebook that makes the stage's input (`--only`) is not a problem of the
+    tier: `selection_skips` lists those.
+    """
     problems = []
     for name, st in sorted(manifest.get("stages", {}).items()):
         if st["status"] == "failed":
             problems.append(f"{name}: failed: {st['reason']}")
-        elif st["status"] == "skipped" and env.tier_rank(st["tier"]) <= env.tier_rank(tier):
+        elif st["status"] != "skipped" or not_selected(manifest, st):
+            continue
+        elif st["tier"] == run_mod.BUILD:  # engines: any machine with a builder builds them all, whatever its tier
+            if not st.get("no_builder"):
+                problems.append(f"{name}: engine build skipped on a machine with a TensorRT builder: {st['reason']}")
+        elif env.tier_rank(st["tier"]) <= env.tier_rank(tier):
             problems.append(f"{name}: skipped although tier {tier} was expected: {st['reason']}")
     return problems
 
 
+def selection_skips(manifest: dict) -> list[str]:
+    """Stages skipped only because `--only` left out the notebook that makes their input."""
+    return [f"{name}: skipped: {skip_note(manifest, st)}"
+            for name, st in sorted(manifest.get("stages", {}).items()) if skip_note(manifest, st)]
+
+
 def summary(manifest: dict) -> str:
-    """One line per stage: status, tier and reason."""
-    return "\n".join(f"  {st['status']:8s} [{st['tier']}] {name}" + (f"  ({st['reason']})" if st.get("reason") else "")
-                     for name, st in sorted(manifest.get("stages", {}).items()))
+    """One line per stage: status, tier and reason (and, for a skip the selection caused, which notebook)."""
+    def line(name: str, st: dict) -> str:
+        why = "; ".join(x for x in (skip_note(manifest, st), st.get("reason")) if x)
+        return f"  {st['status']:8s} [{st['tier']}] {name}" + (f"  ({why})" if why else "")
+    return "\n".join(line(name, st) for name, st in sorted(manifest.get("stages", {}).items()))
 
 
 def publish(run: Path, sub: str = "") -> None:
@@ -107,6 +146,15 @@ def record_rerun(run: Path, manifest: dict, previous: Path | None, before: dict)
     return info
 
 
+def kernel_library_path(trt_flavour: str) -> None:
+    """Let kernels dlopen what the TensorRT flavour asks for by its unversioned name (RTX's plugin path does)."""
+    from mvlib import trt
+    try:
+        os.environ.update(trt.library_env(trt.select(trt_flavour)))
+    except trt.NoBuilder:
+        pass  # no TensorRT here: nothing to add
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     ap = argparse.ArgumentParser(prog="python -m mvlib.study", description=__doc__.splitlines()[0])
@@ -134,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     # Figures are saved to files; a batch kernel needs no inline backend (and some matplotlib
     # builds reject ipykernel's default one). Kernels inherit this environment.
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # Nobody watches a papermill kernel: plain progress lines in the log, no widget or text bars.
+    os.environ.setdefault("MVLIB_PROGRESS", "lines")
     have = env.detect_tier()
     tier = have if args.tier == "auto" else args.tier
     if env.tier_rank(tier) > env.tier_rank(have):
@@ -142,6 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     params = load_profile(args.profile)
     for name, value in args.param:
         params[name] = yaml.safe_load(value)
+    kernel_library_path(params.get("trt_flavour", "auto"))
     extra = variant_label(args.profile, params)
     run = Path(args.run_dir).resolve() if args.run_dir else paths.RUNS / (args.profile + (f"_{extra}" if extra else ""))
     previous = keep_previous(run)  # a run's manifest must describe this run only; the last one is kept aside
@@ -175,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
     manifest["rerun"] = record_rerun(run, manifest, previous, before)
     io.write_json(run / "manifest.json", manifest)
     print("stages:\n" + summary(manifest))
+    left_out = selection_skips(manifest)
+    if left_out:
+        print("not counted against the tier (--only left out the notebook that makes their input):\n  "
+              + "\n  ".join(left_out))
     problems = stage_problems(manifest, tier) + [f"notebook {name} failed" for name in failed]
     if problems:
         print("the run did not reach its tier:\n  " + "\n  ".join(problems), file=sys.stderr)

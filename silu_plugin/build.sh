@@ -6,8 +6,18 @@
 #
 # Variables: NVCC (compiler; default: nvcc on PATH, then /usr/local/cuda/bin/nvcc), TRT_INCLUDE
 # (TensorRT's include/ folder), TRT_ROOT (a TensorRT install with include/ and lib/), TRT_LIB
-# (folder holding libnvinfer.so*), MVLIB_BUILD (the study's build folder), SILU_ARCHS (gencode
-# list to use instead of the default sm_80, sm_86, sm_89, sm_90 + compute_90 PTX).
+# (TensorRT's core library to link: libnvinfer.so.N, or TensorRT-RTX's libtensorrt_rtx.so.1),
+# TRT_MAJOR (the TensorRT major the runtime expects: 10, or 11 for TensorRT 11 and TensorRT-RTX),
+# PYTHON (the interpreter whose pip-installed TensorRT to link; default python3), MVLIB_BUILD (the
+# study's build folder), SILU_ARCHS (gencode list to use instead of the default: SASS for sm_75
+# (T4), sm_80 (A100), sm_86 (A10), sm_89 (L4, RTX 40xx), sm_90 (H100/H200) and compute_90 PTX,
+# which newer GPUs (RTX 50xx, sm_120) compile when they load it).
+#
+# Headers: TRT_INCLUDE, else TRT_ROOT/include, else a system or container install (Debian/Ubuntu
+# packages, /usr/local/tensorrt, /opt/tensorrt, NGC's /workspace/TensorRT), else
+# ../shared/tensorrt-include/<version>/include beside the checkout (CI), the newest of TRT_MAJOR.
+# pip-installed TensorRT ships no headers: take include/ of NVIDIA's TensorRT repository at the
+# tag of your release (github.com/NVIDIA/TensorRT) and set TRT_INCLUDE.
 #
 # Outputs (each written to a temporary name and renamed, so no half-built library is ever left):
 #   libmv_silu.so                  the kernel and its C ABI (mv_silu ...), always
@@ -35,19 +45,27 @@ if [[ -z "$nvcc" ]] || ! command -v "$nvcc" >/dev/null; then
     exit 2
 fi
 
-archs="${SILU_ARCHS:--gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_86,code=sm_86 -gencode=arch=compute_89,code=sm_89 -gencode=arch=compute_90,code=[sm_90,compute_90]}"
+archs="${SILU_ARCHS:--gencode=arch=compute_75,code=sm_75 -gencode=arch=compute_80,code=sm_80 -gencode=arch=compute_86,code=sm_86 -gencode=arch=compute_89,code=sm_89 -gencode=arch=compute_90,code=[sm_90,compute_90]}"
 # Host code: every warning is an error; device code likewise (--Werror all-warnings).
 host_flags="-fPIC,-fvisibility=hidden,-Wall,-Wextra,-Werror"
 common=(-O3 -std=c++17 --Werror all-warnings -Xcompiler "$host_flags")
 # Keep the static CUDA runtime's symbols private: only our C ABI and TensorRT's entry points are exported.
 link=(-shared -Xlinker --exclude-libs,ALL -Xlinker --as-needed)
 
-# TensorRT's headers: TRT_INCLUDE, else TRT_ROOT/include, else the usual install places.
+header_major() { grep -Eo '#define (TRT|NV_TENSORRT)_MAJOR(_ENTERPRISE)? [0-9]+' "$1/NvInferVersion.h" | head -1 | grep -Eo '[0-9]+$' || true; }
+# TensorRT's headers: TRT_INCLUDE, else TRT_ROOT/include, else the usual install places, else CI's copy.
 trt_inc="${TRT_INCLUDE:-}"
 if [[ -z "$trt_inc" ]]; then
+    shared=()
+    # ../shared/tensorrt-include/<version>/include, newest version first
+    while IFS= read -r d; do shared+=("$d"); done < <(ls -d "$root"/../shared/tensorrt-include/*/include 2>/dev/null | sort -rV)
     for cand in "${TRT_ROOT:+$TRT_ROOT/include}" /usr/include/x86_64-linux-gnu /usr/include/aarch64-linux-gnu \
-                /usr/include /usr/local/tensorrt/include /opt/tensorrt/include; do
-        if [[ -n "$cand" && -f "$cand/NvInferRuntime.h" ]]; then trt_inc="$cand"; break; fi
+                /usr/include /usr/local/tensorrt/include /opt/tensorrt/include /workspace/TensorRT/include "${shared[@]}"; do
+        if [[ -n "$cand" && -f "$cand/NvInferRuntime.h" ]]; then
+            # headers of another major than the runtime's would give a plugin it cannot load
+            if [[ -n "${TRT_MAJOR:-}" && "$(header_major "$cand")" != "$TRT_MAJOR" ]]; then continue; fi
+            trt_inc="$(realpath "$cand")"; break
+        fi
     done
 fi
 if [[ -n "$trt_inc" && ! -f "$trt_inc/NvInferRuntime.h" ]]; then
@@ -67,19 +85,31 @@ trt_lib=""
 why=""
 if [[ -n "$trt_inc" ]]; then
     ver_h="$trt_inc/NvInferVersion.h"
+    if [[ -n "${TRT_MAJOR:-}" && "$(header_major "$trt_inc")" != "$TRT_MAJOR" ]]; then
+        echo "error: TRT_INCLUDE=$trt_inc holds TensorRT $(header_major "$trt_inc").x headers, but the runtime expects $TRT_MAJOR.x: point TRT_INCLUDE at include/ of TensorRT $TRT_MAJOR.x (TensorRT-RTX: 11.x)" >&2
+        exit 2
+    fi
     major=$(grep -Eo '#define (TRT|NV_TENSORRT)_MAJOR(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
     minor=$(grep -Eo '#define (TRT|NV_TENSORRT)_MINOR(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
     patch=$(grep -Eo '#define (TRT|NV_TENSORRT)_PATCH(_ENTERPRISE)? [0-9]+' "$ver_h" | head -1 | grep -Eo '[0-9]+$' || true)
     trt_version="$major.$minor.$patch"
-    # libnvinfer, if present: linking it records the dependency, so loading the plugin pulls TensorRT in.
-    for dir in "${TRT_LIB:-}" "${TRT_ROOT:+$TRT_ROOT/lib}" \
-               "$(python3 -c 'import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))' 2>/dev/null || true)" \
-               /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/local/tensorrt/lib /opt/tensorrt/lib; do
-        if [[ -n "$dir" ]]; then
-            found=$(ls "$dir"/libnvinfer.so.[0-9]* "$dir"/libnvinfer.so 2>/dev/null | head -1 || true)
-            if [[ -n "$found" ]]; then trt_lib="$found"; break; fi
-        fi
-    done
+    # TensorRT's core library, if present: linking it (with its folder as rpath) lets the statically
+    # registering library resolve getPluginRegistry wherever it is loaded. TRT_LIB, else the pip wheel
+    # of $PYTHON's TensorRT (TensorRT-RTX when the headers are 11.x and no full TensorRT is there), else a
+    # system install.
+    py="${PYTHON:-python3}"
+    trt_lib="${TRT_LIB:-}"
+    if [[ -z "$trt_lib" ]]; then
+        for dir in "${TRT_ROOT:+$TRT_ROOT/lib}" \
+                   "$("$py" -c 'import os, tensorrt_libs; print(os.path.dirname(tensorrt_libs.__file__))' 2>/dev/null || true)" \
+                   /usr/lib/x86_64-linux-gnu /usr/lib/aarch64-linux-gnu /usr/local/tensorrt/lib /opt/tensorrt/lib \
+                   "$("$py" -c 'import os, tensorrt_rtx_libs; print(os.path.dirname(tensorrt_rtx_libs.__file__))' 2>/dev/null || true)"; do
+            if [[ -n "$dir" ]]; then
+                found=$(ls "$dir"/libnvinfer.so.[0-9]* "$dir"/libnvinfer.so "$dir"/libtensorrt_rtx.so.[0-9]* 2>/dev/null | head -1 || true)
+                if [[ -n "$found" ]]; then trt_lib="$found"; break; fi
+            fi
+        done
+    fi
     # TensorRT's headers are third-party: -isystem keeps their own deprecation warnings (they use
     # their deprecated IPluginV2 types internally) from failing -Werror, which applies to our code.
     for variant in static dynamic; do
@@ -88,7 +118,7 @@ if [[ -n "$trt_inc" ]]; then
         "$nvcc" "${common[@]}" "${defs[@]}" -isystem "$trt_inc" -I "$here" -c "$here/silu_plugin.cpp" -o "$tmp/silu_plugin_$variant.o"
     done
     libs=()
-    [[ -n "$trt_lib" ]] && libs=("$trt_lib")
+    [[ -n "$trt_lib" ]] && libs=(-Xlinker "$trt_lib" -Xlinker "-rpath=$(dirname "$trt_lib")")  # ld takes a versioned .so.N by path
     "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_static.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin.so"
     "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_dynamic.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin_dynamic.so"
     # The interface check drives the plugin through TensorRT's interfaces without libnvinfer.
@@ -96,7 +126,7 @@ if [[ -n "$trt_inc" ]]; then
     "$nvcc" "${common[@]}" "$tmp/plugin_check.o" "$tmp/silu_plugin_dynamic.o" "$tmp/silu_kernel.o" -o "$tmp/mv_silu_plugin_check"
     plugin="yes"
     if [[ -z "$trt_lib" ]]; then
-        why="libnvinfer not found (set TRT_LIB): TensorRT's symbols are left undefined, so load the plugin only into a process that has loaded TensorRT"
+        why="TensorRT's core library not found (set TRT_LIB): the statically registering library leaves getPluginRegistry undefined; load libmv_silu_plugin_dynamic.so with the registry's load_library (what mvlib does)"
     fi
 else
     why="no TensorRT headers found: set TRT_INCLUDE to TensorRT's include/ folder (or TRT_ROOT to an install) to build the plugin"
@@ -113,6 +143,7 @@ cat > "$tmp/build_info.json" <<EOF
   "plugin_check": $([[ "$plugin" == yes ]] && echo "\"$out/mv_silu_plugin_check\"" || echo null),
   "tensorrt_include": $([[ -n "$trt_inc" ]] && echo "\"$trt_inc\"" || echo null),
   "tensorrt_headers_version": $([[ -n "$trt_version" ]] && echo "\"$trt_version\"" || echo null),
+  "tensorrt_headers_major": $([[ -n "$trt_version" ]] && echo "${trt_version%%.*}" || echo null),
   "tensorrt_library": $([[ -n "$trt_lib" ]] && echo "\"$trt_lib\"" || echo null),
   "note": "$why",
   "nvcc": "$("$nvcc" --version | grep -o 'release [0-9.]*' | cut -d' ' -f2)",

@@ -4,8 +4,10 @@
 // parser finds this plugin's creator under the same three strings.
 //
 // Registration, so that every way of loading the library finds the creator:
-// - static: REGISTER_TENSORRT_PLUGIN registers it when the library is loaded (ctypes.CDLL,
-//   polygraphy --plugins, trtexec --staticPlugins);
+// - static: a registrar registers it under SILU_PLUGIN_NAMESPACE when the library is loaded
+//   (ctypes.CDLL, polygraphy --plugins, trtexec --staticPlugins). Not REGISTER_TENSORRT_PLUGIN:
+//   that macro passes the empty namespace to registerCreator while the creator reports its own;
+//   NVIDIA's own plugin library passes the creator's namespace (plugin/api/inferPlugin.cpp);
 // - entry points: getCreators (and the older getPluginCreators) and setLoggerFinder, which
 //   IPluginRegistry::loadLibrary, trtexec --dynamicPlugins and plugins serialized into
 //   version-compatible engines use. loadLibrary refuses a library whose creators are already
@@ -172,7 +174,16 @@ class SiluPluginCreator final : public IPluginCreatorV3One {
 };
 
 #ifndef MV_SILU_NO_STATIC_REGISTRATION
-REGISTER_TENSORRT_PLUGIN(SiluPluginCreator);
+namespace {
+// Registers one creator under its own namespace when the library is loaded.
+struct StaticRegistrar {
+    StaticRegistrar() {
+        static SiluPluginCreator creator;
+        getPluginRegistry()->registerCreator(creator, SILU_PLUGIN_NAMESPACE);
+    }
+};
+StaticRegistrar const gRegistrar{};
+}  // namespace
 #endif
 
 }  // namespace mvlib
@@ -194,5 +205,12 @@ MV_PLUGIN_EXPORT nvinfer1::IPluginCreatorInterface* const* getPluginCreators(int
 }
 
 MV_PLUGIN_EXPORT void setLoggerFinder(nvinfer1::ILoggerFinder* finder) { mvlib::gLoggerFinder = finder; }
+
+// The TensorRT version of the headers this library was compiled against (major * 10000 + minor * 100
+// + patch). IPluginRegistry's and the plugin interfaces' virtual tables differ between majors, so a
+// loader compares the major with its runtime's before handing the library to TensorRT.
+MV_PLUGIN_EXPORT int32_t mv_silu_plugin_tensorrt_version() {
+    return NV_TENSORRT_MAJOR * 10000 + NV_TENSORRT_MINOR * 100 + NV_TENSORRT_PATCH;
+}
 
 }  // extern "C"

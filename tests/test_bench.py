@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, plots
+from mvlib import bench, plots, trt
 from mvlib.run import Run, StageSkipped
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_benchmark.ipynb"
@@ -86,7 +86,7 @@ def test_time_host_honours_window_and_minimum_launches():
 
 def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     def prepare(batch):
-        bench.check_profile(batch, 1, 2)
+        bench.within(trt.Profile(1, 1, 2), batch)
         return lambda: time.sleep(0.0005)
 
     def factory(settings):
@@ -95,7 +95,7 @@ def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     s = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
     df = bench.measure_all(factory, [1, 2, 4], s)
     assert list(df.batch) == [1, 2]
-    with pytest.raises(StageSkipped, match="outside the engine's profile 1..2"):
+    with pytest.raises(StageSkipped, match=r"outside the engine's optimization profile \[1, 2\]"):
         bench.measure_all(factory, [8], s)
 
 
@@ -104,7 +104,7 @@ def test_missing_models_are_skipped_with_the_reason(tmp_path):
     with pytest.raises(StageSkipped, match="notebook 04"):
         bench.onnxruntime_cpu(s, tmp_path / "model.int8.onnx", "int8")
     with pytest.raises(StageSkipped, match="model.fp16.onnx not found"):  # before TensorRT is even imported
-        bench.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", 1, 16, 32)
+        bench.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", trt.Profile(1, 16, 32))
 
 
 # a real CPU measurement and the table's schema ------------------------------------------------------

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mvlib import accuracy, env, io, metrics, paths, precision
+from mvlib import accuracy, env, io, metrics, paths, precision, trt
 from mvlib.run import Run
 
 FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
@@ -146,7 +146,7 @@ def test_skipped_rows_give_the_reason(tmp_path):
     assert len(table) == 6 and errors.empty and table["max_abs"].isna().all()
     assert table["status"].str.startswith("skipped: ").all() and table["status"].str.contains("no CUDA GPU visible").all()
     if not env.tensorrt_status()[0]:
-        assert table["status"].str.startswith("skipped: TensorRT not installed").all()
+        assert table["status"].str.startswith("skipped: no TensorRT runtime for this machine").all()
 
 
 def _listed(markdown: str) -> tuple[set, set]:
@@ -160,7 +160,9 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     nb = nbformat.read(paths.NOTEBOOKS / "03_fp32_fp16.ipynb", as_version=4)
     always, trt_only = _listed(nb.cells[0].source)
     made = {f"{d}/{f.name}" for d in ("results", "figures") for f in (smoke_run / d).glob("03_*")}
-    expected = always | (trt_only if env.detect_tier() == "trt" else set())
+    shared = {f"results/{trt.ENGINES_TABLE}"}  # every engine notebook adds its rows to it
+    assert shared <= always
+    expected = always - shared | (trt_only if env.detect_tier() == "trt" else set())
     assert made == expected and trt_only and always
     assert "`model.fp16.onnx`" in nb.cells[0].source and "`fp16.json`" in nb.cells[0].source
     model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
@@ -171,10 +173,16 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     trt_rows = table[table.runner.str.startswith("trt-")]
     assert set(trt_rows.batch) == {1, 2, 4} and len(trt_rows) == 6
     if not env.tensorrt_status()[0]:
-        assert trt_rows.status.str.startswith("skipped: TensorRT not installed").all()
+        assert trt_rows.status.str.startswith("skipped: ").all()
     errors = pd.read_csv(smoke_run / "results" / "03_errors.csv")
     assert len(errors[errors.runner == "onnxrt-fp16"]) == 16  # 8 images at batch 1 and at batch 4
     assert (smoke_run / "figures" / "03_errors.png").read_bytes()[:4] == b"\x89PNG"
     stages = io.read_json(smoke_run / "manifest.json")["stages"]
     assert stages["03_fp32_fp16/cpu_accuracy"]["status"] == "ok"
-    assert stages["03_fp32_fp16/engines"]["status"] == ("ok" if env.detect_tier() == "trt" else "skipped")
+    has_builder = trt.builder_status()[0]
+    assert stages["03_fp32_fp16/engines"]["status"] == ("ok" if has_builder else "skipped")
+    if has_builder:
+        engines = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+        mine = engines[engines.notebook == "03_fp32_fp16"]
+        assert list(mine.engine) == ["fp32", "fp16"] and list(mine.onnx) == ["model.onnx", "model.fp16.onnx"]
+        assert mine.status.isin(["built", "reused"]).all()

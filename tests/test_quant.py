@@ -209,41 +209,88 @@ def test_choose_prefers_more_int8_among_passing_rows():
     assert quant.choose(table.iloc[[0, 3]]) is None
 
 
-def test_chunks_pad_a_short_tail_for_the_engine_profile():
-    x = np.arange(5, dtype=np.float32).reshape(5, 1, 1, 1)
-    chunks = quant._chunks(x, batch_min=2, batch_max=4)
-    assert [(len(c), n) for c, n in chunks] == [(4, 4), (2, 1)]
-    assert chunks[1][0][1, 0, 0, 0] == 4.0  # padding repeats the last real image
+class ReusingRunner:
+    """Returns views of one output buffer it overwrites on every call, as polygraphy's TrtRunner does."""
+
+    def __init__(self, onnx_path):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.buffer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def infer(self, feed):
+        out = self.session.run(None, feed)[0]
+        if self.buffer is None:
+            self.buffer = np.empty((64, *out.shape[1:]), dtype=np.float32)
+        self.buffer[:len(out)] = out
+        return {quant.OUTPUT: self.buffer[:len(out)]}
 
 
-def test_engine_accuracy_loop_with_an_onnxruntime_stand_in(tmp_path, xxs, ev, q_all, monkeypatch):
-    """The engine loop (chunking to the profile, padding, metrics, layer totals) with mvlib.trt's build and runner
-    replaced by ONNX Runtime: TensorRT itself is not exercised here, only our code around it."""
-    from mvlib import accuracy, trt
+def test_engine_outputs_are_copied_out_of_a_reused_buffer(xxs, ev):
+    from mvlib import trt
+    profile = trt.Profile(1, 2, 2)  # 6 images: three chunks through one reused buffer
+    logits = quant.collect_outputs(ReusingRunner(xxs[0].onnx), ev.images, profile)
+    assert np.allclose(logits, ev.reference, atol=1e-4)
+    assert not np.allclose(logits[:2], logits[4:], atol=1e-3)  # distinct chunks stay distinct
+    # what the loop did before: keep what infer returned, without a copy
+    runner, kept = ReusingRunner(xxs[0].onnx), []
+    for chunk, n in profile.chunks(ev.images):
+        kept.append(np.asarray(runner.infer({quant.INPUT: chunk})[quant.OUTPUT], dtype=np.float32)[:n])
+    assert np.allclose(kept[0], kept[2])  # every entry shows the last chunk: the defect this copy prevents
+
+
+def test_profile_pads_a_tail_below_batch_min_and_drops_its_outputs(xxs, ev):
+    from mvlib import trt
+    logits = quant.collect_outputs(ReusingRunner(xxs[0].onnx), ev.images[:5], trt.Profile(2, 2, 4))
+    assert logits.shape[0] == 5 and np.allclose(logits, ev.reference[:5], atol=1e-4)
+
+
+def test_int8_engine_row_carries_the_float_type_that_was_written(tmp_path, xxs):
+    exp = _fake_exported(tmp_path, xxs[0].onnx)
+    table = pd.DataFrame([  # FP16 floats failed, so model.int8.onnx holds the FP32-float variant (write_chosen)
+        {"policy": "sensitivity", "method": "entropy", "high_precision": "fp16", "file": "model.int8.onnx"},
+        {"policy": "sensitivity", "method": "entropy", "high_precision": "fp32", "file": "model.int8.onnx"},
+        {"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
+    io.write_json(exp.artifact("int8_record"), {"passes": True, "high_precision": "fp32"})
+    assert quant.source_row(exp, table, "model.int8.onnx").high_precision == "fp32"
+    io.write_json(exp.artifact("int8_record"), {"passes": True, "high_precision": "fp16"})
+    assert quant.source_row(exp, table, "model.int8.onnx").high_precision == "fp16"
+    assert quant.source_row(exp, table, "model.int8.all.max.onnx").policy == "all"
+    assert [s.name for s in quant.engine_specs(exp, table)] == ["int8", "int8.all.max"]
+
+
+@pytest.mark.skipif(not __import__("mvlib.trt").trt.builder_status()[0], reason="no TensorRT builder here")
+def test_int8_engines_are_built_for_real(tmp_path, xxs, q_all, monkeypatch):
+    """INT8 Q/DQ files build with the installed builder (TensorRT-RTX on CI's CPU); runs on the trt tier."""
+    from mvlib import trt
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     exp = _fake_exported(tmp_path, xxs[0].onnx)
     exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
-    built = []
-    monkeypatch.setattr(trt, "build_engine", lambda p, b0, b1, b2, plugins=(): built.append((p, b0, b1, b2)) or p)
-    monkeypatch.setattr(trt, "runner", lambda engine, name: accuracy.onnxrt_runner(engine, name))
-    monkeypatch.setattr(trt, "layer_summary", lambda d: None)
-    monkeypatch.setattr(trt, "layer_totals", lambda layers: {"layers": 1})
-    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32",
-                           "file": "model.int8.all.max.onnx"}] * 2)  # a file listed twice is built once
-    out = quant.engine_accuracy(exp, table, ev, batch_min=4, batch_opt=4, batch_max=4)  # 6 images: 4 + (2 padded)
-    assert len(out) == 1 and built == [(exp.path("model.int8.all.max.onnx"), 4, 4, 4)]
-    direct = ev.evaluate(exp.path("model.int8.all.max.onnx"))
-    assert out.iloc[0].n == len(ev.images) == 6
-    assert out.iloc[0].cosine_mean == pytest.approx(direct["cosine_mean"], abs=1e-3)
+    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
+    engines = trt.require_built(trt.build_all("04_int8", quant.engine_specs(exp, table), trt.Profile(1, 2, 4)))
+    row = engines.iloc[0]
+    assert row.engine == "int8.all.max" and trt.has_plan_header(row.path, row.flavour)
+    assert "QUANTIZE" in row.layers_by_type and "DEQUANTIZE" in row.layers_by_type
 
 
-@pytest.mark.skipif(not env.tensorrt_status()[0], reason="TensorRT not installed: INT8 engines need the trt tier")
-def test_int8_engine_accuracy(tmp_path, xxs, images, ev, q_all):
+@pytest.mark.trt
+@pytest.mark.skipif(not env.tensorrt_status()[0], reason="no TensorRT runtime for this GPU: INT8 engines run on the trt tier")
+def test_int8_engine_accuracy(tmp_path, xxs, images, ev, q_all, monkeypatch):
+    from mvlib import trt
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     exp = _fake_exported(tmp_path, xxs[0].onnx)
     exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
-    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32",
-                           "file": "model.int8.all.max.onnx"}])
-    out = quant.engine_accuracy(exp, table, ev, 1, 2, 4)
-    assert out.iloc[0].cosine_mean > 0.9 and out.iloc[0].get("out_INT8", 0) > 0
+    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
+    engines = trt.build_all("04_int8", quant.engine_specs(exp, table), trt.Profile(1, 2, 4))
+    out = quant.engine_accuracy(exp, table, ev, engines).iloc[0]
+    onnxrt = ev.evaluate(exp.path("model.int8.all.max.onnx"))  # the same Q/DQ graph on ONNX Runtime
+    assert abs(out.cosine_mean - onnxrt["cosine_mean"]) < 0.01 and out.top1_agreement >= onnxrt["top1_agreement"] - 0.2
+    assert out.get("out_INT8", 0) > 0  # TensorRT really runs layers in INT8
 
 
 def test_notebook_04_creates_the_files_it_lists(smoke_run):
@@ -258,6 +305,13 @@ def test_notebook_04_creates_the_files_it_lists(smoke_run):
     stages = {k: v for k, v in manifest["stages"].items() if k.startswith("04_int8/")}
     assert stages["04_int8/trt_int8_engines"]["status"] == ("ok" if manifest["tier"] == "trt" else "skipped")
     assert all(v["status"] == "ok" for k, v in stages.items() if v["tier"] == "cpu")
+    from mvlib import trt
+    if trt.builder_status()[0]:  # every Q/DQ file of the accuracy table became an engine
+        assert stages["04_int8/engines"]["status"] == "ok"
+        engines = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+        mine = engines[engines.notebook == "04_int8"]
+        acc_files = set(pd.read_csv(smoke_run / "results" / "04_int8_accuracy.csv").file)
+        assert set(mine.onnx) == acc_files and mine.status.isin(["built", "reused"]).all()
     assert manifest["int8_images"]["source"] in data.SOURCES and manifest["int8"]["images"]
     acc = pd.read_csv(smoke_run / "results" / "04_int8_accuracy.csv")
     assert set(acc.policy) == set(quant.POLICIES) and set(acc.method) == set(quant.METHODS)

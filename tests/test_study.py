@@ -3,12 +3,14 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import nbformat
+import pandas as pd
 import papermill
 import pytest
 
-from mvlib import env, io, paths, study
+from mvlib import env, io, paths, study, trt
 from mvlib.run import Run, StageSkipped
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -64,6 +66,66 @@ def test_stage_problems_follow_the_expected_tier():
     assert study.stage_problems(manifest, "cpu")[0].startswith("01/a: failed")
 
 
+def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tier():
+    manifest = {"stages": {
+        "03/engines": {"tier": "build", "status": "skipped", "reason": "no TensorRT builder", "no_builder": True},
+        "05/plugin_engines": {"tier": "build", "status": "skipped", "reason": "the TensorRT plugin was not built"},
+        "04/engines": {"tier": "build", "status": "ok", "reason": ""},
+    }}
+    for tier in ("cpu", "gpu", "trt"):
+        assert [p.split(":")[0] for p in study.stage_problems(manifest, tier)] == ["05/plugin_engines"]
+    manifest["stages"]["04/engines"]["status"] = "failed"
+    assert len(study.stage_problems(manifest, "cpu")) == 2
+
+
+def test_a_missing_builder_is_recorded_as_such(tmp_path):
+    from mvlib import trt as mvtrt
+    run = Run(tmp_path / "r", "99_test")
+
+    def no_builder():
+        raise mvtrt.NoBuilder("no TensorRT builder: TensorRT-RTX not installed")
+    assert run.stage("engines", "build", no_builder) is None
+    entry = io.read_json(run.manifest_path)["stages"]["99_test/engines"]
+    assert entry["tier"] == "build" and entry["status"] == "skipped" and entry["no_builder"] is True
+
+
+def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run):
+    """06 times the FP32/FP16/INT8 models and their plugin rewrites: each exists after 01-05, and each was built."""
+    from mvlib import export
+    manifest = io.read_json(smoke_run / "manifest.json")
+    exported, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    read = [exported.model(p, plugin=k) for p in export.PRECISIONS for k in (False, True)]
+    missing = [p.name for p in read if not p.is_file()]
+    assert not missing, f"notebook 06 reads files nothing wrote: {missing}"
+    names = {f"plugin_{p}" if k else p for p in export.PRECISIONS for k in (False, True)}
+    assert {f"06_benchmark/tensorrt_{n}" for n in names} <= set(manifest["stages"])
+    if trt.builder_status()[0]:
+        table = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+        built = table[table["status"].isin(["built", "reused"])]
+        assert names <= set(built["engine"]), f"not built: {names - set(built['engine'])}"
+        assert set(table.set_index("engine").loc[sorted(names), "onnx"]) == {p.name for p in read}
+
+
+@pytest.mark.skipif(not trt.builder_status()[0], reason="no TensorRT builder here")
+def test_smoke_run_built_every_engine_for_real(smoke_run):
+    table = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+    assert (table["status"].isin(["built", "reused"])).all(), table[["engine", "status", "messages"]]
+    assert {"fp32", "fp16", "int8", "plugin_fp32", "plugin_fp16", "plugin_int8"} <= set(table["engine"])
+    assert any(e.startswith("int8.all.") for e in table["engine"])  # the policies of the accuracy table too
+    for r in table.itertuples():
+        assert Path(r.path).stat().st_size == r.engine_bytes > 1_000_000 and trt.has_plan_header(r.path, r.flavour)
+        assert r.build_seconds > 0 and r.network_layers > 100
+    plugin_rows = table[table["engine"].str.startswith("plugin_")]
+    assert (plugin_rows["plugin_layers"] == plugin_rows["plugin_nodes_in_onnx"]).all()
+    assert (plugin_rows["plugin_layers"] > 0).all()
+    runs = trt.select().runs_here()[0]
+    assert table["ran"].astype(bool).any() == runs  # a built engine is never reported as run
+    if not runs:
+        assert table["accuracy"].str.startswith("skipped:").all() and table["timing"].str.startswith("skipped:").all()
+    manifest = io.read_json(smoke_run / "manifest.json")
+    assert manifest["stages"]["03_fp32_fp16/engines"]["status"] == "ok"
+
+
 def test_run_records_ok_skipped_failed(tmp_path):
     run = Run(tmp_path / "r", "99_test", params={"x": 1})
     assert run.stage("fine", "cpu", lambda a: a + 1, 1) == 2
@@ -109,8 +171,11 @@ def test_smoke_run_manifest(smoke_run):
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     assert manifest["tier"] == "cpu" and manifest["run"]["expected_tier"] == "cpu"
     assert manifest["run"]["profile"] == "smoke"
-    assert {"torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt"} <= set(manifest["versions"])
-    assert manifest["versions"]["tensorrt"] is None  # not installable here: recorded as absent, not faked
+    assert {"torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt_rtx"} \
+        <= set(manifest["versions"])
+    for name in trt.FLAVOUR_NAMES:  # what this machine imports, whatever it is: recorded, never faked
+        found, _ = trt.installed(name)
+        assert manifest["versions"][name] == (found.version if found else None)
     assert manifest["weights"]["source"] == "random" and manifest["weights"]["tag"] == "random-seed0"
     assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
     assert all(st["status"] in ("ok", "skipped") for st in manifest["stages"].values())
