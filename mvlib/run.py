@@ -1,5 +1,6 @@
 """A study run: its folder, manifest, stage statuses (ok / skipped / failed) and figure footers."""
 import datetime as _dt
+import json
 import re
 import time
 import traceback
@@ -36,10 +37,33 @@ def producers(reason: str) -> list[str]:
     return list(dict.fromkeys(_MADE_BY.findall(reason)))
 
 
+def declared_parameters(notebook: str) -> list[str] | None:
+    """Names assigned in the `parameters` cell of notebooks/<notebook>.ipynb (None if there is no such notebook)."""
+    path = paths.NOTEBOOKS / f"{notebook}.ipynb"
+    if not path.is_file():
+        return None
+    cells = json.loads(path.read_text())["cells"]
+    cell = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    return re.findall(r"^(\w+)\s*=", "".join(cell["source"]), flags=re.M) if cell else []
+
+
+def recorded_parameters(notebook: str, names: dict) -> dict:
+    """The values of a notebook's parameters, picked from `names` (its globals()) by its parameters cell.
+
+    Notebooks pass globals() so the parameters are written once, in the parameters cell, and the manifest
+    records what papermill injected. For a name-less interactive run, `names` is taken as given.
+    """
+    declared = declared_parameters(notebook)
+    if declared is None:
+        return dict(names)
+    return {k: names[k] for k in declared if k in names and k != "run_dir"}
+
+
 class Run:
     """Context of one notebook inside one run; every notebook opens it in its first code cell."""
 
     def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
+        params = recorded_parameters(notebook, params or {})
         self.dir = paths.run_dir(str(run_dir))
         self.notebook = notebook
         self.tier = env.detect_tier()

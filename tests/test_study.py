@@ -38,6 +38,23 @@ def test_notebook_hygiene(nb_path):
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_defaults_are_the_full_profile(nb_path):
+    """`make lab` (the notebook's defaults) measures what `make study` (the full profile) measures."""
+    declared = papermill.inspect_notebook(str(nb_path))
+    full = study.load_profile("full")
+    for name, value in full.items():
+        if name in declared:
+            assert eval(declared[name]["default"]) == value, f"{nb_path.stem}.{name} differs from full.yaml"
+
+
+def test_run_records_the_parameters_cell_from_globals(tmp_path):
+    names = {"variant": "mobilevit_xs", "batch_max": 8, "run_dir": "x", "pd": object(), "not_a_param": 3}
+    run = Run(tmp_path / "r", "01_export", params=names)
+    recorded = io.read_json(run.manifest_path)["params"]["01_export"]
+    assert recorded == {"variant": "mobilevit_xs", "batch_max": 8}  # declared names only, run_dir left out
+
+
+@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_profiles_match_notebook_parameter_types(nb_path):
     """A profile value handed to a notebook has the type of that notebook's default."""
     declared = papermill.inspect_notebook(str(nb_path))
@@ -178,6 +195,11 @@ def test_smoke_run_manifest(smoke_run):
         assert manifest["versions"][name] == (found.version if found else None)
     assert manifest["weights"]["source"] == "random" and manifest["weights"]["tag"] == "random-seed0"
     assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
+    smoke = study.load_profile("smoke")  # what papermill injected is what the manifest records
+    for nb, params in manifest["params"].items():
+        declared = set(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{nb}.ipynb"))) - {"run_dir"}
+        assert set(params) == declared
+        assert all(params[k] == v for k, v in smoke.items() if k in params), nb
     assert all(st["status"] in ("ok", "skipped") for st in manifest["stages"].values())
     assert all(st["reason"] for st in manifest["stages"].values() if st["status"] == "skipped")
     assert sorted(p.name for p in (smoke_run / "notebooks").iterdir()) == [nb.name for nb in NOTEBOOKS]
