@@ -19,6 +19,12 @@ study: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest -ra $(ARGS)
 
+# Everything but the end-to-end runs of the notebooks (tests marked slow, or using the smoke_run fixture): for
+# quick checks while editing. `make test` is the full suite, what CI runs.
+.PHONY: test-fast
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -ra -m "not slow" $(ARGS)
+
 env: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml

@@ -7,6 +7,7 @@ around each call; GPU launches with CUDA events recorded on the stream around ea
 CUDA-graph replay), with at most two launches in flight, so an event pair measures the GPU time
 of one launch. Throughput = launches / wall time x batch. Inputs are made once per batch and
 already sit where the backend reads them: host-device transfers are excluded, and every row says so.
+What the rows are held against (the model's cost, measured ceilings, the published anchor) is mvlib.ceilings.
 """
 import copy
 import dataclasses
@@ -100,7 +101,7 @@ def summarize(timings: Sequence[Timing]) -> dict:
             "wall_s": float(wall)}
 
 
-def compare(a: dict | pd.Series, b: dict | pd.Series) -> dict:
+def compare_throughput(a: dict | pd.Series, b: dict | pd.Series) -> dict:
     """Throughput of row `a` against row `b`: ratio, difference and the threshold it must exceed to count.
 
     The threshold is the larger of the two rows' spreads, and at least MIN_DIFF_PCT.
@@ -120,7 +121,7 @@ def compare(a: dict | pd.Series, b: dict | pd.Series) -> dict:
 
 def verdict(a: dict | pd.Series, b: dict | pd.Series) -> str:
     """'faster', 'slower' or 'no difference' (within the larger spread, or below MIN_DIFF_PCT) for `a` against `b`."""
-    return compare(a, b)["verdict"]
+    return compare_throughput(a, b)["verdict"]
 
 
 # timing loops -------------------------------------------------------------------------------------
@@ -413,9 +414,9 @@ def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, profile,
         raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: notebooks 01 to 05 write it")
     libs: tuple = ()
     if plugin:
-        from mvlib import plugin as mvplugin
+        from mvlib import kernel
         try:
-            libs = (mvplugin.plugin_library(),)
+            libs = (kernel.plugin_library(),)
         except FileNotFoundError as err:
             raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}") from err
     engine = trt.runnable(trt.build_engine(onnx_path, profile, trt.select(trt_flavour), trt_target, libs, workspace_gb))
@@ -444,124 +445,10 @@ def speedup_table(df: pd.DataFrame) -> pd.DataFrame:
                 ratios.append(float("nan"))
                 verdicts.append("")
                 continue
-            c = compare(row, ref.loc[row.batch])
+            c = compare_throughput(row, ref.loc[row.batch])
             ratios.append(c["ratio"])
             same = tuple(row[["backend", "device", "precision"]]) == REFERENCES[key]
             verdicts.append("reference" if same else c["verdict"])
         out[f"vs_{key}"] = ratios
         out[f"verdict_vs_{key}"] = verdicts
     return out.reset_index(drop=True)
-
-
-def model_cost(model, img_size: int) -> pd.DataFrame:
-    """FLOPs per image counted by torch.utils.flop_counter (convolutions, matmuls, attention), parameters, I/O sizes."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-    net = copy.deepcopy(model).float().eval().cpu()
-    x = torch.from_numpy(metrics.random_images(1, img_size, seed=0))
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        out = net(x)
-    return pd.DataFrame([{
-        "flops_per_image": float(counter.get_total_flops()), "params": int(sum(p.numel() for p in net.parameters())),
-        "input_elems": int(x[0].numel()), "output_elems": int(out[0].numel()), "img_size": img_size,
-        "method": f"torch.utils.flop_counter.FlopCounterMode, torch {torch.__version__}: conv/matmul/attention, "
-                  "2 FLOPs per multiply-add; element-wise ops not counted"}])
-
-
-def _best_seconds(fn: Callable[[], Any], reps: int) -> float:
-    """Shortest wall time of `reps` calls of `fn` after two warm-up calls: a ceiling is the best rate seen."""
-    for _ in range(2):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(min(times))
-
-
-def cpu_ceilings(copy_mib: int = 64, matmul_n: int = 1024, reps: int = 5) -> pd.DataFrame:
-    """The host's measured memory-copy bandwidth (GB/s, read + write) and FP32 matmul rate (TFLOP/s), on random data."""
-    import torch
-    src = np.random.default_rng(0).random(copy_mib * MIB // 4, dtype=np.float32)
-    dst = np.empty_like(src)
-    copy_s = _best_seconds(lambda: np.copyto(dst, src), reps)
-    a, b = torch.rand(matmul_n, matmul_n), torch.rand(matmul_n, matmul_n)
-    mm_s = _best_seconds(lambda: torch.mm(a, b), reps)
-    return pd.DataFrame([
-        {"device": "cpu", "ceiling": "copy", "value": 2 * src.nbytes / copy_s / 1e9, "unit": "GB/s",
-         "size": f"{copy_mib} MiB fp32", "method": f"numpy copyto, best of {reps}"},
-        {"device": "cpu", "ceiling": "matmul_fp32", "value": 2 * matmul_n ** 3 / mm_s / 1e12, "unit": "TFLOP/s",
-         "size": f"{matmul_n}^3", "method": f"torch.mm, {torch.get_num_threads()} threads, best of {reps}"}])
-
-
-def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20) -> pd.DataFrame:
-    """The GPU's measured device-to-device copy bandwidth (GB/s, read + write) and fp16/bf16/fp32 matmul rates."""
-    import torch
-
-    def event_ms(fn: Callable[[], Any], n: int) -> float:
-        for _ in range(3):
-            fn()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        times = []
-        for _ in range(n):
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end))
-        return float(min(times))
-
-    src = torch.rand(copy_elems, device="cuda", dtype=torch.float16)
-    dst = torch.empty_like(src)
-    rows = [{"device": "cuda", "ceiling": "copy", "unit": "GB/s", "size": f"{copy_elems * 2 / MIB:.0f} MiB fp16",
-             "value": 2 * src.numel() * src.element_size() / (event_ms(lambda: dst.copy_(src), reps) / 1e3) / 1e9,
-             "method": f"Tensor.copy_, CUDA events, best of {reps}"}]
-    del src, dst
-    allow_tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False  # the FP32 ceiling is true FP32, not TF32
-    try:
-        for name, dtype in (("matmul_fp16", torch.float16), ("matmul_bf16", torch.bfloat16),
-                            ("matmul_fp32", torch.float32)):
-            a = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
-            b = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
-            n = reps if dtype != torch.float32 else max(3, reps // 4)
-            ms = event_ms(lambda: torch.mm(a, b), n)
-            rows.append({"device": "cuda", "ceiling": name, "unit": "TFLOP/s", "size": f"{matmul_n}^3",
-                         "value": 2 * matmul_n ** 3 / (ms / 1e3) / 1e12,
-                         "method": f"torch.mm (cuBLAS) on random data, CUDA events, best of {n}"})
-            del a, b
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    name = torch.cuda.get_device_name(0)
-    for r in rows:
-        r["method"] += f", {name}"
-    return pd.DataFrame(rows)
-
-
-WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-
-
-def roofline_points(df: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
-    """Each row's achieved FLOP/s and its compulsory arithmetic intensity (FLOPs per byte that must move:
-    weights once per launch plus each image's input and output), the x axis of a roofline."""
-    c = cost.iloc[0]
-    out = df[["label", "device", "precision", "batch", "throughput_ips"]].copy()
-    wbytes = out.precision.map(WEIGHT_BYTES).fillna(4)
-    iobytes = np.where(out.precision == "fp16", 2, 4)
-    bytes_per_launch = c.params * wbytes + out.batch * (c.input_elems + c.output_elems) * iobytes
-    out["flops_per_s"] = out.throughput_ips * c.flops_per_image
-    out["intensity"] = out.batch * c.flops_per_image / bytes_per_launch
-    return out
-
-
-def against_anchor(df: pd.DataFrame, anchor_ips: float, backend: str = "torch.compile+cudagraphs",
-                   precision: str = "fp16", batch: int = 32, tolerance: float = 0.15) -> dict | None:
-    """One row's throughput against a published figure: ratio and whether it lies within `tolerance`; None if absent."""
-    rows = df[(df.backend == backend) & (df.precision == precision) & (df.batch == batch)]
-    if rows.empty:
-        return None
-    row = rows.iloc[0]
-    ratio = float(row.throughput_ips) / anchor_ips
-    return {"label": row.label, "variant": row.variant, "batch": batch, "throughput_ips": float(row.throughput_ips),
-            "anchor_ips": anchor_ips, "ratio": ratio, "within_tolerance": abs(ratio - 1) <= tolerance}

@@ -14,7 +14,7 @@ import onnx
 import pandas as pd
 from matplotlib.patches import Patch, Rectangle
 
-from mvlib import silu
+from mvlib import silu_rewrite
 from mvlib.export import ARTIFACTS
 
 CENSUS_FILES = tuple(ARTIFACTS[role] for role in ("fp32", "plugin_fp32", "fp16", "int8"))
@@ -114,7 +114,7 @@ def _describe(node: onnx.NodeProto, rel: str) -> tuple[str, str]:
     if op == "Conv":
         k = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
         return f"Conv {'x'.join(map(str, k)) if k else ''} · {scope}".strip(" ·"), "conv"
-    if op == silu.plugin_id().name:
+    if op == silu_rewrite.plugin_id().name:
         return f"{op} (plugin) · {scope}", "plugin"
     if op in ("Sigmoid", "Mul") and scope.endswith("act"):
         return f"{op} · {scope}", "act"

@@ -29,14 +29,6 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
     }
 
 
-def passes(m: dict[str, float], *, max_abs: float | None = None, cosine: float | None = None,
-           top1: float | None = None) -> bool:
-    """Whether metrics `m` meet every stated tolerance (None skips that check)."""
-    return ((max_abs is None or m["max_abs"] <= max_abs)
-            and (cosine is None or m["cosine_mean"] >= cosine)
-            and (top1 is None or m["top1_agreement"] >= top1))
-
-
 def random_images(batch: int, img_size: int, seed: int | None = None) -> np.ndarray:
     """Fresh random inputs in the model's input range [0, 1] (never zeros or ones), float32 NCHW."""
     rng = np.random.default_rng(seed)

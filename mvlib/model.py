@@ -37,11 +37,16 @@ def _random(variant: str, seed: int) -> torch.nn.Module:
     return timm.create_model(variant, pretrained=False)
 
 
+def _missing_checkpoint(path: Path) -> FileNotFoundError:
+    """The error for a checkpoint path that is not a file."""
+    return FileNotFoundError(f"weights checkpoint {str(path)!r} does not exist; pass weights='auto', "
+                             "'pretrained', 'random' or the path of a .pth/.pt/.safetensors state dict")
+
+
 def _from_checkpoint(variant: str, path: Path) -> torch.nn.Module:
     """The architecture with weights from a local checkpoint, checked key by key."""
     if not path.is_file():
-        raise FileNotFoundError(f"weights checkpoint {str(path)!r} does not exist; pass weights='auto', "
-                                "'random' or the path of a .pth/.pt/.safetensors state dict")
+        raise _missing_checkpoint(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
         state = load_file(str(path))
@@ -72,28 +77,87 @@ def _sha8(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
 
 
-def load_model(variant: str, weights: str = "auto", seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    """Build `variant` in eval mode with `weights` ('auto', 'random' or a checkpoint path); return it and a description."""
-    check_variant(variant)
-    if weights == "random":
-        info = {"source": "random", "tag": f"random-seed{seed}", "label": f"random weights (seed {seed})"}
-        return _random(variant, seed).eval(), info
-    if weights == "auto":
+def random_info(seed: int, fallback_reason: str = "") -> dict:
+    """How seeded random weights are described (manifest, figure footers); a fallback from 'auto' says why."""
+    if not fallback_reason:
+        return {"source": "random", "tag": f"random-seed{seed}", "label": f"random weights (seed {seed})"}
+    return {"source": "random", "tag": f"random-seed{seed}", "label": f"random weights (seed {seed}, fallback)",
+            "fallback_reason": fallback_reason}
+
+
+def pretrained_label(variant: str) -> str:
+    """How timm's pretrained weights are described."""
+    return f"timm pretrained {variant}"
+
+
+def _pretrained(variant: str, probe: bool = True) -> tuple[torch.nn.Module | None, str]:
+    """timm's pretrained `variant` and '', or None and why not; `probe` first asks the hub within HUB_TIMEOUT_S."""
+    if probe:
         ok, why = hub_reachable()
-        if ok:
-            try:
-                model = timm.create_model(variant, pretrained=True)
-                return model.eval(), {"source": "pretrained", "tag": "pretrained",
-                                      "label": f"timm pretrained {variant}"}
-            except Exception as err:  # a hub that answers but fails to serve is a fallback case too
-                why = f"download failed: {type(err).__name__}: {err}"
-        banner = (f"WEIGHTS FALLBACK: pretrained {variant} weights unavailable ({why}); using seeded RANDOM "
-                  f"weights (seed {seed}). Accuracy figures compare backends with each other, not with ImageNet.")
-        print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
-        warnings.warn(banner, RuntimeWarning, stacklevel=2)
-        info = {"source": "random", "tag": f"random-seed{seed}", "label": f"random weights (seed {seed}, fallback)",
-                "fallback_reason": why}
-        return _random(variant, seed).eval(), info
+        if not ok:
+            return None, why
+    try:
+        return timm.create_model(variant, pretrained=True), ""
+    except Exception as err:  # a hub that answers but fails to serve is a fallback case too
+        return None, f"download failed: {type(err).__name__}: {err}"
+
+
+def announce_fallback(variant: str, seed: int, why: str) -> None:
+    """Say loudly that 'auto' falls back to random weights: a banner in the log and a RuntimeWarning."""
+    banner = (f"WEIGHTS FALLBACK: pretrained {variant} weights unavailable ({why}); using seeded RANDOM "
+              f"weights (seed {seed}). Accuracy figures compare backends with each other, not with ImageNet.")
+    print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
+    warnings.warn(banner, RuntimeWarning, stacklevel=4)  # the caller of load_model
+
+
+def _from_hub(variant: str, weights: str, seed: int) -> tuple[torch.nn.Module | None, str]:
+    """For 'auto' or 'pretrained': timm's pretrained model and '', or (for 'auto', announced) None and why not."""
+    model, why = _pretrained(variant, probe=weights == "auto")
+    if model is None and weights == "pretrained":  # asked for by name (or decided by the driver): no fallback
+        raise RuntimeError(f"pretrained {variant} weights unavailable ({why}); pass weights='auto' to fall back "
+                           "to seeded random weights, 'random', or a checkpoint path")
+    if model is None:
+        announce_fallback(variant, seed, why)
+    return model, why
+
+
+def resolve_weights(variant: str, weights: str = "auto", seed: int = 0) -> dict:
+    """Decide a run's weights once: the concrete choice every notebook gets ('pretrained', 'random' or a path) and why.
+
+    'auto' becomes 'pretrained' where the hub serves them (downloaded now into timm's cache, so the notebooks
+    load them from there), else 'random', announced as loudly as load_model's fallback.
+    """
+    check_variant(variant)
+    decision = {"requested": weights}
+    if weights in ("auto", "pretrained"):
+        model, why = _from_hub(variant, weights, seed)
+        if model is not None:
+            return decision | {"chosen": "pretrained", "reason": "the hub served timm's pretrained weights",
+                               "label": pretrained_label(variant)}
+        return decision | {"chosen": "random", "reason": why, "fallback": True,
+                           "label": random_info(seed, why)["label"]}
+    if weights == "random":
+        return decision | {"chosen": "random", "reason": "asked for", "label": random_info(seed)["label"]}
+    path = Path(weights).expanduser().resolve()  # absolute: the notebooks run in notebooks/, not the caller's folder
+    if not path.is_file():
+        raise _missing_checkpoint(path)
+    return decision | {"chosen": str(path), "reason": "a checkpoint given", "label": f"checkpoint {path.name}"}
+
+
+def load_model(variant: str, weights: str = "auto", seed: int = 0) -> tuple[torch.nn.Module, dict]:
+    """`variant` in eval mode with `weights` ('auto', 'pretrained', 'random' or a checkpoint path), and a description.
+
+    'auto' is decided here, once per call; the driver decides it once per run (resolve_weights) and hands every
+    notebook the concrete choice. 'pretrained' never falls back.
+    """
+    check_variant(variant)
+    if weights in ("auto", "pretrained"):
+        model, why = _from_hub(variant, weights, seed)
+        if model is not None:
+            return model.eval(), {"source": "pretrained", "tag": "pretrained", "label": pretrained_label(variant)}
+        return _random(variant, seed).eval(), random_info(seed, why)
+    if weights == "random":
+        return _random(variant, seed).eval(), random_info(seed)
     path = Path(weights).expanduser()
     model = _from_checkpoint(variant, path)
     return model.eval(), {"source": "checkpoint", "tag": f"ckpt-{_sha8(path)}", "label": f"checkpoint {path.name}",

@@ -6,6 +6,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter, NullLocator
 
 from mvlib import bench
+from mvlib.ceilings import roofline_points  # plain name: roofline's `ceilings` argument is the measured table
 
 PCT = (("median_ms", "median"), ("p90_ms", "p90"), ("p95_ms", "p95"), ("p99_ms", "p99"))
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU"}
@@ -204,7 +205,7 @@ def _roofs(ax, ceil: pd.DataFrame, xlim: tuple[float, float]) -> list[float]:
 
 def roofline(df: pd.DataFrame, ceilings: pd.DataFrame, cost: pd.DataFrame) -> Figure:
     """Achieved FLOP/s against compulsory arithmetic intensity, under each device's measured copy and matmul roofs."""
-    pts = bench.roofline_points(df, cost)
+    pts = roofline_points(df, cost)
     fig = _figure(13, 5.5)
     for i, device in enumerate(("cpu", "cuda")):
         ax = fig.add_subplot(1, 2, i + 1)

@@ -220,7 +220,7 @@ def batch_feeds(imgs: np.ndarray, batches: Sequence[int], n_images: int) -> list
     return data
 
 
-def compare(runners: Sequence, reference: str, imgs: np.ndarray, batches: Sequence[int], n_images: int,
+def compare_runners(runners: Sequence, reference: str, imgs: np.ndarray, batches: Sequence[int], n_images: int,
             tolerances: dict[str, Tolerance], consistency: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every runner on the same images at each batch size; a table per runner and batch, and per-sample errors.
 
@@ -317,14 +317,13 @@ def _empty_errors() -> pd.DataFrame:
                                  "top1_agree", "within_tol"])
 
 
-def skipped(run, stage: str, runners: Sequence[str], reference: str, batches: Sequence[int]):
-    """Rows saying why a stage did not run (its reason from the run manifest), and no per-sample errors."""
-    entry = run.manifest()["stages"].get(f"{run.notebook}/{stage}", {})
-    reasons = [entry.get("reason") or "not run"]
+def skipped(reason: str, runners: Sequence[str], reference: str, batches: Sequence[int]):
+    """Rows saying why a stage did not run (the reason its skip gave), and no per-sample errors."""
+    reasons = [reason or "not run"]
     trt_ok, trt_why = env.tensorrt_status()
-    if not trt_ok and trt_why not in reasons:  # the manifest names the first missing piece (often the GPU)
+    if not trt_ok and trt_why not in reasons[0]:  # a skip's reason may name another missing piece (the GPU) alone
         reasons.insert(0, trt_why)
-    status = f"{entry.get('status', 'skipped')}: {'; '.join(reasons)}"
+    status = f"skipped: {'; '.join(reasons)}"
     rows = [{"runner": r, "reference": reference, "batch": b, "status": status} for r in runners for b in batches]
     return combine(pd.DataFrame(rows), columns=COLUMNS), _empty_errors()
 
@@ -336,7 +335,7 @@ def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_im
     runners = [accuracy.torch_runner(model, imgs.shape[-1], "pytorch-fp32"),
                accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, "onnxrt-fp16")]
     tols = {"pytorch-fp32": fp32, "onnxrt-fp32": fp32, "onnxrt-fp16": fp16}
-    return compare(runners, "pytorch-fp32", imgs, batches, n_images, tols)
+    return compare_runners(runners, "pytorch-fp32", imgs, batches, n_images, tols)
 
 
 def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,
@@ -349,7 +348,7 @@ def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndar
             engine.profile.check(b)
     runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")]
     runners += [trt.runner(r.path, f"trt-{r.engine}") for r in built.itertuples()]
-    return compare(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
+    return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
 
 
 def engine_verdicts(table: pd.DataFrame) -> dict[str, str]:

@@ -565,18 +565,6 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True), meta
 
 
-def load_chosen(exported) -> tuple[Path, dict]:
-    """The chosen INT8 model and its description (for notebooks 05 and 06); raises if notebook 04 wrote none."""
-    meta_path, target = exported.artifact("int8_record"), exported.artifact("int8")
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} does not exist: run notebook 04 (04_int8) first")
-    meta = io.read_json(meta_path)
-    if not meta.get("file") or not target.exists():
-        raise FileNotFoundError(f"notebook 04 found no INT8 policy that passes ({meta.get('reason')}); "
-                                f"no {target.name}")
-    return target, meta
-
-
 # ---------------------------------------------------------------- TensorRT
 def engine_name(file: str) -> str:
     """The engines-table name of a Q/DQ file: 'int8' for the chosen model, 'int8.<policy>.<method>' for a variant."""
@@ -618,7 +606,7 @@ def collect_outputs(runner, images: np.ndarray, profile) -> np.ndarray:
     return np.concatenate(outs)
 
 
-def engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, engines: pd.DataFrame | None) -> pd.DataFrame:
+def int8_engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, engines: pd.DataFrame | None) -> pd.DataFrame:
     """Each built INT8 engine against FP32 like the ONNX Runtime rows, with its layers per output precision."""
     from mvlib import trt
     rows = []

@@ -8,7 +8,7 @@ keeps it as `<run>.previous` and compares the two:
 
 - timed tables (benchmark throughput, model swap, kernel bandwidth): row by row,
   a row agrees when the difference is within the larger of the two rows' spreads
-  (`bench.compare`, the rule the benchmark figures use);
+  (`bench.compare_throughput`, the rule the benchmark figures use);
 - every other table (accuracy, graph, precision, INT8): identical, or else
   whether its pass/fail columns still agree (tables measured on freshly drawn
   random inputs differ in their error values by design), leaving out columns
@@ -29,7 +29,7 @@ TIMED = {
     "05_kernel_bandwidth.csv": (("impl", "dtype", "n"), "gbps"),
 }
 # Derived from the timed tables, or measured machine ceilings: their sources are compared instead.
-DERIVED = {"06_speedup.csv", "06_ceilings.csv"}
+DERIVED = {"06_speedup.csv", "06_ceilings.csv", "06_anchor.csv"}
 CACHE_TABLE, TIMED_TABLE, TABLES_TABLE = "rerun_cache.csv", "rerun_timing.csv", "rerun_tables.csv"
 OWN_TABLES = {CACHE_TABLE, TIMED_TABLE, TABLES_TABLE}
 VERDICTS = ("passed", "passes", "allclose", "within_tol", "top1_agree", "excluded", "passes_after", "ok")
@@ -81,7 +81,7 @@ def timed_agreement(name: str, first: pd.DataFrame, second: pd.DataFrame) -> pd.
     rows = []
     for key in a.index.intersection(b.index):
         ra, rb = a.loc[key], b.loc[key]
-        c = bench.compare({"throughput_ips": rb[value], "spread_pct": _spread_pct(rb)},
+        c = bench.compare_throughput({"throughput_ips": rb[value], "spread_pct": _spread_pct(rb)},
                           {"throughput_ips": ra[value], "spread_pct": _spread_pct(ra)})
         rows.append({"table": name, "row": " | ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))),
                      "measure": value, "first": float(ra[value]), "second": float(rb[value]),

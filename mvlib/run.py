@@ -1,13 +1,68 @@
-"""A study run: its folder, manifest, stage statuses (ok / skipped / failed) and figure footers."""
+"""A study run: its folder (marked as the study's), manifest, stage statuses and figure footers."""
 import datetime as _dt
 import json
 import re
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mvlib import env, io, paths
+
+
+# A study run folder is one the study made: it holds this marker, written first, and only into a folder the study
+# created (absent or empty before). The driver moves aside or replaces only such folders (mvlib.study.refusal).
+MARKER = ".mvlib-run"
+MARKER_TEXT = ("This folder was made by mvlib (python -m mvlib.study, or a notebook's Run). The study may move it to\n"
+               "<folder>.previous and later delete it. Remove this file to keep the study from touching the folder.\n")
+# What a run folder of the study holds at its top level (runs made before the marker existed are recognised by it).
+RUN_ENTRIES = {MARKER, "manifest.json", "notebooks", "results", "figures"}
+
+
+def is_study_run(folder: Path) -> bool:
+    """Whether the study made `folder`: it holds the marker (or, from before the marker, only a run's entries)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if (folder / MARKER).is_file():
+        return True
+    names = {p.name for p in folder.iterdir()}
+    if "manifest.json" not in names or not names <= RUN_ENTRIES:
+        return False
+    try:
+        manifest = io.read_json(folder / "manifest.json")
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"stages", "params"} <= set(manifest)
+
+
+def claim(folder: Path) -> Path:
+    """Create `folder` for a run; mark it as the study's only if it was absent or empty (never a user's folder)."""
+    fresh = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    if fresh:
+        io.write_text(folder / MARKER, MARKER_TEXT)
+    return folder
+
+
+def new_manifest(tier: str) -> dict:
+    """A run's manifest before any stage: machine facts, versions, no weights yet."""
+    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "tier": tier, "tier_limits": {t: env.missing_for(t) for t in env.TIERS},
+            "machine": env.machine(), "gpu": env.gpu_info(), "versions": env.versions(),
+            "weights": None, "params": {}, "stages": {}}
+
+
+def as_decided(manifest: dict, weights: dict) -> dict:
+    """A notebook's weights description, marked as a fallback where the driver's 'auto' fell back to random weights.
+
+    The driver hands every notebook the concrete choice ('random'); figure footers and the manifest still say
+    that it was a fallback from pretrained, and why.
+    """
+    decided = (manifest.get("run") or {}).get("weights") or {}
+    if not decided.get("fallback") or (weights or {}).get("source") != "random" or "fallback_reason" in weights:
+        return weights
+    return weights | {"label": decided["label"], "fallback_reason": decided["reason"]}
 
 
 # A capability beside the tiers: a TensorRT builder is installed, so engines are built (run or not). A build
@@ -64,7 +119,7 @@ class Run:
 
     def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
         params = recorded_parameters(notebook, params or {})
-        self.dir = paths.run_dir(str(run_dir))
+        self.dir = claim(paths.run_dir(str(run_dir)))
         self.notebook = notebook
         self.tier = env.detect_tier()
         self.figures = self.dir / "figures"
@@ -81,10 +136,7 @@ class Run:
         """The manifest as it stands (created with machine facts on first use)."""
         if self.manifest_path.exists():
             return io.read_json(self.manifest_path)
-        return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "tier": self.tier, "tier_limits": {t: env.missing_for(t) for t in env.TIERS},
-                "machine": env.machine(), "gpu": env.gpu_info(), "versions": env.versions(),
-                "weights": None, "params": {}, "stages": {}}
+        return new_manifest(self.tier)
 
     def _update(self, fn: Callable[[dict], Any]) -> None:
         manifest = self.manifest()
@@ -92,8 +144,8 @@ class Run:
         io.write_json(self.manifest_path, manifest)
 
     def set(self, key: str, value: Any) -> None:
-        """Store a top-level manifest entry (e.g. the weights the run used)."""
-        self._update(lambda m: m.__setitem__(key, value))
+        """Store a top-level manifest entry (e.g. the weights the run used, as the driver decided them)."""
+        self._update(lambda m: m.__setitem__(key, as_decided(m, value) if key == "weights" else value))
 
     def record(self, name: str, tier: str, status: str, reason: str = "", **details: Any) -> None:
         """Record one stage's outcome under `<notebook>/<name>`."""
@@ -137,7 +189,8 @@ class Run:
     def footer_text(self) -> str:
         """What every figure says about where it came from: GPU, tier, weights."""
         m = self.manifest()
-        gpu = (m.get("gpu") or {}).get("gpu") or f"no GPU ({m['machine'].get('host_cpu')}, {m['machine'].get('cores')} cores)"
+        machine = m["machine"]
+        gpu = (m.get("gpu") or {}).get("gpu") or f"no GPU ({machine.get('host_cpu')}, {machine.get('cores')} cores)"
         weights = (m.get("weights") or {}).get("label", "weights not recorded")
         return f"{gpu} | tier {m.get('tier')} | {weights} | run {self.dir.name} {m.get('created', '')[:10]}"
 
@@ -154,3 +207,8 @@ class Run:
         path = io.write_csv(self.table(name), frame)
         print(f"table: {path}")
         return path
+
+    def skip_reason(self, name: str) -> str:
+        """Why stage `name` of this notebook was skipped, as recorded ('' if it was not skipped)."""
+        entry = self.manifest()["stages"].get(f"{self.notebook}/{name}", {})
+        return entry.get("reason", "") if entry.get("status") == "skipped" else ""

@@ -1,12 +1,19 @@
 """The batch driver: run every notebook in order with papermill, then check the manifest against the tier.
 
     python -m mvlib.study --profile smoke [--tier cpu|gpu|trt|auto] [-p name value ...] [--only 01,03]
+
+The driver decides the weights once per run (weights=auto: pretrained where the hub serves them, else seeded
+random) and hands every notebook that concrete choice. It writes only into a run folder it made: one that holds
+the marker `.mvlib-run` (mvlib.run.MARKER), or a new or empty folder, which it marks first. An earlier run there
+is moved to `<run>.previous`, replacing an older run the study made; a folder holding anything else, or a
+`.previous` the study did not make, is refused (exit code 2) and left as it is.
 """
 import argparse
 import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -112,15 +119,69 @@ def variant_label(profile: str, params: dict) -> str:
     return "" if params.get("variant") == load_profile(profile).get("variant") else str(params.get("variant"))
 
 
+class Refused(Exception):
+    """A run folder the driver will not use: replacing or moving it would touch what the study did not write."""
+
+
+def previous_of(run: Path) -> Path:
+    """Where the earlier run in `run` is kept: `<run>.previous`."""
+    return run.with_name(run.name + ".previous")
+
+
+def _empty(folder: Path) -> bool:
+    """Whether `folder` is absent or an empty folder."""
+    return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+
+
+def refusal(run: Path) -> str:
+    """Why `run` cannot be this run's folder ('' if it can): the study never moves or removes what it did not make."""
+    fix = f"pass --run-dir a new or empty folder instead, e.g. {run / 'study_run'}"
+    if run.is_symlink() or (run.exists() and not run.is_dir()):
+        return f"{run} is not a folder the study made (a link or a file); {fix}"
+    if _empty(run):
+        return ""
+    if not run_mod.is_study_run(run):
+        return (f"{run} holds files the study did not write (it has no {run_mod.MARKER}), and the study never moves "
+                f"or deletes those; {fix}")
+    previous = previous_of(run)
+    if (previous.exists() or previous.is_symlink()) and not run_mod.is_study_run(previous):
+        return (f"the earlier run in {run} would be kept as {previous}, but that is not a folder the study made "
+                f"(no {run_mod.MARKER}); move it elsewhere, or {fix}")
+    return ""
+
+
 def keep_previous(run: Path) -> Path | None:
-    """Move an earlier run in `run` aside to `<run>.previous` (for the re-run comparison); its new path or None."""
-    previous = run.with_name(run.name + ".previous")
-    if not (run / "manifest.json").exists():
-        shutil.rmtree(run, ignore_errors=True)
+    """Move an earlier study run in `run` aside to `<run>.previous`; its new path if it can be compared, else None.
+
+    Raises Refused, touching nothing, where `run` or `<run>.previous` holds anything the study did not make.
+    """
+    why = refusal(run)
+    if why:
+        raise Refused(why)
+    if _empty(run):
         return None
-    shutil.rmtree(previous, ignore_errors=True)
+    previous = previous_of(run)
+    if previous.exists():
+        shutil.rmtree(previous)  # an earlier run the study made (refusal checked)
     run.rename(previous)
-    return previous
+    return previous if (previous / "manifest.json").is_file() else None
+
+
+def start_run(run: Path, tier: str, info: dict) -> None:
+    """Make the run folder, marked as the study's, with a manifest saying what this run is before any notebook runs."""
+    run_mod.claim(run)
+    (run / "notebooks").mkdir()
+    io.write_json(run / "manifest.json", run_mod.new_manifest(tier) | {"run": info})
+
+
+def decide_weights(params: dict) -> dict:
+    """Resolve the run's weights once and put the concrete choice into `params`; the decision, with its reason."""
+    from mvlib import model  # torch and timm: imported once the run is going ahead
+    decision = model.resolve_weights(params.get("variant"), str(params.get("weights", "auto")),
+                                     int(params.get("seed", 0)))
+    params["weights"] = decision["chosen"]
+    print(f"weights: {decision['chosen']} for every notebook ({decision['reason']})")
+    return decision
 
 
 def record_rerun(run: Path, manifest: dict, previous: Path | None, before: dict) -> dict:
@@ -130,7 +191,9 @@ def record_rerun(run: Path, manifest: dict, previous: Path | None, before: dict)
     timed = tables = None
     why = "no earlier run in this folder"
     if previous is not None:
-        why = rerun.comparable(io.read_json(previous / "manifest.json"), manifest)
+        earlier = io.read_json(previous / "manifest.json")
+        # "rerun" is written last: without it the earlier run stopped early (its "run" entry is written first)
+        why = rerun.comparable(earlier, manifest) if "rerun" in earlier else "the earlier run did not finish"
         if not why:
             timed, tables = rerun.compare_runs(previous, run)
             io.write_csv(run / "results" / rerun.TIMED_TABLE, timed)
@@ -163,8 +226,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override one parameter (VALUE parsed as YAML: 32, [1, 8], mobilevit_xs)")
     ap.add_argument("--only", default="", help="comma-separated notebook numbers to run, e.g. 01,02")
-    ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>[_<variant>]); "
-                    "an earlier run there is kept as <run>.previous and compared with this one")
+    ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>[_<variant>]): new, "
+                    "empty, or one the study made; an earlier run there is kept as <run>.previous and compared "
+                    "with this one")
     ap.add_argument("--publish", choices=("auto", "yes", "no"), default="auto",
                     help="copy figures and tables into figures/ and data/results/ (auto: only for the full profile; "
                          "another variant goes to their <variant>/ subfolders)")
@@ -174,16 +238,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run the study; exit non-zero if a notebook fails or a stage of the expected tier was skipped."""
-    import papermill
+@dataclass
+class Plan:
+    """What a run is before any notebook runs: tiers, parameters, folder, notebooks, the weights decision."""
+    tier: str           # the tier the run must reach
+    have: str           # the tier this machine reaches
+    params: dict        # the profile with overrides, weights made concrete
+    run: Path
+    label: str          # '' for the profile's own variant, else the variant (names the publish subfolders)
+    selected: list[Path]
+    weights: dict       # mvlib.model.resolve_weights' decision: requested, chosen, reason, label
 
-    args = parse_args(argv)
-    # Figures are saved to files; a batch kernel needs no inline backend (and some matplotlib
-    # builds reject ipykernel's default one). Kernels inherit this environment.
-    os.environ.setdefault("MPLBACKEND", "Agg")
-    # Nobody watches a papermill kernel: plain progress lines in the log, no widget or text bars.
-    os.environ.setdefault("MVLIB_PROGRESS", "lines")
+
+def prepare(args: argparse.Namespace) -> Plan | int:
+    """Everything decided before a notebook runs, writing nothing; or the exit code of a refusal."""
     have = env.detect_tier()
     tier = have if args.tier == "auto" else args.tier
     if env.tier_rank(tier) > env.tier_rank(have):
@@ -192,15 +260,26 @@ def main(argv: list[str] | None = None) -> int:
     params = load_profile(args.profile)
     for name, value in args.param:
         params[name] = yaml.safe_load(value)
-    kernel_library_path(params.get("trt_flavour", "auto"))
-    extra = variant_label(args.profile, params)
-    run = Path(args.run_dir).resolve() if args.run_dir else paths.RUNS / (args.profile + (f"_{extra}" if extra else ""))
-    previous = keep_previous(run)  # a run's manifest must describe this run only; the last one is kept aside
-    (run / "notebooks").mkdir(parents=True)
-    before = rerun.snapshot()
-    failed: list[str] = []
-    print(f"study: profile {args.profile}, expected tier {tier} (machine: {have}), run folder {run}")
+    label = variant_label(args.profile, params)
+    run = (Path(args.run_dir).expanduser().resolve() if args.run_dir
+           else paths.RUNS / (args.profile + (f"_{label}" if label else "")))
     selected = notebooks(args.only)
+    why = refusal(run)  # before anything slow, and before anything is written
+    if why:
+        print(f"study: refusing the run folder: {why}", file=sys.stderr)
+        return 2
+    try:
+        weights = decide_weights(params)
+    except (ValueError, OSError, RuntimeError) as err:  # unknown variant, missing checkpoint, no pretrained weights
+        print(f"study: weights: {err}", file=sys.stderr)
+        return 2
+    return Plan(tier, have, params, run, label, selected, weights)
+
+
+def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace) -> list[str] | None:
+    """Run the selected notebooks with papermill; the names of those that failed, or None to stop the run."""
+    import papermill
+    failed: list[str] = []
     for nb in selected:
         wanted = declared(nb)
         unknown = set(params) - wanted
@@ -217,12 +296,41 @@ def main(argv: list[str] | None = None) -> int:
                   f"see the executed copy {run / 'notebooks' / nb.name}", file=sys.stderr)
             failed.append(nb.name)
             if not args.keep_going:
-                return 1
+                return None
             continue
-        print(f"    done in {time.perf_counter() - start:.0f} s" + (f"; not used here: {sorted(unknown)}" if unknown else ""))
+        print(f"    done in {time.perf_counter() - start:.0f} s"
+              + (f"; not used here: {sorted(unknown)}" if unknown else ""))
+    return failed
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the study; exit non-zero if a notebook fails or a stage of the expected tier was skipped."""
+    args = parse_args(argv)
+    # Figures are saved to files; a batch kernel needs no inline backend (and some matplotlib
+    # builds reject ipykernel's default one). Kernels inherit this environment.
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    # Nobody watches a papermill kernel: plain progress lines in the log, no widget or text bars.
+    os.environ.setdefault("MVLIB_PROGRESS", "lines")
+    plan = prepare(args)
+    if isinstance(plan, int):
+        return plan
+    run = plan.run
+    kernel_library_path(plan.params.get("trt_flavour", "auto"))
+    try:
+        previous = keep_previous(run)  # a run's manifest must describe this run only; the last one is kept aside
+    except Refused as err:  # the folder changed while the weights were decided
+        print(f"study: refusing the run folder: {err}", file=sys.stderr)
+        return 2
+    info = {"profile": args.profile, "expected_tier": plan.tier, "params": plan.params, "weights": plan.weights,
+            "notebooks": [nb.name for nb in plan.selected]}
+    start_run(run, plan.have, info)
+    before = rerun.snapshot()
+    print(f"study: profile {args.profile}, expected tier {plan.tier} (machine: {plan.have}), run folder {run}")
+    failed = execute(plan.selected, plan.params, run, args)
+    if failed is None:
+        return 1
     manifest = io.read_json(run / "manifest.json")
-    manifest["run"] = {"profile": args.profile, "expected_tier": tier, "params": params,
-                       "notebooks": [nb.name for nb in selected]}
+    manifest["run"] = info
     manifest["rerun"] = record_rerun(run, manifest, previous, before)
     io.write_json(run / "manifest.json", manifest)
     print("stages:\n" + summary(manifest))
@@ -230,12 +338,12 @@ def main(argv: list[str] | None = None) -> int:
     if left_out:
         print("not counted against the tier (--only left out the notebook that makes their input):\n  "
               + "\n  ".join(left_out))
-    problems = stage_problems(manifest, tier) + [f"notebook {name} failed" for name in failed]
+    problems = stage_problems(manifest, plan.tier) + [f"notebook {name} failed" for name in failed]
     if problems:
         print("the run did not reach its tier:\n  " + "\n  ".join(problems), file=sys.stderr)
         return 1
     if args.publish == "yes" or (args.publish == "auto" and args.profile == "full"):
-        publish(run, extra)
+        publish(run, plan.label)
     return 0
 
 

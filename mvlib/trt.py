@@ -17,6 +17,7 @@ child gets the library path TensorRT-RTX's ONNX parser needs (it dlopens the unv
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import importlib
@@ -302,12 +303,35 @@ def library_env(fl: Flavour, base: dict | None = None) -> dict:
 
 def _can_dlopen_unversioned(fl: Flavour) -> bool:
     """Whether this process can dlopen the unversioned core library the RTX parser asks for."""
-    import ctypes
     try:
         ctypes.CDLL("libtensorrt_rtx.so" if fl.rtx else "libnvinfer.so")
         return True
     except OSError:
         return False
+
+
+def headers_version(library: Path | str) -> tuple[int, int, int]:
+    """The TensorRT version of the headers a plugin library was compiled against (its exported record)."""
+    path = str(library)
+    try:
+        lib = ctypes.CDLL(path)  # the dynamic library registers nothing when loaded, so this is side-effect free
+        fn = lib.mv_silu_plugin_tensorrt_version
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"{path} does not say which TensorRT headers it was built against ({err}); rebuild it with "
+                           "`bash silu_plugin/build.sh`") from err
+    fn.restype = ctypes.c_int32
+    v = fn()
+    return v // 10000, v // 100 % 100, v % 100
+
+
+def check_abi(library: Path | str, fl: Flavour) -> None:
+    """Stop before TensorRT sees a plugin built against headers of another major than its runtime (a crash otherwise)."""
+    major, minor, patch = headers_version(library)
+    if major != fl.abi_major:
+        raise RuntimeError(
+            f"{Path(library).name} was compiled against TensorRT {major}.{minor}.{patch} headers, but {fl.label} "
+            f"expects TensorRT {fl.abi_major}.x plugins (the plugin interfaces' virtual tables differ between majors). "
+            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, or run notebook 05")
 
 
 _LOADED: dict[tuple[str, str], Any] = {}
@@ -319,13 +343,10 @@ def load_plugins(fl: Flavour, plugins: Sequence[Path | str]) -> list:
     This route works for every install: it needs no libnvinfer symbols visible to the plugin (pip wheels
     load TensorRT privately). A library whose headers were of another TensorRT major is refused first.
     """
-    from mvlib import (
-        plugin,  # plugin imports only light modules at the top; no cycle at import time
-    )
     handles = []
     registry = fl.module().get_plugin_registry()
     for lib in check_plugins(plugins):
-        plugin.check_abi(lib, fl)
+        check_abi(lib, fl)
         key = (fl.name, lib)
         if key not in _LOADED:
             handle = registry.load_library(lib)
@@ -754,9 +775,9 @@ class EngineSpec:
 
 def plugin_nodes_in(onnx_path: Path | str) -> int:
     """How many plugin nodes (op types outside the default ONNX domain's registry) the file holds."""
-    from mvlib import silu
+    from mvlib import silu_rewrite
     model = onnx.load(str(onnx_path), load_external_data=False)
-    return sum(n.op_type == silu.plugin_id().name for n in model.graph.node)
+    return sum(n.op_type == silu_rewrite.plugin_id().name for n in model.graph.node)
 
 
 def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str = "auto",
@@ -862,7 +883,7 @@ def describe(table: pd.DataFrame) -> str:
             lines.append(head + f"{r.status}: {r.messages}")
             continue
         said = [m for m in str(r.messages if isinstance(r.messages, str) else "").split(" | ") if m]
-        lines.append(head + f"{r.status} with {r.flavour} {r.flavour_version} for {r.target}"
+        lines.append(head + f"{r.status} with {Flavour(r.flavour, r.flavour_version).label} for {r.target}"
                      + (f" in {r.build_seconds:.1f} s" if r.status == "built" else "")
                      + f", {r.engine_bytes / 2**20:.1f} MiB, {int(r.network_layers)} network layers"
                      + (f" ({int(r.plugin_layers)} plugin layers for {int(r.plugin_nodes_in_onnx)} plugin nodes)"

@@ -7,9 +7,26 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-# Tests build into their own folder so they never reuse or clobber a user's study artifacts.
-os.environ.setdefault("MVLIB_BUILD", str(ROOT / "build" / "tests"))
-os.environ.setdefault("MVLIB_OFFLINE", "1")  # tests use seeded random weights unless a test says otherwise
+TEST_BUILD = (ROOT / "build" / "tests").resolve()
+# Tests always build into their own folder, whatever MVLIB_BUILD says: an exported one (a user's study build) must
+# be neither reused nor clobbered. Set, not defaulted: mvlib.paths reads it at import, and child processes (the
+# driver, papermill kernels, engine builds) inherit it.
+os.environ["MVLIB_BUILD"] = str(TEST_BUILD)
+os.environ["MVLIB_OFFLINE"] = "1"  # tests use seeded random weights unless a test says otherwise
+_early = sys.modules.get("mvlib.paths")  # imported before this file ran: it read the environment too early
+if _early is not None and _early.BUILD != TEST_BUILD:
+    raise pytest.UsageError(f"mvlib.paths was imported before tests/conftest.py and builds into {_early.BUILD}; "
+                            "run the tests with `python -m pytest`, not from a process that imported mvlib")
+
+SMOKE_FIXTURE = "smoke_run"
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
+def pytest_collection_modifyitems(config, items):
+    """Every test that needs the end-to-end smoke run is `slow` (`make test-fast` leaves them out)."""
+    for item in items:
+        if SMOKE_FIXTURE in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

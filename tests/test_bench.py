@@ -63,7 +63,7 @@ def test_no_difference_rule():
     tight = {"throughput_ips": 100.0, "spread_pct": 0.01}
     assert bench.verdict({"throughput_ips": 100.0 + 0.9 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "no difference"
     assert bench.verdict({"throughput_ips": 100.0 + 1.1 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "faster"
-    c = bench.compare({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
+    c = bench.compare_throughput({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
     assert (c["ratio"], c["diff_pct"], c["threshold_pct"]) == (1.5, pytest.approx(50), 5.0)
     with pytest.raises(ValueError, match="bench_repeats"):
         bench.verdict({"throughput_ips": 1.0, "spread_pct": float("nan")}, ref)
@@ -95,7 +95,7 @@ def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     s = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
     df = bench.measure_all(factory, [1, 2, 4], s)
     assert list(df.batch) == [1, 2]
-    with pytest.raises(StageSkipped, match=r"outside the engine's optimization profile \[1, 2\]"):
+    with pytest.raises(StageSkipped, match=r"outside.*\[1, 2\]"):
         bench.measure_all(factory, [8], s)
 
 
@@ -103,7 +103,7 @@ def test_missing_models_are_skipped_with_the_reason(tmp_path):
     s = bench.Settings(seconds=0.01, repeats=2)
     with pytest.raises(StageSkipped, match="notebook 04"):
         bench.onnxruntime_cpu(s, tmp_path / "model.int8.onnx", "int8")
-    with pytest.raises(StageSkipped, match="model.fp16.onnx not found"):  # before TensorRT is even imported
+    with pytest.raises(StageSkipped, match=r"model\.fp16\.onnx"):  # before TensorRT is even imported
         bench.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", trt.Profile(1, 16, 32))
 
 
@@ -159,22 +159,6 @@ def test_speedup_table_uses_same_batch_references_and_the_rule():
     assert sp.loc[("ONNX Runtime CPU FP32", 8), "verdict_vs_pytorch_cpu"] == "no difference"
     assert sp.loc[("PyTorch CPU FP32", 1), "verdict_vs_pytorch_cpu"] == "reference"
     assert sp.loc[("PyTorch eager FP32", 8), "verdict_vs_pytorch_gpu_eager"] == "reference"
-
-
-def test_roofline_points():
-    cost = pd.DataFrame([{"flops_per_image": 1e9, "params": 1_000_000, "input_elems": 1000, "output_elems": 0}])
-    df = synthetic_table()
-    pts = bench.roofline_points(df, cost).set_index(["label", "batch"])
-    trt = pts.loc[("TensorRT FP16", 8)]
-    assert trt.flops_per_s == pytest.approx(14000 * 1e9)
-    assert trt.intensity == pytest.approx(8e9 / (2e6 + 8 * 1000 * 2))  # fp16 weights and I/O: 2 bytes
-
-
-def test_against_anchor():
-    a = bench.against_anchor(synthetic_table(), 11790.0)
-    assert a["ratio"] == pytest.approx(11800 / 11790) and a["within_tolerance"]
-    assert not bench.against_anchor(synthetic_table(), 20000.0)["within_tolerance"]
-    assert bench.against_anchor(synthetic_table().query("device == 'cpu'"), 11790.0) is None
 
 
 # figures from tables --------------------------------------------------------------------------------
@@ -234,14 +218,18 @@ def listed_outputs() -> set[str]:
 
 def test_notebook_smoke_run_creates_what_it_lists(smoke_run):
     listed = listed_outputs()
-    assert len(listed) == 8
+    assert len(listed) == 9
     made = {f"{d}/{p.name}" for d in ("results", "figures") for p in (smoke_run / d).glob("06_*")}
     assert made == listed
     table = pd.read_csv(smoke_run / "results" / "06_benchmark.csv")
     assert list(table.columns) == bench.COLUMNS
     assert {"pytorch", "onnxruntime"} <= set(table.backend) and set(table.batch) == {1, 4}
-    stages = json.loads((smoke_run / "manifest.json").read_text())["stages"]
+    manifest = json.loads((smoke_run / "manifest.json").read_text())
+    stages = manifest["stages"]
     assert stages["06_benchmark/pytorch_cpu"]["status"] == "ok"
+    anchor = pd.read_csv(smoke_run / "results" / "06_anchor.csv").iloc[0]
+    assert anchor.verdict == manifest["anchor"]["verdict"] == "not comparable"  # mobilevit_xxs, never the anchor's model
+    assert "mobilevit_xxs" in anchor.reason or "no torch.compile" in anchor.reason
     for name in ("pytorch_cuda_fp32", "torch_compile_cudagraphs_fp16", "tensorrt_fp16", "gpu_ceilings"):
         st = stages[f"06_benchmark/{name}"]
         assert st["status"] in ("ok", "skipped") and (st["status"] == "ok" or st["reason"])

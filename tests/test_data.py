@@ -55,7 +55,7 @@ def test_wordnet_class_folders_give_imagenet_labels(tmp_path, tf):
     _folder(tmp_path, 3, sub="n03888257")   # parachute, index 701
     images = data.from_folder(tmp_path, tf, calib=2, evaluation=4, seed=1)
     assert images.eval_labels is not None
-    for ident, label in zip(images.eval_ids, images.eval_labels):
+    for ident, label in zip(images.eval_ids, images.eval_labels, strict=True):
         assert label == (0 if "n01440764" in ident else 701)
 
 
@@ -85,7 +85,7 @@ def test_empty_and_missing_folders_are_clear_errors(tmp_path, tf):
 def test_unreadable_images_are_skipped_with_a_warning(tmp_path, tf):
     _folder(tmp_path, 3)
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
-    with pytest.warns(RuntimeWarning, match="broken.jpg: unreadable"):
+    with pytest.warns(RuntimeWarning, match="broken.jpg"):
         images = data.from_folder(tmp_path, tf, calib=2, evaluation=1, seed=0)
     assert not any("broken" in i for i in images.calib_ids + images.eval_ids)
     assert len(images.calib) + len(images.eval) == 3
@@ -102,7 +102,7 @@ def test_images_below_the_minimum_side_are_skipped(tmp_path, tf):
     _folder(tmp_path, 2, w=300, h=200)
     _png(tmp_path / "tiny.png", w=200, h=data.MIN_SIDE - 1)
     _png(tmp_path / "gray.png", w=data.MIN_SIDE, h=data.MIN_SIDE, mode="L")  # exactly the minimum, grey: kept
-    with pytest.warns(RuntimeWarning, match=rf"tiny.png: 200x{data.MIN_SIDE - 1} is smaller than {data.MIN_SIDE}"):
+    with pytest.warns(RuntimeWarning, match=rf"tiny.png.*{data.MIN_SIDE}"):
         images = data.from_folder(tmp_path, tf, calib=2, evaluation=1, seed=0)
     ids = images.calib_ids + images.eval_ids
     assert any("gray" in i for i in ids) and not any("tiny" in i for i in ids)
@@ -134,7 +134,7 @@ def test_split_counts_shrink_in_proportion_and_never_overlap():
 
 def test_small_folder_warns_about_the_reduced_counts(tmp_path, tf):
     _folder(tmp_path, 3)
-    with pytest.warns(RuntimeWarning, match="fewer than calib_images"):
+    with pytest.warns(RuntimeWarning, match="calib_images"):
         images = data.from_folder(tmp_path, tf, calib=8, evaluation=16, seed=0)
     assert len(images.calib) >= 1 and len(images.eval) >= 1 and len(images.calib) + len(images.eval) == 3
 

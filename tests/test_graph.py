@@ -13,7 +13,7 @@ import pytest  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 
-from mvlib import graph, io, paths, silu  # noqa: E402
+from mvlib import graph, io, paths, silu_rewrite  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def model_dir(xxs, tmp_path_factory):
     exported, _ = xxs
     d = tmp_path_factory.mktemp("graph")
     shutil.copy(exported.onnx, d / "model.onnx")
-    silu.rewrite(d / "model.onnx", d / "model.silu.onnx")
+    silu_rewrite.rewrite(d / "model.onnx", d / "model.silu.onnx")
     return d
 
 
@@ -34,7 +34,7 @@ def test_census_counts_every_node_of_the_files_present(model_dir):
         counts = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
         assert table.loc["total", name] == sum(counts.values())
         assert {op: int(table.loc[op, name]) for op in counts} == dict(counts)
-    plugin = silu.plugin_id().name
+    plugin = silu_rewrite.plugin_id().name
     assert table.loc["Sigmoid", "model.onnx"] == 34 and table.loc["Sigmoid", "model.silu.onnx"] == 0
     assert table.loc[plugin, "model.onnx"] == 0 and table.loc[plugin, "model.silu.onnx"] == 34
     assert table.loc["Mul", "model.onnx"] - table.loc["Mul", "model.silu.onnx"] == 34
@@ -78,7 +78,7 @@ def test_block_before_and_after_the_rewrite(model_dir):
     # the shortcut: the block input feeds the local conv and the concat
     assert set(before.successors("block input")) == {"conv_kxk/conv/Conv", "Concat_6"}
     assert before.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/Mul")  # x goes to Mul and to Sigmoid
-    assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + silu.plugin_id().name)
+    assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + silu_rewrite.plugin_id().name)
 
 
 def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):
@@ -99,25 +99,25 @@ def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):
 
 
 def test_block_bad_input(model_dir, tmp_path):
-    with pytest.raises(ValueError, match="block 7 does not exist: this model has 3"):
+    with pytest.raises(ValueError, match=r"block 7.*\b3\b"):
         graph.block_graph(model_dir / "model.onnx", 7)
     vi = h.make_tensor_value_info("x", T.FLOAT, [1])
     plain = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"], name="relu")], "g", [vi],
                                       [h.make_tensor_value_info("y", T.FLOAT, [1])]))
     onnx.save(plain, str(tmp_path / "plain.onnx"))
-    with pytest.raises(ValueError, match="timm's module names"):
+    with pytest.raises(ValueError, match="module names"):
         graph.block_graph(tmp_path / "plain.onnx")
 
 
 def test_netron_serves_the_model(model_dir):
-    netron = pytest.importorskip("netron", reason="netron comes with the dev extra")
+    pytest.importorskip("netron", reason="netron comes with the dev extra")
     frame = graph.netron_view(model_dir / "model.onnx", height=300)
     try:
         assert re.match(r"http://[\w.]+:\d+", frame.src) and frame.height == 300
         import urllib.request
         assert urllib.request.urlopen(frame.src, timeout=10).status == 200
     finally:
-        netron.stop()
+        graph.netron_stop()  # the study's own server (netron.stop() knows only netron's)
 
 
 def _listed_files(nb_path):

@@ -88,8 +88,10 @@ def _manifest(notebooks: list[str]) -> dict:
 def test_only_reports_skips_of_left_out_inputs_as_such():
     m = _manifest(["01_export.ipynb", "02_graph.ipynb", "06_benchmark.ipynb"])
     assert study.stage_problems(m, "cpu") == []
-    assert study.selection_skips(m) == ["06_benchmark/onnxruntime_cpu_int8: skipped: input made by 04, not selected"]
-    assert "(input made by 04, not selected; model.int8.onnx not found" in study.summary(m)
+    (skip,) = study.selection_skips(m)
+    assert skip.startswith("06_benchmark/onnxruntime_cpu_int8") and "04" in skip and "not selected" in skip
+    line = next(x for x in study.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
+    assert "04" in line and "not selected" in line and "model.int8.onnx" in line  # the cause, then the reason
     # other skips still count where the tier demands them
     assert [p.split(":")[0] for p in study.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
                                                                        "06_benchmark/tensorrt_fp32"]
@@ -134,7 +136,7 @@ def test_run_records_what_a_skipped_stage_needed(tmp_path):
 def test_netron_address_through_the_proxy_follows_the_base_url():
     assert graph.netron_address(8080, {"base_url": "/"}, proxy=True)[0] == "/proxy/8080/"
     src, note = graph.netron_address(18123, {"base_url": "/user/ann/"}, proxy=True)
-    assert src == "/user/ann/proxy/18123/" and "JupyterLab's own port" in note and "ssh" not in note
+    assert src == "/user/ann/proxy/18123/" and "JupyterLab" in note and "ssh" not in note
 
 
 def test_netron_address_without_the_proxy_prints_the_port_forward():
@@ -142,7 +144,7 @@ def test_netron_address_without_the_proxy_prints_the_port_forward():
     assert src == "http://localhost:18080/"
     assert "ssh -N -L 18080:localhost:18080 ann@gpu-box" in note and "jupyter-server-proxy" in note
     src, note = graph.netron_address(8081, None, proxy=True, host="h", user="u")  # no Jupyter server: no proxy
-    assert src == "http://localhost:8081/" and "not started by a Jupyter server" in note
+    assert src == "http://localhost:8081/" and "Jupyter server" in note
 
 
 def test_jupyter_server_is_found_by_the_kernels_parent_pid(tmp_path, monkeypatch):
@@ -168,6 +170,7 @@ def test_netron_view_reuses_one_server_and_blocks_analytics(tmp_path, capsys, mo
     pytest.importorskip("netron")
     monkeypatch.setattr(graph, "jupyter_server", lambda pid=None: None)  # as in a terminal, whatever runs here
     a, b = _tiny_onnx(tmp_path / "a.onnx"), _tiny_onnx(tmp_path / "b.onnx")
+    graph.netron_stop()  # a server an earlier test left in this process would be reused, not started
     try:
         first = graph.netron_view(a, height=300)
         port = graph._NETRON["port"]
@@ -182,7 +185,7 @@ def test_netron_view_reuses_one_server_and_blocks_analytics(tmp_path, capsys, mo
         with urllib.request.urlopen(f"http://localhost:{port}/data/b.onnx", timeout=10) as reply:
             assert reply.read() == b.read_bytes()
         out = capsys.readouterr().out
-        assert "started netron" in out and "reusing this kernel's netron server" in out and "ssh -N -L" in out
+        assert "started" in out and "reusing" in out and "ssh -N -L" in out
     finally:
         graph.netron_stop()
     assert not any(t.name == "mvlib-netron" and t.is_alive() for t in threading.enumerate())
@@ -259,11 +262,12 @@ def test_progress_in_a_batch_log_is_a_few_plain_lines(monkeypatch, capsys):
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert 3 <= len(lines) <= progress.LINES_PER_LOOP + 1 and "\r" not in out
-    assert lines[-1].startswith("sensitivity: 25/25 (")
+    assert lines[-1].startswith("sensitivity") and "25/25" in lines[-1]
     assert list(progress.progress(range(3), "measure", lines=False)) == [0, 1, 2]
     assert capsys.readouterr().out == ""  # loops that print their own line per step get nothing extra
     assert list(progress.progress(iter(range(2)), "unsized")) == [0, 1]
-    assert capsys.readouterr().out.splitlines()[-1].startswith("unsized: 2 done")
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("unsized") and "2" in last
 
 
 def test_progress_modes(monkeypatch, capsys):
@@ -279,10 +283,6 @@ def test_progress_modes(monkeypatch, capsys):
     assert progress.mode() == "lines"  # pytest captures stderr: no terminal, no kernel
 
 
-def test_the_study_driver_asks_its_kernels_for_plain_lines():
-    assert 'os.environ.setdefault("MVLIB_PROGRESS", "lines")' in (ROOT / "mvlib" / "study.py").read_text()
-
-
 # --- a quiet import ---------------------------------------------------------------------------------------------
 def test_importing_mvlib_prints_no_warning():
     code = "import warnings; warnings.simplefilter('default'); import mvlib, timm, sys; " \
@@ -294,7 +294,7 @@ def test_importing_mvlib_prints_no_warning():
     if quiet.stdout.strip() != "()":  # the workaround ran: MVLIB_VERBOSE brings its note back
         loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                               env=env | {"MVLIB_VERBOSE": "1"})
-        assert "RuntimeWarning: torchvision's C++ ops could not load" in loud.stderr
+        assert "RuntimeWarning" in loud.stderr and "torchvision" in loud.stderr
 
 
 # --- package configuration -------------------------------------------------------------------------------------

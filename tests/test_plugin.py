@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mvlib import env, paths, plugin, trt
+from mvlib import env, kernel, paths, plugin, silu_rewrite, trt
 
 NVCC = env.nvcc_path()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found: the kernel library cannot be compiled here")
@@ -28,7 +28,7 @@ def kernel_build(tmp_path_factory):
         pytest.skip("nvcc not found: the kernel library cannot be compiled here")
     root = tmp_path_factory.mktemp("silu_build")
     env_no_trt = {k: v for k, v in os.environ.items() if k not in ("TRT_INCLUDE", "TRT_ROOT")}
-    proc = subprocess.run(["bash", str(plugin.BUILD_SCRIPT)], env={**env_no_trt, "MVLIB_BUILD": str(root)},
+    proc = subprocess.run(["bash", str(kernel.BUILD_SCRIPT)], env={**env_no_trt, "MVLIB_BUILD": str(root)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     return root, proc.stdout
@@ -37,11 +37,11 @@ def kernel_build(tmp_path_factory):
 @needs_nvcc
 def test_build_script_says_what_it_built_and_where(kernel_build):
     root, stdout = kernel_build
-    info = plugin.build_info(root)
-    assert Path(info["kernel_library"]) == root / "silu_plugin" / plugin.KERNEL_LIB
+    info = kernel.build_record(root)
+    assert Path(info["kernel_library"]) == root / "silu_plugin" / kernel.KERNEL_LIB
     if not info["plugin"]:  # no headers on this machine: it must say so, and build no plugin
-        assert "built: kernel library only" in stdout and "TRT_INCLUDE" in info["note"]
-        assert not (root / "silu_plugin" / plugin.PLUGIN_LIB).exists()
+        assert "kernel library only" in stdout and "TRT_INCLUDE" in info["note"]
+        assert not (root / "silu_plugin" / kernel.PLUGIN_LIB).exists()
     for arch in ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90", "compute_90"):
         assert arch in info["targets"]
 
@@ -49,10 +49,10 @@ def test_build_script_says_what_it_built_and_where(kernel_build):
 @needs_nvcc
 def test_kernel_library_exports_exactly_the_c_abi(kernel_build):
     root, _ = kernel_build
-    lib = root / "silu_plugin" / plugin.KERNEL_LIB
-    assert plugin.exported_symbols(lib) - {"_init", "_fini"} == set(plugin.KERNEL_SYMBOLS)
+    lib = root / "silu_plugin" / kernel.KERNEL_LIB
+    assert kernel.exported_symbols(lib) - {"_init", "_fini"} == set(kernel.KERNEL_SYMBOLS)
     # The static CUDA runtime stays private: a process with its own cudart never binds to ours.
-    assert not any(s.startswith("cuda") for s in plugin.exported_symbols(lib))
+    assert not any(s.startswith("cuda") for s in kernel.exported_symbols(lib))
 
 
 @needs_nvcc
@@ -61,7 +61,7 @@ def test_kernel_library_carries_code_for_every_target(kernel_build):
     cuobjdump = Path(NVCC).with_name("cuobjdump")
     if not cuobjdump.exists():
         pytest.skip("cuobjdump not found next to nvcc")
-    out = subprocess.run([str(cuobjdump), "--list-elf", "--list-ptx", str(root / "silu_plugin" / plugin.KERNEL_LIB)],
+    out = subprocess.run([str(cuobjdump), "--list-elf", "--list-ptx", str(root / "silu_plugin" / kernel.KERNEL_LIB)],
                          capture_output=True, text=True, check=True).stdout
     for arch in ("sm_75", "sm_80", "sm_86", "sm_89", "sm_90"):  # T4 (Turing) included: TensorRT supports 7.5 and up
         assert f".{arch}." in out, f"no {arch} machine code in the library:\n{out}"
@@ -71,7 +71,7 @@ def test_kernel_library_carries_code_for_every_target(kernel_build):
 @needs_nvcc
 def test_c_abi_rejects_bad_arguments_without_a_gpu(kernel_build):
     root, _ = kernel_build
-    lib = plugin.kernel_library(str(root / "silu_plugin" / plugin.KERNEL_LIB))
+    lib = kernel.kernel_library(str(root / "silu_plugin" / kernel.KERNEL_LIB))
     invalid = 1  # cudaErrorInvalidValue
     assert lib.mv_silu(None, None, 0, 0, None) == 0                    # nothing to do is not an error
     assert lib.mv_silu(16, 32, 4, 7, None) == invalid                  # unknown dtype
@@ -87,54 +87,53 @@ def test_c_abi_rejects_bad_arguments_without_a_gpu(kernel_build):
 @pytest.mark.skipif(env.cuda_status()[0], reason="checks the behaviour on a machine without a GPU")
 def test_c_abi_reports_missing_gpu_instead_of_succeeding(kernel_build):
     root, _ = kernel_build
-    lib = plugin.kernel_library(str(root / "silu_plugin" / plugin.KERNEL_LIB))
+    lib = kernel.kernel_library(str(root / "silu_plugin" / kernel.KERNEL_LIB))
     buf = (ctypes.c_float * 8)()
     assert lib.mv_silu(ctypes.addressof(buf), ctypes.addressof(buf), 8, 0, None) != 0
 
 
 def test_missing_library_error_names_the_build(tmp_path):
     with pytest.raises(FileNotFoundError, match="build.sh"):
-        plugin.kernel_library(str(tmp_path / "libmv_silu.so"))
+        kernel.kernel_library(str(tmp_path / "libmv_silu.so"))
     with pytest.raises(FileNotFoundError, match="build.sh"):
-        plugin.build_info(tmp_path)
+        kernel.build_record(tmp_path)
     with pytest.raises(FileNotFoundError, match="TRT_INCLUDE"):
-        plugin.library_path(plugin.PLUGIN_LIB, tmp_path)
+        kernel.library_path(kernel.PLUGIN_LIB, tmp_path)
 
 
 @needs_nvcc
 def test_build_script_refuses_a_wrong_header_folder_and_keeps_the_last_build(kernel_build, tmp_path):
     root, _ = kernel_build
-    before = (root / "silu_plugin" / plugin.KERNEL_LIB).stat().st_mtime_ns
-    proc = subprocess.run(["bash", str(plugin.BUILD_SCRIPT)],
+    before = (root / "silu_plugin" / kernel.KERNEL_LIB).stat().st_mtime_ns
+    proc = subprocess.run(["bash", str(kernel.BUILD_SCRIPT)],
                           env={**os.environ, "MVLIB_BUILD": str(root), "TRT_INCLUDE": str(tmp_path)},
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 2 and "NvInferRuntime.h" in proc.stderr
-    assert (root / "silu_plugin" / plugin.KERNEL_LIB).stat().st_mtime_ns == before
+    assert (root / "silu_plugin" / kernel.KERNEL_LIB).stat().st_mtime_ns == before
     assert not list((root / "silu_plugin").glob(".build.*")), "temporary build folder left behind"
 
 
 def test_build_script_names_the_fix_when_nvcc_is_missing(tmp_path):
-    proc = subprocess.run(["bash", str(plugin.BUILD_SCRIPT)],
+    proc = subprocess.run(["bash", str(kernel.BUILD_SCRIPT)],
                           env={**os.environ, "MVLIB_BUILD": str(tmp_path), "NVCC": str(tmp_path / "nvcc")},
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "set NVCC" in proc.stderr
-    assert not (tmp_path / "silu_plugin" / plugin.KERNEL_LIB).exists()
+    assert not (tmp_path / "silu_plugin" / kernel.KERNEL_LIB).exists()
 
 
 def test_swap_replaces_every_silu_module(xxs):
     _, model = xxs
     net = copy.deepcopy(model)
     n_before = sum(type(m).__name__ == "SiLU" for m in net.modules())
-    assert plugin.swap_silu(net) == n_before > 0
+    assert kernel.swap_silu(net) == n_before > 0
     assert not any(type(m).__name__ == "SiLU" for m in net.modules())
-    assert sum(isinstance(m, plugin.MvSiLU) for m in net.modules()) == n_before
+    assert sum(isinstance(m, kernel.MvSiLU) for m in net.modules()) == n_before
     with pytest.raises(ValueError, match="CUDA tensors"):
         net(__import__("torch").rand(1, 3, 64, 64))  # on the CPU the stand-in says where it runs
 
 
 def test_plugin_id_is_read_from_the_one_header():
-    from mvlib import silu
-    pid = silu.plugin_id()
+    pid = silu_rewrite.plugin_id()
     text = (paths.PLUGIN_SRC / "silu_plugin.cpp").read_text()
     assert '#include "silu_plugin_id.h"' in text
     assert f'"{pid.name}"' not in text and f'"{pid.namespace}"' not in text  # not repeated in the plugin
@@ -160,14 +159,14 @@ def plugin_build(request, tmp_path_factory):
     if NVCC is None:
         pytest.skip("nvcc not found")
     root = tmp_path_factory.mktemp("plugin_build")
-    info = plugin.build(trt_include=request.param, build_root=root, match_runtime=False)
+    info = kernel.build(trt_include=request.param, build_root=root, match_runtime=False)
     return root, info
 
 
 def test_plugin_compiles_with_warnings_as_errors(plugin_build):
     root, info = plugin_build
     assert info["plugin"] is True and info["tensorrt_headers_version"]
-    major, minor, _ = plugin.headers_version(root / "silu_plugin" / plugin.PLUGIN_LIB_DYNAMIC)
+    major, minor, _ = trt.headers_version(root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC)
     assert f"{major}.{minor}" == ".".join(info["tensorrt_headers_version"].split(".")[:2])  # the library says it too
     assert info["tensorrt_headers_major"] == major
 
@@ -175,12 +174,12 @@ def test_plugin_compiles_with_warnings_as_errors(plugin_build):
 def test_plugin_libraries_export_the_entry_points(plugin_build):
     root, _ = plugin_build
     out = root / "silu_plugin"
-    for name in (plugin.PLUGIN_LIB, plugin.PLUGIN_LIB_DYNAMIC):
-        exported = plugin.exported_symbols(out / name) - {"_init", "_fini"}
-        assert exported == set(plugin.KERNEL_SYMBOLS) | set(plugin.PLUGIN_ENTRY_POINTS), name
+    for name in (kernel.PLUGIN_LIB, kernel.PLUGIN_LIB_DYNAMIC):
+        exported = kernel.exported_symbols(out / name) - {"_init", "_fini"}
+        assert exported == set(kernel.KERNEL_SYMBOLS) | set(kernel.PLUGIN_ENTRY_POINTS), name
     # Static registration calls TensorRT's getPluginRegistry at load; the loadLibrary copy must not.
-    assert "getPluginRegistry" in plugin.undefined_symbols(out / plugin.PLUGIN_LIB)
-    assert "getPluginRegistry" not in plugin.undefined_symbols(out / plugin.PLUGIN_LIB_DYNAMIC)
+    assert "getPluginRegistry" in kernel.undefined_symbols(out / kernel.PLUGIN_LIB)
+    assert "getPluginRegistry" not in kernel.undefined_symbols(out / kernel.PLUGIN_LIB_DYNAMIC)
 
 
 def test_plugin_interface_check_passes(plugin_build):
@@ -189,7 +188,7 @@ def test_plugin_interface_check_passes(plugin_build):
     assert (table["status"] == "ok").sum() >= 30
     assert not (table["status"] == "FAIL").any()
     checks = " ".join(table["check"])
-    assert "creator name, version and namespace are silu_plugin_id.h's" in checks
+    assert "silu_plugin_id.h" in checks  # the creator's name, version and namespace are the header's
     assert "input FP16 linear supported" in checks and "input INT8 refused" in checks
 
 
@@ -201,10 +200,10 @@ def test_build_script_finds_headers_of_the_runtimes_major_without_trt_include(tm
         pytest.skip("needs ../shared/tensorrt-include beside the checkout and TRT_INCLUDE unset")
     base = {k: v for k, v in os.environ.items() if k not in ("TRT_INCLUDE", "TRT_ROOT")}
     for major in sorted(majors):
-        proc = subprocess.run(["bash", str(plugin.BUILD_SCRIPT)], capture_output=True, text=True, timeout=600,
+        proc = subprocess.run(["bash", str(kernel.BUILD_SCRIPT)], capture_output=True, text=True, timeout=600,
                               env={**base, "MVLIB_BUILD": str(tmp_path / major), "TRT_MAJOR": major})
         assert proc.returncode == 0, proc.stderr
-        info = plugin.build_info(tmp_path / major)
+        info = kernel.build_record(tmp_path / major)
         assert info["plugin"] and info["tensorrt_headers_major"] == int(major), info
 
 
@@ -213,7 +212,7 @@ def test_build_script_refuses_headers_of_another_major_than_the_runtime(tmp_path
     h10 = [h for h in HEADERS if Path(h).parent.name.startswith("10.")]
     if not h10:
         pytest.skip("no TensorRT 10 headers here")
-    proc = subprocess.run(["bash", str(plugin.BUILD_SCRIPT)], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(["bash", str(kernel.BUILD_SCRIPT)], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "MVLIB_BUILD": str(tmp_path), "TRT_INCLUDE": h10[0], "TRT_MAJOR": "11"})
     assert proc.returncode == 2 and "TRT_INCLUDE" in proc.stderr and "11" in proc.stderr
 
@@ -251,15 +250,15 @@ print("found")
 def test_registry_finds_the_creator_by_name_version_and_namespace(plugin_build, way):
     fl = trt.select()
     out = _abi_build(plugin_build, fl)
-    load = (f"assert registry.load_library({str(out / plugin.PLUGIN_LIB_DYNAMIC)!r}) is not None" if way == "load_library"
-            else f"ctypes.CDLL({str(out / plugin.PLUGIN_LIB)!r})  # registers itself when loaded")
+    load = (f"assert registry.load_library({str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}) is not None" if way == "load_library"
+            else f"ctypes.CDLL({str(out / kernel.PLUGIN_LIB)!r})  # registers itself when loaded")
     proc = _in_child(FIND.format(mod=fl.name, load=load), fl)
     assert proc.returncode == 0 and "found" in proc.stdout, proc.stderr[-3000:]
 
 
 PARSE = """
 import ctypes
-from mvlib import trt, plugin
+from mvlib import trt
 fl = trt.select()
 mod = fl.module()
 {load}
@@ -275,13 +274,12 @@ print("plugin layers", sum(network.get_layer(i).type.name == "PLUGIN_V3" for i i
 @pytest.mark.parametrize("way", ["load_library", "static"])
 def test_onnx_parser_maps_every_plugin_node_to_our_creator(plugin_build, xxs, tmp_path, way):
     """The parser finds the creator with each way of loading; the project supplies the library name it dlopens."""
-    from mvlib import silu
     fl = trt.select()
     out = _abi_build(plugin_build, fl)
     dst = tmp_path / "model.silu.onnx"
-    nodes = silu.rewrite(xxs[0].onnx, dst).plugin_nodes
-    load = (f"trt.load_plugins(fl, [{str(out / plugin.PLUGIN_LIB_DYNAMIC)!r}])" if way == "load_library"
-            else f"ctypes.CDLL({str(out / plugin.PLUGIN_LIB)!r})")
+    nodes = silu_rewrite.rewrite(xxs[0].onnx, dst).plugin_nodes
+    load = (f"trt.load_plugins(fl, [{str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}])" if way == "load_library"
+            else f"ctypes.CDLL({str(out / kernel.PLUGIN_LIB)!r})")
     proc = _in_child(PARSE.format(load=load, onnx=str(dst)), fl)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"plugin layers {nodes}" in proc.stdout and nodes > 0
@@ -293,22 +291,21 @@ def test_a_plugin_of_another_major_is_refused_before_tensorrt_sees_it(plugin_bui
     fl = trt.select()
     if info["tensorrt_headers_major"] == fl.abi_major:
         pytest.skip("these headers match the runtime")
-    lib = root / "silu_plugin" / plugin.PLUGIN_LIB_DYNAMIC
+    lib = root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC
     with pytest.raises(RuntimeError, match=rf"TensorRT {fl.abi_major}\.x.*TRT_INCLUDE"):
-        plugin.check_abi(lib, fl)
+        trt.check_abi(lib, fl)
     with pytest.raises(RuntimeError, match="TRT_INCLUDE"):
         trt.load_plugins(fl, [lib])  # stops before the registry (a crash otherwise)
 
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 def test_plugin_engine_has_one_plugin_layer_per_node(plugin_build, xxs, tmp_path, monkeypatch):
-    from mvlib import silu
     fl = trt.select()
     out = _abi_build(plugin_build, fl)
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     dst = tmp_path / "model.silu.onnx"
-    nodes = silu.rewrite(xxs[0].onnx, dst).plugin_nodes
-    table = trt.build_all("05_silu_plugin", [trt.EngineSpec("plugin_fp32", dst, (out / plugin.PLUGIN_LIB_DYNAMIC,))],
+    nodes = silu_rewrite.rewrite(xxs[0].onnx, dst).plugin_nodes
+    table = trt.build_all("05_silu_plugin", [trt.EngineSpec("plugin_fp32", dst, (out / kernel.PLUGIN_LIB_DYNAMIC,))],
                           trt.Profile(1, 2, 4), workspace_gb=1)
     trt.require_built(table)
     row = table.iloc[0]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mvlib import accuracy, env, io, metrics, paths, precision, trt
-from mvlib.run import Run
+from mvlib.run import Run, StageSkipped
 
 FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
 FP16 = precision.Tolerance(5e-2, 5e-2, 0.999)
@@ -112,7 +112,7 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
                accuracy.torch_runner(_Shifted(model, 0.01), 256, "shifted")]
     tols = {"pytorch-fp32": FP32, "onnxrt-fp32": FP32, "onnxrt-fp16": FP16,
             "shifted": precision.Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.9)}
-    table, errors = precision.compare(runners, "pytorch-fp32", imgs, [1, 2], 3, tols)
+    table, errors = precision.compare_runners(runners, "pytorch-fp32", imgs, [1, 2], 3, tols)
     row = table.set_index(["runner", "batch"])
     assert row.loc[("pytorch-fp32", 1), "status"] == "reference"
     assert row.loc[("pytorch-fp32", 2), "reference"] == "pytorch-fp32 (batch 1)"
@@ -139,14 +139,27 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
     assert len(fig.axes) == 2 and len(fig.axes[0].get_yticklabels()) == errors.groupby(["runner", "batch"]).ngroups
 
 
-def test_skipped_rows_give_the_reason(tmp_path):
-    run = Run(tmp_path / "r", "03_test")
-    run.record("trt_accuracy", "trt", "skipped", "no CUDA GPU visible")
-    table, errors = precision.skipped(run, "trt_accuracy", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
+def test_skipped_rows_give_the_reason(monkeypatch):
+    monkeypatch.setattr(env, "tensorrt_status", lambda: (False, "no TensorRT runtime here"))
+    table, errors = precision.skipped("no CUDA GPU visible", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
     assert len(table) == 6 and errors.empty and table["max_abs"].isna().all()
-    assert table["status"].str.startswith("skipped: ").all() and table["status"].str.contains("no CUDA GPU visible").all()
-    if not env.tensorrt_status()[0]:
-        assert table["status"].str.startswith("skipped: no TensorRT runtime for this machine").all()
+    assert (table["status"] == "skipped: no TensorRT runtime here; no CUDA GPU visible").all()  # the runtime's first
+    both = precision.skipped("no TensorRT runtime here; no CUDA GPU visible", ["trt-fp32"], "onnxrt-fp32", [1])[0]
+    assert both["status"].iloc[0].count("no TensorRT runtime") == 1  # a reason that names it already: said once
+    monkeypatch.setattr(env, "tensorrt_status", lambda: (True, "TensorRT-RTX"))
+    assert precision.skipped("", ["trt-fp32"], "onnxrt-fp32", [1])[0]["status"].iloc[0] == "skipped: not run"
+
+
+def test_the_stage_skip_reason_reaches_the_rows(tmp_path):
+    def no_engine():
+        raise StageSkipped("no engine was built")
+
+    run = Run(tmp_path / "r", "03_test")
+    assert run.stage("trt_accuracy", "cpu", no_engine) is None and run.stage("ran", "cpu", lambda: 1) == 1
+    assert run.skip_reason("trt_accuracy") == "no engine was built"
+    assert run.skip_reason("ran") == "" and run.skip_reason("never_tried") == ""
+    table, _ = precision.skipped(run.skip_reason("trt_accuracy"), ["trt-fp32"], "onnxrt-fp32", [1])
+    assert table["status"].str.contains("no engine was built").all()
 
 
 def _listed(markdown: str) -> tuple[set, set]:

@@ -178,9 +178,8 @@ def test_write_chosen_writes_nothing_when_no_policy_passes(tmp_path, xxs, ev):
                            "int8_weighted_ops": 80, "cosine_mean": 0.98}])
     _, meta = quant.write_chosen(exp, table, ev, "fp32")
     assert meta["passes"] is False and not exp.path("model.int8.onnx").exists()
-    assert io.read_json(exp.path("model.int8.json"))["passes"] is False
-    with pytest.raises(FileNotFoundError, match="no INT8 policy"):
-        quant.load_chosen(exp)
+    written = io.read_json(exp.artifact("int8_record"))
+    assert written["passes"] is False and written["file"] is None and "no policy" in written["reason"]
 
 
 def test_write_chosen_falls_back_to_fp32_floats_when_fp16_fails(tmp_path, xxs, ev, q_all, monkeypatch):
@@ -192,10 +191,10 @@ def test_write_chosen_falls_back_to_fp32_floats_when_fp16_fails(tmp_path, xxs, e
                            "cosine_mean": 1.0, "excluded_nodes": 0, "quantized_nodes": 1}])
     out, meta = quant.write_chosen(exp, table, ev, "fp16")
     assert list(out.high_precision) == ["fp32", "fp16", "fp32"] and list(out.passes) == [True, False, True]
-    assert meta["passes"] and meta["high_precision"] == "fp32" and "FP16 conversion fails" in meta["note"]
-    assert exp.path("model.int8.onnx").read_bytes() == xxs[0].onnx.read_bytes()
-    path, loaded = quant.load_chosen(exp)
-    assert path == exp.path("model.int8.onnx") and loaded["policy"] == "sensitivity"
+    assert meta["passes"] and meta["high_precision"] == "fp32" and "FP16" in meta["note"]
+    assert exp.artifact("int8").read_bytes() == xxs[0].onnx.read_bytes()
+    written = io.read_json(exp.artifact("int8_record"))
+    assert written["file"] == exp.artifact("int8").name and written["policy"] == "sensitivity"
 
 
 def test_choose_prefers_more_int8_among_passing_rows():
@@ -287,7 +286,7 @@ def test_int8_engine_accuracy(tmp_path, xxs, images, ev, q_all, monkeypatch):
     exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
     table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
     engines = trt.build_all("04_int8", quant.engine_specs(exp, table), trt.Profile(1, 2, 4))
-    out = quant.engine_accuracy(exp, table, ev, engines).iloc[0]
+    out = quant.int8_engine_accuracy(exp, table, ev, engines).iloc[0]
     onnxrt = ev.evaluate(exp.path("model.int8.all.max.onnx"))  # the same Q/DQ graph on ONNX Runtime
     assert abs(out.cosine_mean - onnxrt["cosine_mean"]) < 0.01 and out.top1_agreement >= onnxrt["top1_agreement"] - 0.2
     assert out.get("out_INT8", 0) > 0  # TensorRT really runs layers in INT8

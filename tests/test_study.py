@@ -1,5 +1,6 @@
 """The driver, the run manifest and notebook hygiene."""
 import json
+import os
 import re
 import subprocess
 import sys
@@ -170,8 +171,67 @@ def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
 def test_driver_refuses_a_tier_the_machine_cannot_reach(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "gpu",
                            "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "reaches tier cpu, not gpu" in proc.stderr
+    assert proc.returncode == 2 and "cpu" in proc.stderr and "gpu" in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """The driver in this process with papermill's execution replaced: each notebook opens its Run, records
+    the weights it would load and nothing else. The parameters each notebook got, by notebook stem."""
+    from mvlib import model
+    got = {}
+
+    def execute(nb, out, parameters, **kw):
+        stem = Path(nb).stem
+        got[stem] = dict(parameters) | {"MVLIB_PROGRESS": os.environ.get("MVLIB_PROGRESS")}
+        run = Run(parameters["run_dir"], stem, params=dict(parameters))
+        run.set("weights", model.random_info(parameters["seed"]) if parameters["weights"] == "random" else
+                {"source": parameters["weights"]})
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    monkeypatch.setattr(study, "kernel_library_path", lambda flavour: None)  # keep this process's environment
+    monkeypatch.setenv("MVLIB_PROGRESS", "")
+    monkeypatch.delenv("MVLIB_PROGRESS")
+    return got
+
+
+def test_driver_decides_the_weights_once_for_every_notebook(tmp_path, fake_papermill, capsys):
+    """Full profile (weights auto), hub unreachable (MVLIB_OFFLINE): every notebook gets 'random', recorded once."""
+    run = tmp_path / "run"
+    with pytest.warns(RuntimeWarning, match="WEIGHTS FALLBACK"):
+        rc = study.main(["--profile", "full", "--tier", "cpu", "--run-dir", str(run), "--publish", "no"])
+    assert rc == 0, capsys.readouterr().err
+    assert sorted(fake_papermill) == [nb.stem for nb in NOTEBOOKS]
+    assert {p["weights"] for p in fake_papermill.values()} == {"random"}
+    assert {p["MVLIB_PROGRESS"] for p in fake_papermill.values()} == {"lines"}  # plain lines in a batch log
+    manifest = io.read_json(run / "manifest.json")
+    decision = manifest["run"]["weights"]
+    assert decision["requested"] == "auto" and decision["chosen"] == "random" and decision["fallback"]
+    assert "offline" in decision["reason"] and manifest["run"]["params"]["weights"] == "random"
+    assert manifest["weights"]["fallback_reason"] == decision["reason"]  # footers still say it was a fallback
+    assert "fallback" in manifest["weights"]["label"]
+    assert capsys.readouterr().out.count("WEIGHTS FALLBACK") == 1
+
+
+def test_driver_refuses_weights_it_cannot_provide(tmp_path, fake_papermill, capsys):
+    run = tmp_path / "run"
+    rc = study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run), "-p", "weights",
+                     str(tmp_path / "missing.pth")])
+    assert rc == 2 and "missing.pth" in capsys.readouterr().err
+    assert not run.exists() and fake_papermill == {}
+
+
+def test_run_records_weights_as_the_driver_decided(tmp_path):
+    from mvlib import model
+    plain = Run(tmp_path / "a", "99_test")
+    plain.set("weights", model.random_info(0))
+    assert "fallback_reason" not in io.read_json(plain.manifest_path)["weights"]
+    decided = {"requested": "auto", "chosen": "random", "fallback": True, "reason": "hub down",
+               "label": model.random_info(0, "hub down")["label"]}
+    io.write_json(tmp_path / "b" / "manifest.json", {"run": {"weights": decided}, "stages": {}, "params": {}})
+    run = Run(tmp_path / "b", "99_test")
+    run.set("weights", model.random_info(0))
+    assert io.read_json(run.manifest_path)["weights"] == model.random_info(0, "hub down")
 
 
 def test_atomic_write_leaves_nothing_on_failure(tmp_path):
@@ -194,6 +254,8 @@ def test_smoke_run_manifest(smoke_run):
         found, _ = trt.installed(name)
         assert manifest["versions"][name] == (found.version if found else None)
     assert manifest["weights"]["source"] == "random" and manifest["weights"]["tag"] == "random-seed0"
+    assert manifest["run"]["weights"]["requested"] == manifest["run"]["weights"]["chosen"] == "random"
+    assert {p["weights"] for p in manifest["params"].values()} == {"random"}  # one choice for every notebook
     assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
     smoke = study.load_profile("smoke")  # what papermill injected is what the manifest records
     for nb, params in manifest["params"].items():

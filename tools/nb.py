@@ -1,6 +1,8 @@
 """Write a notebook from a list of (kind, source) cells: no outputs, one `parameters` cell.
 
-Used when authoring notebooks: `python tools/nb.py` is not part of a run.
+An authoring helper with no command line, never part of a run. From the repository root:
+    import sys; sys.path.insert(0, "tools"); import nb
+    nb.write("notebooks/07_new.ipynb", [("md", "# 07 · ..."), ("code", "# parameters")])
 """
 import nbformat
 

@@ -1,0 +1,64 @@
+"""The test suite's own habits: its build folder is its own, whatever the environment says; smoke tests are slow."""
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from mvlib import io, paths
+
+ROOT = paths.ROOT
+PROBE = "MVLIB_ISOLATION_PROBE"  # set only by test_tests_never_write_into_an_exported_build_folder
+
+
+@pytest.mark.skipif(PROBE not in os.environ, reason="a probe that test_tests_never_write_into_an_exported_"
+                                                     "build_folder runs in a pytest session of its own")
+def test_probe_writes_where_tests_build():
+    """Write through mvlib.paths in the test process and in a child process, as the driver and its kernels do."""
+    token = os.environ[PROBE]
+    io.write_text(paths.BUILD / "isolation" / f"{token}.parent", "x")
+    child = f"from mvlib import io, paths; io.write_text(paths.BUILD / 'isolation' / '{token}.child', 'x')"
+    subprocess.run([sys.executable, "-c", child], check=True, timeout=300)
+
+
+def test_tests_never_write_into_an_exported_build_folder(tmp_path):
+    """A pytest session started with MVLIB_BUILD pointing at a user's build folder leaves that folder alone."""
+    users = tmp_path / "my_build"
+    (users / "models").mkdir(parents=True)
+    (users / "models" / "keep.onnx").write_text("mine")
+    token = uuid.uuid4().hex
+    env = os.environ | {"MVLIB_BUILD": str(users), PROBE: token}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{Path(__file__).relative_to(ROOT)}::test_probe_writes_where_tests_build"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(str(p.relative_to(users)) for p in users.rglob("*")) == ["models", "models/keep.onnx"]
+    written = [paths.BUILD / "isolation" / f"{token}.{who}" for who in ("parent", "child")]
+    try:
+        assert paths.BUILD == (ROOT / "build" / "tests").resolve() and all(p.is_file() for p in written)
+    finally:
+        for p in written:
+            p.unlink(missing_ok=True)
+
+
+def test_build_folder_is_ignored_by_git():
+    out = subprocess.run(["git", "check-ignore", "build/x.onnx"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0
+
+
+def test_smoke_tests_are_slow_and_make_test_fast_leaves_them_out():
+    """A test that uses the smoke_run fixture is marked slow without saying so; `make test-fast` deselects it."""
+    proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                           "-m", "not slow", "tests/test_study.py", "tests/test_rerun.py"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    collected = proc.stdout
+    assert "test_stage_problems_follow_the_expected_tier" in collected
+    for slow in ("test_smoke_run_manifest", "test_notebook_01_creates_what_it_lists",
+                 "test_second_run_of_the_same_command_reuses_and_agrees"):
+        assert slow not in collected, slow
+    make = subprocess.run(["make", "-n", "-o", ".venv/.installed", "test-fast"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert make.returncode == 0 and "not slow" in make.stdout, make.stderr
