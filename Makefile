@@ -12,12 +12,15 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 ARCH := $(shell uname -m)
 RTX_WHEELS := $(if $(filter x86_64,$(ARCH)),1)
 
-.PHONY: study test env lab clean
+.PHONY: study test lint env lab clean
 study: $(VENV)/.installed
 	$(PY) -m mvlib.study --profile $(PROFILE) --tier $(TIER) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -ra $(ARGS)
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
 
 # Everything but the end-to-end runs of the notebooks (tests marked slow, or using the smoke_run fixture): for
 # quick checks while editing. `make test` is the full suite, what CI runs.

@@ -1,7 +1,7 @@
 """Accuracy through polygraphy's Comparator: runners on the same feeds, checked against a reference."""
 import time
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -37,9 +37,9 @@ def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
     polygraphy's own PytRunner moves inputs to CUDA unconditionally, so it cannot
     serve as the CPU reference; this one runs on whatever device the model is on.
     """
+    import torch
     from polygraphy.backend.base import BaseRunner
     from polygraphy.common import TensorMetadata
-    import torch
 
     class TorchRunner(BaseRunner):
         def __init__(self):
@@ -90,7 +90,7 @@ def table(results, reference: str, atol: float | None = None, rtol: float | None
         if name.startswith(reference):
             continue
         by_batch: dict[int, list] = {}
-        for ref_it, it in zip(ref_iters, iters):
+        for ref_it, it in zip(ref_iters, iters, strict=True):
             by_batch.setdefault(ref_it[OUTPUT].shape[0], []).append((ref_it[OUTPUT], it[OUTPUT]))
         for batch, pairs in sorted(by_batch.items()):
             ref = np.concatenate([p[0] for p in pairs])

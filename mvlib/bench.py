@@ -13,8 +13,9 @@ import copy
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -348,7 +349,8 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     if channels_last:
         label += " (channels_last)"
     notes = f"torch {torch.__version__}, {torch.cuda.get_device_name(0)}" \
-        + (", channels_last" if channels_last else "") + (f", mode={compile_mode}, dynamic=False" if compile_mode else "") \
+        + (", channels_last" if channels_last else "") \
+        + (f", mode={compile_mode}, dynamic=False" if compile_mode else "") \
         + "; peak = torch.cuda.max_memory_allocated"
     return Backend(backend, "cuda", precision, label, prepare, timing, notes=notes, keep=[net])
 
@@ -399,7 +401,8 @@ def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plug
 
     return Backend(backend, "cuda", precision, label, prepare,
                    f"CUDA events around each CUDA-graph replay of execute_async_v3, {IN_FLIGHT} in flight",
-                   notes=(f"{engine.flavour.label}, target {engine.info['target']}, profile {profile.min}..{profile.max}; "
+                   notes=(f"{engine.flavour.label}, target {engine.info['target']}, "
+                          f"profile {profile.min}..{profile.max}; "
                           "peak = device memory taken by engine, context, I/O and graph (cudaMemGetInfo)"
                           + (f"; {notes}" if notes else "")),
                    peak_mem_mb=taken_mb, keep=[session, stream, state])

@@ -7,7 +7,8 @@ anchor check holds this run's torch.compile row against the README's H200 figure
 import copy
 import dataclasses
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -63,14 +64,15 @@ def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20
     """The GPU's measured device-to-device copy bandwidth (GB/s, read + write) and fp16/bf16/fp32 matmul rates."""
     import torch
 
-    def event_ms(fn: Callable[[], Any], n: int) -> float:
+    def event_ms(fn: Callable[..., Any], n: int, *args: Any) -> float:
+        """Best of n timings of fn(*args), in ms; the tensors are passed in, not closed over (they are deleted)."""
         for _ in range(3):
-            fn()
+            fn(*args)
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         times = []
         for _ in range(n):
             start.record()
-            fn()
+            fn(*args)
             end.record()
             end.synchronize()
             times.append(start.elapsed_time(end))
@@ -79,7 +81,7 @@ def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20
     src = torch.rand(copy_elems, device="cuda", dtype=torch.float16)
     dst = torch.empty_like(src)
     rows = [{"device": "cuda", "ceiling": "copy", "unit": "GB/s", "size": f"{copy_elems * 2 / MIB:.0f} MiB fp16",
-             "value": 2 * src.numel() * src.element_size() / (event_ms(lambda: dst.copy_(src), reps) / 1e3) / 1e9,
+             "value": 2 * src.numel() * src.element_size() / (event_ms(torch.Tensor.copy_, reps, dst, src) / 1e3) / 1e9,
              "method": f"Tensor.copy_, CUDA events, best of {reps}"}]
     del src, dst
     allow_tf32 = torch.backends.cuda.matmul.allow_tf32
@@ -90,7 +92,7 @@ def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20
             a = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
             b = torch.randn(matmul_n, matmul_n, device="cuda", dtype=dtype)
             n = reps if dtype != torch.float32 else max(3, reps // 4)
-            ms = event_ms(lambda: torch.mm(a, b), n)
+            ms = event_ms(torch.mm, n, a, b)
             rows.append({"device": "cuda", "ceiling": name, "unit": "TFLOP/s", "size": f"{matmul_n}^3",
                          "value": 2 * matmul_n ** 3 / (ms / 1e3) / 1e12,
                          "method": f"torch.mm (cuBLAS) on random data, CUDA events, best of {n}"})

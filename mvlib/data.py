@@ -21,14 +21,14 @@ source picture).
 """
 import hashlib
 import os
-import tarfile
 import shutil
+import tarfile
 import urllib.parse
 import urllib.request
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
@@ -185,6 +185,7 @@ def split(items: Sequence[Item], calib: int, evaluation: int, seed: int) -> tupl
 def transform(model, img_size: int) -> Callable[[Image.Image], np.ndarray]:
     """timm's evaluation transform for `model` at `img_size`, returning float32 CHW arrays."""
     import timm
+
     from mvlib.model import data_config
     cfg = dict(data_config(model))
     cfg["input_size"] = (3, img_size, img_size)
@@ -318,7 +319,7 @@ def from_shipped(tf: Callable, calib: int, evaluation: int, seed: int) -> ImageS
 
     def expand(group: list[Path], count: int) -> list[Item]:
         per = [count // len(group) + (i < count % len(group)) for i in range(len(group))]
-        return [Item(p, None, k) for p, n in zip(group, per) for k in range(n)]
+        return [Item(p, None, k) for p, n in zip(group, per, strict=True) for k in range(n)]
 
     cal_items, eval_items = expand(cal_files, calib), expand(eval_files, evaluation)
     note = (f"{len(cal_files)} pictures for calibration, {len(eval_files)} others for evaluation, "

@@ -1,4 +1,7 @@
-"""What this machine can do: the tier (cpu, gpu, trt), the GPU, and library versions."""
+"""What this machine has: the GPU and PyTorch's view of it, nvcc, the network, library versions.
+
+mvlib.tiers ranks them.
+"""
 import functools
 import importlib.metadata
 import os
@@ -8,34 +11,11 @@ import socket
 import subprocess
 import threading
 
-TIERS = ("cpu", "gpu", "trt")
 PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-extensions", "onnx-graphsurgeon",
             "nvidia-modelopt", "polygraphy", "papermill", "numpy")
 
 
-def tier_rank(tier: str) -> int:
-    """Order of a tier name: cpu < gpu < trt."""
-    if tier not in TIERS:
-        raise ValueError(f"unknown tier {tier!r}; choose one of {', '.join(TIERS)}")
-    return TIERS.index(tier)
-
-
-@functools.lru_cache(maxsize=None)
-def tensorrt_status() -> tuple[bool, str]:
-    """Whether an installed TensorRT flavour runs engines on this GPU (the trt tier), and why not."""
-    from mvlib import trt  # trt imports env: import here, not at the top
-    reasons = []
-    for name in trt.FLAVOUR_NAMES:
-        flavour, why = trt.installed(name)
-        if flavour is not None:
-            runs, why = flavour.runs_here()
-            if runs:
-                return True, flavour.label
-        reasons.append(why)
-    return False, "no TensorRT runtime for this machine: " + "; ".join(reasons)
-
-
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_status() -> tuple[bool, str]:
     """Whether PyTorch sees an NVIDIA GPU, and why not."""
     try:
@@ -58,29 +38,6 @@ def nvcc_path() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
-def detect_tier() -> str:
-    """The highest tier this machine reaches (README, "The tiers")."""
-    if not cuda_status()[0] or nvcc_path() is None:
-        return "cpu"
-    return "trt" if tensorrt_status()[0] else "gpu"
-
-
-def missing_for(tier: str) -> str:
-    """Why this machine does not reach `tier` (empty if it does)."""
-    have = detect_tier()
-    if tier_rank(have) >= tier_rank(tier):
-        return ""
-    reasons = []
-    if tier == "trt" and not tensorrt_status()[0]:
-        reasons.append(tensorrt_status()[1])
-    if not cuda_status()[0]:
-        reasons.append(cuda_status()[1])
-    elif nvcc_path() is None:
-        reasons.append("nvcc not found")
-    return "; ".join(reasons)
-
-
 def versions() -> dict[str, str | None]:
     """Installed versions of the packages a run depends on (None where absent)."""
     out: dict[str, str | None] = {}
@@ -89,10 +46,6 @@ def versions() -> dict[str, str | None]:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             out[name] = None
-    from mvlib import trt
-    for name in trt.FLAVOUR_NAMES:  # what imports, not what pip lists (PyPI's `tensorrt` is a stub)
-        flavour, _ = trt.installed(name)
-        out[name] = flavour.version if flavour else None
     return out
 
 

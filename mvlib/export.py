@@ -67,7 +67,8 @@ def check_opset(opset: int) -> int:
 def check_image_size(img_size: int) -> int:
     """MobileViT unfolds 2x2 patches after a total stride of 32: sizes must be multiples of 32."""
     if img_size < 64 or img_size % 32:
-        raise ValueError(f"image size {img_size} is not supported: use a multiple of 32 of at least 64 (256 is the default)")
+        raise ValueError(f"image size {img_size} is not supported: "
+                         "use a multiple of 32 of at least 64 (256 is the default)")
     return img_size
 
 
@@ -130,7 +131,8 @@ def load_reference(exported: Exported):
     """The saved reference inputs (list of feeds) and outputs (polygraphy RunResults)."""
     from polygraphy.comparator import RunResults
     from polygraphy.json import load_json
-    return load_json(str(exported.artifact("reference_inputs"))), RunResults.load(str(exported.artifact("reference_outputs")))
+    return (load_json(str(exported.artifact("reference_inputs"))),
+            RunResults.load(str(exported.artifact("reference_outputs"))))
 
 
 def describe(onnx_path: Path | str) -> dict:

@@ -175,7 +175,7 @@ def block_graph(path: Path | str, block: int = 0) -> nx.DiGraph:
         if gid not in g:
             g.add_node(gid, label=label, kind=kind, ops=0)
         g.nodes[gid]["ops"] += 1
-    for gid, d in g.nodes(data=True):
+    for _gid, d in g.nodes(data=True):
         d["label"] += f"\n{d['ops']} ops" if d["ops"] > 1 else ""
     _connect(g, model, prefix, nodes, group_of)
     return g
@@ -225,12 +225,12 @@ def draw_block(nodes: pd.DataFrame, edges: pd.DataFrame):
     graphs = list(dict.fromkeys(nodes["graph"]))
     depth = int(nodes["layer"].max()) + 1
     fig, axes = plt.subplots(1, len(graphs), figsize=(4.6 * len(graphs), 0.42 * depth + 1.8), squeeze=False)
-    for ax, name in zip(axes[0], graphs):
+    for ax, name in zip(axes[0], graphs, strict=True):
         ns, es = nodes[nodes["graph"] == name], edges[edges["graph"] == name]
         g = nx.DiGraph()
         for r in ns.itertuples():
             g.add_node(r.id, label=r.label, kind=r.kind, layer=r.layer)
-        g.add_edges_from(zip(es["src"], es["dst"]))
+        g.add_edges_from(zip(es["src"], es["dst"], strict=True))
         pos = {r.id: (r.x * 2.2, -r.layer) for r in ns.itertuples()}
         near = [(u, v) for u, v in g.edges if g.nodes[v]["layer"] - g.nodes[u]["layer"] == 1]
         far = [(u, v) for u, v in g.edges if (u, v) not in near]

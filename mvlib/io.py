@@ -8,8 +8,9 @@ import contextlib
 import json
 import os
 import secrets
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 NEW_FILE_MODE = 0o666  # what open() asks for; the kernel takes the umask off
 

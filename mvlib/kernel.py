@@ -25,8 +25,10 @@ from mvlib.run import StageSkipped
 
 BUILD_SCRIPT = paths.PLUGIN_SRC / "build.sh"
 KERNEL_LIB = "libmv_silu.so"
-PLUGIN_LIB = "libmv_silu_plugin.so"                  # static registration: ctypes, polygraphy --plugins, trtexec --staticPlugins
-PLUGIN_LIB_DYNAMIC = "libmv_silu_plugin_dynamic.so"  # entry points only: IPluginRegistry::loadLibrary, trtexec --dynamicPlugins
+# static registration: ctypes, polygraphy --plugins, trtexec --staticPlugins
+PLUGIN_LIB = "libmv_silu_plugin.so"
+# entry points only: IPluginRegistry::loadLibrary, trtexec --dynamicPlugins
+PLUGIN_LIB_DYNAMIC = "libmv_silu_plugin_dynamic.so"
 PLUGIN_CHECK = "mv_silu_plugin_check"
 BUILD_RECORD = "build_info.json"  # what build.sh made, against which headers, and why not the rest
 
@@ -84,8 +86,9 @@ def build_record(build_root: Path | str | None = None) -> dict:
     """What the last build made (build_info.json), or an error naming how to build."""
     path = build_dir(build_root) / BUILD_RECORD
     if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: the SiLU kernel is not built. Run `bash silu_plugin/build.sh` "
-                                "(needs nvcc; set TRT_INCLUDE to also build the TensorRT plugin) or mvlib.kernel.build()")
+        raise FileNotFoundError(f"{path} not found: the SiLU kernel is not built. "
+                                "Run `bash silu_plugin/build.sh` (needs nvcc; set TRT_INCLUDE to also build "
+                                "the TensorRT plugin) or mvlib.kernel.build()")
     return io.read_json(path)
 
 
@@ -148,16 +151,18 @@ def plugin_library(build_root: Path | str | None = None) -> Path:
     return library_path(PLUGIN_LIB_DYNAMIC, build_root)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def kernel_library(path: str | None = None) -> ctypes.CDLL:
     """The kernel library through ctypes, with the C ABI's argument types declared."""
     path = str(path or library_path())
     if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found: run `bash silu_plugin/build.sh` (needs nvcc) or mvlib.kernel.build()")
+        raise FileNotFoundError(f"{path} not found: "
+                                "run `bash silu_plugin/build.sh` (needs nvcc) or mvlib.kernel.build()")
     try:
         lib = ctypes.CDLL(path)
     except OSError as err:
-        raise RuntimeError(f"cannot load {path}: {err}. Rebuild it on this machine with `bash silu_plugin/build.sh`") from err
+        raise RuntimeError(f"cannot load {path}: {err}. "
+                           "Rebuild it on this machine with `bash silu_plugin/build.sh`") from err
     args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
     lib.mv_silu.argtypes = args
     lib.mv_silu_ex.argtypes = args + [ctypes.c_int, ctypes.c_int, ctypes.c_int]
@@ -229,7 +234,7 @@ def silu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     return out
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def op():
     """The kernel registered as torch.ops.mvlib.silu (once per process), traceable by torch.compile."""
     @torch.library.custom_op("mvlib::silu", mutates_args=())

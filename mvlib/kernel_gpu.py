@@ -5,8 +5,8 @@ raises StageSkipped with the reason, so notebook 05 records the stage as skipped
 """
 import copy
 import math
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -177,15 +177,18 @@ def bandwidth(sizes: Iterable[int] = BANDWIDTH_SIZES, dtypes: Iterable[str] = ("
     return table
 
 
-def bandwidth_goal(table: pd.DataFrame, fraction: float = GOAL_FRACTION, min_n: int = GOAL_MIN_ELEMENTS) -> pd.DataFrame:
-    """Per dtype: our kernel's worst fraction of the copy's bandwidth at >= min_n elements, and whether it meets the goal."""
+def bandwidth_goal(table: pd.DataFrame, fraction: float = GOAL_FRACTION,
+                   min_n: int = GOAL_MIN_ELEMENTS) -> pd.DataFrame:
+    """Per dtype: our kernel's worst fraction of the copy's bandwidth at >= min_n elements,
+    and whether it meets the goal."""
     ours = table[(table["impl"] == "mv_silu") & (table["n"] >= min_n)]
     torch_rows = table[(table["impl"] == "torch_silu") & (table["n"] >= min_n)]
     rows = []
     for dtype, grp in ours.groupby("dtype"):
         worst = grp.loc[grp["fraction_of_copy"].idxmin()]
-        rows.append({"dtype": dtype, "sizes": f">= 2^{int(math.log2(min_n))}", "worst_fraction_of_copy": worst.fraction_of_copy,
-                     "at_n": int(worst.n), "torch_worst_fraction_of_copy": torch_rows[torch_rows["dtype"] == dtype]["fraction_of_copy"].min(),
+        rows.append({"dtype": dtype, "sizes": f">= 2^{int(math.log2(min_n))}",
+                     "worst_fraction_of_copy": worst.fraction_of_copy, "at_n": int(worst.n),
+                     "torch_worst_fraction_of_copy": torch_rows[torch_rows["dtype"] == dtype]["fraction_of_copy"].min(),
                      "goal": fraction, "met": bool(grp["fraction_of_copy"].min() >= fraction)})
     return pd.DataFrame(rows)
 
@@ -196,7 +199,7 @@ def bandwidth_figure(csv: Path | str):
     table = pd.read_csv(csv)
     dtypes = list(dict.fromkeys(table["dtype"]))
     fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.2), sharey=True, squeeze=False)
-    for ax, dtype in zip(axes[0], dtypes):
+    for ax, dtype in zip(axes[0], dtypes, strict=True):
         sub = table[table["dtype"] == dtype]
         for impl, style in (("copy", "k--"), ("mv_copy", "k:"), ("torch_silu", "C1-s"), ("mv_silu", "C0-o")):
             rows = sub[sub["impl"] == impl].sort_values("n")

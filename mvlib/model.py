@@ -3,11 +3,11 @@ import hashlib
 import warnings
 from pathlib import Path
 
+import timm
 import torch
 
 import mvlib  # noqa: F401  (applies the torchvision import fix before timm)
 from mvlib import env
-import timm
 
 HUB_HOST = ("huggingface.co", 443)
 HUB_TIMEOUT_S = 10.0  # deciding to fall back must take at most this long

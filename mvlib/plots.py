@@ -158,7 +158,7 @@ def speedup(sp: pd.DataFrame) -> Figure:
             db = d[d.batch == b].set_index("label")
             vals = [db[col].get(lab, np.nan) for lab in labels]
             bars = ax.bar(x + (j - (len(batches) - 1) / 2) * w, vals, width=w, label=f"batch {b}")
-            for bar, lab, v in zip(bars, labels, vals):
+            for bar, lab, v in zip(bars, labels, vals, strict=True):
                 if np.isnan(v):
                     continue
                 same = db.loc[lab, vcol] == "no difference"
@@ -197,7 +197,8 @@ def _roofs(ax, ceil: pd.DataFrame, xlim: tuple[float, float]) -> list[float]:
                     textcoords="offset points")  # side by side: fp16 and bf16 roofs nearly coincide
         heights.append(peak)
     if not ceil.empty:
-        ax.text(0.98, 0.03, "measured ceilings:\n" + "\n".join(f"{c.ceiling} {c.value:.4g} {c.unit}" for _, c in ceil.iterrows()),
+        ax.text(0.98, 0.03,
+                "measured ceilings:\n" + "\n".join(f"{c.ceiling} {c.value:.4g} {c.unit}" for _, c in ceil.iterrows()),
                 transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
                 bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
     return heights

@@ -4,8 +4,8 @@ The plugin library itself is built and located by mvlib.kernel (silu_plugin/buil
 through mvlib.trt, which refuses a library compiled against another TensorRT major first.
 """
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -24,7 +24,8 @@ class NoCompiler(StageSkipped):
 def require_plugin(build_root: Path | str | None = None) -> dict:
     """The build record of a built plugin, or a skip that says what is missing and how to get it."""
     if env.nvcc_path() is None:
-        raise NoCompiler("nvcc not found: the SiLU plugin cannot be compiled on this machine (install the CUDA toolkit)")
+        raise NoCompiler("nvcc not found: the SiLU plugin cannot be compiled on this machine "
+                         "(install the CUDA toolkit)")
     info = kernel.build_record(build_root)
     if info.get("plugin"):
         return info
@@ -124,7 +125,8 @@ def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str, float]) -> pd.DataFrame:
-    """Plugin engines against ONNX Runtime on the original model, on the same saved inputs (cosine tolerance per precision)."""
+    """Plugin engines against ONNX Runtime on the original model, on the same saved inputs
+    (cosine tolerance per precision)."""
     built = _built(engines)
     from polygraphy.comparator import RunResults
     inputs, _ = export.load_reference(exported)

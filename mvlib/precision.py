@@ -10,15 +10,15 @@ import logging
 import math
 import re
 import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, env, io, metrics, trt
+from mvlib import accuracy, io, metrics, tiers, trt
 from mvlib.export import ARTIFACTS
 
 FP16_FILE = ARTIFACTS["fp16"]
@@ -320,7 +320,7 @@ def _empty_errors() -> pd.DataFrame:
 def skipped(reason: str, runners: Sequence[str], reference: str, batches: Sequence[int]):
     """Rows saying why a stage did not run (the reason its skip gave), and no per-sample errors."""
     reasons = [reason or "not run"]
-    trt_ok, trt_why = env.tensorrt_status()
+    trt_ok, trt_why = tiers.runtime_status()
     if not trt_ok and trt_why not in reasons[0]:  # a skip's reason may name another missing piece (the GPU) alone
         reasons.insert(0, trt_why)
     status = f"skipped: {'; '.join(reasons)}"
@@ -376,7 +376,8 @@ def error_figure(errors_csv: Path | str, table_csv: Path | str):
     """Distributions of per-sample max abs error and 1 - cosine, per runner and batch, from the saved tables."""
     import matplotlib.pyplot as plt
     errors, table = pd.read_csv(errors_csv), pd.read_csv(table_csv)
-    groups = [(f"{r} @ {b}\nvs {ref}", g) for (r, b, ref), g in errors.groupby(["runner", "batch", "reference"], sort=False)]
+    groups = [(f"{r} @ {b}\nvs {ref}", g)
+              for (r, b, ref), g in errors.groupby(["runner", "batch", "reference"], sort=False)]
     fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.55 * max(len(groups), 1)), sharey=True)
     for ax, col, label in ((axes[0], "max_abs", "max |logit error| per image"),
                            (axes[1], "cosine", "1 - cosine similarity per image")):

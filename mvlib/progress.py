@@ -16,7 +16,8 @@ import math
 import os
 import sys
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 T = TypeVar("T")
 MODES = ("bar", "lines", "off")

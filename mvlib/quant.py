@@ -28,8 +28,8 @@ import struct
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import onnx
@@ -640,7 +640,7 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
         agree = [100 * r.top1_agreement for r in rows]
         axes[0].bar(xs, err, width, label=meth)
         axes[1].bar(xs, agree, width, label=meth)
-        for x, e, a, r in zip(xs, err, agree, rows):
+        for x, e, a, r in zip(xs, err, agree, rows, strict=True):
             mark = "pass" if r.passes else "fail"
             axes[0].text(x, e, f"{r.cosine_mean:.4f}\n{mark}", ha="center", va="bottom", fontsize=6)
             axes[1].text(x, a, f"{a:.1f}\n{mark}", ha="center", va="bottom", fontsize=6)

@@ -14,8 +14,8 @@ keeps it as `<run>.previous` and compares the two:
   random inputs differ in their error values by design), leaving out columns
   that are durations.
 """
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -124,7 +124,8 @@ def table_identity(name: str, first: pd.DataFrame, second: pd.DataFrame) -> dict
 
 def compare_runs(first: Path, second: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Timed agreement rows and the untimed tables' identity, for every table both runs wrote."""
-    names = sorted({f.name for f in (first / "results").glob("*.csv")} & {f.name for f in (second / "results").glob("*.csv")}
+    names = sorted({f.name for f in (first / "results").glob("*.csv")}
+                   & {f.name for f in (second / "results").glob("*.csv")}
                    - OWN_TABLES - DERIVED)
     timed, identity = [], []
     for name in names:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvlib import env, io, paths
-
+from mvlib import env, io, paths, tiers, trt
+from mvlib.skips import StageSkipped  # noqa: F401  (notebooks and stages import it from here)
 
 # A study run folder is one the study made: it holds this marker, written first, and only into a folder the study
 # created (absent or empty before). The driver moves aside or replaces only such folders (mvlib.study.refusal).
@@ -48,8 +48,8 @@ def claim(folder: Path) -> Path:
 def new_manifest(tier: str) -> dict:
     """A run's manifest before any stage: machine facts, versions, no weights yet."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tier": tier, "tier_limits": {t: env.missing_for(t) for t in env.TIERS},
-            "machine": env.machine(), "gpu": env.gpu_info(), "versions": env.versions(),
+            "tier": tier, "tier_limits": {t: tiers.missing_for(t) for t in tiers.TIERS},
+            "machine": env.machine(), "gpu": env.gpu_info(), "versions": {**env.versions(), **trt.versions()},
             "weights": None, "params": {}, "stages": {}}
 
 
@@ -69,18 +69,6 @@ def as_decided(manifest: dict, weights: dict) -> dict:
 # stage skipped for any reason but "no builder" (StageSkipped.no_builder) fails the run, whatever its tier.
 BUILD = "build"
 
-
-class StageSkipped(Exception):
-    """Raised inside a stage to record it as skipped with a reason (never a silent skip).
-
-    `needs` names the notebooks whose output was missing (e.g. "04", or ["03", "05"]): a run that left
-    those notebooks out (`--only`) reports the skip as caused by the selection, not as a tier failure.
-    Without it, a reason that says "notebook 04 writes it" / "(notebook 05 builds it)" means the same.
-    """
-
-    def __init__(self, reason: str, needs: str | list[str] | tuple[str, ...] = ()):
-        super().__init__(reason)
-        self.needs = [needs] if isinstance(needs, str) else list(needs)
 
 
 # "... notebook 04 (INT8) writes it", "(notebook 05 builds it)", "notebook 02 makes it"
@@ -121,7 +109,7 @@ class Run:
         params = recorded_parameters(notebook, params or {})
         self.dir = claim(paths.run_dir(str(run_dir)))
         self.notebook = notebook
-        self.tier = env.detect_tier()
+        self.tier = tiers.detect()
         self.figures = self.dir / "figures"
         self.results = self.dir / "results"
         for d in (self.figures, self.results):
@@ -129,7 +117,7 @@ class Run:
         self.manifest_path = self.dir / "manifest.json"
         self._update(lambda m: m.setdefault("params", {}).__setitem__(notebook, params or {}))
         print(f"run {self.dir} | notebook {notebook} | tier {self.tier}"
-              + (f" ({env.missing_for('trt')})" if self.tier != "trt" else ""))
+              + (f" ({tiers.missing_for('trt')})" if self.tier != "trt" else ""))
 
     # manifest -------------------------------------------------------------
     def manifest(self) -> dict:
@@ -150,13 +138,13 @@ class Run:
     def record(self, name: str, tier: str, status: str, reason: str = "", **details: Any) -> None:
         """Record one stage's outcome under `<notebook>/<name>`."""
         if tier != BUILD:
-            env.tier_rank(tier)
+            tiers.rank(tier)
         entry = {"tier": tier, "status": status, "reason": reason, **details}
         self._update(lambda m: m["stages"].__setitem__(f"{self.notebook}/{name}", entry))
 
     def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
-        missing = "" if tier == BUILD else env.missing_for(tier)  # a build stage says itself when there is no builder
+        missing = "" if tier == BUILD else tiers.missing_for(tier)  # a build stage says itself when there is no builder
         if missing:
             print(f"[{name}] skipped: {missing}")
             self.record(name, tier, "skipped", missing)

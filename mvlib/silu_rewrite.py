@@ -47,7 +47,7 @@ class PluginId:
     namespace: str
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def plugin_id(header: Path = PLUGIN_HEADER) -> PluginId:
     """Read SILU_PLUGIN_NAME / _VERSION / _NAMESPACE from the plugin's one header."""
     if not Path(header).is_file():
@@ -261,7 +261,7 @@ def _silu(x: np.ndarray) -> np.ndarray:
     return (x64 / (1.0 + np.exp(-x64))).astype(x.dtype)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _register_ort_ops() -> str:
     """Register the plugin's op type with onnxruntime-extensions once per process; the library path.
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from mvlib import env, io, paths, rerun
+from mvlib import io, paths, rerun, tiers
 from mvlib import run as run_mod
 
 
@@ -84,7 +84,7 @@ def stage_problems(manifest: dict, tier: str) -> list[str]:
         elif st["tier"] == run_mod.BUILD:  # engines: any machine with a builder builds them all, whatever its tier
             if not st.get("no_builder"):
                 problems.append(f"{name}: engine build skipped on a machine with a TensorRT builder: {st['reason']}")
-        elif env.tier_rank(st["tier"]) <= env.tier_rank(tier):
+        elif tiers.rank(st["tier"]) <= tiers.rank(tier):
             problems.append(f"{name}: skipped although tier {tier} was expected: {st['reason']}")
     return problems
 
@@ -252,10 +252,10 @@ class Plan:
 
 def prepare(args: argparse.Namespace) -> Plan | int:
     """Everything decided before a notebook runs, writing nothing; or the exit code of a refusal."""
-    have = env.detect_tier()
+    have = tiers.detect()
     tier = have if args.tier == "auto" else args.tier
-    if env.tier_rank(tier) > env.tier_rank(have):
-        print(f"this machine reaches tier {have}, not {tier}: {env.missing_for(tier)}", file=sys.stderr)
+    if tiers.rank(tier) > tiers.rank(have):
+        print(f"this machine reaches tier {have}, not {tier}: {tiers.missing_for(tier)}", file=sys.stderr)
         return 2
     params = load_profile(args.profile)
     for name, value in args.param:

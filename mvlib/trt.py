@@ -40,7 +40,7 @@ import pandas as pd
 
 from mvlib import env, io, paths
 from mvlib.progress import progress
-from mvlib.run import StageSkipped
+from mvlib.skips import StageSkipped
 
 RECIPE = 2  # bump when the build settings below change, so older engines are not reused
 PLAN = "engine.plan"
@@ -225,6 +225,12 @@ def installed(name: str) -> tuple[Flavour | None, str]:
     return Flavour(name, mod.__version__), ""
 
 
+def versions() -> dict[str, str | None]:
+    """The version of each flavour that really imports here (PyPI's `tensorrt` stub does not), else None."""
+    return {name: (found.version if found else None) for name, (found, _) in
+            ((n, installed(n)) for n in FLAVOUR_NAMES)}
+
+
 def select(trt_flavour: str = "auto") -> Flavour:
     """The flavour to work with: 'auto' is full TensorRT where installed, else TensorRT-RTX; NoBuilder if none."""
     names = FLAVOUR_NAMES if trt_flavour == "auto" else (trt_flavour,)
@@ -325,13 +331,15 @@ def headers_version(library: Path | str) -> tuple[int, int, int]:
 
 
 def check_abi(library: Path | str, fl: Flavour) -> None:
-    """Stop before TensorRT sees a plugin built against headers of another major than its runtime (a crash otherwise)."""
+    """Stop before TensorRT sees a plugin built against headers of another major than its runtime
+    (a crash otherwise)."""
     major, minor, patch = headers_version(library)
     if major != fl.abi_major:
         raise RuntimeError(
             f"{Path(library).name} was compiled against TensorRT {major}.{minor}.{patch} headers, but {fl.label} "
             f"expects TensorRT {fl.abi_major}.x plugins (the plugin interfaces' virtual tables differ between majors). "
-            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, or run notebook 05")
+            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, "
+            "or run notebook 05")
 
 
 _LOADED: dict[tuple[str, str], Any] = {}
@@ -450,7 +458,8 @@ def load(engine_path: Path | str) -> Engine:
 
 def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = None, target: str = "auto",
                  plugins: Sequence[Path | str] = (), workspace_gb: float = 4) -> Engine:
-    """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one; BuildFailed with the builder's words."""
+    """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one;
+    BuildFailed with the builder's words."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} does not exist; run the notebook that writes it first")
@@ -548,7 +557,7 @@ def _child_build(spec: dict) -> dict:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec["workspace_gb"] * (1 << 30)))
     config.clear_flag(trt.BuilderFlag.TF32)  # the "FP32" engine computes in true FP32
-    # Layer types and precisions in the inspector need DETAILED; we set it ourselves (polygraphy 0.49.0-0.49.8 failed to).
+    # Layer types and precisions in the inspector need DETAILED; set here (polygraphy 0.49.0-0.49.8 failed to).
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     fl.configure(config, spec["target"])
     name, shape = onnx_input(spec["onnx"])
@@ -613,7 +622,8 @@ def _counted(messages: list[str]) -> list[str]:
 
 # --- running (tier trt: a GPU the flavour's runtime accepts) --------------------------------------------
 def runnable(engine: Engine) -> Engine:
-    """`engine` if its flavour runs on this GPU; StageSkipped naming why not (a built engine is never reported as run)."""
+    """`engine` if its flavour runs on this GPU; StageSkipped naming why not
+    (a built engine is never reported as run)."""
     ok, why = engine.flavour.runs_here()
     if not ok:
         raise StageSkipped(f"built, not run: {why}")
@@ -815,7 +825,8 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
 
 
 def require_built(table: pd.DataFrame) -> pd.DataFrame:
-    """`table`, or an error listing every engine that failed or was skipped (a machine with a builder builds them all)."""
+    """`table`, or an error listing every engine that failed or was skipped
+    (a machine with a builder builds them all)."""
     bad = table[~table["status"].isin(["built", "reused"])]
     if len(bad):
         lines = [f"{r.engine} ({r.onnx}): {r.status}: {str(r.messages)[:400]}" for r in bad.itertuples()]
@@ -824,7 +835,8 @@ def require_built(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def plugin_layer_check(table: pd.DataFrame) -> pd.DataFrame:
-    """Per engine: plugin layers in the parsed network against plugin nodes in its ONNX file; AssertionError if unequal."""
+    """Per engine: plugin layers in the parsed network against plugin nodes in its ONNX file;
+    AssertionError if unequal."""
     check = table[table["status"].isin(["built", "reused"])][["engine", "plugin_nodes_in_onnx", "plugin_layers"]].copy()
     check["matches"] = check["plugin_nodes_in_onnx"] == check["plugin_layers"]
     if not check["matches"].all():

@@ -61,7 +61,8 @@ def test_no_difference_rule():
     assert bench.verdict({"throughput_ips": 108.0, "spread_pct": 10.0}, ref) == "no difference"  # the larger spread
     # below MIN_DIFF_PCT nothing is called, however tight both spreads are
     tight = {"throughput_ips": 100.0, "spread_pct": 0.01}
-    assert bench.verdict({"throughput_ips": 100.0 + 0.9 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "no difference"
+    assert bench.verdict({"throughput_ips": 100.0 + 0.9 * bench.MIN_DIFF_PCT, "spread_pct": 0.01},
+                         tight) == "no difference"
     assert bench.verdict({"throughput_ips": 100.0 + 1.1 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "faster"
     c = bench.compare_throughput({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
     assert (c["ratio"], c["diff_pct"], c["threshold_pct"]) == (1.5, pytest.approx(50), 5.0)
@@ -228,7 +229,8 @@ def test_notebook_smoke_run_creates_what_it_lists(smoke_run):
     stages = manifest["stages"]
     assert stages["06_benchmark/pytorch_cpu"]["status"] == "ok"
     anchor = pd.read_csv(smoke_run / "results" / "06_anchor.csv").iloc[0]
-    assert anchor.verdict == manifest["anchor"]["verdict"] == "not comparable"  # mobilevit_xxs, never the anchor's model
+    # mobilevit_xxs, never the anchor's model
+    assert anchor.verdict == manifest["anchor"]["verdict"] == "not comparable"
     assert "mobilevit_xxs" in anchor.reason or "no torch.compile" in anchor.reason
     for name in ("pytorch_cuda_fp32", "torch_compile_cudagraphs_fp16", "tensorrt_fp16", "gpu_ceilings"):
         st = stages[f"06_benchmark/{name}"]

@@ -42,6 +42,7 @@ def test_flat_user_folder_is_split_without_overlap_and_preprocessed_by_timm(tmp_
     assert set(images.calib_ids) | set(images.eval_ids) == {str(f) for f in files}
     # exactly timm's eval transform: the first evaluation image, transformed directly
     import timm
+
     from mvlib.model import data_config
     direct = timm.data.create_transform(**data_config(xxs[1]), is_training=False)
     with Image.open(images.eval_ids[0]) as im:

@@ -7,7 +7,8 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mvlib import accuracy, export, metrics, model as mvmodel
+from mvlib import accuracy, export, metrics
+from mvlib import model as mvmodel
 
 
 @pytest.mark.parametrize("batch", [1, 3])

@@ -25,7 +25,8 @@ def built_kernel():
 
 
 @needs_gpu
-@pytest.mark.parametrize("layout", kernel_gpu.CHECK_LAYOUTS, ids=lambda v: v if isinstance(v, str) else f"x{v[0]}y{v[1]}")
+@pytest.mark.parametrize("layout", kernel_gpu.CHECK_LAYOUTS,
+                         ids=lambda v: v if isinstance(v, str) else f"x{v[0]}y{v[1]}")
 @pytest.mark.parametrize("n", kernel_gpu.CHECK_SIZES)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_kernel_matches_torch(built_kernel, dtype, n, layout):
@@ -38,7 +39,8 @@ def test_kernel_matches_torch(built_kernel, dtype, n, layout):
 @needs_gpu
 def test_fresh_inputs_each_seed_and_no_cross_talk(built_kernel):
     # Two different inputs through the same buffers: the second result depends on the second input only.
-    a, b = kernel_gpu.check_case(4097, "float32", (1, 1), seed=2), kernel_gpu.check_case(4097, "float32", (1, 1), seed=3)
+    a = kernel_gpu.check_case(4097, "float32", (1, 1), seed=2)
+    b = kernel_gpu.check_case(4097, "float32", (1, 1), seed=3)
     assert a["passed"] and b["passed"]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mvlib import env, kernel, paths, plugin, silu_rewrite, trt
+from mvlib import env, kernel, paths, plugin, silu_rewrite, tiers, trt
 
 NVCC = env.nvcc_path()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found: the kernel library cannot be compiled here")
@@ -228,7 +228,8 @@ def _abi_build(plugin_build, fl):
     """The build of this parametrization, or a skip when its headers are of another major than the runtime's."""
     root, info = plugin_build
     if info["tensorrt_headers_major"] != fl.abi_major:
-        pytest.skip(f"headers {info['tensorrt_headers_version']} are not {fl.label}'s ABI (the mismatch test covers them)")
+        pytest.skip(f"headers {info['tensorrt_headers_version']} are not {fl.label}'s ABI "
+                    "(the mismatch test covers them)")
     return root / "silu_plugin"
 
 
@@ -250,7 +251,8 @@ print("found")
 def test_registry_finds_the_creator_by_name_version_and_namespace(plugin_build, way):
     fl = trt.select()
     out = _abi_build(plugin_build, fl)
-    load = (f"assert registry.load_library({str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}) is not None" if way == "load_library"
+    load = (f"assert registry.load_library({str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}) is not None"
+            if way == "load_library"
             else f"ctypes.CDLL({str(out / kernel.PLUGIN_LIB)!r})  # registers itself when loaded")
     proc = _in_child(FIND.format(mod=fl.name, load=load), fl)
     assert proc.returncode == 0 and "found" in proc.stdout, proc.stderr[-3000:]
@@ -319,7 +321,8 @@ def test_plugin_engine_has_one_plugin_layer_per_node(plugin_build, xxs, tmp_path
 
 
 def test_plugin_layer_check_fails_on_a_missing_plugin_layer():
-    table = pd.DataFrame([{"engine": "plugin_fp32", "status": "built", "plugin_nodes_in_onnx": 34, "plugin_layers": 33}])
+    table = pd.DataFrame([{"engine": "plugin_fp32", "status": "built",
+                           "plugin_nodes_in_onnx": 34, "plugin_layers": 33}])
     with pytest.raises(AssertionError, match="plugin layers differ"):
         trt.plugin_layer_check(table)
 
@@ -356,8 +359,8 @@ def test_notebook_05_creates_what_it_lists(smoke_run):
         layers = pd.read_csv(smoke_run / "results" / "05_plugin_network_layers.csv")
         assert sorted(layers["engine"]) == ["plugin_fp16", "plugin_fp32", "plugin_int8"] and layers["matches"].all()
     for name in ("plugin_accuracy", "plugin_layers"):
-        if env.detect_tier() != "trt":
-            assert stages[name]["status"] == "skipped" and stages[name]["reason"] == env.missing_for("trt")
+        if tiers.detect() != "trt":
+            assert stages[name]["status"] == "skipped" and stages[name]["reason"] == tiers.missing_for("trt")
     assert expected <= created, f"missing: {expected - created}"
     assert created - expected <= {"05_plugin_interface.csv", "05_plugin_network_layers.csv", "05_plugin_accuracy.csv",
                                   "05_plugin_layers.csv"}, f"unexpected: {created - expected}"

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from mvlib import accuracy, env, io, metrics, paths, precision, trt
+from mvlib import accuracy, io, metrics, paths, precision, tiers, trt
 from mvlib.run import Run, StageSkipped
 
 FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
@@ -34,7 +34,8 @@ def test_fp16_keeps_io_fp32_and_runs_close_to_fp32(xxs, fp16_xxs):
     assert precision.io_types(fp16_xxs.path) == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
     opset = lambda m: next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))  # noqa: E731
     assert opset(model) == opset(onnx.load(str(xxs[0].onnx))) == 17  # TensorRT 10.0's parser takes 9..20
-    weights = [i.data_type for i in model.graph.initializer if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
+    weights = [i.data_type for i in model.graph.initializer
+               if i.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)]
     assert weights.count(onnx.TensorProto.FLOAT16) > 0.9 * len(weights)  # the weights really are FP16
     s = fp16_xxs.summary
     assert s["autocast_fp16_nodes"] / s["autocast_nodes"] > 0.9 and s["casts_added"] > 0
@@ -77,7 +78,8 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
     def fake_convert(s, d, seed=0, data_max=precision.DATA_MAX):  # stands in for the 10-second AutoCast run
         calls.append(data_max)
         io.write_bytes(d, b"converted %d" % len(calls))
-        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]), {"nodes_before": 1, "casts_added": len(calls)})
+        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]),
+                                   {"nodes_before": 1, "casts_added": len(calls)})
 
     monkeypatch.setattr(precision, "convert_fp16", fake_convert)
     first = precision.ensure_fp16(src)
@@ -122,7 +124,8 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
         fp16 = row.loc[("onnxrt-fp16", b)]
         assert row.loc[("onnxrt-fp32", b), "max_abs"] < fp16["max_abs"] < 1e-2 and bool(fp16["passed"])
         shifted = row.loc[("shifted", b)]  # a constant error of 0.01 on every logit
-        assert shifted["max_abs"] == pytest.approx(0.01, rel=1e-3) and shifted["mean_abs"] == pytest.approx(0.01, rel=1e-3)
+        assert shifted["max_abs"] == pytest.approx(0.01, rel=1e-3)
+        assert shifted["mean_abs"] == pytest.approx(0.01, rel=1e-3)
         assert shifted["top1_agreement"] == 1.0 and shifted["samples_within_tol"] == 0
         assert not shifted["passed"] and shifted["status"] == "outside tolerance"
     # per-sample rows add up to the table's rows
@@ -130,8 +133,9 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
         assert g["max_abs"].max() == pytest.approx(row.loc[(runner, batch), "max_abs"])
         assert g["within_tol"].sum() == row.loc[(runner, batch), "samples_within_tol"]
     # a looser tolerance passes the shifted runner: the verdict follows the stated tolerances
-    assert precision.polygraphy_check(np.zeros((2, 5)), np.full((2, 5), 0.01), precision.Tolerance(0.02, 0, 0)) == [True, True]
-    assert precision.polygraphy_check(np.zeros((2, 5)), np.full((2, 5), 0.01), precision.Tolerance(0.005, 0, 0)) == [False, False]
+    zeros, shifted_logits = np.zeros((2, 5)), np.full((2, 5), 0.01)
+    assert precision.polygraphy_check(zeros, shifted_logits, precision.Tolerance(0.02, 0, 0)) == [True, True]
+    assert precision.polygraphy_check(zeros, shifted_logits, precision.Tolerance(0.005, 0, 0)) == [False, False]
     # the figure is drawn from the saved tables
     table.to_csv(tmp_path / "t.csv", index=False)
     errors.to_csv(tmp_path / "e.csv", index=False)
@@ -140,13 +144,13 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
 
 
 def test_skipped_rows_give_the_reason(monkeypatch):
-    monkeypatch.setattr(env, "tensorrt_status", lambda: (False, "no TensorRT runtime here"))
+    monkeypatch.setattr(tiers, "runtime_status", lambda: (False, "no TensorRT runtime here"))
     table, errors = precision.skipped("no CUDA GPU visible", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
     assert len(table) == 6 and errors.empty and table["max_abs"].isna().all()
     assert (table["status"] == "skipped: no TensorRT runtime here; no CUDA GPU visible").all()  # the runtime's first
     both = precision.skipped("no TensorRT runtime here; no CUDA GPU visible", ["trt-fp32"], "onnxrt-fp32", [1])[0]
     assert both["status"].iloc[0].count("no TensorRT runtime") == 1  # a reason that names it already: said once
-    monkeypatch.setattr(env, "tensorrt_status", lambda: (True, "TensorRT-RTX"))
+    monkeypatch.setattr(tiers, "runtime_status", lambda: (True, "TensorRT-RTX"))
     assert precision.skipped("", ["trt-fp32"], "onnxrt-fp32", [1])[0]["status"].iloc[0] == "skipped: not run"
 
 
@@ -175,7 +179,7 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     made = {f"{d}/{f.name}" for d in ("results", "figures") for f in (smoke_run / d).glob("03_*")}
     shared = {f"results/{trt.ENGINES_TABLE}"}  # every engine notebook adds its rows to it
     assert shared <= always
-    expected = always - shared | (trt_only if env.detect_tier() == "trt" else set())
+    expected = always - shared | (trt_only if tiers.detect() == "trt" else set())
     assert made == expected and trt_only and always
     assert "`model.fp16.onnx`" in nb.cells[0].source and "`fp16.json`" in nb.cells[0].source
     model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
@@ -185,7 +189,7 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     assert set(cpu.batch) == {1, 4} and (cpu.status == "ok").all() and (cpu.n == 8).all()
     trt_rows = table[table.runner.str.startswith("trt-")]
     assert set(trt_rows.batch) == {1, 2, 4} and len(trt_rows) == 6
-    if not env.tensorrt_status()[0]:
+    if not tiers.runtime_status()[0]:
         assert trt_rows.status.str.startswith("skipped: ").all()
     errors = pd.read_csv(smoke_run / "results" / "03_errors.csv")
     assert len(errors[errors.runner == "onnxrt-fp16"]) == 16  # 8 images at batch 1 and at batch 4

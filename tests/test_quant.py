@@ -8,7 +8,7 @@ import onnx
 import pandas as pd
 import pytest
 
-from mvlib import data, env, io, paths, quant
+from mvlib import data, io, paths, quant, tiers
 from mvlib.export import Exported
 
 
@@ -270,7 +270,8 @@ def test_int8_engines_are_built_for_real(tmp_path, xxs, q_all, monkeypatch):
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     exp = _fake_exported(tmp_path, xxs[0].onnx)
     exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
-    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
+    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32",
+                           "file": "model.int8.all.max.onnx"}])
     engines = trt.require_built(trt.build_all("04_int8", quant.engine_specs(exp, table), trt.Profile(1, 2, 4)))
     row = engines.iloc[0]
     assert row.engine == "int8.all.max" and trt.has_plan_header(row.path, row.flavour)
@@ -278,13 +279,15 @@ def test_int8_engines_are_built_for_real(tmp_path, xxs, q_all, monkeypatch):
 
 
 @pytest.mark.trt
-@pytest.mark.skipif(not env.tensorrt_status()[0], reason="no TensorRT runtime for this GPU: INT8 engines run on the trt tier")
+@pytest.mark.skipif(not tiers.runtime_status()[0],
+                    reason="no TensorRT runtime for this GPU: INT8 engines run on the trt tier")
 def test_int8_engine_accuracy(tmp_path, xxs, images, ev, q_all, monkeypatch):
     from mvlib import trt
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     exp = _fake_exported(tmp_path, xxs[0].onnx)
     exp.path("model.int8.all.max.onnx").write_bytes(q_all[0].read_bytes())
-    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32", "file": "model.int8.all.max.onnx"}])
+    table = pd.DataFrame([{"policy": "all", "method": "max", "high_precision": "fp32",
+                           "file": "model.int8.all.max.onnx"}])
     engines = trt.build_all("04_int8", quant.engine_specs(exp, table), trt.Profile(1, 2, 4))
     out = quant.int8_engine_accuracy(exp, table, ev, engines).iloc[0]
     onnxrt = ev.evaluate(exp.path("model.int8.all.max.onnx"))  # the same Q/DQ graph on ONNX Runtime
@@ -356,7 +359,8 @@ def test_quantize_reuses_a_result_only_for_the_same_inputs(xxs, images, q_all, t
     # other images, or a changed file on disk, mean a new calibration
     with pytest.raises(RuntimeError, match="ModelOpt called"):
         quant.quantize(xxs[0].onnx, path, images.calib[:3], "max")
-    assert not (tmp_path / "all.onnx.json").exists(), "a failed rebuild must not leave a key that vouches for the old file"
+    assert not (tmp_path / "all.onnx.json").exists(), \
+        "a failed rebuild must not leave a key that vouches for the old file"
     shutil.copyfile(f"{q_all[0]}.json", f"{path}.json")
     path.write_bytes(path.read_bytes() + b"\0")
     with pytest.raises(RuntimeError, match="ModelOpt called"):

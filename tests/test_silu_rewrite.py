@@ -33,7 +33,8 @@ def _ops(path):
 
 
 def _run(path, feeds, cpu_copy=False):
-    sess = silu_rewrite.cpu_session(path) if cpu_copy else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    sess = (silu_rewrite.cpu_session(path) if cpu_copy
+            else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
     return sess.run(None, feeds)
 
 
@@ -93,7 +94,7 @@ def test_both_input_orders_rewritten_and_nothing_else(tmp_path):
     rng = np.random.default_rng(0)
     feeds = {"x": rng.normal(0, 3, (2, 3, 4)).astype(np.float32), "z": rng.normal(0, 3, (2, 3, 4)).astype(np.float32)}
     ref, got = _run(src, feeds), _run(out, feeds, cpu_copy=True)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         assert np.abs(r - g).max() <= 1e-6
     # the stand-in really computes SiLU (a Python op returning x would fail this)
     probe = _save(_model([h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["s", "x"], ["y"])], ["x"], ["y"]),
@@ -130,7 +131,8 @@ def test_qdq_pair_on_one_dq_output_is_rewritten(tmp_path):
     src = _save(_model(nodes, ["x"], ["y"], QDQ_INITS), tmp_path / "m.onnx")
     out = tmp_path / "m.silu.onnx"
     assert silu_rewrite.rewrite(src, out).pairs == 1
-    assert _ops(out) == collections.Counter({"QuantizeLinear": 1, "DequantizeLinear": 1, silu_rewrite.plugin_id().name: 1})
+    assert _ops(out) == collections.Counter({"QuantizeLinear": 1, "DequantizeLinear": 1,
+                                             silu_rewrite.plugin_id().name: 1})
     assert silu_rewrite.graph_diff(src, out) == []
     x = {"x": np.random.default_rng(2).normal(0, 2, (2, 3, 4)).astype(np.float32)}
     assert np.abs(_run(src, x)[0] - _run(out, x, cpu_copy=True)[0]).max() <= 1e-6
@@ -243,6 +245,7 @@ def test_fp16_variant_of_the_exported_model(xxs_silu, tmp_path):
 @pytest.mark.parametrize("variant", ["mobilevit_xs", "mobilevit_s"])
 def test_pairs_equal_torch_silu_calls_in_larger_variants(variant, tmp_path):
     import torch
+
     from mvlib import export
     from mvlib.model import load_model
     model, _ = load_model(variant, "random", 0)

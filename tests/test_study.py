@@ -11,7 +11,7 @@ import pandas as pd
 import papermill
 import pytest
 
-from mvlib import env, io, paths, study, trt
+from mvlib import io, paths, study, tiers, trt
 from mvlib.run import Run, StageSkipped
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -159,7 +159,7 @@ def test_run_records_ok_skipped_failed(tmp_path):
     assert stages["99_test/breaks"]["status"] == "failed" and "ZeroDivisionError" in stages["99_test/breaks"]["reason"]
 
 
-@pytest.mark.skipif(env.detect_tier() != "cpu", reason="checks the skip path of a CPU-only machine")
+@pytest.mark.skipif(tiers.detect() != "cpu", reason="checks the skip path of a CPU-only machine")
 def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
     run = Run(tmp_path / "r", "99_test")
     assert run.stage("kernel", "gpu", lambda: pytest.fail("must not run")) is None
@@ -167,7 +167,7 @@ def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
     assert entry["status"] == "skipped" and entry["reason"]
 
 
-@pytest.mark.skipif(env.detect_tier() != "cpu", reason="needs a machine below the gpu tier")
+@pytest.mark.skipif(tiers.detect() != "cpu", reason="needs a machine below the gpu tier")
 def test_driver_refuses_a_tier_the_machine_cannot_reach(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "gpu",
                            "--run-dir", str(tmp_path / "r")], capture_output=True, text=True, timeout=120)

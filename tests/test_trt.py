@@ -265,7 +265,8 @@ def test_layer_summary_reads_tensorrt_10_and_11_inspector_json(tmp_path):
          "Metadata": "", "Inputs": [{"Name": "a", "Datatype": "Half", "Format": "Row major linear"}],
          "Outputs": [{"Name": "b", "Datatype": "Half", "Format": "Row major linear"}]},
         {"Name": "/head/fc/Gemm", "LayerType": "CaskGemm", "Metadata": "[ONNX Layer: /head/fc/Gemm]",
-         "Inputs": [{"Name": "b", "Format/Datatype": "Half"}], "Outputs": [{"Name": "logits", "Format/Datatype": "Float"}]},
+         "Inputs": [{"Name": "b", "Format/Datatype": "Half"}],
+         "Outputs": [{"Name": "logits", "Format/Datatype": "Float"}]},
     ], "Bindings": ["input", "logits"]}
     (tmp_path / trt.LAYERS).write_text(json.dumps(info))
     layers = trt.layer_summary(tmp_path)
