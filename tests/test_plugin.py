@@ -163,6 +163,29 @@ def plugin_build(request, tmp_path_factory):
     return root, info
 
 
+@needs_nvcc
+@pytest.mark.parametrize("source", ["silu_kernel.cu", "silu_plugin.cpp"])
+def test_a_warning_fails_the_build_and_keeps_the_last_good_one(tmp_path, source):
+    """Every warning is an error, in the kernel and in the plugin: a compile, not a grep of build.sh's flags."""
+    import shutil
+    project = tmp_path / "project"
+    shutil.copytree(paths.PLUGIN_SRC, project / "silu_plugin")
+    headers = {"TRT_INCLUDE": HEADERS[-1]} if HEADERS else {}
+    if source == "silu_plugin.cpp" and not headers:
+        pytest.skip("no TensorRT headers: the plugin is not compiled here")
+    run = lambda: subprocess.run(["bash", str(project / "silu_plugin" / "build.sh")],  # noqa: E731
+                                 env={**os.environ, **headers, "MVLIB_BUILD": str(tmp_path / "build")},
+                                 capture_output=True, text=True, timeout=600)
+    assert run().returncode == 0  # the sources as they are: no warning
+    lib = tmp_path / "build" / "silu_plugin" / kernel.KERNEL_LIB
+    before = lib.read_bytes()
+    with open(project / "silu_plugin" / source, "a") as f:
+        f.write("\nstatic int mv_unused_for_the_test() { int never_used = 1; return 0; }\n")
+    proc = run()
+    assert proc.returncode != 0 and "never_used" in proc.stderr
+    assert lib.read_bytes() == before  # the failed build replaced nothing
+
+
 def test_plugin_compiles_with_warnings_as_errors(plugin_build):
     root, info = plugin_build
     assert info["plugin"] is True and info["tensorrt_headers_version"]
