@@ -12,9 +12,11 @@ imports on a GPU machine that has PyTorch and nothing else of the study's stack.
 import ctypes
 import functools
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pandas as pd
@@ -106,6 +108,27 @@ def undefined_symbols(library: Path | str) -> set[str]:
     return {line.split()[-1].split("@")[0] for line in out.stdout.splitlines() if line.strip()}
 
 
+def cuobjdump_path() -> str | None:
+    """cuobjdump: beside nvcc, on PATH, or from the nvidia-cuda-cuobjdump wheel (the dev extra); None if none."""
+    nvcc = env.nvcc_path()
+    candidates = [Path(nvcc).with_name("cuobjdump")] if nvcc else []
+    candidates += [Path(p) for p in (shutil.which("cuobjdump"),) if p]
+    candidates += sorted(Path(sysconfig.get_paths()["purelib"]).glob("nvidia/cu*/bin/cuobjdump"))
+    return next((str(c) for c in candidates if c.is_file() and os.access(c, os.X_OK)), None)
+
+
+def architectures(library: Path | str) -> str:
+    """The GPU code a library holds, as cuobjdump lists it: 'sm_75 sm_80 ... PTX compute_90' ('' without cuobjdump)."""
+    tool = cuobjdump_path()
+    if tool is None:
+        return ""
+    out = subprocess.run([tool, "--list-elf", "--list-ptx", str(library)], capture_output=True, text=True,
+                         check=True).stdout
+    sass = sorted(set(re.findall(r"\.(sm_\d+a?)\.cubin", out)), key=lambda a: int(re.sub(r"\D", "", a)))
+    ptx = sorted(set(re.findall(r"\.sm_(\d+a?)\.ptx", out)))
+    return " ".join(sass + [f"PTX compute_{p}" for p in ptx])
+
+
 def check_build(build_root: Path | str | None = None) -> pd.DataFrame:
     """One row per built library: the symbols it must export, which are missing, and what else it exports."""
     if env.nvcc_path() is None:
@@ -123,6 +146,7 @@ def check_build(build_root: Path | str | None = None) -> pd.DataFrame:
         rows.append({"library": name, "exists": lib.is_file(), "bytes": lib.stat().st_size if lib.is_file() else 0,
                      "required": " ".join(symbols), "missing": " ".join(s for s in symbols if s not in found),
                      "also_exported": " ".join(sorted(found - set(symbols) - {"_init", "_fini"})),
+                     "architectures": architectures(lib) if lib.is_file() else "",
                      "tensorrt_headers": info.get("tensorrt_headers_version"), "nvcc": info.get("nvcc")})
     table = pd.DataFrame(rows)
     table["ok"] = table["exists"] & (table["missing"] == "")

@@ -38,6 +38,7 @@ from onnx import numpy_helper
 
 from mvlib import io, metrics, trt
 from mvlib.accuracy import INPUT, OUTPUT
+from mvlib.export import ARTIFACTS
 from mvlib.progress import progress
 
 METHODS = ("max", "entropy")
@@ -222,7 +223,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     meta_path.unlink(missing_ok=True)  # the key goes last: a half-written result is never reused
     from modelopt.onnx.quantization import quantize as modelopt_quantize
     with tempfile.TemporaryDirectory(prefix="mvlib-int8-") as tmp:
-        src, dst = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / ARTIFACTS["int8"]  # scratch copies, same names
         shutil.copyfile(onnx_path, src)
         cache = calibration_cache(scales_from, Path(tmp) / "calib.cache") if scales_from else None
         with _quiet_logs():
@@ -568,7 +569,6 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
 # ---------------------------------------------------------------- TensorRT
 def engine_name(file: str) -> str:
     """The engines-table name of a Q/DQ file: 'int8' for the chosen model, 'int8.<policy>.<method>' for a variant."""
-    from mvlib.export import ARTIFACTS
     return "int8" if file == ARTIFACTS["int8"] else Path(file).stem.removeprefix("model.")
 
 
@@ -626,8 +626,9 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     import matplotlib.pyplot as plt
     table = table.copy()
     # model.int8.onnx can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
-    table["label"] = table.policy + np.where(table.file == "model.int8.onnx",
-                                             "\n(model.int8.onnx, " + table.high_precision + " floats)", "")
+    chosen = ARTIFACTS["int8"]
+    table["label"] = table.policy + np.where(table.file == chosen,
+                                             f"\n({chosen}, " + table.high_precision + " floats)", "")
     labels = list(dict.fromkeys(table.label))
     methods = list(dict.fromkeys(table.method))
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
