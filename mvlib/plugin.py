@@ -104,7 +104,6 @@ def onnxrt_reference(exported, model=None, batches: Sequence[int] = (1, 3), seed
 def engine_specs(exported) -> list:
     """The plugin engines of the study: one per precision, from the rewritten ONNX files, with our plugin library."""
     require_plugin()
-    trt.select()  # NoBuilder before anything else when there is none
     lib = kernel.plugin_library()
     return [trt.EngineSpec(f"plugin_{p}", exported.model(p, plugin=True), (lib,)) for p in export.PRECISIONS]
 
@@ -117,9 +116,7 @@ def build_engines(exported, profile, trt_flavour: str = "auto", trt_target: str 
 
 def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
     """The engines-table rows that were built and can run here, or StageSkipped saying why none can."""
-    built = engines[engines["status"].isin(["built", "reused"])] if engines is not None else None
-    if built is None or not len(built):
-        raise StageSkipped("no plugin engine was built (see the plugin_engines stage)")
+    built = trt.built_rows(engines, "plugin_engines")
     trt.runnable(trt.load(built["path"].iloc[0]))
     return built
 

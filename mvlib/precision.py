@@ -351,13 +351,6 @@ def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndar
     return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
 
 
-def engine_verdicts(table: pd.DataFrame) -> dict[str, str]:
-    """Per engine, the accuracy verdict for the engines table, from the accuracy table's trt rows."""
-    rows = table[table["runner"].str.startswith("trt-")]
-    return {runner[4:]: ("passed" if grp["passed"].all() else "FAILED") + f" (cosine_min {grp['cosine_min'].min():.6f})"
-            for runner, grp in rows.groupby("runner")}
-
-
 def engine_layers(engines: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every engine's layers (from the engine inspector, where the engine could be inspected) and a summary row each."""
     per_layer, totals = [], []

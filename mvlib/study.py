@@ -209,8 +209,8 @@ def record_rerun(run: Path, manifest: dict, previous: Path | None, before: dict)
     return info
 
 
-def kernel_library_path(trt_flavour: str) -> None:
-    """Let kernels dlopen what the TensorRT flavour asks for by its unversioned name (RTX's plugin path does)."""
+def expose_tensorrt_libraries(trt_flavour: str) -> None:
+    """Let notebook kernels dlopen what the TensorRT flavour asks for by its unversioned name (RTX's parser does)."""
     from mvlib import trt
     try:
         os.environ.update(trt.library_env(trt.select(trt_flavour)))
@@ -315,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(plan, int):
         return plan
     run = plan.run
-    kernel_library_path(plan.params.get("trt_flavour", "auto"))
+    expose_tensorrt_libraries(plan.params.get("trt_flavour", "auto"))
     try:
         previous = keep_previous(run)  # a run's manifest must describe this run only; the last one is kept aside
     except Refused as err:  # the folder changed while the weights were decided

@@ -53,6 +53,7 @@ ENGINES_TABLE = "engines.csv"
 ENGINE_COLUMNS = ["notebook", "engine", "onnx", "flavour", "flavour_version", "target", "status", "messages",
                   "build_seconds", "engine_bytes", "network_layers", "layers_by_type", "plugin_layers",
                   "plugin_nodes_in_onnx", "ran", "accuracy", "timing", "path"]
+BUILT = ("built", "reused")  # the statuses of an engines-table row that holds a usable engine
 PLAN_MAGIC = {"tensorrt": b"ftrt", "tensorrt_rtx": b"vtrt"}  # the first bytes of a serialized plan, per flavour
 _PLUGIN_TYPES = ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")
 
@@ -298,19 +299,19 @@ def unversioned_dir(fl: Flavour) -> Path | None:
     return d
 
 
-def library_env(fl: Flavour, base: dict | None = None) -> dict:
-    """An environment for a process that parses plugin models with `fl` (LD_LIBRARY_PATH completed)."""
-    out = dict(os.environ if base is None else base)
+def library_env(fl: Flavour) -> dict:
+    """This process's environment for a child that parses plugin models with `fl` (LD_LIBRARY_PATH completed)."""
+    out = dict(os.environ)
     d = unversioned_dir(fl)
     if d is not None and str(d) not in out.get("LD_LIBRARY_PATH", "").split(":"):
         out["LD_LIBRARY_PATH"] = ":".join(p for p in (str(d), out.get("LD_LIBRARY_PATH", "")) if p)
     return out
 
 
-def _can_dlopen_unversioned(fl: Flavour) -> bool:
-    """Whether this process can dlopen the unversioned core library the RTX parser asks for."""
+def _can_dlopen_unversioned() -> bool:
+    """Whether this process can dlopen the unversioned core library TensorRT-RTX's parser asks for."""
     try:
-        ctypes.CDLL("libtensorrt_rtx.so" if fl.rtx else "libnvinfer.so")
+        ctypes.CDLL("libtensorrt_rtx.so")
         return True
     except OSError:
         return False
@@ -650,7 +651,7 @@ class Session:
     def __post_init__(self):
         runnable(self.engine)
         fl = self.engine.flavour
-        if self.plugins and fl.rtx and not _can_dlopen_unversioned(fl):
+        if self.plugins and fl.rtx and not _can_dlopen_unversioned():
             raise RuntimeError("TensorRT-RTX needs libtensorrt_rtx.so on the library path to run plugin engines; start "
                                "the kernel with `make lab` or `python -m mvlib.study`, or set LD_LIBRARY_PATH="
                                f"{unversioned_dir(fl)} before starting Python")
@@ -784,7 +785,7 @@ class EngineSpec:
 
 
 def plugin_nodes_in(onnx_path: Path | str) -> int:
-    """How many plugin nodes (op types outside the default ONNX domain's registry) the file holds."""
+    """How many nodes of the SiLU plugin's op type (silu_plugin_id.h) the file holds."""
     from mvlib import silu_rewrite
     model = onnx.load(str(onnx_path), load_external_data=False)
     return sum(n.op_type == silu_rewrite.plugin_id().name for n in model.graph.node)
@@ -820,14 +821,14 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
     table["accuracy"] = table["accuracy"].astype(object)
     table["timing"] = table["timing"].astype(object)
     if not runs:
-        table.loc[table["status"].isin(["built", "reused"]), ["accuracy", "timing"]] = f"skipped: {why}"
+        table.loc[table["status"].isin(BUILT), ["accuracy", "timing"]] = f"skipped: {why}"
     return table
 
 
 def require_built(table: pd.DataFrame) -> pd.DataFrame:
     """`table`, or an error listing every engine that failed or was skipped
     (a machine with a builder builds them all)."""
-    bad = table[~table["status"].isin(["built", "reused"])]
+    bad = table[~table["status"].isin(BUILT)]
     if len(bad):
         lines = [f"{r.engine} ({r.onnx}): {r.status}: {str(r.messages)[:400]}" for r in bad.itertuples()]
         raise AssertionError("engine builds did not all succeed:\n  " + "\n  ".join(lines))
@@ -837,7 +838,7 @@ def require_built(table: pd.DataFrame) -> pd.DataFrame:
 def plugin_layer_check(table: pd.DataFrame) -> pd.DataFrame:
     """Per engine: plugin layers in the parsed network against plugin nodes in its ONNX file;
     AssertionError if unequal."""
-    check = table[table["status"].isin(["built", "reused"])][["engine", "plugin_nodes_in_onnx", "plugin_layers"]].copy()
+    check = table[table["status"].isin(BUILT)][["engine", "plugin_nodes_in_onnx", "plugin_layers"]].copy()
     check["matches"] = check["plugin_nodes_in_onnx"] == check["plugin_layers"]
     if not check["matches"].all():
         raise AssertionError(f"plugin layers differ from plugin nodes:\n{check[~check['matches']]}")
@@ -874,16 +875,19 @@ def annotate(run, column: str, values: dict[str, str], ran: bool = False) -> pd.
     return table
 
 
-def built_rows(engines: pd.DataFrame | None) -> pd.DataFrame:
+def built_rows(engines: pd.DataFrame | None, stage: str = "engines") -> pd.DataFrame:
     """The rows of an engines table that hold a usable engine; StageSkipped when there are none."""
-    built = engines[engines["status"].isin(["built", "reused"])] if engines is not None else None
+    built = engines[engines["status"].isin(BUILT)] if engines is not None else None
     if built is None or not len(built):
-        raise StageSkipped("no engine was built (see the engines stage above)")
+        raise StageSkipped(f"no engine was built (see the {stage} stage)")
     return built
 
 
-SHOWN = ["engine", "onnx", "flavour_version", "target", "status", "build_seconds", "engine_bytes", "network_layers",
-         "plugin_layers", "accuracy"]  # the columns a notebook displays
+def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
+    """Per engine, its `accuracy` entry for the engines table, from an accuracy table's `trt-<engine>` rows."""
+    rows = table[table["runner"].str.startswith("trt-")]
+    return {runner[4:]: ("passed" if grp["passed"].all() else "FAILED") + f" (cosine_min {grp['cosine_min'].min():.6f})"
+            for runner, grp in rows.groupby("runner")}
 
 
 def describe(table: pd.DataFrame) -> str:
@@ -891,7 +895,7 @@ def describe(table: pd.DataFrame) -> str:
     lines = []
     for r in table.itertuples():
         head = f"- **{r.engine}** (`{r.onnx}`): "
-        if r.status not in ("built", "reused"):
+        if r.status not in BUILT:
             lines.append(head + f"{r.status}: {r.messages}")
             continue
         said = [m for m in str(r.messages if isinstance(r.messages, str) else "").split(" | ") if m]

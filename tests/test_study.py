@@ -189,7 +189,7 @@ def fake_papermill(monkeypatch):
         run.set("weights", model.random_info(parameters["seed"]) if parameters["weights"] == "random" else
                 {"source": parameters["weights"]})
     monkeypatch.setattr(papermill, "execute_notebook", execute)
-    monkeypatch.setattr(study, "kernel_library_path", lambda flavour: None)  # keep this process's environment
+    monkeypatch.setattr(study, "expose_tensorrt_libraries", lambda flavour: None)  # keep this process's environment
     monkeypatch.setenv("MVLIB_PROGRESS", "")
     monkeypatch.delenv("MVLIB_PROGRESS")
     return got

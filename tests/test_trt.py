@@ -299,3 +299,13 @@ def test_engine_runs_and_matches_onnxruntime(built, xxs):
     ref, out = (np.concatenate([it[accuracy.OUTPUT] for it in results[name]]) for name in ("onnxrt-fp32", "trt-fp32"))
     assert np.abs(ref - out).max() < 1e-3
     assert len(trt.layer_summary(built.dir)) > 0
+
+
+def test_accuracy_verdicts_key_the_engines_table_by_engine_name():
+    table = pd.DataFrame([
+        {"runner": "onnxrt-fp32", "batch": 1, "passed": True, "cosine_min": 1.0},
+        {"runner": "trt-plugin_fp32", "batch": 1, "passed": True, "cosine_min": 0.9999991},
+        {"runner": "trt-plugin_fp32", "batch": 4, "passed": False, "cosine_min": 0.998},
+        {"runner": "trt-fp16", "batch": 1, "passed": True, "cosine_min": 0.99995}])
+    assert trt.accuracy_verdicts(table) == {"plugin_fp32": "FAILED (cosine_min 0.998000)",
+                                            "fp16": "passed (cosine_min 0.999950)"}
