@@ -7,10 +7,15 @@ around each call; GPU launches with CUDA events recorded on the stream around ea
 CUDA-graph replay), with at most two launches in flight, so an event pair measures the GPU time
 of one launch. Throughput = launches / wall time x batch. Inputs are made once per batch and
 already sit where the backend reads them: host-device transfers are excluded, and every row says so.
-What the rows are held against (the model's cost, measured ceilings, the published anchor) is mvlib.ceilings.
+Around every measurement window the device's energy counter is read (mvlib.energy: NVML on the GPU, RAPL on the
+CPU), outside the timed launches, giving each row's mean power and energy per image, or the reason there is none.
+A backend whose launch returns logits is checked against the FP32 reference (`Reference`) after its windows, on
+the inputs it was timed on. What the rows are held against (the model's cost, measured ceilings, the published
+anchor) is mvlib.ceilings.
 """
 import copy
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -20,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import metrics
+from mvlib import energy, metrics
 from mvlib.progress import progress
 from mvlib.run import StageSkipped
 
@@ -37,7 +42,14 @@ MIB = 2 ** 20
 COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "mean_ms", "median_ms",
            "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mb", "notes",
            "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
-           "variant", "img_size"]
+           "variant", "img_size", "power_w", "energy_j_per_image", "setup_s", "prime_s", "artifact",
+           "artifact_bytes"]
+# power_w, energy_j_per_image: over the timed windows (mvlib.energy), or "not measured: <why>"; setup_s: making the
+# backend (loading, graph optimisation, engine build or reuse); prime_s: this batch's inputs and first call
+# (compilation, CUDA-graph capture); artifact, artifact_bytes: what the backend runs from (ONNX file, engine, weights).
+# The accuracy table's schema (results/06_accuracy.csv): each checked backend and batch against the FP32 reference.
+ACCURACY_COLUMNS = ["label", "backend", "device", "precision", "batch", "reference", "n", "max_abs", "mean_abs",
+                    "cosine_mean", "cosine_min", "top1_agreement", "variant", "img_size"]
 GPU_TRANSFERS = "excluded: input already on the GPU, output left there"
 CPU_TRANSFERS = "none: host memory"
 # The speed-up table's references (the seed's two baselines): (backend, device, precision).
@@ -196,16 +208,20 @@ def time_cuda(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int 
     return Timing(np.asarray(lat), wall, batch)
 
 
-def warm_up(fn: Callable[[], Any], seconds: float, sync: Callable[[], None] = lambda: None, min_calls: int = 3) -> int:
-    """One priming call (compilation, graph capture), then calls for >= `seconds` and >= `min_calls`."""
+def warm_up(fn: Callable[[], Any], seconds: float, sync: Callable[[], None] = lambda: None,
+            min_calls: int = 3) -> float:
+    """One priming call (compilation, graph capture), then calls for >= `seconds` and >= `min_calls`;
+    the priming call's seconds."""
+    t0 = time.perf_counter()
     fn()
     sync()
+    prime_s = time.perf_counter() - t0
     start, calls = time.perf_counter(), 0
     while calls < min_calls or time.perf_counter() - start < seconds:
         fn()
         calls += 1
     sync()
-    return calls + 1
+    return prime_s
 
 
 # backends -----------------------------------------------------------------------------------------
@@ -221,50 +237,110 @@ class Backend:
     notes: str = ""
     peak_mem_mb: Callable[[], float] | None = None  # device memory after a measurement, where readable
     keep: list = dataclasses.field(default_factory=list)  # objects that must outlive the launches
+    artifact: str = ""                # what it runs from: an ONNX file, an engine, weights in memory
+    artifact_bytes: float = math.nan  # that artifact's size
+    logits: Callable[[Any], np.ndarray] | None = None  # a launch's result as host logits, where a launch returns them
+    setup_s: float = math.nan         # seconds its factory took (measure_all sets it)
 
 
-def measure(backend: Backend, batch: int, settings: Settings) -> dict:
-    """Prepare one batch, warm up, measure `settings.repeats` times; one results-table row."""
+class Reference:
+    """The FP32 reference of the timed backends: PyTorch FP32 on the CPU, on each batch's benchmark images.
+
+    `measure` checks a backend that returns logits once per batch, after its timing windows, on the very inputs it
+    was timed on; the rows gather here (`table()`, results/06_accuracy.csv). Reference logits are computed once per
+    batch, in chunks, and shared by every backend.
+    """
+    name = "pytorch-fp32 (CPU)"
+
+    def __init__(self, model, settings: Settings, chunk: int = 32):
+        self.net = copy.deepcopy(model).float().eval().cpu()
+        self.settings, self.chunk = settings, chunk
+        self._logits: dict[int, np.ndarray] = {}
+        self.rows: list[dict] = []
+
+    def logits(self, batch: int) -> np.ndarray:
+        """The reference logits of batch `batch`'s benchmark images."""
+        if batch not in self._logits:
+            import torch
+            x = _images(batch, self.settings)
+            with torch.inference_mode():
+                self._logits[batch] = np.concatenate([self.net(torch.from_numpy(x[i:i + self.chunk])).numpy()
+                                                      for i in range(0, batch, self.chunk)])
+        return self._logits[batch]
+
+    def check(self, backend: Backend, batch: int, out: np.ndarray) -> dict:
+        """Compare one backend's logits for batch `batch` with the reference; the accuracy row (also kept)."""
+        row = {"label": backend.label, "backend": backend.backend, "device": backend.device,
+               "precision": backend.precision, "batch": batch, "reference": self.name,
+               **metrics.compare(self.logits(batch), out), "variant": self.settings.variant,
+               "img_size": self.settings.img_size}
+        self.rows.append(row)
+        return row
+
+    def table(self) -> pd.DataFrame:
+        """Every check so far, one row per backend and batch."""
+        return pd.DataFrame(self.rows, columns=ACCURACY_COLUMNS)
+
+
+def measure(backend: Backend, batch: int, settings: Settings, reference: Reference | None = None,
+            meter: Any = None) -> dict:
+    """Prepare one batch, warm up, measure `settings.repeats` times with the energy counter read around each
+    window (`meter`: the device's, by default); check the logits against `reference`; one results-table row."""
     cuda = backend.device == "cuda"
+    meter = energy.meter(backend.device) if meter is None else meter
+    sync: Callable[[], None] = lambda: None  # noqa: E731
     if cuda:
         import torch
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        sync = torch.cuda.synchronize
+    t0 = time.perf_counter()
     launch = backend.prepare(batch)
+    prime_s = time.perf_counter() - t0 + warm_up(launch, settings.warmup_s, sync)
+    timer = time_cuda if cuda else time_host
+    windows, timings = energy.Windows(meter), []
+    for _ in range(settings.repeats):
+        with windows.window():  # counter reads outside the timer: its launches and wall time are untouched
+            timings.append(timer(launch, batch, settings.seconds, settings.min_iters))
     if cuda:
-        warm_up(launch, settings.warmup_s, torch.cuda.synchronize)
-        timings = [time_cuda(launch, batch, settings.seconds, settings.min_iters) for _ in range(settings.repeats)]
         peak = backend.peak_mem_mb() if backend.peak_mem_mb else torch.cuda.max_memory_allocated() / MIB
     else:
-        warm_up(launch, settings.warmup_s)
-        timings = [time_host(launch, batch, settings.seconds, settings.min_iters) for _ in range(settings.repeats)]
         peak = float("nan")  # process-wide RSS would mix backends: not reported
+    summary = summarize(timings)
     row = {"backend": backend.backend, "device": backend.device, "precision": backend.precision,
-           **summarize(timings), "peak_mem_mb": float(peak), "notes": backend.notes, "label": backend.label,
+           **summary, "peak_mem_mb": float(peak), "notes": backend.notes, "label": backend.label,
            "timing": backend.timing, "transfers": GPU_TRANSFERS if cuda else CPU_TRANSFERS,
-           "variant": settings.variant, "img_size": settings.img_size}
+           "variant": settings.variant, "img_size": settings.img_size,
+           **windows.columns(summary["iterations"] * batch), "setup_s": backend.setup_s, "prime_s": prime_s,
+           "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes}
+    if reference is not None and backend.logits is not None:
+        reference.check(backend, batch, backend.logits(launch()))
     return {c: row[c] for c in COLUMNS}
 
 
 def measure_all(factory: Callable[..., Backend], batches: Iterable[int], settings: Settings, *args: Any,
-                **kwargs: Any) -> pd.DataFrame:
-    """Build a backend with `factory(settings, *args, **kwargs)` and measure it at each batch size.
+                accuracy: Reference | None = None, **kwargs: Any) -> pd.DataFrame:
+    """Build a backend with `factory(settings, *args, **kwargs)` and measure it at each batch size
+    (checked against `accuracy`, the FP32 reference, where given and the backend returns logits).
 
     The backend is built inside this call, so a stage whose tier the machine lacks never constructs it.
     Batches the backend cannot run (BatchSkipped) are printed and left out; all of them skipped skips the stage.
     """
+    t0 = time.perf_counter()
     backend = factory(settings, *args, **kwargs)
+    backend.setup_s = time.perf_counter() - t0
     rows, skipped = [], []
     for batch in progress(list(batches), backend.label, unit="batch", lines=False):  # a line per batch below
         try:
-            row = measure(backend, int(batch), settings)
+            row = measure(backend, int(batch), settings, accuracy)
         except BatchSkipped as why:
             skipped.append(f"batch {batch}: {why}")
             continue
         rows.append(row)
         print(f"{backend.label:42s} batch {row['batch']:4d}: {row['throughput_ips']:10.1f} img/s, median "
               f"{row['median_ms']:8.3f} ms, p99 {row['p99_ms']:8.3f} ms, spread {row['spread_pct']:5.1f}%"
-              + (f", peak {row['peak_mem_mb']:.0f} MiB" if not math.isnan(row["peak_mem_mb"]) else ""))
+              + (f", peak {row['peak_mem_mb']:.0f} MiB" if not math.isnan(row["peak_mem_mb"]) else "")
+              + (f", {row['power_w']:.0f} W" if not isinstance(row["power_w"], str) else ""))
     for s in skipped:
         print(f"{backend.label}: skipped {s}")
     if not rows:
@@ -275,6 +351,17 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
 def _images(batch: int, settings: Settings) -> np.ndarray:
     """Fresh random inputs in [0, 1], seeded by the run's seed and the batch size."""
     return metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch)
+
+
+def _host_logits(out) -> np.ndarray:
+    """A PyTorch launch's output as float32 logits in host memory."""
+    return out.detach().float().cpu().numpy()
+
+
+def _weights(net, dtype: str) -> dict:
+    """A PyTorch backend's artifact: its weights (parameters and buffers) in memory, and their bytes."""
+    size = sum(t.numel() * t.element_size() for t in itertools.chain(net.parameters(), net.buffers()))
+    return {"artifact": f"weights in memory ({dtype}, no file)", "artifact_bytes": float(size)}
 
 
 def pytorch_cpu(settings: Settings, model) -> Backend:
@@ -290,7 +377,8 @@ def pytorch_cpu(settings: Settings, model) -> Backend:
                 return net(x)
         return launch
     return Backend("pytorch", "cpu", "fp32", "PyTorch CPU FP32", prepare, "perf_counter around each call",
-                   notes=f"torch {torch.__version__}, {torch.get_num_threads()} threads", keep=[net])
+                   notes=f"torch {torch.__version__}, {torch.get_num_threads()} threads", keep=[net],
+                   logits=_host_logits, **_weights(net, "fp32"))
 
 
 def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = "fp32") -> Backend:
@@ -310,7 +398,9 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
         return lambda: sess.run(None, feed)
     return Backend("onnxruntime", "cpu", precision, f"ONNX Runtime CPU {precision.upper()}", prepare,
                    "perf_counter around each call",
-                   notes=f"onnxruntime {ort.__version__}, {onnx_path.name}, default threads", keep=[sess])
+                   notes=f"onnxruntime {ort.__version__}, {onnx_path.name}, default threads", keep=[sess],
+                   artifact=onnx_path.name, artifact_bytes=float(onnx_path.stat().st_size),
+                   logits=lambda out: np.asarray(out[0]))
 
 
 def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_last: bool = False,
@@ -352,7 +442,8 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
         + (", channels_last" if channels_last else "") \
         + (f", mode={compile_mode}, dynamic=False" if compile_mode else "") \
         + "; peak = torch.cuda.max_memory_allocated"
-    return Backend(backend, "cuda", precision, label, prepare, timing, notes=notes, keep=[net])
+    return Backend(backend, "cuda", precision, label, prepare, timing, notes=notes, keep=[net],
+                   logits=_host_logits, **_weights(net, precision))
 
 
 # TensorRT, either flavour (mvlib.trt.Session: the raw API; runs only on the trt tier) ----------------
