@@ -75,8 +75,14 @@ fi
 
 echo "nvcc: $nvcc ($("$nvcc" --version | grep -o 'release [0-9.]*'))"
 echo "targets: $archs"
+# Reproducible bytes: by default nvcc names its intermediate host file tmpxft_<pid>_..., and that name lands in the
+# library's symbol table, so every build differed and every engine keyed on the plugin's bytes was rebuilt.
+# --objdir-as-tempdir names it after the object file instead (nvcc 12.4+; older ones keep their pid names).
+reproducible=()
+# (grep reads all of the help: with -q it could exit first, and pipefail would count nvcc's SIGPIPE as "absent")
+if "$nvcc" --help 2>/dev/null | grep -- --objdir-as-tempdir >/dev/null; then reproducible=(--objdir-as-tempdir); fi
 # shellcheck disable=SC2086
-"$nvcc" "${common[@]}" $archs --threads 0 -c "$here/silu_kernel.cu" -o "$tmp/silu_kernel.o"
+"$nvcc" "${common[@]}" "${reproducible[@]}" $archs --threads 0 -c "$here/silu_kernel.cu" -o "$tmp/silu_kernel.o"
 "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" -o "$tmp/libmv_silu.so"
 
 plugin="no"
@@ -132,7 +138,10 @@ else
     why="no TensorRT headers found: set TRT_INCLUDE to TensorRT's include/ folder (or TRT_ROOT to an install) to build the plugin"
 fi
 
-for f in "$tmp"/*.so "$tmp"/mv_silu_plugin_check; do [[ -e "$f" ]] && mv -f "$f" "$out/"; done
+# An output whose bytes did not change is left in place (its modification time too), so a rebuild with nothing
+# changed shows as unchanged to the study's rerun record.
+install_output() { if ! cmp -s "$1" "$2"; then mv -f "$1" "$2"; fi; }
+for f in "$tmp"/*.so "$tmp"/mv_silu_plugin_check; do [[ -e "$f" ]] && install_output "$f" "$out/$(basename "$f")"; done
 if [[ "$plugin" == no ]]; then rm -f "$out/libmv_silu_plugin.so" "$out/libmv_silu_plugin_dynamic.so" "$out/mv_silu_plugin_check"; fi
 cat > "$tmp/build_info.json" <<EOF
 {
@@ -150,7 +159,7 @@ cat > "$tmp/build_info.json" <<EOF
   "targets": "$archs"
 }
 EOF
-mv -f "$tmp/build_info.json" "$out/build_info.json"
+install_output "$tmp/build_info.json" "$out/build_info.json"
 
 if [[ "$plugin" == yes ]]; then
     echo "built: kernel library and TensorRT plugin (TensorRT $trt_version headers at $trt_inc) in $out"
