@@ -104,30 +104,43 @@ def throughput(df: pd.DataFrame) -> Figure:
 
 
 def latency_b1(df: pd.DataFrame) -> Figure:
-    """Latency percentiles (median, p90, p95, p99) at batch 1 per backend, log scale."""
+    """Latency percentiles (median, p90, p95, p99) at batch 1 per backend: bars from zero on a linear axis, each
+    with its value; one panel per device, so GPU milliseconds are not dwarfed by CPU ones."""
     d = df[df.batch == 1]
-    labels = _labels(d)
-    fig = _figure(8, 2.2 + 0.5 * max(len(labels), 1))
-    ax = fig.add_subplot()
-    if not labels:
+    devices = [dev for dev in DEVICE_NAMES if dev in set(d.device)]
+    counts = [len(_labels(d[d.device == dev])) for dev in devices]
+    fig = _figure(8, 1.6 + 0.55 * max(sum(counts), 1) + 0.5 * len(devices))
+    fig.suptitle(f"{_subject(d)}latency percentiles at batch 1\n{measured(d)}", fontsize=10)
+    if not devices:
+        ax = fig.add_subplot()
         ax.text(0.5, 0.5, "no batch-1 rows in this run", ha="center", va="center", transform=ax.transAxes)
         ax.set_axis_off()
         return fig
+    grid = fig.add_gridspec(len(devices), 1, height_ratios=counts, hspace=0.35)
+    for k, dev in enumerate(devices):
+        _latency_panel(fig.add_subplot(grid[k]), d[d.device == dev], DEVICE_NAMES[dev], legend=k == 0)
+    _margins(fig, 0.8, top=1 - 0.55 / fig.get_figheight())
+    return fig
+
+
+def _latency_panel(ax, d: pd.DataFrame, device: str, legend: bool) -> None:
+    """One device's batch-1 percentiles as horizontal bars from zero, each labelled with its value in ms."""
+    labels = _labels(d)
     y = np.arange(len(labels))
     h = 0.8 / len(PCT)
+    top = float(np.nanmax(d[[c for c, _ in PCT]].to_numpy()))
     for i, (col, name) in enumerate(PCT):
-        vals = [d[d.label == lab][col].iloc[0] for lab in labels]
-        ax.barh(y + (i - 1.5) * h, vals, height=h, label=name)
+        vals = [float(d[d.label == lab][col].iloc[0]) for lab in labels]
+        bars = ax.barh(y + (i - 1.5) * h, vals, height=h, label=name)
+        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], padding=2, fontsize=6)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    _plain_log(ax.xaxis)
-    ax.set_xlabel("latency per launch at batch 1 (ms)")
-    ax.set_title(f"{_subject(d)}latency percentiles at batch 1\n{measured(d)}", fontsize=10)
-    ax.grid(True, axis="x", which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    _margins(fig)
-    return fig
+    ax.set_xscale("linear")
+    ax.set_xlim(0, top * 1.15)  # from zero, room for the value labels
+    ax.set_xlabel(f"{device}: latency per launch at batch 1 (ms)", fontsize=8)
+    ax.grid(True, axis="x", alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower right")
 
 
 def speedup(sp: pd.DataFrame) -> Figure:

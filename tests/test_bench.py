@@ -1,4 +1,5 @@
 """The benchmark harness: statistics on synthetic timings, the table's schema, a real CPU measurement, the figures."""
+import copy
 import json
 import math
 import re
@@ -124,6 +125,29 @@ def test_real_cpu_measurement_gives_valid_rows(xxs):
         assert r.throughput_min_ips <= r.throughput_ips <= r.throughput_max_ips and r.spread_pct >= 0
         assert math.isnan(r.peak_mem_mb) and r.transfers == bench.CPU_TRANSFERS
         assert r.variant == "mobilevit_xxs" and r.precision == "fp32"
+        # what it ran from, what making it and priming each batch took
+        assert r.artifact == "model.onnx" and r.artifact_bytes == exported.onnx.stat().st_size
+        assert r.setup_s > 0 and r.prime_s > 0
+        assert isinstance(r.power_w, str) or r.power_w > 0  # a number, or the reason there is none; never 0
+
+
+def test_backends_are_checked_against_fp32_on_the_inputs_they_were_timed_on(xxs):
+    exported, model = xxs
+    s = bench.Settings(seconds=0.02, repeats=2, warmup_s=0.0, variant="mobilevit_xxs")
+    ref = bench.Reference(model, s, chunk=2)  # chunks smaller than a batch: the reference is assembled in pieces
+    bench.measure_all(bench.onnxruntime_cpu, [1, 3], s, exported.onnx, "fp32", accuracy=ref)
+    acc = ref.table()
+    assert list(acc.columns) == bench.ACCURACY_COLUMNS
+    assert list(acc.batch) == [1, 3] and list(acc.n) == [1, 3] and set(acc.reference) == {bench.Reference.name}
+    assert (acc.cosine_min > 0.99999).all() and (acc.top1_agreement == 1).all() and (acc.max_abs < 1e-3).all()
+    # a model that is not the reference is caught: the classifier's weights negated negate the logits
+    other = copy.deepcopy(model)
+    head = [m for m in other.modules() if isinstance(m, __import__("torch").nn.Linear)][-1]
+    head.weight.data.mul_(-1)
+    head.bias.data.mul_(-1)
+    wrong = bench.Reference(other, s)
+    bench.measure_all(bench.onnxruntime_cpu, [3], s, exported.onnx, "fp32", accuracy=wrong)
+    assert wrong.table().cosine_mean.iloc[0] < -0.99 and wrong.table().top1_agreement.iloc[0] == 0
 
 
 def synthetic_table() -> pd.DataFrame:
@@ -145,7 +169,11 @@ def synthetic_table() -> pd.DataFrame:
                          "label": label, "throughput_min_ips": ips * 0.99, "throughput_max_ips": ips * 1.01,
                          "wall_s": 9.0, "timing": "synthetic",
                          "transfers": bench.GPU_TRANSFERS if device == "cuda" else bench.CPU_TRANSFERS,
-                         "variant": "mobilevit_s", "img_size": 256})
+                         "variant": "mobilevit_s", "img_size": 256,
+                         "power_w": 300.0 if device == "cuda" else "not measured: RAPL: none",
+                         "energy_j_per_image": 300.0 / ips if device == "cuda" else "not measured: RAPL: none",
+                         "setup_s": 1.0, "prime_s": 30.0 if "compile" in backend else 0.1,
+                         "artifact": "synthetic", "artifact_bytes": 2e7})
     return pd.DataFrame(rows, columns=bench.COLUMNS)
 
 
@@ -177,6 +205,25 @@ def _draw_all(run: Run, table: pd.DataFrame, ceilings: pd.DataFrame) -> list[Pat
             run.save_figure(plots.speedup(pd.read_csv(run.table("06_speedup.csv"))), "06_speedup.png"),
             run.save_figure(plots.roofline(t, pd.read_csv(run.table("06_ceilings.csv")),
                                            pd.read_csv(run.table("06_model_cost.csv"))), "06_roofline.png")]
+
+
+def test_latency_b1_bars_start_at_zero_on_a_linear_axis_and_carry_their_values():
+    table = synthetic_table()
+    fig = plots.latency_b1(table)
+    fig.canvas.draw()
+    assert len(fig.axes) == 2  # one panel per device: GPU milliseconds are not squeezed beside CPU ones
+    cols = [c for c, _ in plots.PCT]
+    for ax, device in zip(fig.axes, ("cpu", "cuda"), strict=True):
+        assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0
+        d = table[(table.batch == 1) & (table.device == device)]
+        values = d[cols].to_numpy().ravel()
+        bars = [p for p in ax.patches if p.get_height() > 0]
+        assert len(bars) == values.size and all(b.get_x() == 0 for b in bars)  # every bar starts at zero
+        assert sorted(b.get_width() for b in bars) == pytest.approx(sorted(values))  # lengths are the values
+        assert ax.get_xlim()[1] >= values.max()
+        shown = [t.get_text() for t in ax.texts]
+        assert sorted(shown) == sorted(f"{v:.3g}" for v in values)  # each bar carries its value
+    assert plots.latency_b1(table[table.batch > 1]).axes[0].texts[0].get_text() == "no batch-1 rows in this run"
 
 
 @pytest.mark.parametrize("with_gpu", [True, False])
