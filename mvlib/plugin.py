@@ -1,8 +1,9 @@
 """The SiLU plugin in TensorRT: the rewritten ONNX files, the plugin engines, their accuracy and layers.
 
 The plugin library itself is built and located by mvlib.kernel (silu_plugin/build.sh); TensorRT loads it
-through mvlib.trt, which refuses a library compiled against another TensorRT major first.
+through mvlib.tensorrt.plugins, which refuses a library compiled against another TensorRT major first.
 """
+import re
 import subprocess
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,8 +12,10 @@ import onnx
 import onnx_graphsurgeon as gs
 import pandas as pd
 
-from mvlib import accuracy, env, export, io, kernel, precision, silu_rewrite, trt
+from mvlib import accuracy, env, export, io, kernel, precision, silu_rewrite
 from mvlib.run import StageSkipped
+from mvlib.tensorrt import cache, flavours, layers, runner
+from mvlib.tensorrt import table as engines_table
 
 
 # --- the built plugin ------------------------------------------------------------------------------------
@@ -21,7 +24,7 @@ class NoCompiler(StageSkipped):
     no_builder = True
 
 
-def require_plugin(build_root: Path | str | None = None) -> dict:
+def require_plugin(build_root: Path | str | None = None, trt_flavour: str | None = "auto") -> dict:
     """The build record of a built plugin, or a skip that says what is missing and how to get it."""
     if env.nvcc_path() is None:
         raise NoCompiler("nvcc not found: the SiLU plugin cannot be compiled on this machine "
@@ -29,8 +32,8 @@ def require_plugin(build_root: Path | str | None = None) -> dict:
     info = kernel.build_record(build_root)
     if info.get("plugin"):
         return info
-    has_builder, why = trt.builder_status()
-    cls = StageSkipped if has_builder else trt.NoBuilder  # with a builder here, an unbuilt plugin fails the run
+    has_builder, why = flavours.builder_status(trt_flavour)
+    cls = StageSkipped if has_builder else flavours.NoBuilder  # with a builder here, an unbuilt plugin fails the run
     raise cls(f"the TensorRT plugin was not built: {info.get('note')}. TensorRT's pip wheels ship no headers: set "
               "TRT_INCLUDE to include/ of NVIDIA's TensorRT repository at your release's tag (TensorRT-RTX: 11.x) "
               "and rerun notebook 05's build cell (README, 'The SiLU plugin')" + ("" if has_builder else f"; {why}"))
@@ -101,23 +104,24 @@ def onnxrt_reference(exported, model=None, batches: Sequence[int] = (1, 3), seed
 
 
 # --- the plugin engines -----------------------------------------------------------------------------------
-def engine_specs(exported) -> list:
+def engine_specs(exported, trt_flavour: str | None = "auto") -> list:
     """The plugin engines of the study: one per precision, from the rewritten ONNX files, with our plugin library."""
-    require_plugin()
+    require_plugin(trt_flavour=trt_flavour)
     lib = kernel.plugin_library()
-    return [trt.EngineSpec(f"plugin_{p}", exported.model(p, plugin=True), (lib,)) for p in export.PRECISIONS]
+    return [engines_table.EngineSpec(f"plugin_{p}", exported.model(p, plugin=True), (lib,)) for p in export.PRECISIONS]
 
 
-def build_engines(exported, profile, trt_flavour: str = "auto", trt_target: str = "auto",
+def build_engines(exported, profile, trt_flavour: str | None = "auto", trt_target: str = "auto",
                   workspace_gb: float = 4) -> pd.DataFrame:
     """The plugin engines' rows of the engines table (built or reused; failures with the builder's words)."""
-    return trt.build_all("05_silu_plugin", engine_specs(exported), profile, trt_flavour, trt_target, workspace_gb)
+    return engines_table.build_all("05_silu_plugin", engine_specs(exported, trt_flavour), profile, trt_flavour,
+                                   trt_target, workspace_gb)
 
 
 def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
     """The engines-table rows that were built and can run here, or StageSkipped saying why none can."""
-    built = trt.built_rows(engines, "plugin_engines")
-    trt.runnable(trt.load(built["path"].iloc[0]))
+    built = engines_table.built_rows(engines, "plugin_engines")
+    runner.runnable(cache.load(built["path"].iloc[0]))
     return built
 
 
@@ -131,7 +135,7 @@ def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str
     if not ref_path.exists():
         raise FileNotFoundError(f"{ref_path} not found: run plugin.onnxrt_reference(exported) first (a cpu stage)")
     ref = RunResults.load(str(ref_path))
-    runners = [trt.runner(r.path, f"trt-{r.engine}", plugins=(kernel.plugin_library(),)) for r in built.itertuples()]
+    runners = [runner.runner(r.path, f"trt-{r.engine}", plugins=(kernel.plugin_library(),)) for r in built.itertuples()]
     results = accuracy.run(runners, inputs)
     merged = RunResults()
     for name, iters in list(ref.items()) + list(results.items()):
@@ -145,19 +149,37 @@ def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str
 
 def plugin_layers(engines: pd.DataFrame | None) -> pd.DataFrame:
     """The plugin layers of each engine as the engine inspector reports them, against the ONNX file's plugin nodes."""
-    built = _built(engines)
+    return count_plugin_layers(_built(engines))
+
+
+PLUGIN_TYPE = re.compile(r"^plugin", re.I)  # the inspector's LayerType of a plugin layer: PluginV2, PluginV3, ...
+
+
+def plugin_node_names(onnx_path: Path | str) -> set[str]:
+    """Names of the nodes of the SiLU plugin's op type in an ONNX file (the parser names their layers after them)."""
     name = silu_rewrite.plugin_id().name
-    frames = []
+    return {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == name}
+
+def count_plugin_layers(built: pd.DataFrame) -> pd.DataFrame:
+    """Per built engine, its plugin layers: a layer whose type is a plugin, or whose name is a plugin node's name.
+
+    A name that merely contains the op's name is not one: TensorRT names the reformat it puts before a
+    linear-format plugin "Reformatting CopyNode for Input Tensor 0 to <plugin layer>". Every engine is counted,
+    one without any plugin layer too; AssertionError if an engine's count differs from its ONNX file's nodes."""
+    frames, counts = [], []
     for r in built.itertuples():
-        layers = trt.layer_summary(Path(r.path).parent)
-        is_plugin = layers["type"].astype(str).str.contains("Plugin", case=False) | layers["name"].str.contains(name)
-        found = layers[is_plugin].copy()
+        layer_table = layers.layer_summary(Path(r.path).parent)
+        nodes = plugin_node_names(cache.load(r.path).info["onnx"])
+        is_plugin = layer_table["type"].astype(str).str.match(PLUGIN_TYPE) | layer_table["name"].isin(nodes)
+        found = layer_table[is_plugin].copy()
         found.insert(0, "engine", r.engine)
-        found["engine_layers"] = len(layers)
+        found["engine_layers"] = len(layer_table)
         found["plugin_nodes_in_onnx"] = r.plugin_nodes_in_onnx
         frames.append(found)
-    table = pd.concat(frames, ignore_index=True)
-    counts = table.groupby("engine").agg(layers=("name", "size"), nodes=("plugin_nodes_in_onnx", "first"))
-    if not (counts["layers"] == counts["nodes"]).all():
-        raise AssertionError(f"engine plugin layers differ from the ONNX files' {name} nodes:\n{counts}")
-    return table
+        counts.append({"engine": r.engine, "plugin_layers": len(found), "plugin_nodes": r.plugin_nodes_in_onnx})
+    counts = pd.DataFrame(counts, columns=["engine", "plugin_layers", "plugin_nodes"])
+    wrong = counts[counts["plugin_layers"] != counts["plugin_nodes"]]
+    if len(counts) == 0 or len(wrong):
+        raise AssertionError(f"engine plugin layers differ from the ONNX files' {silu_rewrite.plugin_id().name} "
+                             f"nodes:\n{wrong if len(counts) else 'no engine to count'}")
+    return pd.concat(frames, ignore_index=True)

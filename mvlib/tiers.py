@@ -1,11 +1,14 @@
 """The tier a machine reaches (cpu < gpu < trt) and why not a higher one (README, "The tiers").
 
-Above both `env` (the GPU, nvcc) and `trt` (whether an installed TensorRT flavour runs on that GPU), so
-neither of them imports the other's callers.
+Above both `env` (the GPU, nvcc) and `mvlib.tensorrt.flavours` (whether the run's TensorRT flavour runs on that
+GPU), so neither of them imports the other's callers. The trt tier asks the run's own TensorRT decision
+(`flavours.decide`, the same one the driver hands every notebook), never "any installed flavour": with
+trt_flavour='tensorrt_rtx' on an H200 that also has full TensorRT, the tier is gpu, because RTX does not run there.
 """
 import functools
 
-from mvlib import env, trt
+from mvlib import env
+from mvlib.tensorrt import flavours
 
 TIERS = ("cpu", "gpu", "trt")
 
@@ -18,34 +21,29 @@ def rank(tier: str) -> int:
 
 
 @functools.cache
-def runtime_status() -> tuple[bool, str]:
-    """Whether an installed TensorRT flavour runs engines on this GPU (the trt tier), and why not."""
-    reasons = []
-    for name in trt.FLAVOUR_NAMES:
-        flavour, why = trt.installed(name)
-        if flavour is not None:
-            runs, why = flavour.runs_here()
-            if runs:
-                return True, flavour.label
-        reasons.append(why)
-    return False, "no TensorRT runtime for this machine: " + "; ".join(reasons)
+def runtime_status(trt_flavour: str | None = "auto", trt_target: str = "auto") -> tuple[bool, str]:
+    """Whether the run's TensorRT flavour (as `flavours.decide` resolves it) runs engines here, and why not."""
+    decision = flavours.decide(trt_flavour or "auto", trt_target or "auto")
+    if decision["runs_here"]:
+        return True, decision["label"]
+    return False, "no TensorRT runtime for this machine: " + decision["why"]
 
 
 @functools.cache
-def detect() -> str:
-    """The highest tier this machine reaches."""
+def detect(trt_flavour: str | None = "auto", trt_target: str = "auto") -> str:
+    """The highest tier this machine reaches with that TensorRT decision."""
     if not env.cuda_status()[0] or env.nvcc_path() is None:
         return "cpu"
-    return "trt" if runtime_status()[0] else "gpu"
+    return "trt" if runtime_status(trt_flavour, trt_target)[0] else "gpu"
 
 
-def missing_for(tier: str) -> str:
+def missing_for(tier: str, trt_flavour: str | None = "auto", trt_target: str = "auto") -> str:
     """Why this machine does not reach `tier` (empty if it does)."""
-    if rank(detect()) >= rank(tier):
+    if rank(detect(trt_flavour, trt_target)) >= rank(tier):
         return ""
     reasons = []
-    if tier == "trt" and not runtime_status()[0]:
-        reasons.append(runtime_status()[1])
+    if tier == "trt" and not runtime_status(trt_flavour, trt_target)[0]:
+        reasons.append(runtime_status(trt_flavour, trt_target)[1])
     if not env.cuda_status()[0]:
         reasons.append(env.cuda_status()[1])
     elif env.nvcc_path() is None:

@@ -1,0 +1,287 @@
+"""The engine cache: keys, build records, the parent side of a build, superseded entries and a size report.
+
+An engine lives in `build/engines/<onnx stem>-b<min>_<opt>_<max>-<target>-<flavour>-<digest>/` beside its build
+record (`build.json`, written last: a folder without one is never trusted) and its layer information. The digest
+is of everything the engine depends on: the ONNX file's bytes, flavour and version, target, profile, workspace,
+the build recipe, and each plugin library's `plugins.library_digest` (what the loader maps plus the library's
+record of its TensorRT headers: the library file itself changes on every nvcc build, its code does not). So a
+rerun with nothing changed reuses every engine, and a changed input builds a new one; writing it removes the
+entries it supersedes (same ONNX file, profile, target and flavour), but only folders holding our build.json.
+Each build runs in a child process (`mvlib.tensorrt.child`), so a builder crash fails one engine, not the kernel.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from mvlib import env, io, paths
+from mvlib.tensorrt import plugins as plugin_libs
+from mvlib.tensorrt.flavours import Flavour, select
+from mvlib.tensorrt.shapes import Profile, onnx_input
+
+RECIPE = 3  # bump when the build settings or records change, so older engines are not reused
+PLAN = "engine.plan"
+BUILD_INFO = "build.json"
+LAYERS = "layers.json"
+TIMING_DIR = "timing"
+PLAN_MAGIC = {"tensorrt": b"ftrt", "tensorrt_rtx": b"vtrt"}  # the first bytes of a serialized plan, per flavour
+RECORDED = ("layers_by_type", "network_layers", "plugin_layers", "profiling_verbosity", "strongly_typed", "tf32",
+            "inspected", "compute_precision")  # what the child reports that the build record keeps
+
+
+class BuildFailed(RuntimeError):
+    """The builder refused a model; `messages` holds what it said, verbatim."""
+
+    def __init__(self, what: str, messages: list[str]):
+        super().__init__(what + (":\n  " + "\n  ".join(messages[-20:]) if messages else ""))
+        self.messages = messages
+
+
+def sha256(path: Path | str) -> str:
+    """SHA-256 of a file's bytes, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def has_plan_header(path: Path | str, flavour: str) -> bool:
+    """Whether a file starts like a serialized plan of that flavour."""
+    with open(path, "rb") as f:
+        return f.read(4) == PLAN_MAGIC[flavour]
+
+
+def key_parts(onnx_path: Path | str, profile: Profile, fl: Flavour, target: str, plugins: Sequence[Path | str] = (),
+              workspace_gb: float = 4) -> dict:
+    """Everything an engine depends on: ONNX bytes, flavour and version, target, profile, plugins, workspace, recipe."""
+    name, shape = onnx_input(onnx_path)
+    return {"onnx_sha256": sha256(onnx_path), "flavour": fl.name, "flavour_version": fl.version, "target": target,
+            "input": name, "shape": list(shape), "profile": profile.as_list(), "workspace_gb": float(workspace_gb),
+            "plugins_digest": [plugin_libs.library_digest(p) for p in plugin_libs.check_plugins(plugins)],
+            "recipe": RECIPE}
+
+
+def family(onnx_path: Path | str, parts: dict) -> str:
+    """The readable part of a cache folder's name: ONNX stem, profile, target and flavour."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", Path(onnx_path).stem)
+    return f"{stem}-b{'_'.join(map(str, parts['profile']))}-{parts['target']}-{parts['flavour']}"
+
+
+def engine_key(onnx_path: Path | str, parts: dict) -> str:
+    """The cache folder name: readable prefix plus a hash of the key parts (a stale engine never matches)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+    return f"{family(onnx_path, parts)}-{digest}"
+
+
+def timing_cache_path(fl: Flavour, target: str) -> Path:
+    """The tactic timing cache of one GPU and flavour version (shared by every engine built there)."""
+    gpu = re.sub(r"[^A-Za-z0-9]+", "-", env.gpu_info().get("gpu") or "no-gpu").strip("-")
+    return paths.ENGINES / TIMING_DIR / f"{gpu}_{target}_{fl.name}{fl.version}.cache"
+
+
+@dataclass
+class Engine:
+    """A built (or reused) engine: its plan, build record and layer information."""
+    plan: Path
+    info: dict
+    reused: bool = False
+    rebuilt: str = ""  # why a cached engine in the same folder could not be used and was built again
+
+    @property
+    def dir(self) -> Path:
+        """The engine's cache folder."""
+        return self.plan.parent
+
+    @property
+    def profile(self) -> Profile:
+        """The optimization profile it was built with."""
+        return Profile(*self.info["profile"])
+
+    @property
+    def flavour(self) -> Flavour:
+        """The flavour that built it."""
+        return Flavour(self.info["flavour"], self.info["flavour_version"])
+
+    @property
+    def status(self) -> str:
+        """built, reused or rebuilt (a corrupt cached engine built again): its engines-table status."""
+        return "rebuilt" if self.rebuilt else "reused" if self.reused else "built"
+
+    def layers(self) -> dict:
+        """The saved layer information (network layers always; engine inspector output where it ran)."""
+        return io.read_json(self.dir / LAYERS)
+
+
+def cache_problem(engine_dir: Path | str) -> str | None:
+    """Why the engine cached in `engine_dir` cannot be trusted (None when it can)."""
+    d = Path(engine_dir)
+    plan, meta = d / PLAN, d / BUILD_INFO
+    if not plan.exists() and not meta.exists():
+        return "not built yet"
+    try:
+        info = io.read_json(meta)
+        recorded = (info["plan_sha256"], info["plan_bytes"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return f"its build record {meta} is missing or unreadable ({type(err).__name__})"
+    if not plan.is_file():
+        return f"{plan} is missing"
+    if plan.stat().st_size != recorded[1] or sha256(plan) != recorded[0]:
+        return f"{plan} is corrupt (size or SHA-256 differs from what the builder wrote)"
+    try:
+        io.read_json(d / LAYERS)
+    except (OSError, ValueError) as err:
+        return f"its layer information {d / LAYERS} is missing or unreadable ({type(err).__name__})"
+    return None
+
+
+def load(engine_path: Path | str) -> Engine:
+    """A cached engine by its plan path, or an error saying why it cannot be used."""
+    plan = Path(engine_path)
+    problem = cache_problem(plan.parent)
+    if problem is not None:
+        raise RuntimeError(f"engine {plan} cannot be used: {problem}; build_engine() rebuilds it")
+    return Engine(plan, io.read_json(plan.parent / BUILD_INFO), reused=True)
+
+
+def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = None, target: str = "auto",
+                 plugins: Sequence[Path | str] = (), workspace_gb: float = 4) -> Engine:
+    """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one;
+    BuildFailed with the builder's words."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"ONNX file {onnx_path} does not exist; run the notebook that writes it first")
+    if workspace_gb <= 0:
+        raise ValueError(f"workspace_gb={workspace_gb}: give the builder a positive workspace, e.g. 4")
+    fl = fl or select()
+    target = fl.resolve_target(target)
+    parts = key_parts(onnx_path, profile, fl, target, plugins, workspace_gb)
+    out = paths.ENGINES / engine_key(onnx_path, parts)
+    problem = cache_problem(out)
+    if problem is None:
+        print(f"reusing engine {out.name}")
+        return Engine(out / PLAN, io.read_json(out / BUILD_INFO), reused=True)
+    if problem != "not built yet":
+        print(f"engine {out.name}: the cached engine cannot be used ({problem}); rebuilding it")
+    engine = build(onnx_path, out, parts, fl, plugin_libs.check_plugins(plugins))
+    engine.rebuilt = "" if problem == "not built yet" else problem
+    for old in superseded(out):
+        shutil.rmtree(old, ignore_errors=True)
+        print(f"removed {old.name} from the engine cache: superseded by {out.name}")
+    return engine
+
+
+def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[str]) -> Engine:
+    """Build in a child process; write plan, layer information and build record atomically (record last)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / BUILD_INFO).unlink(missing_ok=True)  # from here on the old plan is not trusted
+    spec = {"onnx": str(onnx_path), "flavour": fl.name, **{k: parts[k] for k in ("target", "profile", "workspace_gb")},
+            "plugins": plugins, "out": str(out),
+            "timing_cache": str(timing_cache_path(fl, parts["target"])) if fl.timing_cache else None}
+    with io.atomic_path(out / "spec.json") as spec_path, io.atomic_path(out / "result.json") as result_path:
+        spec_path.write_text(json.dumps(spec))
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
+                              env=plugin_libs.library_env(fl), capture_output=True, text=True, timeout=3600)
+        seconds = time.perf_counter() - start
+        result = json.loads(result_path.read_text()) if result_path.stat().st_size else {}
+    messages = result.get("messages", [])
+    if proc.returncode != 0 or not result.get("ok"):
+        died = ("the builder refused it" if result else
+                f"the builder process died ({exit_text(proc.returncode)}) before it could report")
+        tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-8:] if not messages else []
+        raise BuildFailed(f"{fl.label} could not build {onnx_path.name} for {parts['target']}: {died}",
+                          messages + tail)
+    plan = out / PLAN
+    io.write_json(out / BUILD_INFO, {**parts, "onnx": str(onnx_path.resolve()), "plugins": spec["plugins"],
+                                     "build_seconds": round(seconds, 2), "messages": messages,
+                                     **{k: result.get(k) for k in RECORDED},
+                                     "plan_bytes": plan.stat().st_size, "plan_sha256": sha256(plan)})
+    print(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
+          + (f" ({len(messages)} builder messages)" if messages else ""))
+    return Engine(plan, io.read_json(out / BUILD_INFO))
+
+
+def exit_text(code: int) -> str:
+    """'exit 3' or 'signal SIGABRT' for a child's return code."""
+    if code < 0:
+        import signal
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit {code}"
+
+
+def update_record(engine: Engine, **fields) -> Engine:
+    """Add fields to an engine's build record (atomically), e.g. after inspecting it where it runs."""
+    engine.info = {**engine.info, **fields}
+    io.write_json(engine.dir / BUILD_INFO, engine.info)
+    return engine
+
+
+# --- what the study made, and what it may remove ------------------------------------------------------------
+def entries(root: Path | None = None) -> list[tuple[Path, dict | None]]:
+    """Every folder of the engine cache with its build record (None where it has none: not ours, or broken)."""
+    root = Path(root or paths.ENGINES)
+    out = []
+    for d in sorted(p for p in root.glob("*") if p.is_dir() and p.name != TIMING_DIR):
+        try:
+            out.append((d, io.read_json(d / BUILD_INFO)))
+        except (OSError, ValueError):
+            out.append((d, None))
+    return out
+
+
+def _same_family(a: dict, b: dict) -> bool:
+    """Whether two build records are of the same ONNX file, profile, target and flavour."""
+    return all(a.get(k) == b.get(k) for k in ("onnx", "profile", "target", "flavour"))
+
+
+def superseded(new: Path) -> list[Path]:
+    """Folders the engine just written in `new` replaces: our build record, same ONNX file/profile/target/flavour."""
+    info = io.read_json(new / BUILD_INFO)
+    prefix = new.name.rsplit("-", 1)[0] + "-"
+    return [d for d, rec in entries(new.parent)
+            if d != new and d.name.startswith(prefix) and rec is not None and _same_family(rec, info)]
+
+
+def stale(info: dict) -> str:
+    """Why an entry can no longer be reused ('' if it can): its ONNX file is gone or has other bytes now."""
+    onnx = Path(info.get("onnx", ""))
+    if not onnx.is_file():
+        return f"{onnx.name} is gone"
+    if sha256(onnx) != info.get("onnx_sha256"):
+        return f"{onnx.name} has changed"
+    return ""
+
+
+def _size(d: Path) -> int:
+    """Bytes of the files under `d`."""
+    return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+
+
+def report(prune: bool = False, root: Path | None = None) -> str:
+    """The engine cache by entry (MiB, ONNX file, and stale or not); `prune` removes the stale entries we made."""
+    lines, total, freed = [], 0, 0
+    for d, info in entries(root):
+        size = _size(d)
+        why = "no build record: not the study's, or an interrupted build (left alone)" if info is None else stale(info)
+        if prune and info is not None and why:
+            shutil.rmtree(d, ignore_errors=True)
+            freed += size
+            why = f"removed ({why})"
+        else:
+            total += size
+        lines.append(f"{size / 2**20:9.1f} MiB  {d.name}" + (f"  [{why}]" if why else ""))
+    root = Path(root or paths.ENGINES)
+    head = f"engine cache {root}: {len(lines)} entries, {total / 2**20:.1f} MiB"
+    return "\n".join([head + (f" ({freed / 2**20:.1f} MiB freed)" if prune else ""), *lines])

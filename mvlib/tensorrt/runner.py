@@ -1,0 +1,269 @@
+"""Running engines: per-plan validity, deserialization, the execution context, Session and a polygraphy runner.
+
+Shaped like NVIDIA's own runners (polygraphy `backend/trt/runner.py`, trtexec `sampleInference.cpp`, the
+TensorRT-RTX samples `helloWorld`/`apiUsage`): a Runtime deserializes the plan, an execution context is made
+from it, tensor addresses are bound by name and `execute_async_v3` enqueues on a stream.
+
+TensorRT-RTX compiles its kernels when the context is created (JIT) and, for dynamic shapes, by default
+compiles shape-specialized kernels lazily in the background while a shape-generic fallback runs (LAZY). A
+timing or a CUDA graph taken then holds whichever kernel was current, so the context is created from
+`engine.create_runtime_config()` with EAGER specialization, as the ONNX Runtime TensorRT-RTX execution
+provider does when CUDA graphs are on (onnxruntime/core/providers/nv_tensorrt_rtx/nv_execution_provider.cc),
+with the runtime cache beside the engine so the JIT's kernels survive the process. Buffers and streams come
+from PyTorch, which the trt tier has anyway.
+"""
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mvlib import env, io
+from mvlib.skips import StageSkipped
+from mvlib.tensorrt import cache
+from mvlib.tensorrt import plugins as plugin_libs
+from mvlib.tensorrt.flavours import Flavour, capability_here
+
+# RTX-only names the run path uses (tests assert each against the installed tensorrt_rtx with hasattr).
+RTX_RUNTIME_API = {"ICudaEngine": ("create_runtime_config", "create_execution_context"),
+                   "IRuntimeConfig": ("dynamic_shapes_kernel_specialization_strategy", "cuda_graph_strategy",
+                                      "create_runtime_cache", "set_runtime_cache", "get_runtime_cache"),
+                   "IRuntimeCache": ("serialize", "deserialize"),
+                   "IExecutionContext": ("is_stream_capturable", "execute_async_v3", "set_input_shape",
+                                         "set_tensor_address"),
+                   "Runtime": ("get_engine_validity", "deserialize_cuda_engine"),
+                   "DynamicShapesKernelSpecializationStrategy": ("EAGER", "LAZY"),
+                   "CudaGraphStrategy": ("DISABLED", "WHOLE_GRAPH_CAPTURE"),
+                   "EngineValidity": ("VALID", "SUBOPTIMAL", "INVALID"),
+                   "EngineInvalidityDiagnostics": ("CUDA_ERROR", "INSUFFICIENT_GPU_MEMORY", "MALFORMED_ENGINE",
+                                                   "OLD_CUDA_DRIVER", "OLD_CUDA_RUNTIME", "UNSUPPORTED_CC",
+                                                   "VERSION_MISMATCH")}
+DIAGNOSTICS = {"VERSION_MISMATCH": "built by another TensorRT-RTX version: rebuild it",
+               "UNSUPPORTED_CC": "built for another compute capability: rebuild it with trt_target='auto'",
+               "OLD_CUDA_DRIVER": "the driver is too old for this TensorRT-RTX build (`make env` picks the wheel)",
+               "OLD_CUDA_RUNTIME": "the CUDA runtime is too old for this engine",
+               "INSUFFICIENT_GPU_MEMORY": "not enough GPU memory for this engine",
+               "MALFORMED_ENGINE": "the plan is malformed: rebuild it",
+               "CUDA_ERROR": "a CUDA error while checking (no usable GPU or driver)"}
+
+
+def logger(fl: Flavour, keep: list[str], verbose: bool = False):
+    """A TensorRT logger of flavour `fl` that keeps every warning and error (and all messages if `verbose`)."""
+    trt = fl.module()
+
+    class Logger(trt.ILogger):
+        """Keeps what TensorRT says, verbatim."""
+
+        def __init__(self):
+            trt.ILogger.__init__(self)
+
+        def log(self, severity, msg):
+            if verbose or severity <= trt.ILogger.Severity.WARNING:
+                keep.append(f"{severity.name}: {msg}")
+
+    return Logger()
+
+
+def diagnosis(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> str:
+    """Why Runtime.get_engine_validity refused a plan: its diagnostic flags in words, else what the runtime logged."""
+    enum = fl.module().EngineInvalidityDiagnostics
+    flags = [name for name, member in enum.__members__.items() if int(diagnostics) & int(member)]
+    words = [f"{name} ({DIAGNOSTICS.get(name, '')})" for name in flags]
+    logged = [re.sub(r"^\w+: ", "", m) for m in said if not m.startswith(("VERBOSE", "INFO"))]
+    return (f"{fl.label} says the engine is {validity.name}: " + ("; ".join(words) if words else
+            (logged[-1] if logged else "no diagnostic given")))
+
+
+def plan_validity(fl: Flavour, plan: bytes) -> tuple[bool | None, str]:
+    """Whether this flavour's runtime says `plan` runs here (Runtime.get_engine_validity; TensorRT-RTX has it,
+    TensorRT 10.13 / 11.1 bindings do not), and why not; None where the runtime cannot tell."""
+    trt = fl.module()
+    if not hasattr(trt.Runtime, "get_engine_validity"):
+        return None, ""
+    said: list[str] = []
+    runtime = trt.Runtime(logger(fl, said))
+    validity, diagnostics = runtime.get_engine_validity(plan)
+    if validity in (trt.EngineValidity.VALID, trt.EngineValidity.SUBOPTIMAL):
+        return True, ""
+    return False, diagnosis(fl, validity, diagnostics, said)
+
+
+def runnable(engine: cache.Engine) -> cache.Engine:
+    """`engine` if it runs on this GPU; StageSkipped naming why not (a built engine is never reported as run).
+
+    Without a GPU nothing is asked. Where the runtime can judge a plan it decides (an sm86 plan on an sm89 GPU,
+    a version mismatch, an old driver); elsewhere the flavour's documented support matrix and the driver do."""
+    fl = engine.flavour
+    if not capability_here():
+        raise StageSkipped(f"built, not run: {fl.runs_on(None)[1]}")
+    verdict, why = plan_validity(fl, engine.plan.read_bytes())
+    if verdict is None:
+        verdict, why = fl.runs_here()
+    if not verdict:
+        raise StageSkipped(f"built, not run: {why}")
+    return engine
+
+
+def deserialize(fl: Flavour, plan: bytes, plugins: Sequence[Path | str] = ()):
+    """(ICudaEngine or None, its Runtime, what the runtime said), plugins loaded first; keep the Runtime as long
+    as the engine (NVIDIA's runners hold both)."""
+    plugin_libs.load_plugins(fl, plugins)
+    said: list[str] = []
+    runtime = fl.module().Runtime(logger(fl, said))
+    return runtime.deserialize_cuda_engine(plan), runtime, said
+
+
+def runtime_cache_path(engine: cache.Engine) -> Path:
+    """The RTX runtime cache of an engine on this GPU and driver: a file in the engine's cache folder (the cache
+    is only valid for the GPU, driver major and TensorRT-RTX version that wrote it)."""
+    info = env.gpu_info()
+    tag = re.sub(r"[^A-Za-z0-9.]+", "-", f"{info.get('gpu') or 'no-gpu'}-{info.get('driver') or 'no-driver'}")
+    return engine.dir / f"runtime-{tag.strip('-')}.cache"
+
+
+def create_context(cuda_engine, fl: Flavour, runtime_cache: bytes | None = None, use_cache: bool = True):
+    """(execution context, runtime config, runtime cache, whether the cached blob was accepted).
+
+    TensorRT-RTX: from a runtime config with EAGER shape specialization (never timing a fallback kernel) and a
+    runtime cache, loaded from `runtime_cache` where given and accepted. Full TensorRT: a plain context."""
+    if not fl.rtx:
+        return cuda_engine.create_execution_context(), None, None, False
+    trt = fl.module()
+    config = cuda_engine.create_runtime_config()
+    config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
+    rt_cache, accepted = None, False
+    if use_cache:
+        rt_cache = config.create_runtime_cache()
+        if runtime_cache:
+            accepted = bool(rt_cache.deserialize(runtime_cache))  # False: another GPU/driver/version; recompiles
+        config.set_runtime_cache(rt_cache)
+    return cuda_engine.create_execution_context(config), config, rt_cache, accepted
+
+
+_TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
+                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+
+
+def torch_dtype(trt_dtype):
+    """The torch dtype of a TensorRT DataType."""
+    import torch
+    return getattr(torch, _TORCH_DTYPES[trt_dtype.name])
+
+
+@dataclass
+class Session:
+    """A deserialized engine and one execution context, ready for execute_async_v3 (buffers from PyTorch CUDA).
+
+    `runtime_cache`: 'auto' (the file beside the engine for this GPU), a path, or None (cold: no cache)."""
+    engine: cache.Engine
+    plugins: Sequence[Path | str] = ()
+    runtime_cache: Path | str | None = "auto"
+    keep: list = field(default_factory=list)
+
+    def __post_init__(self):
+        runnable(self.engine)
+        fl = self.engine.flavour
+        self.cuda_engine, self.runtime, said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins)
+        if self.cuda_engine is None:
+            raise RuntimeError(f"{fl.label} could not deserialize {self.engine.plan}: {' | '.join(said[-3:])}")
+        if self.runtime_cache == "auto":
+            self.runtime_cache = runtime_cache_path(self.engine)
+        path = Path(self.runtime_cache) if self.runtime_cache else None
+        blob = path.read_bytes() if path is not None and path.is_file() else None
+        start = time.perf_counter()
+        self.context, self.config, self.rt_cache, self.cache_accepted = create_context(
+            self.cuda_engine, fl, blob, use_cache=path is not None)
+        self.context_seconds = time.perf_counter() - start
+        if self.context is None:
+            raise RuntimeError(f"{fl.label} could not create an execution context for {self.engine.plan}")
+        names = [self.cuda_engine.get_tensor_name(i) for i in range(self.cuda_engine.num_io_tensors)]
+        mode = fl.module().TensorIOMode.INPUT
+        self.inputs = [n for n in names if self.cuda_engine.get_tensor_mode(n) == mode]
+        self.outputs = [n for n in names if self.cuda_engine.get_tensor_mode(n) != mode]
+        if len(self.inputs) != 1:
+            raise ValueError(f"{self.engine.plan}: expected one input tensor, the engine has {self.inputs}")
+
+    def bind(self, x) -> dict:
+        """Set the input shape and every tensor address for device tensor `x`; the output tensors."""
+        import torch
+        self.engine.profile.check(int(x.shape[0]))
+        name = self.inputs[0]
+        x = x.to(torch_dtype(self.cuda_engine.get_tensor_dtype(name))).contiguous()
+        self.context.set_input_shape(name, tuple(x.shape))
+        self.context.set_tensor_address(name, x.data_ptr())
+        outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), device=x.device,
+                               dtype=torch_dtype(self.cuda_engine.get_tensor_dtype(n))) for n in self.outputs}
+        for n, t in outs.items():
+            self.context.set_tensor_address(n, t.data_ptr())
+        self.keep = [x, *outs.values()]  # alive as long as the addresses are bound
+        return outs
+
+    def enqueue(self, stream_handle: int) -> bool:
+        """Enqueue one inference on a CUDA stream; False where TensorRT refused (e.g. under a failed capture)."""
+        return bool(self.context.execute_async_v3(stream_handle))
+
+    def execute(self, stream_handle: int) -> None:
+        """Enqueue one inference on a CUDA stream, or raise."""
+        if not self.enqueue(stream_handle):
+            raise RuntimeError(f"execute_async_v3 failed for {self.engine.plan}")
+
+    def capturable(self, stream_handle: int) -> tuple[bool | None, str]:
+        """Whether TensorRT allows a CUDA-graph capture of an enqueue on this stream (RTX answers; full TensorRT
+        cannot tell before trying: None)."""
+        if not hasattr(self.context, "is_stream_capturable"):
+            return None, ""
+        ok = bool(self.context.is_stream_capturable(stream_handle))
+        return ok, "" if ok else f"{self.engine.flavour.label}: the execution context is not stream-capturable"
+
+    def save_runtime_cache(self) -> Path | None:
+        """Write the runtime cache (RTX's JIT-compiled kernels) beside the engine, atomically; its path."""
+        if self.rt_cache is None or not self.runtime_cache:
+            return None
+        blob = self.rt_cache.serialize()
+        if not blob:
+            return None
+        io.write_bytes(Path(self.runtime_cache), bytes(blob))
+        return Path(self.runtime_cache)
+
+
+def runner(engine: cache.Engine | Path | str, name: str, plugins: Sequence[Path | str] = ()):
+    """A polygraphy runner over our own Session, so polygraphy's Comparator drives either flavour."""
+    from polygraphy.backend.base import BaseRunner
+    from polygraphy.common import TensorMetadata
+    engine = engine if isinstance(engine, cache.Engine) else cache.load(engine)
+
+    class EngineRunner(BaseRunner):
+        def __init__(self):
+            super().__init__(name=name, prefix="mvlib-trt-runner")
+
+        def activate_impl(self):
+            import torch
+            self.session = Session(engine, plugins)
+            self.stream = torch.cuda.Stream()
+
+        def get_input_metadata_impl(self):
+            ce, inp = self.session.cuda_engine, self.session.inputs[0]
+            return TensorMetadata().add(inp, np.float32, (-1, *tuple(ce.get_tensor_shape(inp))[1:]))
+
+        def infer_impl(self, feed_dict):
+            import torch
+            start = time.perf_counter()
+            x = torch.from_numpy(np.ascontiguousarray(feed_dict[self.session.inputs[0]])).cuda()
+            with torch.cuda.stream(self.stream):
+                outs = self.session.bind(x)
+                self.session.execute(self.stream.cuda_stream)
+            self.stream.synchronize()
+            # .cpu() makes new host arrays every call: no caller ever holds a view of a reused buffer.
+            result = {n: t.float().cpu().numpy() for n, t in outs.items()}
+            self.inference_time = time.perf_counter() - start
+            return result
+
+        def deactivate_impl(self):
+            self.session.save_runtime_cache()
+            del self.session, self.stream
+
+    return EngineRunner()
