@@ -8,7 +8,12 @@ ARGS    ?=
 # PyTorch is pinned to the release the study was developed on; override to use another.
 TORCH_SPEC ?= torch==2.13.*
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-# TensorRT-RTX (pip install tensorrt-rtx-cu13) builds every engine, GPU or not; PyPI has it for x86_64 Linux.
+# TensorRT-RTX builds every engine, GPU or not; PyPI has it for x86_64 Linux as a CUDA 12 and a CUDA 13 build.
+# The driver decides which (cuDriverGetVersion; a stdlib-only script, as nothing is installed yet): rtx-cu13 on an
+# R580+ driver or without a GPU, rtx-cu12 on an R525-R570 driver, where the CUDA 13 build would fail at run time.
+RTX_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra)
+# The TensorRT flavour whose library folder `make lab` puts on the kernels' path (as in the study's parameters).
+TRT_FLAVOUR ?= auto
 ARCH := $(shell uname -m)
 RTX_WHEELS := $(if $(filter x86_64,$(ARCH)),1)
 
@@ -36,12 +41,12 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
 ifeq ($(RTX_WHEELS),1)
-	$(PY) -m pip install -q -e ".[rtx]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(RTX_EXTRA)]" "$(TORCH_SPEC)"
 else
 	@echo "NOTE: TensorRT-RTX has no wheels for $(ARCH); engines are built only where TensorRT is installed."
 endif
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[trt]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 8.0, 8.6, 8.9 and 12.x."
+	$(PY) -m pip install -q -e ".[trt]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 7.5, 8.6, 8.9 and 12.x."
 endif
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
@@ -53,7 +58,7 @@ LAB_ARGS ?=
 LAB_AS_ROOT = $(if $(filter 0,$(shell id -u)),--allow-root)
 # The kernels also get TensorRT-RTX's unversioned library name on their path (its parser dlopens it for plugins).
 lab: $(VENV)/.installed
-	d="$$($(PY) -m mvlib.trt libdir 2>/dev/null)"; \
+	d="$$($(PY) -m mvlib.tensorrt libdir $(TRT_FLAVOUR) 2>/dev/null)"; \
 	LD_LIBRARY_PATH="$$d$${d:+$${LD_LIBRARY_PATH:+:}}$$LD_LIBRARY_PATH" \
 	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" --LabApp.default_url=/lab/tree/notebooks $(LAB_AS_ROOT) $(LAB_ARGS)
 

@@ -20,10 +20,8 @@ def main(argv: list[str]) -> int:
         return timing.jit_child(rest[0], rest[1])
     if cmd == "libdir" and len(rest) <= 1:
         from mvlib.tensorrt import flavours, plugins
-        try:
-            print(plugins.unversioned_dir(flavours.select(rest[0] if rest else "auto")) or "")
-        except flavours.NoBuilder:
-            print("")
+        chosen = flavours.decide(rest[0] if rest else "auto")["trt_flavour"]  # the run's own decision
+        print((plugins.unversioned_dir(flavours.select(chosen)) if chosen else None) or "")
         return 0
     if cmd == "cache" and rest in ([], ["--prune"]):
         from mvlib.tensorrt import cache

@@ -1,0 +1,160 @@
+"""The engine cache (mvlib.tensorrt.cache) with the real builder: keys, reuse, superseded entries, corrupt engines.
+
+TensorRT-RTX from PyPI builds here on the CPU, ahead of time; small real ONNX models keep each build to seconds.
+"""
+import onnx
+import pytest
+import tensorrt_models as models
+
+from mvlib import paths
+from mvlib.tensorrt import cache, flavours, shapes, table
+
+HAS_BUILDER, BUILDER = flavours.builder_status()
+needs_builder = pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
+PROFILE = shapes.Profile(1, 2, 4)
+
+
+@pytest.fixture
+def engines_dir(tmp_path, monkeypatch):
+    """An empty engine cache for one test."""
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    return paths.ENGINES
+
+
+@pytest.fixture(scope="module")
+def flavour():
+    """The flavour the study picks here (auto)."""
+    if not HAS_BUILDER:
+        pytest.skip(f"no TensorRT builder: {BUILDER}")
+    return flavours.select()
+
+
+def test_engine_key_changes_with_everything_an_engine_depends_on(tmp_path):
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    rtx = flavours.Flavour("tensorrt_rtx", "1.7.1.116")
+
+    def key(path=onnx_path, profile=PROFILE, fl=rtx, target="sm86", ws=4.0):
+        return cache.engine_key(path, cache.key_parts(path, profile, fl, target, (), ws))
+
+    base = key()
+    assert base == key() and base.startswith("model-b1_2_4-sm86-tensorrt_rtx-")
+    (tmp_path / "other").mkdir()
+    other = models.conv(tmp_path / "other" / "model.onnx", doc="one byte of difference is a different engine")
+    variants = [key(path=other), key(profile=shapes.Profile(1, 8, 32)), key(target="sm89"), key(ws=2.0),
+                key(fl=flavours.Flavour("tensorrt_rtx", "1.8.0")), key(fl=flavours.Flavour("tensorrt", "10.16.0"))]
+    assert len({base, *variants}) == len(variants) + 1
+
+
+def test_missing_plugin_names_how_to_build_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="silu_plugin"):
+        cache.key_parts(models.conv(tmp_path / "m.onnx"), PROFILE, flavours.Flavour("tensorrt_rtx", "1.7"), "sm86",
+                        [tmp_path / "libmissing.so"])
+
+
+@needs_builder
+def test_a_rerun_with_nothing_changed_builds_nothing(tmp_path, flavour, engines_dir, capsys):
+    """19.4: the second build of the same inputs reuses the engine and adds nothing to the cache."""
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    first = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
+    assert first.status == "built" and cache.has_plan_header(first.plan, flavour.name)
+    info = first.info
+    assert info["profile"] == [1, 2, 4] and info["workspace_gb"] == 1.0 and info["strongly_typed"] is True
+    assert info["tf32"] is False and info["profiling_verbosity"] == "DETAILED" and info["compute_precision"]
+    before = sorted(p.name for p in engines_dir.iterdir())
+    again = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
+    assert again.status == "reused" and again.plan == first.plan and "reusing engine" in capsys.readouterr().out
+    assert sorted(p.name for p in engines_dir.iterdir()) == before
+
+
+@needs_builder
+def test_a_new_engine_removes_only_the_entries_it_supersedes(tmp_path, flavour, engines_dir, capsys):
+    """19.4: same ONNX file/profile/target/flavour, new bytes: the old entry goes; nothing else does."""
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    old = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
+    (tmp_path / "variant").mkdir()
+    twin = models.conv(tmp_path / "variant" / "model.onnx", seed=1)
+    other_variant = cache.build_engine(twin, PROFILE, flavour, workspace_gb=1)  # same stem, another ONNX file
+    foreign = engines_dir / (old.dir.name.rsplit("-", 1)[0] + "-0000000000000000")
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not the study's: no build.json")
+    models.conv(onnx_path, doc="the model changed")
+    new = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
+    assert new.status == "built" and new.dir != old.dir
+    assert not old.dir.exists() and f"removed {old.dir.name}" in capsys.readouterr().out
+    assert other_variant.dir.exists() and foreign.exists() and new.dir.exists()
+
+
+@needs_builder
+def test_the_cache_report_and_prune(tmp_path, flavour, engines_dir):
+    """19.4: `python -m mvlib.tensorrt cache` sizes every entry; --prune removes stale entries the study made."""
+    gone = cache.build_engine(models.conv(tmp_path / "gone.onnx"), PROFILE, flavour, workspace_gb=1)
+    kept = cache.build_engine(models.conv(tmp_path / "kept.onnx"), PROFILE, flavour, workspace_gb=1)
+    (tmp_path / "gone.onnx").unlink()
+    (engines_dir / "someone-elses").mkdir()
+    text = cache.report()
+    assert f"{gone.dir.name}  [gone.onnx is gone]" in text and "3 entries" in text and "MiB" in text
+    assert "someone-elses  [no build record" in text
+    pruned = cache.report(prune=True)
+    assert "removed (gone.onnx is gone)" in pruned and "freed" in pruned
+    assert not gone.dir.exists() and kept.dir.exists() and (engines_dir / "someone-elses").exists()
+
+
+@needs_builder
+@pytest.mark.parametrize("damage", ["truncate", "flip", "no_record", "bad_record", "no_layers"])
+def test_a_corrupt_engine_is_rebuilt_and_the_table_and_console_say_so(tmp_path, flavour, engines_dir, capsys,
+                                                                        damage):
+    """19.7: status `rebuilt`, the reason in messages, and one plain line on the console."""
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    first = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
+    plan, out = first.plan, first.dir
+    if damage == "truncate":
+        plan.write_bytes(plan.read_bytes()[:50])
+    elif damage == "flip":
+        data = bytearray(plan.read_bytes())
+        data[1000] ^= 0xFF
+        plan.write_bytes(bytes(data))
+    elif damage == "no_record":
+        (out / cache.BUILD_INFO).unlink()
+    elif damage == "bad_record":
+        (out / cache.BUILD_INFO).write_text("{ half a record")
+    else:
+        (out / cache.LAYERS).unlink()
+    problem = cache.cache_problem(out)
+    assert problem and problem != "not built yet"
+    with pytest.raises(RuntimeError, match="cannot be used"):
+        cache.load(plan)
+    capsys.readouterr()
+    rows = table.build_all("03_fp32_fp16", [table.EngineSpec("fp32", onnx_path)], PROFILE, flavour.name,
+                           workspace_gb=1)
+    printed = capsys.readouterr().out
+    row = rows.iloc[0]
+    assert row.status == "rebuilt" and row.messages.startswith(f"rebuilt: {problem}")
+    assert table.rebuilt_line("03_fp32_fp16", "fp32", problem) in printed.splitlines()
+    assert cache.cache_problem(out) is None and cache.has_plan_header(row.path, flavour.name)
+    table.require_built(rows)  # a rebuilt engine is a usable one
+
+
+@needs_builder
+def test_a_model_the_parser_refuses_fails_with_its_words(tmp_path, flavour, engines_dir):
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
+    node = helper.make_node("NoSuchOpAnywhere", ["input"], ["logits"], domain="nowhere")
+    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nowhere", 1)])
+    bad = tmp_path / "model.onnx"
+    onnx.save(model, str(bad))
+    with pytest.raises(cache.BuildFailed) as err:
+        cache.build_engine(bad, shapes.Profile(1, 1, 2), flavour)
+    assert any(m.startswith("PARSER:") and "NoSuchOpAnywhere" in m for m in err.value.messages)
+    rows = table.build_all("test", [table.EngineSpec("bad", bad)], shapes.Profile(1, 1, 2), flavour.name)
+    assert rows["status"].tolist() == ["failed"] and "NoSuchOpAnywhere" in rows["messages"].iloc[0]
+    with pytest.raises(AssertionError, match="bad"):
+        table.require_built(rows)
+    assert not any((p / cache.BUILD_INFO).exists() for p in engines_dir.iterdir() if p.is_dir())
+
+
+def test_cache_command_line(tmp_path, monkeypatch):
+    from mvlib.tensorrt import __main__ as cli
+    monkeypatch.setattr(paths, "ENGINES", tmp_path)
+    assert cli.main(["cache"]) == 0 and cli.main(["nonsense"]) == 2
