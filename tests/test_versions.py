@@ -1,0 +1,42 @@
+"""The dependency ranges pyproject.toml declares are the ones the study is known to work with."""
+import importlib.metadata as md
+import json
+
+import pytest
+from packaging.requirements import Requirement
+
+from mvlib import paths
+
+tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+
+def _dependencies() -> dict[str, Requirement]:
+    """pyproject.toml's [project] dependencies by name."""
+    project = tomllib.loads((paths.ROOT / "pyproject.toml").read_text())["project"]
+    return {(r := Requirement(text)).name: r for text in project["dependencies"]}
+
+
+def test_every_declared_range_holds_what_is_installed_here():
+    """The environment the tests run in is inside the declared ranges (else the ranges are not what was tested)."""
+    outside = []
+    for name, req in _dependencies().items():
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = md.version(name)
+        except md.PackageNotFoundError:
+            outside.append(f"{name}: not installed")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            outside.append(f"{name} {installed} is outside {req.specifier}")
+    assert not outside, outside
+
+
+def test_onnx_range_holds_every_version_a_published_run_used():
+    """The committed runs record their onnx version (1.23.1 on the H200): the declared range must allow it."""
+    spec = _dependencies()["onnx"].specifier
+    used = {manifest["versions"]["onnx"] for manifest in
+            (json.loads(p.read_text()) for p in paths.RESULTS.rglob("manifest.json"))}
+    assert used, "no published manifest records an onnx version"
+    assert all(spec.contains(v) for v in used), f"onnx {sorted(used)} used by published runs; declared {spec}"
+    assert not spec.contains("1.17.0")  # not claimed: the study was never run with it
