@@ -1,0 +1,443 @@
+"""Which backend and precision to ship: one row per timed backend, read from the tables the run already wrote.
+
+Nothing is measured here. Timing, memory, energy and what each backend ran from come from 06_benchmark.csv;
+accuracy against the FP32 reference from the table of the notebook that measured it (06_accuracy.csv for the
+backends notebook 06 checks itself, 03_accuracy.csv for ONNX Runtime FP32 / FP16 and the FP32 / FP16 engines,
+04_int8_accuracy.csv and 04_int8_trt_accuracy.csv for INT8, 05_plugin_accuracy.csv for the plugin engines);
+engine bytes and build seconds from engines.csv. A number no table holds is the text "not measured: <why>".
+
+The best-throughput quantities (throughput, its batch, peak GPU memory, power, energy per image) all belong to the
+row's fastest batch. The Pareto front is over throughput and top-1 agreement with the FP32 reference: a row is on
+it when no other row is at least as fast and at least as accurate, and better in one.
+"""
+import math
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
+
+from mvlib.energy import NOT_MEASURED
+
+COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cosine_mean", "cosine_min",
+           "top1_agreement", "top1_labels", "accuracy_source", "latency_b1_p50_ms", "latency_b1_p99_ms",
+           "best_throughput_ips", "best_batch", "peak_gpu_mem_mb", "artifact", "artifact_bytes", "build_s",
+           "build_what", "power_w", "j_per_image", "pareto"]
+ACCURACY = ("cosine_mean", "cosine_min", "top1_agreement")
+REFERENCE = ("pytorch", "cpu", "fp32")  # the row that is the FP32 reference itself
+EAGER = ("pytorch", "pytorch-eager")    # backends with no build or compile step
+FRONT = "on the front"
+
+
+@dataclass
+class Tables:
+    """A run's results tables, read once each (None where the run has no such table), and its manifest."""
+    results: Path
+    manifest: dict
+    _cache: dict = field(default_factory=dict)
+
+    def get(self, name: str) -> pd.DataFrame | None:
+        """Table `name` of the run, or None where it was not written."""
+        if name not in self._cache:
+            path = Path(self.results) / name
+            self._cache[name] = pd.read_csv(path) if path.is_file() else None
+        return self._cache[name]
+
+
+def number(value) -> float | None:
+    """A table cell as a finite float, or None (blank, NaN, or a text such as 'not measured: ...')."""
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _text_or_number(value, reason: str):
+    """A cell's number, its own text where it is one (a reason), or `reason` where it is blank."""
+    x = number(value)
+    if x is not None:
+        return x
+    if isinstance(value, str) and value.strip():
+        return value if value.startswith(NOT_MEASURED) else NOT_MEASURED + value
+    return NOT_MEASURED + reason
+
+
+# --- accuracy ---------------------------------------------------------------------------------------------
+def pooled(rows: pd.DataFrame, source: str) -> dict:
+    """Accuracy over several rows of one runner (batches): means weighted by images, the worst cosine."""
+    rows = rows[rows["cosine_mean"].map(number).notna()]
+    n = rows["n"].astype(float) if "n" in rows else pd.Series(1.0, index=rows.index)
+    refs = ", ".join(dict.fromkeys(str(r) for r in rows.get("reference", pd.Series(["FP32"])).dropna()))
+    return {"accuracy_reference": refs,
+            "cosine_mean": float(np.average(rows["cosine_mean"].astype(float), weights=n)),
+            "cosine_min": float(rows["cosine_min"].astype(float).min()),
+            "top1_agreement": float(np.average(rows["top1_agreement"].astype(float), weights=n)),
+            "accuracy_source": f"{source}, {len(rows)} row(s), {int(n.sum())} comparisons"}
+
+
+def _not_measured(reason: str) -> dict:
+    """Every accuracy column saying why it is empty."""
+    text = NOT_MEASURED + reason
+    return {"accuracy_reference": text, **dict.fromkeys(ACCURACY, text), "accuracy_source": text}
+
+
+def _runner_rows(t: Tables, name: str, runner: str) -> tuple[pd.DataFrame | None, str]:
+    """Rows of `runner` in accuracy table `name` that hold numbers; else None and why."""
+    table = t.get(name)
+    if table is None:
+        return None, f"{name} absent (its notebook did not run in this run)"
+    rows = table[table["runner"] == runner]
+    if rows.empty:
+        return None, f"{name} has no {runner} rows"
+    measured = rows[rows["cosine_mean"].map(number).notna()]
+    if measured.empty:
+        status = rows["status"].dropna().astype(str) if "status" in rows else pd.Series(dtype=str)
+        why = status.iloc[0].removeprefix("skipped: ") if len(status) else "no numbers"
+        return None, f"{name}, {runner}: {why}"
+    return measured, ""
+
+
+def _engine_reason(t: Tables, engine: str, fallback: str) -> str:
+    """Why an engine has no accuracy, as the engines table says (or `fallback`)."""
+    engines = t.get("engines.csv")
+    if engines is not None:
+        row = engines[engines["engine"] == engine]
+        if len(row) and isinstance(row["accuracy"].iloc[0], str) and row["accuracy"].iloc[0].startswith("skipped"):
+            return "engines.csv: " + row["accuracy"].iloc[0].removeprefix("skipped: ")
+    return fallback
+
+
+def _int8_row(t: Tables, name: str, key: str, value: str) -> pd.Series | None:
+    """The row of an INT8 table for `value` in column `key` (model.int8.onnx: the variant notebook 04 chose)."""
+    table = t.get(name)
+    if table is None or key not in table:
+        return None
+    rows = table[table[key] == value]
+    if len(rows) > 1 and "high_precision" in rows:  # the FP32-float fallback writes model.int8.onnx a second time
+        chosen = (t.manifest.get("int8") or {}).get("high_precision")
+        rows = rows[rows["high_precision"] == chosen] if chosen in set(rows["high_precision"]) else rows.tail(1)
+    return rows.iloc[-1] if len(rows) else None
+
+
+def _int8_accuracy(row: pd.Series | None, source: str, why: str) -> dict:
+    """Accuracy columns from one row of notebook 04's tables (against ONNX Runtime FP32 on its evaluation images)."""
+    if row is None or number(row.get("cosine_mean")) is None:
+        return _not_measured(why)
+    return {"accuracy_reference": "onnxrt-fp32 (notebook 04's evaluation images)",
+            **{k: float(row[k]) for k in ACCURACY},
+            "accuracy_source": f"{source}: {row.get('file', '')}, {int(row['n'])} images"}
+
+
+def accuracy(t: Tables, label: str, backend: str, device: str, precision: str) -> dict:
+    """The accuracy columns of one decision row, from the table of the notebook that measured them."""
+    if (backend, device, precision) == REFERENCE:
+        return {"accuracy_reference": "is the reference (PyTorch FP32)", "cosine_mean": 1.0, "cosine_min": 1.0,
+                "top1_agreement": 1.0, "accuracy_source": "the FP32 reference itself"}
+    own = t.get("06_accuracy.csv")
+    if own is not None and (own["label"] == label).any():
+        return pooled(own[own["label"] == label], "06_accuracy.csv")
+    if backend == "onnxruntime" and precision in ("fp32", "fp16"):
+        rows, why = _runner_rows(t, "03_accuracy.csv", f"onnxrt-{precision}")
+        if rows is None and precision == "fp32":
+            rows, why01 = _runner_rows(t, "01_export_accuracy.csv", "onnxrt-fp32")
+            why = f"{why}; {why01}"
+            return pooled(rows, "01_export_accuracy.csv") if rows is not None else _not_measured(why)
+        return pooled(rows, "03_accuracy.csv") if rows is not None else _not_measured(why)
+    if backend == "onnxruntime" and precision == "int8":
+        return _int8_accuracy(_int8_row(t, "04_int8_accuracy.csv", "file", "model.int8.onnx"), "04_int8_accuracy.csv",
+                              "04_int8_accuracy.csv absent or without model.int8.onnx (notebook 04 writes it)")
+    if backend.startswith("tensorrt"):
+        engine = ("plugin_" if "plugin" in backend else "") + precision
+        if engine == "int8":
+            why = _engine_reason(t, engine, "04_int8_trt_accuracy.csv absent (notebook 04 writes it on the trt tier)")
+            return _int8_accuracy(_int8_row(t, "04_int8_trt_accuracy.csv", "engine", engine),
+                                  "04_int8_trt_accuracy.csv", why)
+        name = "05_plugin_accuracy.csv" if engine.startswith("plugin_") else "03_accuracy.csv"
+        rows, why = _runner_rows(t, name, f"trt-{engine}")
+        return pooled(rows, name) if rows is not None else _not_measured(_engine_reason(t, engine, why))
+    return _not_measured(f"no accuracy table holds {label} (06_accuracy.csv checks the backends notebook 06 "
+                         "runs itself)")
+
+
+def labelled_top1(t: Tables, backend: str, precision: str) -> float | str:
+    """Top-1 against true labels: notebook 04's, where its images were labelled; else why not."""
+    images = t.manifest.get("int8_images") or {}
+    if not images:
+        return NOT_MEASURED + "no labelled images in this run (notebook 04 loads them; it did not run)"
+    if not images.get("labelled"):
+        return NOT_MEASURED + f"the run's images have no labels ({images.get('label', 'unlabelled')})"
+    cells = {("onnxruntime", "fp32"): ("04_int8_accuracy.csv", "file", "top1_fp32"),
+             ("onnxruntime", "int8"): ("04_int8_accuracy.csv", "file", "top1_int8"),
+             ("tensorrt", "int8"): ("04_int8_trt_accuracy.csv", "engine", "top1_int8")}
+    if (backend, precision) not in cells:
+        return NOT_MEASURED + "labelled images are used by notebook 04 only (INT8 and its FP32 reference)"
+    name, key, col = cells[(backend, precision)]
+    row = _int8_row(t, name, key, "int8" if key == "engine" else "model.int8.onnx")
+    value = number(row.get(col)) if row is not None else None
+    return value if value is not None else NOT_MEASURED + f"{name} has no {col}"
+
+
+# --- everything else --------------------------------------------------------------------------------------
+def _engine(t: Tables, backend: str, precision: str) -> pd.Series | None:
+    """The engines-table row of a TensorRT backend's engine, where notebooks 03 to 05 recorded it."""
+    engines = t.get("engines.csv")
+    if engines is None:
+        return None
+    rows = engines[engines["engine"] == ("plugin_" if "plugin" in backend else "") + precision]
+    return rows.iloc[-1] if len(rows) else None
+
+
+def artifact(t: Tables, best: pd.Series) -> dict:
+    """What the backend runs from and its bytes: the engine (engines.csv) or 06_benchmark's artifact columns."""
+    if best["backend"].startswith("tensorrt"):
+        eng = _engine(t, best["backend"], best["precision"])
+        if eng is not None and number(eng.get("engine_bytes")) is not None:
+            return {"artifact": f"engine {eng['engine']} ({eng['flavour']} {eng['flavour_version']}, {eng['target']})",
+                    "artifact_bytes": float(eng["engine_bytes"])}
+    if "artifact_bytes" not in best or number(best.get("artifact_bytes")) is None:
+        why = NOT_MEASURED + ("engines.csv has no row for this engine (notebooks 03 to 05 record it)"
+                              if best["backend"].startswith("tensorrt") else
+                              "06_benchmark.csv has no artifact size for it")
+        return {"artifact": why, "artifact_bytes": why}
+    return {"artifact": best["artifact"], "artifact_bytes": float(best["artifact_bytes"])}
+
+
+def build(t: Tables, best: pd.Series) -> dict:
+    """Build or compile seconds: the engine build (engines.csv), none for eager PyTorch, else making the backend
+    and its first call at the best batch (06_benchmark setup_s + prime_s)."""
+    if best["backend"] in EAGER:
+        return {"build_s": "none: eager PyTorch runs the module as loaded", "build_what": "no build step"}
+    if best["backend"].startswith("tensorrt"):
+        eng = _engine(t, best["backend"], best["precision"])
+        if eng is None or number(eng.get("build_seconds")) is None:
+            why = NOT_MEASURED + "engines.csv has no build of this engine (notebooks 03 to 05 record it)"
+            return {"build_s": why, "build_what": why}
+        when = "this run" if eng["status"] == "built" else "an earlier run; reused here"
+        return {"build_s": float(eng["build_seconds"]),
+                "build_what": f"TensorRT engine build ({eng['flavour']}, {eng['target']}; {when})"}
+    parts = [number(best.get("setup_s")), number(best.get("prime_s"))]
+    if None in parts:
+        why = NOT_MEASURED + "06_benchmark.csv has no setup_s / prime_s for it"
+        return {"build_s": why, "build_what": why}
+    what = {"torch.compile": "torch.compile", "torch.compile+cudagraphs": "torch.compile and CUDA-graph capture",
+            "onnxruntime": "ONNX Runtime session (graph optimisation)"}.get(best["backend"], "setup")
+    return {"build_s": sum(parts), "build_what": f"{what}: backend made, then its first call at batch "
+                                                 f"{int(best['batch'])} (setup_s + prime_s)"}
+
+
+def _energy(best: pd.Series) -> dict:
+    """Power and energy per image at the best batch, or the benchmark's reason."""
+    missing = "06_benchmark.csv has no energy columns (written before energy was measured)"
+    return {"power_w": _text_or_number(best.get("power_w"), missing),
+            "j_per_image": _text_or_number(best.get("energy_j_per_image"), missing)}
+
+
+def _timing(rows: pd.DataFrame) -> dict:
+    """Batch-1 latency, best throughput and its batch, and peak GPU memory there."""
+    best = rows.loc[rows["throughput_ips"].astype(float).idxmax()]
+    b1 = rows[rows["batch"] == 1]
+    no_b1 = NOT_MEASURED + f"batch 1 was not timed (batches {sorted(int(b) for b in rows['batch'])})"
+    if best["device"] != "cuda":
+        peak = NOT_MEASURED + "CPU backend (a process-wide RSS would mix backends)"
+    else:
+        peak = _text_or_number(best["peak_mem_mb"], "no peak memory recorded")
+    return {"latency_b1_p50_ms": float(b1["median_ms"].iloc[0]) if len(b1) else no_b1,
+            "latency_b1_p99_ms": float(b1["p99_ms"].iloc[0]) if len(b1) else no_b1,
+            "best_throughput_ips": float(best["throughput_ips"]), "best_batch": int(best["batch"]),
+            "peak_gpu_mem_mb": peak}
+
+
+def pareto(throughput: list[float | None], accuracy: list[float | None], labels: list[str]) -> list[str]:
+    """Per row: on the front, dominated by which row, or not placed (no accuracy)."""
+    out = []
+    for i, (x, y) in enumerate(zip(throughput, accuracy, strict=True)):
+        if x is None or y is None:
+            out.append("not placed: accuracy not measured")
+            continue
+        better = [j for j, (x2, y2) in enumerate(zip(throughput, accuracy, strict=True))
+                  if j != i and x2 is not None and y2 is not None and x2 >= x and y2 >= y and (x2 > x or y2 > y)]
+        out.append(FRONT if not better else "dominated by " + max((labels[j] for j in better),
+                                                                  key=lambda lab: throughput[labels.index(lab)]))
+    return out
+
+
+def table(results: Path, manifest: dict) -> pd.DataFrame:
+    """The decision table of a run: one row per label of 06_benchmark.csv, in its order."""
+    t = Tables(Path(results), manifest)
+    bench = t.get("06_benchmark.csv")
+    if bench is None:
+        raise FileNotFoundError(f"{Path(results) / '06_benchmark.csv'} not found: notebook 06 writes it first")
+    rows = []
+    for label in dict.fromkeys(bench["label"]):
+        d = bench[bench["label"] == label]
+        first = d.iloc[0]
+        timing = _timing(d)
+        best = d[d["batch"] == timing["best_batch"]].iloc[0]
+        rows.append({"label": label, "backend": first["backend"], "device": first["device"],
+                     "precision": first["precision"],
+                     **accuracy(t, label, first["backend"], first["device"], first["precision"]),
+                     "top1_labels": labelled_top1(t, first["backend"], first["precision"]),
+                     **timing, **artifact(t, best), **build(t, best), **_energy(best)})
+    out = pd.DataFrame(rows)
+    out["pareto"] = pareto([number(x) for x in out["best_throughput_ips"]],
+                           [number(y) for y in out["top1_agreement"]], list(out["label"]))
+    return out.reindex(columns=COLUMNS)
+
+
+# --- the figure -------------------------------------------------------------------------------------------
+MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp8": "D"}
+COLOURS = {"cpu": "tab:blue", "cuda": "tab:orange"}
+KEY_ROWS = 8  # lines per column of the key under the panels
+
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A figure on the Agg canvas (no pyplot state)."""
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _plain_log(axis) -> None:
+    """Log-axis tick labels as plain numbers (0.02, 300, 1e+04), minor ones only where they fit."""
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+
+
+def _subject(manifest: dict) -> str:
+    """'mobilevit_s, 256x256: ' from notebook 06's recorded parameters, where the manifest has them."""
+    params = (manifest.get("params") or {}).get("06_benchmark") or {}
+    parts = [str(params["variant"])] if params.get("variant") else []
+    parts += [f"{params['img_size']}x{params['img_size']}"] if params.get("img_size") else []
+    return f"{', '.join(parts)}: " if parts else ""
+
+
+def _front_line(ax, xs: list[float], ys: list[float]) -> None:
+    """The Pareto front as the staircase that bounds what it dominates (below and left of it), its points ringed."""
+    if not xs:
+        return
+    order = np.argsort(xs)
+    x, y = np.asarray(xs, float)[order], np.asarray(ys, float)[order]  # faster along the front: less accurate
+    verts = [(ax.get_xlim()[0], y[0])]
+    for i in range(len(x)):
+        verts.append((x[i], y[i]))
+        if i + 1 < len(x):
+            verts.append((x[i], y[i + 1]))
+    verts.append((x[-1], ax.get_ylim()[0]))
+    ax.plot(*zip(*verts, strict=True), color="0.3", lw=1, ls="--", zorder=1, label="Pareto front")
+    ax.scatter(x, y, s=170, facecolors="none", edgecolors="k", lw=1.2, zorder=5)
+
+
+def _points(ax, d: pd.DataFrame, y: str, scale: float | None) -> None:
+    """One marker per row (colour: device, shape: precision, area: J/image where `scale`), numbered by its key."""
+    for k, r in enumerate(d.itertuples()):
+        j = number(r.j_per_image)
+        size = 45 if scale is None else (30 + 400 * j / scale if j is not None else 45)
+        hollow = scale is not None and j is None
+        colour = COLOURS.get(r.device, "0.5")
+        ax.scatter(r.best_throughput_ips, getattr(r, y), s=size, marker=MARKERS.get(r.precision, "o"),
+                   facecolors="none" if hollow else colour, edgecolors=colour, alpha=0.85, zorder=3)
+        # neighbours at the same height get their numbers staggered, so clusters stay readable
+        ax.annotate(str(r.key), (r.best_throughput_ips, getattr(r, y)), xytext=(5, 4 + 8 * (k % 3)),
+                    textcoords="offset points", fontsize=8, fontweight="bold", zorder=4)
+
+
+def _reasons(d: pd.DataFrame, column: str) -> list[str]:
+    """The distinct reasons a column is empty, with the rows (by key) they apply to."""
+    why: dict[str, list[str]] = {}
+    for r in d.itertuples():
+        value = getattr(r, column)
+        if number(value) is None:
+            why.setdefault(str(value).removeprefix(NOT_MEASURED), []).append(str(r.key))
+    return [f"{', '.join(keys)}: {reason}" for reason, keys in why.items()]
+
+
+def _short(line: str, width: int) -> str:
+    """A line cut to `width` characters."""
+    return line if len(line) <= width else line[:width - 3] + "..."
+
+
+def _key(fig: Figure, d: pd.DataFrame, notes: list[str]) -> None:
+    """Under the panels: each number's row, then what the panels leave out and why."""
+    entries = [f"{r.key}  {r.label} ({r.pareto})" for r in d.itertuples()]
+    columns = [entries[i:i + KEY_ROWS] for i in range(0, len(entries), KEY_ROWS)]
+    for c, lines in enumerate(columns):
+        fig.text(0.06 + c * 0.46, 0.25, "\n".join(_short(line, 80) for line in lines), fontsize=7, va="top",
+                 family="monospace")
+    if notes:
+        text = "\n".join(textwrap.fill(n, 150, subsequent_indent="    ") for n in notes[:6])
+        fig.text(0.06, 0.25 - 0.018 * (min(len(entries), KEY_ROWS) + 1), text, fontsize=6.5, va="top", color="0.3")
+
+
+def _idle(manifest: dict) -> tuple[str, list[str]]:
+    """('GPU idle 71 W; CPU idle not measured', [why, per device]) from the manifest's energy entry."""
+    parts, why = [], []
+    for dev, v in sorted(((manifest or {}).get("energy") or {}).items(), reverse=True):  # cuda before cpu
+        name, w = "GPU" if dev == "cuda" else "CPU", number(v.get("idle_w"))
+        parts.append(f"{name} idle " + (f"{w:.0f} W" if w is not None else "not measured"))
+        if w is None:
+            why.append(f"{name} idle draw {v.get('idle_w')}")
+    return "; ".join(parts), why
+
+
+def figure(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
+    """Top-1 agreement against best throughput (marker area: J/image; the Pareto front dashed, its points ringed)
+    and J/image against throughput, from the decision table (and the idle draw the manifest records)."""
+    d = decision.reset_index(drop=True).copy()
+    d["key"] = range(1, len(d) + 1)
+    d["top1_pct"] = [100 * y if y is not None else None for y in map(number, d["top1_agreement"])]
+    energies = [j for j in map(number, d["j_per_image"]) if j is not None]
+    scale = max(energies) if energies else None
+    fig = _figure(13, 8)
+    fig.suptitle(f"{_subject(manifest or {})}which backend and precision to ship: accuracy, throughput, energy "
+                 "per image", fontsize=10)
+    ax = fig.add_subplot(1, 2, 1)
+    placed = d[d["top1_pct"].notna()]
+    ax.set_xscale("log")
+    if len(placed):
+        _points(ax, placed, "top1_pct", scale)
+        lo = float(placed["top1_pct"].min())
+        pad = 0.15 * max(100 - lo, 1)
+        ax.set_ylim(max(0.0, lo - pad), 100 + pad)
+        xs = placed["best_throughput_ips"].astype(float)
+        ax.set_xlim(xs.min() / 2, xs.max() * 2)
+        front = placed[placed["pareto"] == FRONT]
+        _front_line(ax, list(front["best_throughput_ips"]), list(front["top1_pct"]))
+        if len(front):
+            ax.legend(fontsize=7, loc="lower right")
+    _plain_log(ax.xaxis)
+    ax.set_xlabel("best throughput (images/s, at the row's best batch)")
+    ax.set_ylabel("top-1 agreement with the FP32 reference (%)")
+    ax.set_title("accuracy against throughput" + ("\nmarker area: J/image (hollow: not measured)" if scale else ""),
+                 fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax2 = fig.add_subplot(1, 2, 2)
+    idle, idle_why = _idle(manifest or {})
+    ax2.set_title("energy per image against throughput" + (f"\n{idle}" if idle else ""), fontsize=9)
+    measured = d[[number(j) is not None for j in d["j_per_image"]]].copy()
+    if len(measured):
+        measured["j"] = measured["j_per_image"].map(number)
+        _points(ax2, measured, "j", None)
+        ax2.set_xscale("log")
+        ax2.set_yscale("log")
+        ax2.set_xlabel("best throughput (images/s)")
+        ax2.set_ylabel("J per image (board or package, idle included)")
+        _plain_log(ax2.xaxis)
+        _plain_log(ax2.yaxis)
+        ax2.grid(True, which="both", alpha=0.3)
+    else:
+        lines = [textwrap.fill(r, 70) for r in _reasons(d, "j_per_image")]
+        ax2.text(0.5, 0.5, "no energy measured in this run:\n" + "\n".join(lines),
+                 ha="center", va="center", transform=ax2.transAxes, fontsize=7, color="0.3")
+        ax2.set_axis_off()
+    fig.subplots_adjust(bottom=0.36, top=0.88, wspace=0.22, left=0.06, right=0.98)
+    notes = [f"not on the left (no accuracy): {line}" for line in _reasons(d, "top1_agreement")]
+    if len(measured):
+        notes += [f"not on the right (no energy): {line}" for line in _reasons(d, "j_per_image")]
+    _key(fig, d, notes + idle_why)
+    return fig
