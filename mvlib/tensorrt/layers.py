@@ -25,8 +25,8 @@ _PRECISIONS = (("FP8", "FP8"), ("BFLOAT16", "BF16"), ("BF16", "BF16"), ("FP16", 
                ("FP32", "FP32"), ("FLOAT", "FP32"), ("INT8", "INT8"), ("INT32", "INT32"), ("INT64", "INT64"),
                ("BOOL", "BOOL"), ("UINT8", "UINT8"), ("INT4", "INT4"), ("FP4", "FP4"))
 _LINE = re.compile(r"Name: (?P<name>.*?), LayerType: (?P<type>[^,]*), Inputs: \[(?P<inputs>.*)\], "
-                   r"Constants: \[(?P<constants>.*)\], Outputs: \[(?P<outputs>.*)\], TacticName: (?P<tactic>.*?), "
-                   r"StreamId: \d+, Metadata: (?P<meta>.*)$")
+                   r"Constants: \[(?P<constants>.*)\], Outputs: \[(?P<outputs>.*)\], TacticName: ?(?P<tactic>.*?), "
+                   r"StreamId: \d+, Metadata:\s?(?P<meta>.*)$")
 _TENSOR = re.compile(r"Name: (?P<name>[^,]*), Dimensions: [^{}]*?Datatype: (?P<dtype>\w+), Format: (?P<fmt>[^}]*)")
 CONV = re.compile(r"conv|correlation", re.I)      # RTX's compiler calls a convolution "correlation"
 MATMUL = re.compile(r"gemm|matmul|matrix", re.I)
@@ -67,7 +67,8 @@ def math_precision(layer: dict) -> tuple[str, str] | None:
     # the second operand: another activation (attention's matmuls), else the first constant (the weights; the
     # constants after it are scales and biases)
     second = ins[1:2] or [precision(t) for t in layer.get("Constants", [])][:1]
-    act, wt = (ins or ["?"])[0], (second or ["?"])[0]
+    act = (ins or ["?"])[0]
+    wt = (second or [act])[0]  # a fused kernel without a second operand: its input's precision
     return kind, act if act == wt else f"{act} x {wt}"
 
 
