@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, plots, trt
+from mvlib import bench, energy, plots, trt
 from mvlib.run import Run, StageSkipped
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_benchmark.ipynb"
@@ -250,11 +250,20 @@ def test_cuda_eager_measurement(xxs):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA GPU visible to PyTorch")
     _, model = xxs
-    s = bench.Settings(seconds=0.05, repeats=2, warmup_s=0.05)
-    df = bench.measure_all(bench.pytorch_cuda, [1, 2], s, model, precision="fp16", channels_last=True)
+    s = bench.Settings(seconds=0.5, repeats=2, warmup_s=0.05)  # windows long enough for NVML's counter to tick
+    ref = bench.Reference(model, s)
+    df = bench.measure_all(bench.pytorch_cuda, [1, 8], s, model, precision="fp16", channels_last=True,
+                           accuracy=ref)
     assert list(df.columns) == bench.COLUMNS and set(df.device) == {"cuda"}
     assert (df.peak_mem_mb > 0).all() and (df.transfers == bench.GPU_TRANSFERS).all()
     assert (df.p99_ms >= df.median_ms).all() and (df.throughput_ips > 0).all()
+    meter = energy.meter("cuda")
+    if isinstance(meter, energy.NvmlMeter):  # a board with the counter: power above zero, a plausible board draw
+        assert all(10 < w < 2000 for w in df.power_w) and (df.energy_j_per_image > 0).all()
+    else:
+        assert (df.power_w == "not measured: " + meter.reason).all()
+    acc = ref.table()  # FP16 on the GPU against FP32 on the CPU, on the very images it was timed on
+    assert list(acc.batch) == [1, 8] and (acc.cosine_min > 0.999).all() and (acc.top1_agreement >= 0.5).all()
 
 
 # the notebook ---------------------------------------------------------------------------------------
