@@ -41,7 +41,7 @@ def plugin_graph(path: Path | str, names: list[str]) -> Path:
         nodes.append(helper.make_node(pid.name, [prev], [f"t{i}"], name=name, domain=silu_rewrite.TRT_DOMAIN))
         prev = f"t{i}"
     y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", 8])
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(silu_rewrite.TRT_DOMAIN, 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(silu_rewrite.TRT_DOMAIN, 1)]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
     onnx.save(model, str(path))
     return Path(path)

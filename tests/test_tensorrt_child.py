@@ -36,7 +36,7 @@ def test_the_builder_says_what_precision_the_convolution_got(tmp_path):
     int8 = child.build(spec(tmp_path, models.conv(tmp_path / "int8.onnx", int8=True)))
     assert int8["ok"] and int8["compute_precision"] == "conv: 1 INT8"
     saved = io.read_json(tmp_path / "engine" / cache.LAYERS)["builder_layers"]
-    conv = next(l for l in saved if layers.math_precision(l))
+    conv = next(layer for layer in saved if layers.math_precision(layer))
     assert conv["LayerType"] == "correlation" and "[ONNX Layer: conv0]" in conv["Metadata"]
     assert [t["Datatype"] for t in conv["Inputs"]] == ["Int8"] and conv["Constants"][0]["Datatype"] == "Int8"
     (tmp_path / "fp").mkdir()

@@ -6,10 +6,10 @@ The installed TensorRT-RTX is real; a second installed flavour and another GPU a
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mvlib import env, tiers
 from mvlib.skips import StageSkipped

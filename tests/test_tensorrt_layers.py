@@ -1,3 +1,4 @@
+# ruff: noqa: E501  (LISTING below is the builder's lines verbatim: one layer per line)
 """Layer information (mvlib.tensorrt.layers): inspector JSON of TensorRT 10/11, the builder's own listing, and
 engines built elsewhere inspected where they run."""
 import json

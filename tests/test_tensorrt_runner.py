@@ -81,8 +81,9 @@ def test_rtx_contexts_specialize_eagerly_with_the_runtime_cache(rtx):
     context, config, rt_cache, accepted = runner.create_context(engine, rtx, b"blob from an earlier run")
     assert context == "context" and config is engine and rt_cache is engine and accepted is False
     assert engine.dynamic_shapes_kernel_specialization_strategy == trt.DynamicShapesKernelSpecializationStrategy.EAGER
-    assert engine.calls == ["create_runtime_config", "create_runtime_cache", ("deserialize", b"blob from an earlier run"),
-                            "set_runtime_cache", ("create_execution_context", engine)]
+    assert engine.calls == ["create_runtime_config", "create_runtime_cache",
+                            ("deserialize", b"blob from an earlier run"), "set_runtime_cache",
+                            ("create_execution_context", engine)]
     cold = Recorder()
     runner.create_context(cold, rtx, None, use_cache=False)
     assert cold.calls == ["create_runtime_config", ("create_execution_context", cold)]
