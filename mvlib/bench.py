@@ -446,77 +446,7 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
                    logits=_host_logits, **_weights(net, precision))
 
 
-# TensorRT, either flavour (mvlib.trt.Session: the raw API; runs only on the trt tier) ----------------
-def within(profile, batch: int) -> int:
-    """`batch`, or BatchSkipped (left out of the table, with the reason) where the engine's profile refuses it."""
-    try:
-        return profile.check(batch)
-    except ValueError as err:
-        raise BatchSkipped(str(err)) from err
-
-
-def tensorrt_engine(settings: Settings, engine, precision: str, label: str, plugin_libs: Sequence[Path | str] = (),
-                    backend: str = "tensorrt", notes: str = "") -> Backend:
-    """A built engine run through execute_async_v3, captured once per batch in a CUDA graph and replayed."""
-    import torch
-
-    from mvlib import trt
-    engine = engine if isinstance(engine, trt.Engine) else trt.load(engine)
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    free_before = torch.cuda.mem_get_info()[0]
-    session = trt.Session(engine, plugin_libs)
-    profile = engine.profile
-    stream = torch.cuda.Stream()
-    state: dict = {}  # the current batch's graph and buffers: they must live while it replays
-
-    def prepare(batch: int) -> Callable[[], Any]:
-        within(profile, batch)
-        state.clear()
-        x = torch.from_numpy(_images(batch, settings)).to("cuda")
-        with torch.cuda.stream(stream):
-            buffers = session.bind(x)
-            # One plain enqueue after a shape change, before capture: TensorRT does its deferred
-            # shape-dependent setup there, which must not land inside the graph.
-            session.execute(stream.cuda_stream)
-        stream.synchronize()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            session.execute(stream.cuda_stream)
-        state.update(graph=graph, buffers=buffers, bound=list(session.keep))
-        return graph.replay
-
-    def taken_mb() -> float:
-        torch.cuda.synchronize()
-        return (free_before - torch.cuda.mem_get_info()[0]) / MIB
-
-    return Backend(backend, "cuda", precision, label, prepare,
-                   f"CUDA events around each CUDA-graph replay of execute_async_v3, {IN_FLIGHT} in flight",
-                   notes=(f"{engine.flavour.label}, target {engine.info['target']}, "
-                          f"profile {profile.min}..{profile.max}; "
-                          "peak = device memory taken by engine, context, I/O and graph (cudaMemGetInfo)"
-                          + (f"; {notes}" if notes else "")),
-                   peak_mem_mb=taken_mb, keep=[session, stream, state])
-
-
-def tensorrt(settings: Settings, onnx_path: Path | str, precision: str, profile, plugin: bool = False,
-             trt_flavour: str = "auto", trt_target: str = "auto", workspace_gb: float = 4) -> Backend:
-    """Build (or reuse) the engine of an ONNX variant with mvlib.trt.build_engine and wrap it for timing."""
-    from mvlib import trt
-    onnx_path = Path(onnx_path)
-    if not onnx_path.exists():
-        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: notebooks 01 to 05 write it")
-    libs: tuple = ()
-    if plugin:
-        from mvlib import kernel
-        try:
-            libs = (kernel.plugin_library(),)
-        except FileNotFoundError as err:
-            raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}") from err
-    engine = trt.runnable(trt.build_engine(onnx_path, profile, trt.select(trt_flavour), trt_target, libs, workspace_gb))
-    label = f"{engine.flavour.label.split()[0]} {precision.upper()}" + (" + SiLU plugin" if plugin else "")
-    return tensorrt_engine(settings, engine, precision, label, plugin_libs=libs,
-                           backend="tensorrt+plugin" if plugin else "tensorrt", notes=onnx_path.name)
+# TensorRT engines are timed by mvlib.tensorrt.timing, with this module's Backend and measure.
 
 
 # derived tables -----------------------------------------------------------------------------------

@@ -10,8 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, energy, plots, trt
+from mvlib import bench, energy, plots
 from mvlib.run import Run, StageSkipped
+from mvlib.tensorrt import shapes
+from mvlib.tensorrt import timing as trt_timing
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_benchmark.ipynb"
 
@@ -88,7 +90,7 @@ def test_time_host_honours_window_and_minimum_launches():
 
 def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     def prepare(batch):
-        bench.within(trt.Profile(1, 1, 2), batch)
+        trt_timing.within(shapes.Profile(1, 1, 2), batch)
         return lambda: time.sleep(0.0005)
 
     def factory(settings):
@@ -106,7 +108,7 @@ def test_missing_models_are_skipped_with_the_reason(tmp_path):
     with pytest.raises(StageSkipped, match="notebook 04"):
         bench.onnxruntime_cpu(s, tmp_path / "model.int8.onnx", "int8")
     with pytest.raises(StageSkipped, match=r"model\.fp16\.onnx"):  # before TensorRT is even imported
-        bench.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", trt.Profile(1, 16, 32))
+        trt_timing.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", shapes.Profile(1, 16, 32))
 
 
 # a real CPU measurement and the table's schema ------------------------------------------------------
