@@ -17,9 +17,16 @@ TRT_FLAVOUR ?= auto
 ARCH := $(shell uname -m)
 RTX_WHEELS := $(if $(filter x86_64,$(ARCH)),1)
 
-.PHONY: study test lint env lab clean
+.PHONY: study publish test lint env lab clean
 study: $(VENV)/.installed
 	$(PY) -m mvlib.study --profile $(PROFILE) --tier $(TIER) $(ARGS)
+
+# Publishing is deliberate: the committed figures/ and data/results/ change only here, from a complete run of the
+# full profile (`make publish`, or RUN=build/runs/full_mobilevit_xxs for another variant; ARGS=--publish-over to
+# replace a published run of another GPU or a higher tier).
+RUN ?= build/runs/$(PROFILE)
+publish: $(VENV)/.installed
+	$(PY) -m mvlib.study --publish-from $(RUN) $(ARGS)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -ra $(ARGS)
@@ -35,6 +42,9 @@ test-fast: $(VENV)/.installed
 
 env: $(VENV)/.installed
 
+# setuptools announces every editable install with a banner about folders shadowing the package; it is for
+# setuptools' own users, not this study's, and pip -q does not hide it.
+$(VENV)/.installed: export PYTHONWARNINGS = ignore:Editable installation
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -1,10 +1,15 @@
-"""A second run of the same study command: which cached artifacts it reused, and whether its tables agree.
+"""A rerun of the study: which cached artifacts it left, rebuilt or added, and whether its tables agree with a run
+before it.
 
-The driver snapshots the artifact folders (exports, FP16/INT8/plugin ONNX files,
-engines, plugin builds, downloaded images) before and after a run: a file whose
-size and modification time did not change was reused, not rebuilt. When the run
-folder already held a run of the same parameters on the same GPU, the driver
-keeps it as `<run>.previous` and compares the two:
+The driver snapshots the artifact folders (exports, FP16/INT8/plugin ONNX files, engines, plugin builds,
+downloaded images) before and after a run. A file whose size and modification time did not change was left as it
+was (`unchanged`: not rebuilt, though this run may not have needed it); one written again with the same bytes is
+`same bytes` (reproducible, but work done again); `changed` means its bytes differ, and whatever is keyed on it
+(an engine on its ONNX file or plugin library) is rebuilt.
+
+A complete run is compared with the last complete run of its folder when both ran the same notebooks with the
+same parameters on the same GPU (otherwise "not compared" and why), or with a folder the user names
+(`--compare-with`, e.g. the committed `data/results`, whose tables lie beside its manifest):
 
 - timed tables (benchmark throughput, model swap, kernel bandwidth): row by row,
   a row agrees when the difference is within the larger of the two rows' spreads
@@ -14,6 +19,7 @@ keeps it as `<run>.previous` and compares the two:
   random inputs differ in their error values by design), leaving out columns
   that are durations.
 """
+import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -41,28 +47,44 @@ def cache_roots() -> list[Path]:
     return [paths.MODELS, paths.ENGINES, paths.PLUGIN_BUILD, paths.CACHE]
 
 
-def snapshot(roots: Iterable[Path] | None = None) -> dict[str, tuple[int, int]]:
-    """Size and modification time of every file under the artifact folders, by path relative to the build root."""
+# What happened to an artifact file during a run (rerun_cache.csv's `status`).
+UNCHANGED, SAME_BYTES, CHANGED, NEW, REMOVED = "unchanged", "same bytes", "changed", "new", "removed"
+
+
+def digest(path: Path) -> str:
+    """A content hash of one file (BLAKE2b, 128 bits): tells a file rewritten with the same bytes from a changed one."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def snapshot(roots: Iterable[Path] | None = None) -> dict[str, tuple[int, int, str]]:
+    """Size, modification time and content hash of every file under the artifact folders, by path relative to the
+    build root."""
     found = {}
     for root in cache_roots() if roots is None else roots:
         for f in sorted(Path(root).rglob("*")) if Path(root).exists() else []:
             if f.is_file() and not f.name.startswith("."):
                 st = f.stat()
-                found[str(f.relative_to(paths.BUILD) if f.is_relative_to(paths.BUILD) else f)] = (st.st_size,
-                                                                                                 st.st_mtime_ns)
+                name = str(f.relative_to(paths.BUILD) if f.is_relative_to(paths.BUILD) else f)
+                found[name] = (st.st_size, st.st_mtime_ns, digest(f))
     return found
 
 
 def cache_use(before: dict, after: dict) -> pd.DataFrame:
-    """One row per artifact file: reused (untouched), rewritten, new or removed during the run."""
+    """One row per artifact file: unchanged, rewritten with the same bytes, changed, new or removed during the run."""
     rows = []
     for name in sorted(set(before) | set(after)):
         if name not in after:
-            status = "removed"
+            status = REMOVED
         elif name not in before:
-            status = "new"
+            status = NEW
+        elif before[name][:2] == after[name][:2]:
+            status = UNCHANGED
         else:
-            status = "reused" if before[name] == after[name] else "rewritten"
+            status = SAME_BYTES if before[name][2:] == after[name][2:] else CHANGED
         rows.append({"file": name, "status": status, "bytes": after.get(name, before.get(name))[0]})
     return pd.DataFrame(rows, columns=["file", "status", "bytes"])
 
@@ -81,6 +103,10 @@ def timed_agreement(name: str, first: pd.DataFrame, second: pd.DataFrame) -> pd.
     rows = []
     for key in a.index.intersection(b.index):
         ra, rb = a.loc[key], b.loc[key]
+        if isinstance(ra, pd.DataFrame) or isinstance(rb, pd.DataFrame):
+            continue  # a key measured twice in one run: no row to pair it with
+        if any(pd.isna(x) for x in (ra[value], rb[value], _spread_pct(ra), _spread_pct(rb))):
+            continue  # a row that was not measured (skipped backend) has nothing to compare
         c = bench.compare_throughput({"throughput_ips": rb[value], "spread_pct": _spread_pct(rb)},
                           {"throughput_ips": ra[value], "spread_pct": _spread_pct(ra)})
         rows.append({"table": name, "row": " | ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))),
@@ -122,14 +148,20 @@ def table_identity(name: str, first: pd.DataFrame, second: pd.DataFrame) -> dict
     return row | {"status": status, "columns": ", ".join(changed), "max_rel_diff": worst}
 
 
+def tables_dir(folder: Path) -> Path:
+    """Where a run's tables are: `results/` of a run folder, or the folder itself (a published `data/results`)."""
+    folder = Path(folder)
+    return folder / "results" if (folder / "results").is_dir() else folder
+
+
 def compare_runs(first: Path, second: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Timed agreement rows and the untimed tables' identity, for every table both runs wrote."""
-    names = sorted({f.name for f in (first / "results").glob("*.csv")}
-                   & {f.name for f in (second / "results").glob("*.csv")}
+    a_dir, b_dir = tables_dir(first), tables_dir(second)
+    names = sorted({f.name for f in a_dir.glob("*.csv")} & {f.name for f in b_dir.glob("*.csv")}
                    - OWN_TABLES - DERIVED)
     timed, identity = [], []
     for name in names:
-        a, b = pd.read_csv(first / "results" / name), pd.read_csv(second / "results" / name)
+        a, b = pd.read_csv(a_dir / name), pd.read_csv(b_dir / name)
         if name in TIMED:
             timed.append(timed_agreement(name, a, b))
         else:
@@ -138,20 +170,42 @@ def compare_runs(first: Path, second: Path) -> tuple[pd.DataFrame, pd.DataFrame]
     return timed_df, pd.DataFrame(identity, columns=["table", "status", "columns", "max_rel_diff", "ignored"])
 
 
-def comparable(first: dict, second: dict) -> str:
-    """Why two manifests' runs cannot be compared ('' when they can): other parameters or another GPU."""
-    if (first.get("run") or {}).get("params") != (second.get("run") or {}).get("params"):
-        return "the earlier run used other parameters"
+def _selection(manifest: dict) -> str:
+    """The notebooks a run ran, as '01, 02' (every one when the manifest does not say)."""
+    ran = (manifest.get("run") or {}).get("notebooks")
+    return ", ".join(str(nb)[:2] for nb in ran) if ran else "every notebook"
+
+
+def differences(first: dict, second: dict) -> list[str]:
+    """What differs between two runs that makes them unlike: notebooks, profile, parameters, GPU (none: [])."""
+    out = []
+    if _selection(first) != _selection(second):
+        out.append(f"the earlier run ran notebooks {_selection(first)}, this one {_selection(second)}")
+    r1, r2 = first.get("run") or {}, second.get("run") or {}
+    if r1.get("profile") != r2.get("profile"):
+        out.append(f"the earlier run used profile {r1.get('profile')}, this one {r2.get('profile')}")
+    p1, p2 = r1.get("params") or {}, r2.get("params") or {}
+    changed = [f"{k} {p1.get(k, '(none)')} -> {p2.get(k, '(none)')}" for k in sorted(set(p1) | set(p2))
+               if p1.get(k) != p2.get(k)]
+    if changed:
+        out.append("the earlier run used other parameters: " + ", ".join(changed[:6])
+                   + (f" and {len(changed) - 6} more" if len(changed) > 6 else ""))
     gpu = lambda m: (m.get("gpu") or {}).get("gpu")  # noqa: E731
     if gpu(first) != gpu(second):
-        return f"the earlier run ran on {gpu(first)}, this one on {gpu(second)}"
-    return ""
+        out.append(f"the earlier run ran on {gpu(first) or 'no GPU'}, this one on {gpu(second) or 'no GPU'}")
+    return out
+
+
+def comparable(first: dict, second: dict) -> str:
+    """Why two manifests' runs are not like with like ('' when they are): other notebooks, profile, parameters
+    (the weights as decided) or GPU."""
+    return "; ".join(differences(first, second))
 
 
 def summary(cache: pd.DataFrame, timed: pd.DataFrame | None = None, tables: pd.DataFrame | None = None) -> dict:
-    """Counts for the manifest and the console: files reused, timed rows in agreement, tables identical."""
-    out = {"files_" + k: int(v) for k, v in cache.status.value_counts().items()}
-    out["bytes_reused"] = int(cache.bytes[cache.status == "reused"].sum())
+    """Counts for the manifest and the console: artifact files by status, timed rows in agreement, tables identical."""
+    out = {"files_" + str(k).replace(" ", "_"): int(v) for k, v in cache.status.value_counts().items()}
+    out["bytes_unchanged"] = int(cache.bytes[cache.status == UNCHANGED].sum())
     if timed is not None:
         out |= {"timed_rows": int(len(timed)), "timed_rows_agree": int(timed.agrees.sum()),
                 "max_abs_diff_pct": float(timed.diff_pct.abs().max()) if len(timed) else 0.0}
@@ -159,3 +213,27 @@ def summary(cache: pd.DataFrame, timed: pd.DataFrame | None = None, tables: pd.D
         out |= {"tables": int(len(tables)), "tables_identical": int((tables.status == "identical").sum()),
                 "tables_verdicts_differ": [str(t) for t in tables.table[tables.status == "verdicts differ"]]}
     return out
+
+
+def artifacts_line(info: dict) -> str:
+    """'artifacts: 3 new, 1 changed, ...' for the console, in a fixed order."""
+    labels = ((NEW, "new"), (CHANGED, "changed (rebuilt)"), (SAME_BYTES, "rewritten with the same bytes"),
+              (REMOVED, "removed"), (UNCHANGED, "unchanged (left as they were)"))
+    parts = [f"{info[key]} {label}" for status, label in labels
+             if info.get(key := "files_" + status.replace(" ", "_"))]
+    return "artifacts: " + (", ".join(parts) if parts else "none")
+
+
+def comparison_line(info: dict) -> str:
+    """What the comparison found, or why there was none, in one line for the console."""
+    if info.get("compared_with") is None:
+        return f"not compared: {info.get('not_compared') or 'no earlier complete run'}"
+    where = f"compared with {info['compared_with']}"
+    if info.get("caveats"):
+        where += f" (unlike runs: {'; '.join(info['caveats'])})"
+    timed = (f"{info['timed_rows_agree']} of {info['timed_rows']} timed rows agree within their spread (largest "
+             f"difference {info['max_abs_diff_pct']:.1f}%)" if info.get("timed_rows") else "no timed rows in common")
+    tables = (f"{info['tables_identical']} of {info['tables']} untimed tables identical, verdicts differ in "
+              f"{', '.join(info['tables_verdicts_differ']) or 'none'}" if info.get("tables")
+              else "no untimed tables in common")
+    return f"{where}: {timed}; {tables}"

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvlib import env, io, paths, tiers, trt
+from mvlib import env, io, paths, tiers
 from mvlib.skips import StageSkipped  # noqa: F401  (notebooks and stages import it from here)
+from mvlib.tensorrt import flavours
 
 # A study run folder is one the study made: it holds this marker, written first, and only into a folder the study
 # created (absent or empty before). The driver moves aside or replaces only such folders (mvlib.study.refusal).
@@ -17,7 +18,7 @@ MARKER = ".mvlib-run"
 MARKER_TEXT = ("This folder was made by mvlib (python -m mvlib.study, or a notebook's Run). The study may move it to\n"
                "<folder>.previous and later delete it. Remove this file to keep the study from touching the folder.\n")
 # What a run folder of the study holds at its top level (runs made before the marker existed are recognised by it).
-RUN_ENTRIES = {MARKER, "manifest.json", "notebooks", "results", "figures"}
+RUN_ENTRIES = {MARKER, "manifest.json", "notebooks", "results", "figures", "logs"}
 
 
 def is_study_run(folder: Path) -> bool:
@@ -49,7 +50,7 @@ def new_manifest(tier: str) -> dict:
     """A run's manifest before any stage: machine facts, versions, no weights yet."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "tier": tier, "tier_limits": {t: tiers.missing_for(t) for t in tiers.TIERS},
-            "machine": env.machine(), "gpu": env.gpu_info(), "versions": {**env.versions(), **trt.versions()},
+            "machine": env.machine(), "gpu": env.gpu_info(), "versions": {**env.versions(), **flavours.versions()},
             "weights": None, "params": {}, "stages": {}}
 
 
@@ -180,7 +181,9 @@ class Run:
         machine = m["machine"]
         gpu = (m.get("gpu") or {}).get("gpu") or f"no GPU ({machine.get('host_cpu')}, {machine.get('cores')} cores)"
         weights = (m.get("weights") or {}).get("label", "weights not recorded")
-        return f"{gpu} | tier {m.get('tier')} | {weights} | run {self.dir.name} {m.get('created', '')[:10]}"
+        # the driver runs in <run>.incomplete and renames it to <run> once complete: name the run, not the stage
+        name = (m.get("run") or {}).get("folder") or self.dir.name
+        return f"{gpu} | tier {m.get('tier')} | {weights} | run {name} {m.get('created', '')[:10]}"
 
     def save_figure(self, fig, name: str) -> Path:
         """Add the provenance footer and save the figure under this run's figures/."""

@@ -5,6 +5,7 @@ import sys
 
 import pandas as pd
 import pytest
+from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, rerun, study
 
@@ -45,23 +46,85 @@ def test_untimed_tables_identical_same_verdicts_or_not():
     assert rerun.table_identity("t.csv", a, a.iloc[:1])["status"] == "verdicts differ"
 
 
-def test_cache_use_tells_reused_from_rewritten(tmp_path):
-    for name in ("keep.onnx", "change.onnx", "drop.onnx"):
+def test_cache_use_never_calls_a_file_reused_that_the_run_may_not_have_used(tmp_path):
+    """Left alone is "unchanged"; written again with the same bytes is told apart from changed bytes (which is
+    what rebuilds whatever is keyed on the file)."""
+    for name in ("keep.onnx", "same.onnx", "change.onnx", "drop.onnx"):
         (tmp_path / name).write_bytes(b"x" * 10)
     before = rerun.snapshot([tmp_path])
-    io.write_bytes(tmp_path / "change.onnx", b"y" * 12)  # atomic rewrite: a new file in its place
+    os.utime(tmp_path / "same.onnx", ns=(1, 1))
+    io.write_bytes(tmp_path / "change.onnx", b"y" * 10)  # atomic rewrite: a new file in its place, same size
     (tmp_path / "drop.onnx").unlink()
     (tmp_path / "new.onnx").write_bytes(b"z")
     use = rerun.cache_use(before, rerun.snapshot([tmp_path])).set_index("file")
     status = {os.path.basename(k): v for k, v in use.status.items()}
-    assert status == {"keep.onnx": "reused", "change.onnx": "rewritten", "drop.onnx": "removed", "new.onnx": "new"}
+    assert status == {"keep.onnx": "unchanged", "same.onnx": "same bytes", "change.onnx": "changed",
+                      "drop.onnx": "removed", "new.onnx": "new"}
+    line = rerun.artifacts_line(rerun.summary(rerun.cache_use(before, rerun.snapshot([tmp_path]))))
+    assert "reused" not in line and "1 unchanged (left as they were)" in line and "1 changed (rebuilt)" in line
 
 
-def test_runs_of_other_parameters_or_gpus_are_not_compared():
-    m = {"run": {"params": {"variant": "mobilevit_s"}}, "gpu": {"gpu": "NVIDIA H200"}}
+def test_runs_of_other_notebooks_parameters_or_gpus_are_not_compared():
+    m = {"run": {"params": {"variant": "mobilevit_s"}, "notebooks": ["01_export.ipynb", "02_graph.ipynb"]},
+         "gpu": {"gpu": "NVIDIA H200"}}
     assert rerun.comparable(m, m) == ""
-    assert "other parameters" in rerun.comparable(m, {**m, "run": {"params": {"variant": "mobilevit_xs"}}})
+    why = rerun.comparable(m, {**m, "run": {**m["run"], "params": {"variant": "mobilevit_xs"}}})
+    assert "other parameters: variant mobilevit_s -> mobilevit_xs" in why
     assert "NVIDIA A10" in rerun.comparable({**m, "gpu": {"gpu": "NVIDIA A10"}}, m)
+    why = rerun.comparable(m, {**m, "run": {**m["run"], "notebooks": ["06_benchmark.ipynb"]}})
+    assert why == "the earlier run ran notebooks 01, 02, this one 06"
+
+
+def test_the_console_says_not_compared_and_why_never_0_of_0():
+    assert rerun.comparison_line({"compared_with": None, "not_compared": "the earlier run ran notebooks 01, 02, "
+                                  "this one 06"}) == "not compared: the earlier run ran notebooks 01, 02, this one 06"
+    empty = {"compared_with": "x", "timed_rows": 0, "timed_rows_agree": 0, "max_abs_diff_pct": 0.0, "tables": 2,
+             "tables_identical": 2, "tables_verdicts_differ": []}
+    line = rerun.comparison_line(empty)
+    assert "0 of 0" not in line and "no timed rows in common" in line and "2 of 2 untimed tables identical" in line
+
+
+def _published_copy(run, manifest_update=None):
+    """A complete run folder whose tables are the committed ones (data/results), the way a rerun would write them."""
+    study.start_run(run, "gpu", {})
+    (run / "results").mkdir()
+    for f in paths.RESULTS.glob("*.csv"):
+        (run / "results" / f.name).write_bytes(f.read_bytes())
+    manifest = io.read_json(paths.RESULTS / "manifest.json") | (manifest_update or {})
+    io.write_json(run / "manifest.json", manifest)
+    return run
+
+
+def test_a_run_compares_with_the_committed_results_folder(tmp_path):
+    """data/results holds tables beside its manifest (no results/, no notebooks): the comparison reads it."""
+    run = _published_copy(tmp_path / "run")
+    timed, tables = rerun.compare_runs(paths.RESULTS, run)
+    expected = {f.name for f in paths.RESULTS.glob("*.csv")} - rerun.OWN_TABLES - rerun.DERIVED - set(rerun.TIMED)
+    assert set(tables.table) == expected and (tables.status == "identical").all()
+    assert len(timed) > 50 and timed.agrees.all()
+
+
+def test_compare_with_runs_against_a_named_folder_and_says_how_the_runs_differ(tmp_path, monkeypatch, capsys):
+    tables = {"06_benchmark": [paths.RESULTS / "06_benchmark.csv"],
+              "01_export": [paths.RESULTS / "01_export_model.csv"]}
+    fake_notebooks(monkeypatch, tables=tables)
+    run = tmp_path / "run"
+    rc = study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run), "--compare-with",
+                     str(paths.RESULTS)])
+    assert rc == study.OK
+    info = io.read_json(run / "manifest.json")["rerun"]
+    assert info["compared_with"] == str(paths.RESULTS) and info["tables_identical"] == info["tables"] == 1
+    assert info["timed_rows"] > 0 and info["timed_rows_agree"] == info["timed_rows"]
+    assert any("other parameters" in c for c in info["caveats"])  # compared as asked, unlike runs said so
+    out = capsys.readouterr().out
+    assert f"compared with {paths.RESULTS} (unlike runs:" in out
+
+
+def test_compare_with_a_folder_without_a_manifest_is_bad_input(tmp_path, monkeypatch, capsys):
+    got = fake_notebooks(monkeypatch)
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(tmp_path / "r"), "--compare-with",
+                       str(tmp_path)]) == study.BAD_INPUT
+    assert "no manifest.json" in capsys.readouterr().err and got == {}
 
 
 def test_another_variant_publishes_into_its_own_folders(tmp_path, monkeypatch):
@@ -81,17 +144,22 @@ def test_another_variant_publishes_into_its_own_folders(tmp_path, monkeypatch):
     assert not (tmp_path / "figures" / "06_throughput.png").exists()
 
 
-@pytest.mark.slow  # the driver three times, end to end
-def test_second_run_of_the_same_command_reuses_and_agrees(tmp_path):
-    """The driver twice (notebooks 01 and 02, smoke profile): the first run is kept and compared."""
+@pytest.mark.slow  # the driver twice, notebooks 01 and 02
+def test_second_run_of_the_same_command_reuses_agrees_and_keeps_the_console_quiet(tmp_path):
+    """The driver twice (notebooks 01 and 02, smoke profile): the first run is kept and compared; nothing but the
+    driver's own lines reaches the console (no kernel warnings, no colour codes)."""
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--only", "01,02",
-           "--run-dir", str(run), "--publish", "no"]
+           "--run-dir", str(run)]
     for _ in range(2):
         proc = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    previous = tmp_path / "run.previous"
-    assert (previous / "manifest.json").exists() and "run.previous" in proc.stdout
+        console = proc.stdout + proc.stderr
+        for noise in ("without encryption", "KeyboardInterrupt", "\x1b[", "Traceback"):
+            assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
+    previous = study.previous_of(run)
+    assert (previous / "manifest.json").exists() and f"compared with {previous}" in proc.stdout
+    assert "without encryption" in (run / "logs" / "01_export.log").read_text()  # kept, in the run's log
     info = io.read_json(run / "manifest.json")["rerun"]
     assert info["compared_with"] == str(previous) and info["tables_verdicts_differ"] == []
     tables = pd.read_csv(run / "results" / rerun.TABLES_TABLE)
@@ -99,10 +167,5 @@ def test_second_run_of_the_same_command_reuses_and_agrees(tmp_path):
     assert "identical" in set(tables.status)  # graph tables are deterministic
     cache = pd.read_csv(run / "results" / rerun.CACHE_TABLE).set_index("file")
     exported = [f for f in cache.index if f.endswith("/model.onnx") and "mobilevit_xxs_random-seed0" in f]
-    assert exported and all(cache.status[f] == "reused" for f in exported)
-    # a run with other parameters is kept aside but not compared
-    proc = subprocess.run(cmd + ["-p", "seed", "1"], cwd=paths.ROOT, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    info = io.read_json(run / "manifest.json")["rerun"]
-    assert info["compared_with"] is None and "other parameters" in info["not_compared"]
-    assert not (run / "results" / rerun.TIMED_TABLE).exists()
+    assert exported and all(cache.status[f] == "unchanged" for f in exported)
+    assert not any(cache.status[f] == "changed" for f in cache.index if f.endswith(".silu.onnx")), cache

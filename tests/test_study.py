@@ -10,6 +10,7 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, study, tiers, trt
 from mvlib.run import Run, StageSkipped
@@ -67,7 +68,7 @@ def test_profiles_match_notebook_parameter_types(nb_path):
 
 
 def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(SystemExit, match="full.*smoke"):
+    with pytest.raises(study.BadInput, match="full.*smoke"):
         study.load_profile("huge")
 
 
@@ -177,29 +178,15 @@ def test_driver_refuses_a_tier_the_machine_cannot_reach(tmp_path):
 
 @pytest.fixture
 def fake_papermill(monkeypatch):
-    """The driver in this process with papermill's execution replaced: each notebook opens its Run, records
-    the weights it would load and nothing else. The parameters each notebook got, by notebook stem."""
-    from mvlib import model
-    got = {}
-
-    def execute(nb, out, parameters, **kw):
-        stem = Path(nb).stem
-        got[stem] = dict(parameters) | {"MVLIB_PROGRESS": os.environ.get("MVLIB_PROGRESS")}
-        run = Run(parameters["run_dir"], stem, params=dict(parameters))
-        run.set("weights", model.random_info(parameters["seed"]) if parameters["weights"] == "random" else
-                {"source": parameters["weights"]})
-    monkeypatch.setattr(papermill, "execute_notebook", execute)
-    monkeypatch.setattr(study, "expose_tensorrt_libraries", lambda flavour: None)  # keep this process's environment
-    monkeypatch.setenv("MVLIB_PROGRESS", "")
-    monkeypatch.delenv("MVLIB_PROGRESS")
-    return got
+    """The driver in this process with papermill's execution replaced (tests/driver_fakes.py)."""
+    return fake_notebooks(monkeypatch)
 
 
 def test_driver_decides_the_weights_once_for_every_notebook(tmp_path, fake_papermill, capsys):
     """Full profile (weights auto), hub unreachable (MVLIB_OFFLINE): every notebook gets 'random', recorded once."""
     run = tmp_path / "run"
     with pytest.warns(RuntimeWarning, match="WEIGHTS FALLBACK"):
-        rc = study.main(["--profile", "full", "--tier", "cpu", "--run-dir", str(run), "--publish", "no"])
+        rc = study.main(["--profile", "full", "--tier", "cpu", "--run-dir", str(run)])
     assert rc == 0, capsys.readouterr().err
     assert sorted(fake_papermill) == [nb.stem for nb in NOTEBOOKS]
     assert {p["weights"] for p in fake_papermill.values()} == {"random"}
@@ -275,3 +262,178 @@ def test_notebook_01_creates_what_it_lists(smoke_run):
     import pandas as pd
     acc = pd.read_csv(smoke_run / "results" / "01_export_accuracy.csv")
     assert list(acc["batch"]) == [1, 4] and (acc["top1_agreement"] == 1.0).all()
+
+
+# --- bad input: checked before anything is touched, exit code 2 --------------------------------------------------
+def test_a_misspelt_parameter_fails_at_once_naming_the_right_one(tmp_path):
+    """`-p batchmax 8` used to be ignored silently; now it stops the driver before any folder exists."""
+    run = tmp_path / "r"
+    proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "-p", "batchmax", "8",
+                           "--run-dir", str(run)], cwd=paths.ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == study.BAD_INPUT, proc.stderr[-2000:]
+    assert "batchmax" in proc.stderr and "did you mean batch_max?" in proc.stderr
+    assert "-->" not in proc.stdout and not run.exists() and not study.incomplete_of(run).exists()
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-p", "img_size", "255"], "multiple of 32"),
+    (["-p", "batch_opt", "64"], "1 <= batch_min <= batch_opt <= batch_max"),
+    (["-p", "batch_min", "0"], "1 <= batch_min"),
+    (["-p", "opset", "21"], "17..20"),
+    (["-p", "opset", "16"], "17..20"),
+    (["-p", "variant", "mobilevit_q"], "mobilevit_xxs"),
+    (["-p", "gpu_batches", "[1, 0]"], "positive batch sizes"),
+    (["-p", "bench_repeats", "1"], "at least 2"),
+    (["-p", "n_images", "many"], "expected an integer"),
+    (["-p", "run_dir", "x"], "--run-dir"),
+    (["-p", "trt_target", "a10"], "sm86"),
+    (["--only", "07"], "01_export"),
+])
+def test_bad_values_are_refused_before_anything_runs(tmp_path, fake_papermill, capsys, args, says):
+    run = tmp_path / "r"
+    rc = study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run), *args])
+    err = capsys.readouterr().err
+    assert rc == study.BAD_INPUT and says in err and "nothing was run or written" in err, err
+    assert fake_papermill == {} and not run.exists() and not study.incomplete_of(run).exists()
+
+
+def test_every_problem_is_reported_at_once(tmp_path, fake_papermill, capsys):
+    rc = study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(tmp_path / "r"), "-p", "batchmax", "8",
+                     "-p", "img_size", "255", "-p", "opset", "30"])
+    err = capsys.readouterr().err
+    assert rc == study.BAD_INPUT
+    assert "batch_max?" in err and "multiple of 32" in err and "17..20" in err
+
+
+@pytest.mark.parametrize("args", [["--tier", "bogus"], ["--profile", "huge"], ["--publish", "maybe"]])
+def test_bad_choices_exit_2_with_the_choices_not_a_traceback(args, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        study.main(args)
+    err = capsys.readouterr().err
+    assert exit_.value.code == study.BAD_INPUT and "invalid choice" in err and "Traceback" not in err
+
+
+def test_help_documents_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        study.parse_args(["--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0
+    assert re.search(r"^\s+1\s+the run failed", out, re.M) and re.search(r"^\s+2\s+bad input", out, re.M)
+    assert re.search(r"^\s+130\s+interrupted", out, re.M)
+
+
+def test_the_driver_choices_are_the_notebooks_own():
+    """Choices the driver checks are those the modules define (no copy drifts)."""
+    from mvlib import kernel_gpu, quant_eval
+    assert study.CHOICES["granularity"] == quant_eval.GRANULARITIES
+    assert set(study.CHOICES["swap_dtypes"]) == set(kernel_gpu.TOLERANCE)  # the dtypes the kernel is checked in
+    assert set(study.AT_LEAST) | set(study.POSITIVE) | set(study.BATCH_LISTS) | set(study.CHOICES) \
+        <= set(study.defaults()), "a rule for a parameter no notebook has"
+
+
+# --- one TensorRT decision per run ---------------------------------------------------------------------------------
+def test_driver_hands_every_notebook_the_tensorrt_decision(tmp_path, fake_papermill):
+    from mvlib.tensorrt import flavours
+    run = tmp_path / "run"
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
+    decision = flavours.decide("auto", "auto")
+    manifest = io.read_json(run / "manifest.json")
+    assert manifest["run"]["tensorrt"] == decision
+    flavour = decision["trt_flavour"] or "auto"  # no builder: the notebooks say why themselves
+    target = decision["trt_target"] or "auto"
+    got = {stem: (p["trt_flavour"], p["trt_target"]) for stem, p in fake_papermill.items() if "trt_flavour" in p}
+    assert got and set(got.values()) == {(flavour, target)}, got
+    assert {p["trt_flavour"] for p in manifest["params"].values() if "trt_flavour" in p} == {flavour}
+
+
+# --- errors a user can read ------------------------------------------------------------------------------------
+def _notebook(path: Path, *cells: str) -> Path:
+    """A notebook of code cells, the first tagged `parameters`."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, str(path))
+    return path
+
+
+@pytest.mark.slow  # a real kernel runs build.sh
+def test_a_script_error_reaches_the_console_and_the_manifest(tmp_path, capsys):
+    """A bad TRT_INCLUDE: build.sh's own words on the console (not the cell as a bytes literal), the failed
+    stage in the manifest."""
+    from mvlib import kernel
+    nb = _notebook(tmp_path / "05_build.ipynb", 'run_dir = ""',
+                   f"%%bash\nTRT_INCLUDE={tmp_path / 'nowhere'} MVLIB_BUILD={tmp_path / 'b'} "
+                   f"bash {kernel.BUILD_SCRIPT}")
+    run = tmp_path / "run"
+    study.start_run(run, "cpu", {"notebooks": [nb.name]})
+    args = study.parse_args(["--profile", "smoke"])
+    failures = study.execute([nb], {}, run, args, {})
+    err = capsys.readouterr().err
+    assert "has no NvInferRuntime.h" in err and "point it at TensorRT's include/ folder" in err
+    assert "b'" not in err and "returned non-zero exit status" not in err  # no bytes literal of the cell
+    assert "exited with status 2" in err and str(run / "logs" / "05_build.log") in err
+    manifest = io.read_json(run / "manifest.json")
+    study.record_failures(manifest, failures)
+    (stage,) = [st for st in manifest["stages"].values() if st["status"] == "failed"]
+    assert "has no NvInferRuntime.h" in stage["reason"] and stage["source"] == "%%bash"
+    assert study.stage_problems(manifest, "cpu")
+
+
+@pytest.mark.slow  # notebook 01, interrupted a few seconds in
+def test_ctrl_c_prints_one_line_records_it_and_keeps_the_complete_run(tmp_path):
+    import signal
+    import time
+    run = tmp_path / "run"
+    study.start_run(run, "cpu", {"profile": "smoke", "notebooks": ["01_export.ipynb"], "folder": "run"})
+    manifest = io.read_json(run / "manifest.json") | {"outcome": {"status": "complete"}, "rerun": {}}
+    io.write_json(run / "manifest.json", manifest)
+    proc = subprocess.Popen([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--only",
+                             "01", "--run-dir", str(run)], cwd=paths.ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("--> 01_export"):
+            break
+    time.sleep(4)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == study.INTERRUPTED, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "interrupted in 01_export" in lines[0] and "Traceback" not in err, err
+    assert f"the last complete run is still {run}" in lines[0]
+    assert io.read_json(run / "manifest.json") == manifest  # the complete run is untouched
+    record = io.read_json(study.incomplete_of(run) / "manifest.json")["outcome"]
+    assert record["status"] == "interrupted" and record["notebook"] == "01_export"
+    log = study.incomplete_of(run) / "logs" / "01_export.log"
+    holders = [p for p in Path("/proc").glob("[0-9]*/fd/*") if _points_to(p, log)]
+    assert not holders, f"a kernel still runs: {holders}"
+
+
+def _points_to(fd: Path, target: Path) -> bool:
+    """Whether a /proc/<pid>/fd entry is `target` (False for entries that vanish or are not readable)."""
+    try:
+        return Path(os.readlink(fd)) == target
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # a new virtual environment and one editable install (PyPI or its mirror)
+def test_the_makefile_installs_without_setuptools_banner(tmp_path):
+    """`pip install -q -e .` printed setuptools' editable-install banner; the Makefile's environment hides it."""
+    makefile = (paths.ROOT / "Makefile").read_text()
+    (filter_,) = re.findall(r"^\$\(VENV\)/\.installed: export PYTHONWARNINGS = (.+)$", makefile, re.M)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+    up = subprocess.run(pip + ["--upgrade", "pip"], capture_output=True, text=True, timeout=600)
+    if up.returncode != 0:
+        pytest.skip(f"no package index here: {up.stderr[-300:]}")
+
+    def install(extra_env):
+        return subprocess.run(pip + ["--no-deps", "-e", str(paths.ROOT)], capture_output=True, text=True,
+                              timeout=600, env={**os.environ, **extra_env})
+    plain = install({})
+    if "Editable installation" not in plain.stdout + plain.stderr:
+        pytest.skip("this pip and setuptools print no banner: nothing to hide")
+    quiet = install({"PYTHONWARNINGS": filter_})
+    assert quiet.returncode == 0 and quiet.stdout + quiet.stderr == "", quiet.stderr
