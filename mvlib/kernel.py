@@ -51,11 +51,11 @@ def build_env(trt_flavour: str = "auto") -> dict[str, str]:
     Set these in os.environ before a `%%bash` cell runs build.sh (notebook 05 does): the kernel's own
     interpreter is not the `python3` first on PATH when the environment is not activated.
     """
-    from mvlib import trt
+    from mvlib.tensorrt import flavours
     out = {"PYTHON": sys.executable}
     try:
-        fl = trt.select(trt_flavour)
-    except trt.NoBuilder:
+        fl = flavours.select(trt_flavour)
+    except flavours.NoBuilder:
         return out  # no TensorRT here: build.sh still builds the kernel, and the plugin where it finds headers
     out["TRT_MAJOR"] = str(fl.abi_major)
     lib = fl.runtime_library()

@@ -18,8 +18,13 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, io, metrics, tiers, trt
+from mvlib import accuracy, io, metrics, tiers
 from mvlib.export import ARTIFACTS
+from mvlib.tensorrt import cache as trt_cache
+from mvlib.tensorrt import layers as trt_layers
+from mvlib.tensorrt import runner as trt_runner
+from mvlib.tensorrt import shapes
+from mvlib.tensorrt import table as trt_table
 
 FP16_FILE = ARTIFACTS["fp16"]
 FP16_META = "fp16.json"
@@ -134,7 +139,7 @@ def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: floa
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist; export the FP32 model first (export.ensure_exported)")
-    _, shape = trt.onnx_input(src)
+    _, shape = shapes.onnx_input(src)
     with tempfile.TemporaryDirectory() as tmp, _autocast_log() as log:
         calib = Path(tmp) / "calibration.json"  # polygraphy JSON, which AutoCast's reference runner reads
         save_json(accuracy.feeds(CALIB_BATCHES, shape[2], seed=seed + 1), str(calib))
@@ -174,15 +179,15 @@ def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX) -> F
     import importlib.metadata
     src = Path(src)
     dst, meta = src.with_name(FP16_FILE), src.with_name(FP16_META)
-    settings = {"source_sha256": trt.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
+    settings = {"source_sha256": trt_cache.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
                 "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
     if dst.exists() and meta.exists():
         saved = io.read_json(meta)
-        if saved.get("settings") == settings and saved.get("sha256") == trt.sha256(dst):
+        if saved.get("settings") == settings and saved.get("sha256") == trt_cache.sha256(dst):
             print(f"reusing {dst} (same source, ModelOpt and settings)")
             return Fp16Model(dst, pd.DataFrame(saved["fp32_nodes"], columns=NODE_COLUMNS), dict(saved["summary"]))
     result = convert_fp16(src, dst, seed=seed, data_max=data_max)
-    io.write_json(meta, {"settings": settings, "sha256": trt.sha256(dst), "summary": list(result.summary.items()),
+    io.write_json(meta, {"settings": settings, "sha256": trt_cache.sha256(dst), "summary": list(result.summary.items()),
                          "fp32_nodes": result.fp32_nodes.to_dict(orient="records")})
     return result
 
@@ -341,23 +346,24 @@ def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_im
 def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,
                     batches: Sequence[int], tolerances: dict[str, Tolerance]):
     """Each built engine (runner `trt-<engine>`) against ONNX Runtime FP32 at the profile's batches."""
-    built = trt.built_rows(engines)
+    built = trt_table.built_rows(engines)
     for r in built.itertuples():
-        engine = trt.runnable(trt.load(r.path))  # StageSkipped, with the reason, where the flavour cannot run
+        engine = trt_runner.runnable(trt_cache.load(r.path))  # StageSkipped with the reason where it cannot run
         for b in batches:
             engine.profile.check(b)
     runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")]
-    runners += [trt.runner(r.path, f"trt-{r.engine}") for r in built.itertuples()]
+    runners += [trt_runner.runner(r.path, f"trt-{r.engine}") for r in built.itertuples()]
     return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
 
 
 def engine_layers(engines: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every engine's layers (from the engine inspector, where the engine could be inspected) and a summary row each."""
     per_layer, totals = [], []
-    for r in trt.built_rows(engines).itertuples():
-        layers = trt.layer_summary(Path(r.path).parent)
+    for r in trt_table.built_rows(engines).itertuples():
+        layers = trt_layers.layer_summary(Path(r.path).parent)
         per_layer.append(layers.assign(engine=r.engine))
-        totals.append({"engine": r.engine, **trt.layer_totals(layers), "plan_mb": round(r.engine_bytes / 2**20, 2)})
+        totals.append({"engine": r.engine, **trt_layers.layer_totals(layers),
+                       "plan_mb": round(r.engine_bytes / 2**20, 2)})
     return pd.concat(per_layer, ignore_index=True), pd.DataFrame(totals)
 
 
