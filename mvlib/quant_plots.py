@@ -1,0 +1,88 @@
+"""Notebook 04's figures, drawn from its saved tables: accuracy per precision, policy and method; sensitivity."""
+import numpy as np
+import pandas as pd
+
+from mvlib.quant import chosen_name
+from mvlib.quant_eval import CRITERION
+
+
+def plot_accuracy(table: pd.DataFrame, title: str = ""):
+    """Error (1 - mean cosine) and top-1 agreement per policy, one bar per precision and method, with the thresholds."""
+    import matplotlib.pyplot as plt
+    table = table.copy()
+    # A chosen model can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
+    chosen = table.file == table.precision.map(chosen_name)
+    table["label"] = table.policy + np.where(chosen, "\n(" + table.file + ", " + table.high_precision + " floats)", "")
+    table["series"] = table.precision.str.upper() + " " + table.method
+    labels = list(dict.fromkeys(table.label))
+    series = list(dict.fromkeys(table.series))
+    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(labels)), 4.4))
+    width = 0.8 / len(series)
+    for j, name in enumerate(series):
+        sub = table[table.series == name].set_index("label")
+        xs = [i + (j - (len(series) - 1) / 2) * width for i, lab in enumerate(labels) if lab in sub.index]
+        rows = [sub.loc[lab] for lab in labels if lab in sub.index]
+        err = [max(1.0 - r.cosine_mean, 1e-9) for r in rows]
+        agree = [100 * r.top1_agreement for r in rows]
+        axes[0].bar(xs, err, width, label=name)
+        axes[1].bar(xs, agree, width, label=name)
+        for x, e, a, r in zip(xs, err, agree, rows, strict=True):
+            mark = "pass" if r.passes else "fail"
+            axes[0].text(x, e, f"{r.cosine_mean:.4f}\n{mark}", ha="center", va="bottom", fontsize=5)
+            axes[1].text(x, a, f"{a:.1f}\n{mark}", ha="center", va="bottom", fontsize=5)
+    axes[0].axhline(1 - CRITERION["cosine_mean"], color="k", ls="--", lw=1, label="pass if below")
+    axes[0].set_yscale("log")
+    axes[0].set_ylabel("1 - mean cosine vs FP32 (lower is better)")
+    axes[1].axhline(100 * CRITERION["top1_agreement"], color="k", ls="--", lw=1, label="pass if above")
+    axes[1].set_ylabel("top-1 agreement with FP32 (%)")
+    axes[1].set_ylim(max(0, 100 * table.top1_agreement.min() - 5), 106)
+    for ax in axes:
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sensitivity(table: pd.DataFrame, title: str = ""):
+    """Error per group quantized alone (graph order, excluded groups in red) and the exclusion path."""
+    import matplotlib.pyplot as plt
+    precision = str(table.precision.iloc[0]).upper() if "precision" in table else "quantized"
+    by_order = table.sort_values("order")
+    n = len(by_order)
+    fig, axes = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * n + 1.5)), gridspec_kw={"width_ratios": [3, 2]})
+    colors = ["tab:red" if e else "tab:blue" for e in by_order.excluded]
+    axes[0].barh(range(n), np.maximum(by_order.error_alone, 1e-12), color=colors)
+    axes[0].set_xscale("log")
+    axes[0].set_yticks(range(n), [_short(g) for g in by_order.group], fontsize=7 if n < 40 else 5)
+    axes[0].invert_yaxis()  # input at the top, output at the bottom
+    axes[0].set_xlabel(f"1 - mean cosine vs FP32 with only this group {precision}")
+    axes[0].set_title("red: excluded by the sensitivity policy", fontsize=9)
+    path = table[table.excluded].sort_values("rank")
+    ax = axes[1]
+    if len(path):
+        ax.plot(path["rank"], np.maximum(1 - path.cosine_after, 1e-12), "o-", label="1 - mean cosine")
+        ax.axhline(1 - CRITERION["cosine_mean"], color="tab:blue", ls="--", lw=1, label="cosine threshold")
+        ax.set_yscale("log")
+        ax.set_xticks(list(path["rank"]))
+        ax2 = ax.twinx()
+        ax2.plot(path["rank"], 100 * path.top1_agreement_after, "s--", color="tab:green", label="top-1 agreement")
+        ax2.axhline(100 * CRITERION["top1_agreement"], color="tab:green", ls=":", lw=1, label="top-1 threshold")
+        ax2.set_ylim(min(90.0, 100 * path.top1_agreement_after.min() - 2), 100.5)
+        ax2.set_ylabel("top-1 agreement with FP32 (%)")
+        lines = ax.get_legend_handles_labels()
+        lines2 = ax2.get_legend_handles_labels()
+        ax.legend(lines[0] + lines2[0], lines[1] + lines2[1], fontsize=7, loc="lower left")
+    else:
+        ax.text(0.5, 0.5, "passes with nothing excluded", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xlabel("worst groups excluded (by rank)")
+    ax.set_ylabel("1 - mean cosine after excluding")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _short(group: str) -> str:
+    """A node or group name short enough for a tick label."""
+    parts = [p for p in group.split("/") if p]
+    return "/".join(parts[-2:]) if len(parts) > 2 else group
