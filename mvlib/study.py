@@ -543,6 +543,11 @@ def publish_from(folder: str, over: bool) -> int:
 # --- one run ---------------------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
+    return parser().parse_args(argv)
+
+
+def parser() -> argparse.ArgumentParser:
+    """The driver's command line."""
     ap = argparse.ArgumentParser(prog="python -m mvlib.study", description=__doc__.split("\n\n")[0],
                                  epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="full", choices=profile_names(), help="parameter profile (default full)")
@@ -570,7 +575,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--timeout", type=int, default=3600, help="seconds one notebook cell may run")
     ap.add_argument("--keep-going", action="store_true",
                     help="run the remaining notebooks after one fails (the run still fails at the end)")
-    return ap.parse_args(argv)
+    return ap
 
 
 @dataclass
@@ -745,6 +750,14 @@ def record_failures(manifest: dict, failures: list[dict]) -> None:
                 "error": f["error"], "cell": f["cell"], "source": f["source"]}
 
 
+def rebuilt_engines(run: Path) -> list[str]:
+    """A line per engine the run rebuilt because its cached copy was corrupt (the engines table says so too)."""
+    from types import SimpleNamespace
+
+    from mvlib.tensorrt import table
+    return table.rebuilt_lines(SimpleNamespace(table=lambda name: run / "results" / name))
+
+
 def compare(run: Path, manifest: dict, baseline: Path | None, explicit: bool, cache) -> dict:
     """Compare a complete run with its baseline (the complete run it replaced, or --compare-with) when like with
     like, or say why not; the manifest's `rerun` record."""
@@ -769,6 +782,8 @@ def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: 
     cache = rerun.cache_use(before, rerun.snapshot())
     io.write_csv(staging / "results" / rerun.CACHE_TABLE, cache)
     print("stages:\n" + summary(manifest))
+    for line in rebuilt_engines(staging):
+        print(line)
     left_out = selection_skips(manifest)
     if left_out:
         print("not counted against the tier (--only left out the notebook that makes their input):\n  "

@@ -437,3 +437,15 @@ def test_the_makefile_installs_without_setuptools_banner(tmp_path):
         pytest.skip("this pip and setuptools print no banner: nothing to hide")
     quiet = install({"PYTHONWARNINGS": filter_})
     assert quiet.returncode == 0 and quiet.stdout + quiet.stderr == "", quiet.stderr
+
+
+def test_a_rebuilt_corrupt_engine_is_said_on_the_console(tmp_path, monkeypatch, capsys):
+    """The engines table records an engine rebuilt because its cached copy was corrupt; the driver says so too."""
+    from mvlib.tensorrt import table
+    engines = tmp_path / table.ENGINES_TABLE
+    row = {"notebook": "03_fp32_fp16", "engine": "fp32", "status": "rebuilt",
+           "messages": "rebuilt: engine.plan is corrupt | WARNING: x"}
+    io.write_csv(engines, pd.DataFrame([row]).reindex(columns=table.ENGINE_COLUMNS))
+    fake_notebooks(monkeypatch, tables={"03_fp32_fp16": [engines]})
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(tmp_path / "run")]) == study.OK
+    assert table.rebuilt_line("03_fp32_fp16", "fp32", "engine.plan is corrupt") in capsys.readouterr().out
