@@ -265,3 +265,35 @@ def test_figure_shows_the_front_energy_and_what_it_leaves_out(tmp_path):
     assert max(sizes) > min(sizes) and not any(math.isnan(x) for x in sizes)  # marker area follows J/image
     path = run.save_figure(fig, "06_decision.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_h200_run_puts_the_fp8_row_beside_fp16(tmp_path):
+    """H200-shaped: no engine ran (TensorRT-RTX refuses 9.0), torchao's FP8 row timed and checked like FP16."""
+    run = Run(tmp_path / "run", "06_benchmark")
+    bench_rows, acc_rows = [], []
+    for label, prec, ips, noise in (("torch.compile FP16 + CUDA graphs (channels_last)", "fp16", 16161.0, 2e-3),
+                                    ("torch.compile FP8 (Linear) + FP16 + CUDA graphs (channels_last)", "fp8",
+                                     17500.0, 3e-2)):
+        for batch in (1, 256):
+            thr = ips if batch == 256 else 1856.0
+            bench_rows.append({c: np.nan for c in bench.COLUMNS} | {
+                "backend": "torch.compile+cudagraphs", "device": "cuda", "precision": prec, "label": label,
+                "batch": batch, "median_ms": 1000 * batch / thr, "p99_ms": 1200 * batch / thr, "throughput_ips": thr,
+                "peak_mem_mb": 2100.0, "power_w": 450.0, "energy_j_per_image": 450.0 / thr, "setup_s": 0.3,
+                "prime_s": 41.0, "artifact": "weights in memory", "artifact_bytes": 9e6})
+            ref, out = _logits_pair(batch, noise, seed=batch)
+            acc_rows.append({"label": label, "backend": "torch.compile+cudagraphs", "device": "cuda",
+                             "precision": prec, "batch": batch, "reference": bench.Reference.name,
+                             **metrics.compare(ref, out)})
+    run.save_table(pd.DataFrame(bench_rows, columns=bench.COLUMNS), "06_benchmark.csv")
+    run.save_table(pd.DataFrame(acc_rows, columns=bench.ACCURACY_COLUMNS), "06_accuracy.csv")
+    d = decision.table(run.results, run.manifest()).set_index("precision")
+    fp8 = d.loc["fp8"]
+    assert fp8.best_throughput_ips == 17500.0 and fp8.j_per_image == pytest.approx(450 / 17500)
+    assert "06_accuracy.csv" in fp8.accuracy_source and decision.number(fp8.top1_agreement) is not None
+    assert fp8.build_s == pytest.approx(41.3)
+    # faster but less accurate than FP16: a real trade-off, so both are on the front
+    assert fp8.top1_agreement < d.loc["fp16", "top1_agreement"]
+    assert d.loc["fp16", "pareto"] == fp8.pareto == decision.FRONT
+    fig = decision.figure(d.reset_index()[decision.COLUMNS], run.manifest())
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["1", "2"]
