@@ -123,6 +123,11 @@ def latency_b1(df: pd.DataFrame) -> Figure:
     return fig
 
 
+def _ms(v: float) -> str:
+    """A latency label: 3 significant digits, whole milliseconds from 100 ms (1980, not 1.98e+03)."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _latency_panel(ax, d: pd.DataFrame, device: str, legend: bool) -> None:
     """One device's batch-1 percentiles as horizontal bars from zero, each labelled with its value in ms."""
     labels = _labels(d)
@@ -132,7 +137,7 @@ def _latency_panel(ax, d: pd.DataFrame, device: str, legend: bool) -> None:
     for i, (col, name) in enumerate(PCT):
         vals = [float(d[d.label == lab][col].iloc[0]) for lab in labels]
         bars = ax.barh(y + (i - 1.5) * h, vals, height=h, label=name)
-        ax.bar_label(bars, labels=[f"{v:.3g}" for v in vals], padding=2, fontsize=6)
+        ax.bar_label(bars, labels=[_ms(v) for v in vals], padding=2, fontsize=6)
     ax.set_yticks(y, labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xscale("linear")

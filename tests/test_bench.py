@@ -211,6 +211,7 @@ def _draw_all(run: Run, table: pd.DataFrame, ceilings: pd.DataFrame) -> list[Pat
 
 def test_latency_b1_bars_start_at_zero_on_a_linear_axis_and_carry_their_values():
     table = synthetic_table()
+    table.loc[table.backend == "pytorch", "p99_ms"] *= 40  # a CPU tail of seconds
     fig = plots.latency_b1(table)
     fig.canvas.draw()
     assert len(fig.axes) == 2  # one panel per device: GPU milliseconds are not squeezed beside CPU ones
@@ -224,7 +225,8 @@ def test_latency_b1_bars_start_at_zero_on_a_linear_axis_and_carry_their_values()
         assert sorted(b.get_width() for b in bars) == pytest.approx(sorted(values))  # lengths are the values
         assert ax.get_xlim()[1] >= values.max()
         shown = [t.get_text() for t in ax.texts]
-        assert sorted(shown) == sorted(f"{v:.3g}" for v in values)  # each bar carries its value
+        assert sorted(float(t) for t in shown) == pytest.approx(sorted(values), rel=5e-3)  # each bar: its value
+        assert not any("e+" in t for t in shown)  # plain numbers
     assert plots.latency_b1(table[table.batch > 1]).axes[0].texts[0].get_text() == "no batch-1 rows in this run"
 
 
