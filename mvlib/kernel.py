@@ -80,8 +80,21 @@ def build(trt_include: str | None = None, build_root: Path | str | None = None, 
     proc = subprocess.run(["bash", str(BUILD_SCRIPT)], env=run_env, capture_output=True, text=True, timeout=600)
     print(proc.stdout.strip())
     if proc.returncode != 0:
-        raise RuntimeError(f"{BUILD_SCRIPT} failed (exit {proc.returncode}):\n{proc.stderr.strip()[-3000:]}")
+        raise BuildError(proc.returncode, proc.stderr)
     return build_record(build_root)
+
+
+class BuildError(RuntimeError):
+    """build.sh failed: its own error first (the line a stage's reason and the driver's console show), then the
+    rest of what it wrote."""
+
+    def __init__(self, status: int, stderr: str):
+        lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+        own = [ln for ln in lines if ln.startswith("error:")] or lines[-1:] or ["(no message)"]
+        rest = "\n".join(ln for ln in lines if ln not in own)[-3000:]
+        super().__init__(f"{own[0]} ({BUILD_SCRIPT.name} exited with status {status})"
+                         + "".join(f"\n{ln}" for ln in own[1:]) + (f"\n{rest}" if rest else ""))
+        self.status = status
 
 
 def build_record(build_root: Path | str | None = None) -> dict:

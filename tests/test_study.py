@@ -2,6 +2,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -449,3 +450,15 @@ def test_a_rebuilt_corrupt_engine_is_said_on_the_console(tmp_path, monkeypatch, 
     fake_notebooks(monkeypatch, tables={"03_fp32_fp16": [engines]})
     assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(tmp_path / "run")]) == study.OK
     assert table.rebuilt_line("03_fp32_fp16", "fp32", "engine.plan is corrupt") in capsys.readouterr().out
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
+                    reason="build.sh checks nvcc before the headers")
+def test_kernel_build_errors_lead_with_the_scripts_own_words(tmp_path):
+    """A stage that runs build.sh through mvlib.kernel records build.sh's error as its reason, not a path."""
+    from mvlib import kernel
+    with pytest.raises(kernel.BuildError) as err:
+        kernel.build(trt_include=str(tmp_path / "nowhere"), build_root=tmp_path / "b")
+    first = str(err.value).splitlines()[0]
+    assert first.startswith("error: TRT_INCLUDE=") and "has no NvInferRuntime.h" in first
+    assert first.endswith("(build.sh exited with status 2)") and err.value.status == 2
