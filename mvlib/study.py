@@ -824,23 +824,29 @@ def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: 
 
 def interrupted(plan: Plan, staging: Path, state: dict) -> int:
     """Stop the kernels, record the interruption, and say so in one line; exit code 130."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record short
-    stop_kernels()
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record short
+    try:
+        stop_kernels()
+        print("\nstudy: " + record_interruption(plan, staging, state), file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    return INTERRUPTED
+
+
+def record_interruption(plan: Plan, staging: Path, state: dict) -> str:
+    """Write the interruption into this run's manifest; the line that says where it stopped and what is kept."""
     where = state.get("notebook")
     seconds = time.perf_counter() - state.get("start", time.perf_counter())
-    try:
-        manifest = io.read_json(staging / "manifest.json")
-        manifest["outcome"] = {"status": "interrupted", "notebook": where, "after_s": round(seconds, 1),
-                               "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-        io.write_json(staging / "manifest.json", manifest)
-    except (OSError, ValueError):
-        pass
-    kept = f"; the last complete run is still {plan.run}" if complete_run(plan.run) else ""
+    if not state.get("opened"):  # before this run's folder existed: an older incomplete run is not this one
+        return "interrupted before any notebook ran; nothing was written"
     if not staging.exists():  # stopped after the run was complete and in place
-        kept = f"; the run was complete and is {plan.run}"
-    print(f"\nstudy: interrupted{f' in {where} after {seconds:.0f} s' if where else ''}; this run is kept in "
-          f"{staging}{kept}", file=sys.stderr)
-    return INTERRUPTED
+        return f"interrupted after the run was complete; it is {plan.run}"
+    manifest = io.read_json(staging / "manifest.json")
+    manifest["outcome"] = {"status": "interrupted", "notebook": where, "after_s": round(seconds, 1),
+                           "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    io.write_json(staging / "manifest.json", manifest)
+    kept = f"; the last complete run is still {plan.run}" if complete_run(plan.run) else ""
+    return f"interrupted{f' in {where} after {seconds:.0f} s' if where else ''}; this run is kept in {staging}{kept}"
 
 
 def run_study(plan: Plan, args: argparse.Namespace) -> int:
@@ -853,6 +859,7 @@ def run_study(plan: Plan, args: argparse.Namespace) -> int:
     try:
         before = rerun.snapshot()
         staging = open_incomplete(plan.run, plan.have, info)
+        state["opened"] = True
         tensorrt = plan.tensorrt.get("label") or "none"
         print(f"study: profile {args.profile}, expected tier {plan.tier} (machine: {plan.have}), TensorRT {tensorrt}"
               + (f" for {plan.tensorrt['trt_target']}" if plan.tensorrt.get("trt_target") else "")

@@ -12,11 +12,11 @@ from mvlib import io, model, study
 from mvlib.run import Run
 
 
-def fake_notebooks(monkeypatch, fail: str = "", tables: dict | None = None) -> dict:
+def fake_notebooks(monkeypatch, fail: str = "", tables: dict | None = None, interrupt: str = "") -> dict:
     """Replace notebook execution; the parameters each notebook got, by notebook stem.
 
-    `fail`: the stem of a notebook that fails in a cell; `tables`: {stem: [csv paths]} a notebook writes into
-    its run's results (copies, e.g. of the committed tables).
+    `fail`: the stem of a notebook that fails in a cell; `interrupt`: one where the user presses Ctrl-C;
+    `tables`: {stem: [csv paths]} a notebook writes into its run's results (copies, e.g. of the committed tables).
     """
     got = {}
 
@@ -28,6 +28,8 @@ def fake_notebooks(monkeypatch, fail: str = "", tables: dict | None = None) -> d
                 {"source": parameters["weights"]})
         for src in (tables or {}).get(stem, []):
             io.write_bytes(run.table(Path(src).name), Path(src).read_bytes())
+        if stem == interrupt:
+            raise KeyboardInterrupt
         if stem == fail:
             raise papermill.PapermillExecutionError(3, 3, "x = 1 / 0", "ZeroDivisionError", "division by zero", [])
     monkeypatch.setattr(papermill, "execute_notebook", execute)

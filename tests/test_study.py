@@ -462,3 +462,19 @@ def test_kernel_build_errors_lead_with_the_scripts_own_words(tmp_path):
     first = str(err.value).splitlines()[0]
     assert first.startswith("error: TRT_INCLUDE=") and "has no NvInferRuntime.h" in first
     assert first.endswith("(build.sh exited with status 2)") and err.value.status == 2
+
+
+def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    fake_notebooks(monkeypatch)
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
+    complete = io.read_json(run / "manifest.json")
+    capsys.readouterr()
+    fake_notebooks(monkeypatch, interrupt="03_fp32_fp16")
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.INTERRUPTED
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("study: interrupted in 03_fp32_fp16"), lines
+    assert io.read_json(run / "manifest.json") == complete
+    assert io.read_json(study.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
+    import signal
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
