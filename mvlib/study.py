@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from mvlib import io, paths, rerun, tiers
+from mvlib import env, io, paths, rerun, tiers
 from mvlib import run as run_mod
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
@@ -609,24 +609,9 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     label = variant_label(args.profile, params)
     default = default_run_dir(args.profile, label, selected)
     run = Path(args.run_dir).expanduser().resolve() if args.run_dir else default
-    why = refusal(run, default)
-    if why:
-        problems.append(f"refusing the run folder: {why}")
-    else:
-        held = complete_run(run)
-        if held is not None and selection(held) != [nb.name for nb in selected]:
-            problems.append(f"{run} holds a complete run of notebooks {', '.join(n[:2] for n in selection(held))}, "
-                            f"which a run of {', '.join(nb.name[:2] for nb in selected)} must not replace; "
-                            + suggestion(run, default))
-    compare_with = None
-    if args.compare_with:
-        compare_with = Path(args.compare_with).expanduser().resolve()
-        earlier = read_manifest(compare_with)
-        if earlier is None:
-            problems.append(f"--compare-with {compare_with}: no manifest.json there (a run folder, or data/results)")
-        elif outcome(earlier) != "complete":
-            problems.append(f"--compare-with {compare_with}: that run is {outcome(earlier)}, not complete")
-    from mvlib import env
+    problems += folder_problems(run, default, selected)
+    compare_with = Path(args.compare_with).expanduser().resolve() if args.compare_with else None
+    problems += baseline_problems(compare_with) if compare_with else []
     machine = {"gpu": env.gpu_info(), "tier": have}
     if args.publish == "yes" or args.publish_over:
         probe = {"run": {"profile": args.profile, "params": params,
@@ -644,6 +629,29 @@ def check_inputs(args: argparse.Namespace) -> Plan:
     except (ValueError, OSError, RuntimeError) as err:  # unknown variant, missing checkpoint, no pretrained weights
         raise BadInput(f"weights: {err}") from err
     return Plan(tier, have, params, run, label, selected, weights, tensorrt, compare_with, machine)
+
+
+def folder_problems(run: Path, default: Path, selected: list[Path]) -> list[str]:
+    """Why `run` cannot take this run: a folder the driver does not write into, or a complete run of other
+    notebooks that this one must not replace."""
+    why = refusal(run, default)
+    if why:
+        return [f"refusing the run folder: {why}"]
+    held = complete_run(run)
+    if held is None or selection(held) == [nb.name for nb in selected]:
+        return []
+    return [f"{run} holds a complete run of notebooks {', '.join(n[:2] for n in selection(held))}, which a run of "
+            f"{', '.join(nb.name[:2] for nb in selected)} must not replace; {suggestion(run, default)}"]
+
+
+def baseline_problems(folder: Path) -> list[str]:
+    """Why `--compare-with folder` cannot be compared with: no manifest there, or not a complete run."""
+    earlier = read_manifest(folder)
+    if earlier is None:
+        return [f"--compare-with {folder}: no manifest.json there (a run folder, or data/results)"]
+    if outcome(earlier) != "complete":
+        return [f"--compare-with {folder}: that run is {outcome(earlier)}, not complete"]
+    return []
 
 
 # --- executing notebooks ---------------------------------------------------------------------------------------
