@@ -789,28 +789,46 @@ def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: 
     record_failures(manifest, failures)
     cache = rerun.cache_use(before, rerun.snapshot())
     io.write_csv(staging / "results" / rerun.CACHE_TABLE, cache)
+    print_stages(manifest, staging)
+    problems = run_problems(manifest, plan, failures)
+    if problems:
+        return keep_failed(plan, staging, manifest, cache, problems, failures)
+    return complete(plan, staging, manifest, cache, args)
+
+
+def print_stages(manifest: dict, run: Path) -> None:
+    """Each stage's status, engines rebuilt from a corrupt cache, and skips the selection caused."""
     print("stages:\n" + summary(manifest))
-    for line in rebuilt_engines(staging):
+    for line in rebuilt_engines(run):
         print(line)
     left_out = selection_skips(manifest)
     if left_out:
         print("not counted against the tier (--only left out the notebook that makes their input):\n  "
               + "\n  ".join(left_out))
+
+
+def run_problems(manifest: dict, plan: Plan, failures: list[dict]) -> list[str]:
+    """Why the run is not complete: stages that failed or were skipped below its tier, notebooks not run."""
     problems = stage_problems(manifest, plan.tier)
     ran = {f["notebook"] for f in failures} | {k.split("/")[0] for k in manifest.get("params", {})}
     not_run = [nb.stem for nb in plan.selected if nb.stem not in ran]
-    if not_run:
-        problems.append(f"not run after the failure: {', '.join(not_run)}")
-    if problems:
-        manifest["outcome"] = {"status": "failed", "problems": problems, "failed": failures}
-        manifest["rerun"] = rerun.summary(cache) | {"compared_with": None,
-                                                    "not_compared": "this run did not complete"}
-        io.write_json(staging / "manifest.json", manifest)
-        print(rerun.artifacts_line(manifest["rerun"]))
-        kept = f"; the last complete run is still {plan.run}" if complete_run(plan.run) else ""
-        print("study: the run did not reach its tier:\n  " + "\n  ".join(problems)
-              + f"\nthis run is kept in {staging}{kept}", file=sys.stderr)
-        return FAILED
+    return problems + ([f"not run after the failure: {', '.join(not_run)}"] if not_run else [])
+
+
+def keep_failed(plan: Plan, staging: Path, manifest: dict, cache, problems: list[str], failures: list[dict]) -> int:
+    """Record the failure in `<run>.incomplete`, which stays; the last complete run is untouched. Exit code 1."""
+    manifest["outcome"] = {"status": "failed", "problems": problems, "failed": failures}
+    manifest["rerun"] = rerun.summary(cache) | {"compared_with": None, "not_compared": "this run did not complete"}
+    io.write_json(staging / "manifest.json", manifest)
+    print(rerun.artifacts_line(manifest["rerun"]))
+    kept = f"; the last complete run is still {plan.run}" if complete_run(plan.run) else ""
+    print("study: the run did not reach its tier:\n  " + "\n  ".join(problems)
+          + f"\nthis run is kept in {staging}{kept}", file=sys.stderr)
+    return FAILED
+
+
+def complete(plan: Plan, staging: Path, manifest: dict, cache, args: argparse.Namespace) -> int:
+    """Promote the complete run, compare it with its baseline, publish it if asked (else say how). Exit code 0."""
     manifest["outcome"] = {"status": "complete"}
     replaced = complete_run(plan.run) is not None
     io.write_json(staging / "manifest.json", manifest)
@@ -823,10 +841,8 @@ def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: 
     print(f"study: complete: {plan.run}" + (f" (the run it replaced: {previous})" if previous else ""))
     if args.publish == "yes" or args.publish_over:
         publish(plan.run, plan.label)
-    else:
-        hint = publish_hint(plan.run, manifest, plan.machine)
-        if hint:
-            print(hint)
+    elif hint := publish_hint(plan.run, manifest, plan.machine):
+        print(hint)
     return OK
 
 
