@@ -158,3 +158,12 @@ def test_cache_command_line(tmp_path, monkeypatch):
     from mvlib.tensorrt import __main__ as cli
     monkeypatch.setattr(paths, "ENGINES", tmp_path)
     assert cli.main(["cache"]) == 0 and cli.main(["nonsense"]) == 2
+
+
+@needs_builder
+def test_a_build_that_hangs_fails_that_engine_not_the_notebook(tmp_path, flavour, engines_dir, monkeypatch):
+    """A builder child that outlives its time is killed; build_all records the engine as failed and goes on."""
+    monkeypatch.setattr(cache, "BUILD_TIMEOUT_S", 0.001)
+    with pytest.raises(cache.BuildFailed, match="did not finish within"):
+        cache.build_engine(models.conv(tmp_path / "model.onnx"), PROFILE, flavour, "sm86", workspace_gb=1)
+    assert not any(engines_dir.glob("*/" + cache.BUILD_INFO))

@@ -151,3 +151,13 @@ def test_auto_prefers_a_flavour_that_runs_here(monkeypatch):
     assert d["trt_target"] == "sm89" and d["runs_here"] and d["why"] == ""
     other = flavours.decide("tensorrt_rtx", "sm86")
     assert not other["runs_here"] and "sm86" in other["why"] and "sm89" in other["why"]
+
+
+def test_full_tensorrt_on_an_old_driver_names_its_own_cuda12_wheel(monkeypatch):
+    """The bare `tensorrt` package installs the CUDA 13 variant (TensorRT 11.4 pip install guide); on an R535-R570
+    driver the fix is TensorRT's CUDA 12 wheel, not a TensorRT-RTX extra."""
+    monkeypatch.setattr(flavours.Flavour, "wheel", lambda self: ("tensorrt-cu13", 13))
+    ok, why = FULL.runs_on("8.6", driver=12020)
+    assert not ok and "tensorrt-cu12" in why and "rtx" not in why and "R580" in why
+    ok, why = RTX.runs_on("8.6", driver=12020)
+    assert not ok and "[rtx-cu12]" in why

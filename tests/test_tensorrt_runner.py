@@ -4,6 +4,7 @@ No engine runs here (no GPU; RTX's runtime refuses the H200 too). What can be re
 tensorrt_rtx's names and enums, a plan built here and the runtime's own verdict on it. The execution context is
 made through a small stand-in engine of ours that records what the runner asks for.
 """
+import numpy as np
 import pytest
 import tensorrt_models as models
 
@@ -131,8 +132,105 @@ def test_a_session_does_not_demand_the_parsers_library(plan, monkeypatch, tmp_pa
     """Defect 8: only the ONNX parser dlopens libtensorrt_rtx.so; a Session (plugins or not) never asks for it.
     Here the real runtime then fails to deserialize (no driver), which is the error we must see."""
     monkeypatch.setattr(runner, "runnable", lambda engine: engine)
+    monkeypatch.setattr(runner, "cuda_context", lambda: None)  # PyTorch here is a CPU build
     monkeypatch.setattr(runner.plugin_libs, "load_plugins", lambda fl, libs: [])
     lib = tmp_path / "libplugin.so"
     lib.write_bytes(b"not loaded: load_plugins is stubbed")
     with pytest.raises(RuntimeError, match="could not deserialize"):
         runner.Session(plan, plugins=[lib])
+
+
+class Context:
+    """Our stand-in for an IExecutionContext: answers as TensorRT would, records what it was given."""
+
+    def __init__(self, shape_ok=True, address_ok=True, missing=()):
+        self.shape_ok, self.address_ok, self.missing = shape_ok, address_ok, list(missing)
+        self.shapes, self.addresses = {}, {}
+
+    def set_input_shape(self, name, shape):
+        self.shapes[name] = tuple(shape)
+        return self.shape_ok
+
+    def set_tensor_address(self, name, ptr):
+        self.addresses[name] = ptr
+        return self.address_ok
+
+    def infer_shapes(self):
+        return self.missing
+
+    def get_tensor_shape(self, name):
+        return (self.shapes["input"][0], 10)
+
+
+class Engine:
+    """Our stand-in for an ICudaEngine with a float32 input and a float32 output."""
+
+    def __init__(self, trt):
+        self.trt = trt
+
+    def get_tensor_dtype(self, name):
+        return self.trt.DataType.FLOAT
+
+
+def bound_session(rtx, context) -> runner.Session:
+    """A Session over stand-ins, ready to bind (no engine is deserialized)."""
+    session = runner.Session.__new__(runner.Session)
+    session.engine = cache.Engine(paths.ENGINES / "x" / cache.PLAN, {"flavour": "tensorrt_rtx",
+                                                                      "flavour_version": rtx.version,
+                                                                      "profile": [1, 2, 4]})
+    session.cuda_engine, session.context = Engine(rtx.module()), context
+    session.inputs, session.outputs, session.keep = ["input"], ["logits"], []
+    return session
+
+
+@needs_rtx
+def test_bind_sets_every_tensor_address_and_checks_every_answer(rtx):
+    """polygraphy's runner and the RTX sample check set_input_shape, set_tensor_address and infer_shapes; an
+    unchecked False would surface only as a failed enqueue (or wrong memory) later."""
+    import torch
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32))
+    context = Context()
+    outs = bound_session(rtx, context).bind(x)
+    assert context.shapes == {"input": (2, 3)} and set(context.addresses) == {"input", "logits"}
+    assert context.addresses["logits"] == outs["logits"].data_ptr() and outs["logits"].shape == (2, 10)
+    with pytest.raises(RuntimeError, match="set_input_shape.*input.*2, 3"):
+        bound_session(rtx, Context(shape_ok=False)).bind(x)
+    with pytest.raises(RuntimeError, match="set_tensor_address.*input"):
+        bound_session(rtx, Context(address_ok=False)).bind(x)
+    with pytest.raises(RuntimeError, match="infer_shapes.*logits"):
+        bound_session(rtx, Context(missing=["logits"])).bind(x)
+
+
+@needs_rtx
+def test_every_io_dtype_the_engines_can_have_maps_to_torch(rtx):
+    import torch
+    dt = rtx.module().DataType
+    assert runner.torch_dtype(dt.FP8) is torch.float8_e4m3fn and runner.torch_dtype(dt.BF16) is torch.bfloat16
+    assert runner.torch_dtype(dt.HALF) is torch.float16 and runner.torch_dtype(dt.INT64) is torch.int64
+    with pytest.raises(ValueError, match="INT4"):
+        runner.torch_dtype(dt.INT4)
+
+
+@needs_rtx
+def test_a_cuda_context_is_current_before_the_runtime_cache_is_read(plan, monkeypatch):
+    """IRuntimeCache.deserialize (help() of the installed bindings): "A current CUDA context must be present";
+    a cache read without one is refused and the 'cached' JIT numbers would be a cold compile."""
+    order = []
+    monkeypatch.setattr(runner, "runnable", lambda engine: engine)
+    monkeypatch.setattr(runner, "cuda_context", lambda: order.append("context"))
+    monkeypatch.setattr(runner, "deserialize", lambda fl, plan, plugins: order.append("deserialize") or (None, None,
+                                                                                                         ["no GPU"]))
+    with pytest.raises(RuntimeError, match="could not deserialize"):
+        runner.Session(plan)
+    assert order == ["context", "deserialize"]
+
+
+@needs_rtx
+def test_an_old_driver_is_named_as_the_reason_with_its_fix(plan, monkeypatch):
+    """Defect 7: a CUDA 13 wheel on an R535 driver; the runtime's own words ("cudaError 35") do not say why."""
+    monkeypatch.setattr(flavours, "capability_here", lambda: "8.6")
+    monkeypatch.setattr(runner, "capability_here", lambda: "8.6")
+    monkeypatch.setattr(runner.cudainfo, "driver_version", lambda: (12020, "test"))
+    dist, major = plan.flavour.wheel()
+    with pytest.raises(StageSkipped, match=f"installed as {dist}.*CUDA 12.2.*make env.*cudaError 35"):
+        runner.runnable(plan)

@@ -32,6 +32,7 @@ PLAN = "engine.plan"
 BUILD_INFO = "build.json"
 LAYERS = "layers.json"
 TIMING_DIR = "timing"
+BUILD_TIMEOUT_S = 3600  # one engine's build; MobileViT's take seconds to minutes
 PLAN_MAGIC = {"tensorrt": b"ftrt", "tensorrt_rtx": b"vtrt"}  # the first bytes of a serialized plan, per flavour
 RECORDED = ("layers_by_type", "network_layers", "plugin_layers", "profiling_verbosity", "strongly_typed", "tf32",
             "inspected", "compute_precision")  # what the child reports that the build record keeps
@@ -189,8 +190,14 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     with io.atomic_path(out / "spec.json") as spec_path, io.atomic_path(out / "result.json") as result_path:
         spec_path.write_text(json.dumps(spec))
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
-                              env=plugin_libs.library_env(fl), capture_output=True, text=True, timeout=3600)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
+                                  env=plugin_libs.library_env(fl), capture_output=True, text=True,
+                                  timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as err:  # one engine fails; build_all records it and goes on
+            said = [ln for ln in output_text(err.stderr).splitlines() if ln.strip()][-8:]
+            raise BuildFailed(f"{fl.label} could not build {onnx_path.name} for {parts['target']}: the builder "
+                              f"did not finish within {BUILD_TIMEOUT_S:g} s and was stopped", said) from None
         seconds = time.perf_counter() - start
         result = json.loads(result_path.read_text()) if result_path.stat().st_size else {}
     messages = result.get("messages", [])
@@ -208,6 +215,11 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     print(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
           + (f" ({len(messages)} builder messages)" if messages else ""))
     return Engine(plan, io.read_json(out / BUILD_INFO))
+
+
+def output_text(out: bytes | str | None) -> str:
+    """A child's captured output as text (a TimeoutExpired holds bytes even under text=True)."""
+    return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
 
 
 def exit_text(code: int) -> str:

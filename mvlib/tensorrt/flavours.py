@@ -123,10 +123,14 @@ class Flavour:
         if driver is None or wheel is None or driver // 1000 >= wheel[1]:
             return ""
         dist, major = wheel
-        extra = cudainfo.extra_for(driver)
+        ours = cudainfo.cuda_major_for(driver)
+        # `make env` picks TensorRT-RTX's wheel by the driver; full TensorRT's bare `tensorrt` package installs
+        # its CUDA 13 variant (TensorRT 11.4 pip guide), and its CUDA 12 variant is a package of its own
+        fix = (f"reinstall with `make env` (it installs the [{cudainfo.extra_for(driver)}] extra for this driver)"
+               if self.rtx else f"install TensorRT's CUDA {ours} wheel (pip install \"tensorrt-cu{ours}>=10.13,<12\")")
         return (f"{self.label} is installed as {dist} (CUDA {major}), and this driver supports CUDA "
-                f"{cudainfo.version_text(driver)}: reinstall with `make env` (it installs the [{extra}] extra for "
-                f"this driver) or update the driver (CUDA {major} needs R{580 if major == 13 else 525} or newer)")
+                f"{cudainfo.version_text(driver)}: {fix} or update the driver (CUDA {major} needs "
+                f"R{580 if major == 13 else 525} or newer)")
 
     def runs_on(self, capability: str | None, driver: int | None = None) -> tuple[bool, str]:
         """Whether this flavour's runtime runs engines on a GPU of `capability` ('8.6') with a driver of CUDA

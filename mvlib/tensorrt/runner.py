@@ -24,7 +24,7 @@ import numpy as np
 
 from mvlib import env, io
 from mvlib.skips import StageSkipped
-from mvlib.tensorrt import cache
+from mvlib.tensorrt import cache, cudainfo
 from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import Flavour, capability_here
 
@@ -103,9 +103,20 @@ def runnable(engine: cache.Engine) -> cache.Engine:
     verdict, why = plan_validity(fl, engine.plan.read_bytes())
     if verdict is None:
         verdict, why = fl.runs_here()
+    elif not verdict:
+        # an old driver makes the runtime say only "cudaError 35": name the driver and the fix first
+        driver = fl.driver_problem(cudainfo.driver_version()[0])
+        why = f"{driver} ({why})" if driver else why
     if not verdict:
         raise StageSkipped(f"built, not run: {why}")
     return engine
+
+
+def cuda_context() -> None:
+    """Make the device's primary CUDA context current on this thread (PyTorch, cuda-python and TensorRT share it):
+    IRuntimeCache.deserialize and serialize compare against the current context's device, and refuse without one."""
+    import torch
+    torch.cuda.synchronize()
 
 
 def deserialize(fl: Flavour, plan: bytes, plugins: Sequence[Path | str] = ()):
@@ -145,12 +156,15 @@ def create_context(cuda_engine, fl: Flavour, runtime_cache: bytes | None = None,
 
 
 _TORCH_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "INT8": "int8", "INT32": "int32",
-                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8"}
+                 "INT64": "int64", "BOOL": "bool", "UINT8": "uint8", "FP8": "float8_e4m3fn"}
 
 
 def torch_dtype(trt_dtype):
-    """The torch dtype of a TensorRT DataType."""
+    """The torch dtype of a TensorRT DataType (FP8 is E4M3, TensorRT's only FP8); an error naming one without."""
     import torch
+    if trt_dtype.name not in _TORCH_DTYPES:
+        raise ValueError(f"an engine input or output of TensorRT type {trt_dtype.name} has no PyTorch buffer type "
+                         f"here ({', '.join(_TORCH_DTYPES)}): export the model with float inputs and outputs")
     return getattr(torch, _TORCH_DTYPES[trt_dtype.name])
 
 
@@ -167,6 +181,7 @@ class Session:
     def __post_init__(self):
         runnable(self.engine)
         fl = self.engine.flavour
+        cuda_context()
         self.cuda_engine, self.runtime, said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins)
         if self.cuda_engine is None:
             raise RuntimeError(f"{fl.label} could not deserialize {self.engine.plan}: {' | '.join(said[-3:])}")
@@ -188,17 +203,26 @@ class Session:
             raise ValueError(f"{self.engine.plan}: expected one input tensor, the engine has {self.inputs}")
 
     def bind(self, x) -> dict:
-        """Set the input shape and every tensor address for device tensor `x`; the output tensors."""
+        """Set the input shape and every tensor address for device tensor `x`; the output tensors.
+
+        Every answer of TensorRT is checked, as polygraphy's runner and the TensorRT-RTX samples do: a refused
+        shape or address would otherwise surface only as a failed enqueue, or as reads of the wrong memory."""
         import torch
         self.engine.profile.check(int(x.shape[0]))
         name = self.inputs[0]
         x = x.to(torch_dtype(self.cuda_engine.get_tensor_dtype(name))).contiguous()
-        self.context.set_input_shape(name, tuple(x.shape))
-        self.context.set_tensor_address(name, x.data_ptr())
+        if not self.context.set_input_shape(name, tuple(x.shape)):
+            raise RuntimeError(f"{self.engine.plan}: set_input_shape({name!r}, {tuple(x.shape)}) was refused (see "
+                               "TensorRT's log): the shape is outside the engine's profile or the wrong rank")
+        missing = self.context.infer_shapes()
+        if missing:
+            raise RuntimeError(f"{self.engine.plan}: infer_shapes left {list(missing)} unknown after setting "
+                               f"{name!r} to {tuple(x.shape)}")
         outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), device=x.device,
                                dtype=torch_dtype(self.cuda_engine.get_tensor_dtype(n))) for n in self.outputs}
-        for n, t in outs.items():
-            self.context.set_tensor_address(n, t.data_ptr())
+        for n, t in {name: x, **outs}.items():
+            if not self.context.set_tensor_address(n, t.data_ptr()):
+                raise RuntimeError(f"{self.engine.plan}: set_tensor_address({n!r}) was refused (see TensorRT's log)")
         self.keep = [x, *outs.values()]  # alive as long as the addresses are bound
         return outs
 

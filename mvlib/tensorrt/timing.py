@@ -2,10 +2,14 @@
 
 Throughput (`tensorrt` / `tensorrt_engine`, measured by mvlib.bench's generic machinery): per batch, bind, one
 plain enqueue (TensorRT's deferred shape-dependent setup must not land in a graph), then a CUDA graph of one
-`execute_async_v3` replayed, as trtexec does. Where a graph is not allowed, it times plain enqueues instead,
-as trtexec does when a capture fails (NVIDIA/TensorRT samples/common/sampleInference.cpp: `endCaptureOnError`
-then "inference will be launched without using CUDA graph"); TensorRT-RTX is asked first with
-`is_stream_capturable`. The row's `timing` column says which way each batch was timed.
+`execute_async_v3` replayed, as trtexec does. The graph is captured with cuda-python exactly as trtexec's
+TrtCudaGraph does (samples/common/sampleDevice.h: thread-local capture mode, end the capture on error, clear the
+error), not with torch.cuda.graph, whose exit leaves its capture stream current when the capture fails. Where a
+graph is not allowed, it times plain enqueues instead, as trtexec does when a capture fails
+(samples/common/sampleInference.cpp: `endCaptureOnError` then "inference will be launched without using CUDA
+graph"); TensorRT-RTX is asked first with `is_stream_capturable`. Plain enqueues go to the engine's own stream,
+never the default one, on which enqueueV3 adds device synchronizations (NvInferRuntime.h, enqueueV3). The row's
+`timing` column says which way each batch was timed.
 
 JIT (`jit`): each engine in two fresh processes, as a user meets it: cold (no runtime cache: RTX compiles every
 kernel when the context is created), then with the runtime cache the first one wrote beside the engine; each
@@ -28,8 +32,9 @@ from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import select
 
 GRAPH_TIMING = f"CUDA events around each CUDA-graph replay of execute_async_v3, {bench.IN_FLIGHT} in flight"
-PLAIN_TIMING = ("CUDA events around each plain execute_async_v3 (no CUDA graph: {why}), "
+PLAIN_TIMING = ("CUDA events around each plain execute_async_v3 on the engine's own stream (no CUDA graph: {why}), "
                 f"{bench.IN_FLIGHT} in flight")
+JIT_TIMEOUT_S = 1800  # one fresh process's context creation and first inference (RTX compiles every kernel)
 JIT_COLUMNS = ["jit_batch", "context_cold_ms", "first_inference_cold_ms", "context_cached_ms",
                "first_inference_cached_ms", "steady_ms", "jit"]
 STEADY_LAUNCHES = 50
@@ -54,23 +59,80 @@ def choose_launch(capturable: tuple[bool | None, str], capture: Callable[[], tup
     return plain, PLAIN_TIMING.format(why=why)
 
 
-def torch_capture(session: runner.Session, stream) -> tuple[Any, str]:
-    """A CUDA graph of one enqueue on `stream`, or None and why (a failed capture is ended, not raised)."""
-    import torch
-    graph = torch.cuda.CUDAGraph()
+class CudaGraph:
+    """An instantiated CUDA graph (cuda-python), replayed on the stream `current()` names, destroyed by close()."""
+
+    def __init__(self, graph_exec, cudart, current: Callable[[], int]):
+        self.graph_exec, self.cudart, self.current = graph_exec, cudart, current
+
+    def replay(self) -> None:
+        """Launch the graph once on the current stream."""
+        err, = self.cudart.cudaGraphLaunch(self.graph_exec, self.current())
+        if err != self.cudart.cudaError_t.cudaSuccess:
+            raise RuntimeError(f"cudaGraphLaunch: {cuda_error(self.cudart, err)}")
+
+    def close(self) -> None:
+        """Destroy the executable graph (its device memory goes back before the next batch is measured)."""
+        if self.graph_exec is not None:
+            self.cudart.cudaGraphExecDestroy(self.graph_exec)
+            self.graph_exec = None
+
+
+def cuda_error(cudart, err) -> str:
+    """CUDA's own name of a runtime error ('cudaErrorStreamCaptureInvalidated')."""
+    found, name = cudart.cudaGetErrorName(err)
+    return name.decode() if found == cudart.cudaError_t.cudaSuccess else str(err)
+
+
+def cuda_graph_capture(enqueue: Callable[[int], bool], stream_handle: int,
+                       current: Callable[[], int]) -> tuple[CudaGraph | None, str]:
+    """A CUDA graph of one `enqueue(stream_handle)`, or None and why: trtexec's TrtCudaGraph sequence (begin in
+    thread-local mode, enqueue, end; on failure end the capture, destroy what it made and clear the error)."""
     try:
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
-            enqueued = session.enqueue(stream.cuda_stream)
-    except RuntimeError as err:  # the capture was invalidated: trtexec ends it and times without a graph
-        return None, f"the capture failed ({str(err).splitlines()[0]})"
-    if not enqueued:
-        return None, "execute_async_v3 returned False under capture"
-    return graph, ""
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        return None, "cuda-python, which captures the graph, is not installed (`make env` installs it)"
+    ok = cudart.cudaError_t.cudaSuccess
+    err, = cudart.cudaStreamBeginCapture(stream_handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
+    if err != ok:
+        cudart.cudaGetLastError()
+        return None, f"cudaStreamBeginCapture: {cuda_error(cudart, err)}"
+    enqueued = False
+    try:
+        enqueued = enqueue(stream_handle)
+    finally:  # the capture is always ended, also when the enqueue raised
+        err, graph = cudart.cudaStreamEndCapture(stream_handle)
+    if err != ok or not enqueued:
+        if err == ok and graph:
+            cudart.cudaGraphDestroy(graph)
+        cudart.cudaGetLastError()
+        return None, ("execute_async_v3 returned False under capture" if not enqueued
+                      else f"the capture failed ({cuda_error(cudart, err)})")
+    err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+    cudart.cudaGraphDestroy(graph)
+    if err != ok:
+        cudart.cudaGetLastError()
+        return None, f"cudaGraphInstantiate: {cuda_error(cudart, err)}"
+    return CudaGraph(graph_exec, cudart, current), ""
+
+
+def plain_launch(session: runner.Session, stream, current: Callable[[], Any]) -> Callable[[], None]:
+    """One enqueue on the engine's own `stream`, ordered after and before the `current()` stream that the timer's
+    events are recorded on (enqueueV3 on the default stream synchronizes the device: NvInferRuntime.h)."""
+    def plain() -> None:
+        timer_stream = current()
+        stream.wait_stream(timer_stream)
+        session.execute(stream.cuda_stream)
+        timer_stream.wait_stream(stream)
+    return plain
 
 
 def release(state: dict, session: runner.Session, empty_cache: Callable[[], None]) -> None:
-    """Free the previous batch's graph and buffers, then hand the freed blocks back to the driver, so the next
-    batch's peak memory is its own."""
+    """Destroy the previous batch's graph, free its buffers, then hand the freed blocks back to the driver, so the
+    next batch's peak memory is its own."""
+    graph = state.get("graph")
+    if graph is not None:
+        graph.close()
     state.clear()
     session.keep = []
     empty_cache()
@@ -94,12 +156,16 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
 
+    def current_handle() -> int:
+        return torch.cuda.current_stream().cuda_stream
+
     def prepare(batch: int) -> Callable[[], Any]:
         within(profile, batch)
         release(state, session, empty_cache)
         # the same fresh random images bench gives every backend (seeded by the run's seed and the batch)
         x = torch.from_numpy(metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch))
         x = x.to("cuda")
+        stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             buffers = session.bind(x)
             # One plain enqueue after a shape change, before capture: TensorRT does its deferred
@@ -107,11 +173,13 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
             session.execute(stream.cuda_stream)
         stream.synchronize()
 
-        def plain() -> None:
-            session.execute(torch.cuda.current_stream().cuda_stream)
+        def capture():
+            graph, why = cuda_graph_capture(session.enqueue, stream.cuda_stream, current_handle)
+            state["graph"] = graph
+            return graph, why
 
-        launch, result.timing = choose_launch(session.capturable(stream.cuda_stream),
-                                              lambda: torch_capture(session, stream), plain)
+        launch, result.timing = choose_launch(session.capturable(stream.cuda_stream), capture,
+                                              plain_launch(session, stream, torch.cuda.current_stream))
         state.update(launch=launch, buffers=buffers, bound=list(session.keep))
         return launch
 
@@ -196,10 +264,18 @@ def _session_in_child(spec: dict, fl) -> dict:
     folder = Path(spec["plan"]).parent
     with io.atomic_path(folder / "jit_spec.json") as spec_path, io.atomic_path(folder / "jit.json") as result_path:
         spec_path.write_text(json.dumps(spec))
-        subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "jit", str(spec_path), str(result_path)],
-                       env=plugin_libs.library_env(fl), capture_output=True, text=True, timeout=1800)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "jit", str(spec_path), str(result_path)],
+                                  env=plugin_libs.library_env(fl), capture_output=True, text=True,
+                                  timeout=JIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:  # a measurement, not the study: the jit column says so
+            return {"ok": False, "error": f"the measuring process did not finish within {JIT_TIMEOUT_S:g} s"}
         text = result_path.read_text() if result_path.stat().st_size else ""
-    return json.loads(text) if text else {"ok": False, "error": "the measuring process died before it reported"}
+    if text:
+        return json.loads(text)
+    said = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-3:]
+    return {"ok": False, "error": f"the measuring process died ({cache.exit_text(proc.returncode)}) before it "
+                                  "reported" + (": " + " | ".join(said) if said else "")}
 
 
 def jit(engine: cache.Engine, plugins: Sequence[Path | str] = (), img_size: int | None = None) -> dict:
