@@ -12,24 +12,27 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     table = table.copy()
     # A chosen model can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
     chosen = table.file == table.precision.map(chosen_name)
-    table["label"] = table.policy + np.where(chosen, "\n(" + table.file + ", " + table.high_precision + " floats)", "")
+    table["label"] = table.policy + np.where(chosen, "\n" + table.file + "\n" + table.high_precision + " floats", "")
     table["series"] = table.precision.str.upper() + " " + table.method
     labels = list(dict.fromkeys(table.label))
     series = list(dict.fromkeys(table.series))
-    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(labels)), 4.4))
+    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(labels)), 4.6))
     width = 0.8 / len(series)
-    for j, name in enumerate(series):
-        sub = table[table.series == name].set_index("label")
-        xs = [i + (j - (len(series) - 1) / 2) * width for i, lab in enumerate(labels) if lab in sub.index]
-        rows = [sub.loc[lab] for lab in labels if lab in sub.index]
-        err = [max(1.0 - r.cosine_mean, 1e-9) for r in rows]
-        agree = [100 * r.top1_agreement for r in rows]
-        axes[0].bar(xs, err, width, label=name)
-        axes[1].bar(xs, agree, width, label=name)
-        for x, e, a, r in zip(xs, err, agree, rows, strict=True):
+    colors = {name: f"C{k}" for k, name in enumerate(series)}
+    drawn = set()
+    for i, lab in enumerate(labels):
+        here = table[table.label == lab].drop_duplicates("series", keep="last").set_index("series")
+        present = [name for name in series if name in here.index]  # bars of one label sit side by side, centred
+        for j, name in enumerate(present):
+            r = here.loc[name]
+            x = i + (j - (len(present) - 1) / 2) * width
+            err, agree = max(1.0 - r.cosine_mean, 1e-9), 100 * r.top1_agreement
             mark = "pass" if r.passes else "fail"
-            axes[0].text(x, e, f"{r.cosine_mean:.4f}\n{mark}", ha="center", va="bottom", fontsize=5)
-            axes[1].text(x, a, f"{a:.1f}\n{mark}", ha="center", va="bottom", fontsize=5)
+            for ax, y, text in ((axes[0], err, f"{r.cosine_mean:.4f}\n{mark}"),
+                                (axes[1], agree, f"{agree:.1f}\n{mark}")):
+                ax.bar(x, y, width, color=colors[name], label=None if name in drawn else name)
+                ax.text(x, y, text, ha="center", va="bottom", fontsize=5)
+            drawn.add(name)
     axes[0].axhline(1 - CRITERION["cosine_mean"], color="k", ls="--", lw=1, label="pass if below")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("1 - mean cosine vs FP32 (lower is better)")
