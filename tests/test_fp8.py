@@ -199,3 +199,20 @@ def test_plugin_fp8_without_model_fp8_says_which_notebook_makes_it(tmp_path, xxs
     exp = _exported_with(tmp_path, xxs, {})
     row = fp8.rewrite_plugin(exp, 256)
     assert row["status"].startswith("skipped") and "notebook 04" in row["status"]
+
+
+@pytest.mark.trt
+@pytest.mark.skipif(not (flavours.capability_here() and fp8.has_fp8(flavours.capability_here())[0]
+                         and __import__("mvlib.tiers").tiers.runtime_status()[0]),
+                    reason="FP8 engines run on a trt-tier GPU with FP8 (compute capability 8.9+)")
+def test_fp8_engine_accuracy(tmp_path, xxs, q_fp8, ev, monkeypatch):
+    import pandas as pd
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    exp = _exported_with(tmp_path, xxs, {"model.fp8.all.max.onnx": q_fp8[0]})
+    table = pd.DataFrame([{"precision": "fp8", "policy": "all", "method": "max", "high_precision": "fp32",
+                           "file": "model.fp8.all.max.onnx"}])
+    engines = fp8.build_engines("04_int8", quant.engine_specs(exp, table, "fp8"), shapes.Profile(1, 2, 4))
+    out = quant.engine_accuracy(exp, table, ev, engines, fp8.runnable).iloc[0]
+    onnxrt = ev.evaluate(exp.path("model.fp8.all.max.onnx"))  # the same Q/DQ graph on ONNX Runtime
+    assert out.precision == "fp8" and abs(out.cosine_mean - onnxrt["cosine_mean"]) < 0.01
+    assert out.get("out_FP8", 0) > 0  # TensorRT really runs layers in FP8
