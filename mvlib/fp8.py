@@ -217,3 +217,10 @@ def plugin_engine_specs(exported) -> list:
         raise StageSkipped(f"{path.name} not found: notebook 04 writes model.fp8.onnx, then fp8.rewrite_plugin",
                            needs="04")
     return [engines_table.EngineSpec("plugin_fp8", path, (kernel.plugin_library(),))]
+
+
+def build_plugin_engines(exported, profile, trt_flavour: str = "auto", fp8_target: str = "auto",
+                         workspace_gb: float = 4) -> pd.DataFrame:
+    """The plugin-FP8 engine's row of the engines table (notebook 05), built for the FP8 target."""
+    return build_engines("05_silu_plugin", plugin_engine_specs(exported), profile, trt_flavour, fp8_target,
+                         workspace_gb)

@@ -188,8 +188,7 @@ def test_plugin_fp8_engine_builds_for_sm89(tmp_path, xxs, q_fp8, monkeypatch, gp
     row = fp8.rewrite_plugin(exp, 256, seed=3)
     assert row["status"] == "ok" and row["plugin_nodes"] == 34 and row["rewritten"] == fp8.PLUGIN_FILE
     assert quant_graph.qdq_types(fp8.plugin_path(exp)) == {"fp8"}
-    engines = engines_table.require_built(fp8.build_engines("05_silu_plugin", fp8.plugin_engine_specs(exp),
-                                                            shapes.Profile(1, 2, 4), "tensorrt_rtx", "auto"))
+    engines = engines_table.require_built(fp8.build_plugin_engines(exp, shapes.Profile(1, 2, 4), "tensorrt_rtx"))
     built = engines.iloc[0]
     assert built.engine == "plugin_fp8" and built.target == "sm89"
     assert built.plugin_layers == built.plugin_nodes_in_onnx == 34
