@@ -156,8 +156,8 @@ class Run:
         except StageSkipped as why:
             print(f"[{name}] skipped: {why}")
             needs = [str(n).zfill(2)[:2] for n in why.needs] or producers(str(why))  # "4", "04", "04_int8"
-            self.record(name, tier, "skipped", str(why), **({"needs": needs} if needs else {}),
-                        **({"no_builder": True} if getattr(why, "no_builder", False) else {}))
+            marks = {m: True for m in ("no_builder", "no_fp8_hardware") if getattr(why, m, False)}
+            self.record(name, tier, "skipped", str(why), **({"needs": needs} if needs else {}), **marks)
             return None
         except BaseException as err:
             self.record(name, tier, "failed", f"{type(err).__name__}: {err}",

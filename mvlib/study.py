@@ -230,13 +230,14 @@ def stage_problems(manifest: dict, tier: str) -> list[str]:
     """Stages that failed, or that were skipped although the run was expected to reach their tier.
 
     A skip caused by leaving out the notebook that makes the stage's input (`--only`) is not a problem of the
-    tier: `selection_skips` lists those.
+    tier: `selection_skips` lists those. Nor is an FP8 stage skipped on a GPU without FP8 tensor cores
+    (`no_fp8_hardware`, from fp8.NoFP8): the tier is reached, the hardware lacks the feature.
     """
     problems = []
     for name, st in sorted(manifest.get("stages", {}).items()):
         if st["status"] == "failed":
             problems.append(f"{name}: failed: {st['reason']}")
-        elif st["status"] != "skipped" or not_selected(manifest, st):
+        elif st["status"] != "skipped" or not_selected(manifest, st) or st.get("no_fp8_hardware"):
             continue
         elif st["tier"] == run_mod.BUILD:  # engines: any machine with a builder builds them all, whatever its tier
             if not st.get("no_builder"):

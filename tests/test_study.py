@@ -109,6 +109,25 @@ def test_a_missing_builder_is_recorded_as_such(tmp_path):
     assert entry["tier"] == "build" and entry["status"] == "skipped" and entry["no_builder"] is True
 
 
+def test_an_fp8_stage_skipped_on_a_gpu_without_fp8_does_not_fail_the_gpu_tier(tmp_path, monkeypatch):
+    """An 8.6 GPU reaches the gpu tier but has no FP8 tensor cores: its FP8 skip is the hardware's, not a problem."""
+    from mvlib import fp8
+    monkeypatch.setattr(tiers, "missing_for", lambda tier: "")  # a machine that reaches every tier
+    run = Run(tmp_path / "r", "99_test")
+
+    def fp8_row():
+        ok, why = fp8.has_fp8("8.6")
+        raise fp8.NoFP8(f"FP8 PyTorch row: {why}")
+    assert run.stage("torch_fp8", "gpu", fp8_row) is None
+    manifest = io.read_json(run.manifest_path)
+    entry = manifest["stages"]["99_test/torch_fp8"]
+    assert entry["status"] == "skipped" and entry["no_fp8_hardware"] is True and "no_builder" not in entry
+    assert "8.6 has no FP8 tensor cores" in entry["reason"]
+    assert study.stage_problems(manifest, "gpu") == study.stage_problems(manifest, "trt") == []
+    del entry["no_fp8_hardware"]  # any other skip of a gpu stage on a gpu-tier run still fails it
+    assert [p.split(":")[0] for p in study.stage_problems(manifest, "gpu")] == ["99_test/torch_fp8"]
+
+
 def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run):
     """06 times the FP32/FP16/INT8 models and their plugin rewrites: each exists after 01-05, and each was built."""
     from mvlib import export
