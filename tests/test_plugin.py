@@ -14,7 +14,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mvlib import env, kernel, paths, plugin, silu_rewrite, tiers, trt
+from mvlib import env, kernel, paths, plugin, silu_rewrite, tiers
+from mvlib.tensorrt import cache, flavours, shapes
+from mvlib.tensorrt import plugins as plugin_libs
+from mvlib.tensorrt import table as engines_table
 
 NVCC = env.nvcc_path()
 needs_nvcc = pytest.mark.skipif(NVCC is None, reason="nvcc not found: the kernel library cannot be compiled here")
@@ -147,7 +150,7 @@ def _header_folders() -> list[str]:
 
 
 HEADERS = _header_folders()
-HAS_BUILDER, BUILDER = trt.builder_status()
+HAS_BUILDER, BUILDER = flavours.builder_status()
 
 
 @pytest.fixture(scope="module", params=HEADERS or [None], ids=lambda p: Path(p).parent.name if p else "none")
@@ -188,7 +191,7 @@ def test_a_warning_fails_the_build_and_keeps_the_last_good_one(tmp_path, source)
 def test_plugin_compiles_with_warnings_as_errors(plugin_build):
     root, info = plugin_build
     assert info["plugin"] is True and info["tensorrt_headers_version"]
-    major, minor, _ = trt.headers_version(root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC)
+    major, minor, _ = plugin_libs.headers_version(root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC)
     assert f"{major}.{minor}" == ".".join(info["tensorrt_headers_version"].split(".")[:2])  # the library says it too
     assert info["tensorrt_headers_major"] == major
 
@@ -242,7 +245,7 @@ def test_build_script_refuses_headers_of_another_major_than_the_runtime(tmp_path
 # --- the plugin inside a real TensorRT registry (TensorRT-RTX here) --------------------------------------
 def _in_child(code: str, fl, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run Python code in a fresh process with the flavour's library path (each way of loading needs its own)."""
-    return subprocess.run([sys.executable, "-c", code], env=trt.library_env(fl), capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-c", code], env=plugin_libs.library_env(fl), capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -271,7 +274,7 @@ print("found")
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 @pytest.mark.parametrize("way", ["load_library", "static"])
 def test_registry_finds_the_creator_by_name_version_and_namespace(plugin_build, way):
-    fl = trt.select()
+    fl = flavours.select()
     out = _abi_build(plugin_build, fl)
     load = (f"assert registry.load_library({str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}) is not None"
             if way == "load_library"
@@ -282,8 +285,9 @@ def test_registry_finds_the_creator_by_name_version_and_namespace(plugin_build, 
 
 PARSE = """
 import ctypes
-from mvlib import trt
-fl = trt.select()
+from mvlib.tensorrt import flavours
+from mvlib.tensorrt import plugins as plugin_libs
+fl = flavours.select()
 mod = fl.module()
 {load}
 logger = mod.Logger(mod.Logger.WARNING)
@@ -298,11 +302,11 @@ print("plugin layers", sum(network.get_layer(i).type.name == "PLUGIN_V3" for i i
 @pytest.mark.parametrize("way", ["load_library", "static"])
 def test_onnx_parser_maps_every_plugin_node_to_our_creator(plugin_build, xxs, tmp_path, way):
     """The parser finds the creator with each way of loading; the project supplies the library name it dlopens."""
-    fl = trt.select()
+    fl = flavours.select()
     out = _abi_build(plugin_build, fl)
     dst = tmp_path / "model.silu.onnx"
     nodes = silu_rewrite.rewrite(xxs[0].onnx, dst).plugin_nodes
-    load = (f"trt.load_plugins(fl, [{str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}])" if way == "load_library"
+    load = (f"plugin_libs.load_plugins(fl, [{str(out / kernel.PLUGIN_LIB_DYNAMIC)!r}])" if way == "load_library"
             else f"ctypes.CDLL({str(out / kernel.PLUGIN_LIB)!r})")
     proc = _in_child(PARSE.format(load=load, onnx=str(dst)), fl)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -312,32 +316,32 @@ def test_onnx_parser_maps_every_plugin_node_to_our_creator(plugin_build, xxs, tm
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 def test_a_plugin_of_another_major_is_refused_before_tensorrt_sees_it(plugin_build):
     root, info = plugin_build
-    fl = trt.select()
+    fl = flavours.select()
     if info["tensorrt_headers_major"] == fl.abi_major:
         pytest.skip("these headers match the runtime")
     lib = root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC
     with pytest.raises(RuntimeError, match=rf"TensorRT {fl.abi_major}\.x.*TRT_INCLUDE"):
-        trt.check_abi(lib, fl)
+        plugin_libs.check_abi(lib, fl)
     with pytest.raises(RuntimeError, match="TRT_INCLUDE"):
-        trt.load_plugins(fl, [lib])  # stops before the registry (a crash otherwise)
+        plugin_libs.load_plugins(fl, [lib])  # stops before the registry (a crash otherwise)
 
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 def test_plugin_engine_has_one_plugin_layer_per_node(plugin_build, xxs, tmp_path, monkeypatch):
-    fl = trt.select()
+    fl = flavours.select()
     out = _abi_build(plugin_build, fl)
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     dst = tmp_path / "model.silu.onnx"
     nodes = silu_rewrite.rewrite(xxs[0].onnx, dst).plugin_nodes
-    table = trt.build_all("05_silu_plugin", [trt.EngineSpec("plugin_fp32", dst, (out / kernel.PLUGIN_LIB_DYNAMIC,))],
-                          trt.Profile(1, 2, 4), workspace_gb=1)
-    trt.require_built(table)
+    spec = engines_table.EngineSpec("plugin_fp32", dst, (out / kernel.PLUGIN_LIB_DYNAMIC,))
+    table = engines_table.build_all("05_silu_plugin", [spec], shapes.Profile(1, 2, 4), workspace_gb=1)
+    engines_table.require_built(table)
     row = table.iloc[0]
     assert row.plugin_layers == row.plugin_nodes_in_onnx == nodes
-    assert trt.plugin_layer_check(table)["matches"].all()
-    assert trt.has_plan_header(row.path, fl.name) and b"MvSiLU" in Path(row.path).read_bytes()
+    assert engines_table.plugin_layer_check(table)["matches"].all()
+    assert cache.has_plan_header(row.path, fl.name) and b"MvSiLU" in Path(row.path).read_bytes()
     # The unversioned library the RTX parser dlopens is the project's own link, under the build folder.
-    linked = trt.unversioned_dir(fl)
+    linked = plugin_libs.unversioned_dir(fl)
     if fl.rtx:
         assert linked.is_relative_to(paths.BUILD) and (linked / "libtensorrt_rtx.so").resolve().is_file()
 
@@ -346,7 +350,7 @@ def test_plugin_layer_check_fails_on_a_missing_plugin_layer():
     table = pd.DataFrame([{"engine": "plugin_fp32", "status": "built",
                            "plugin_nodes_in_onnx": 34, "plugin_layers": 33}])
     with pytest.raises(AssertionError, match="plugin layers differ"):
-        trt.plugin_layer_check(table)
+        engines_table.plugin_layer_check(table)
 
 
 # --- the notebook --------------------------------------------------------------------------------------

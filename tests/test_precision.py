@@ -10,8 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from mvlib import accuracy, io, metrics, paths, precision, tiers, trt
+from mvlib import accuracy, io, metrics, paths, precision, tiers
 from mvlib.run import Run, StageSkipped
+from mvlib.tensorrt import flavours
+from mvlib.tensorrt import table as engines_table
 
 FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
 FP16 = precision.Tolerance(5e-2, 5e-2, 0.999)
@@ -177,7 +179,7 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     nb = nbformat.read(paths.NOTEBOOKS / "03_fp32_fp16.ipynb", as_version=4)
     always, trt_only = _listed(nb.cells[0].source)
     made = {f"{d}/{f.name}" for d in ("results", "figures") for f in (smoke_run / d).glob("03_*")}
-    shared = {f"results/{trt.ENGINES_TABLE}"}  # every engine notebook adds its rows to it
+    shared = {f"results/{engines_table.ENGINES_TABLE}"}  # every engine notebook adds its rows to it
     assert shared <= always
     expected = always - shared | (trt_only if tiers.detect() == "trt" else set())
     assert made == expected and trt_only and always
@@ -196,10 +198,10 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     assert (smoke_run / "figures" / "03_errors.png").read_bytes()[:4] == b"\x89PNG"
     stages = io.read_json(smoke_run / "manifest.json")["stages"]
     assert stages["03_fp32_fp16/cpu_accuracy"]["status"] == "ok"
-    has_builder = trt.builder_status()[0]
+    has_builder = flavours.builder_status()[0]
     assert stages["03_fp32_fp16/engines"]["status"] == ("ok" if has_builder else "skipped")
     if has_builder:
-        engines = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+        engines = pd.read_csv(smoke_run / "results" / engines_table.ENGINES_TABLE)
         mine = engines[engines.notebook == "03_fp32_fp16"]
         assert list(mine.engine) == ["fp32", "fp16"] and list(mine.onnx) == ["model.onnx", "model.fp16.onnx"]
         assert mine.status.isin(["built", "reused"]).all()

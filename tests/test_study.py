@@ -13,8 +13,10 @@ import papermill
 import pytest
 from driver_fakes import fake_notebooks
 
-from mvlib import io, paths, study, tiers, trt
+from mvlib import io, paths, study, tiers
 from mvlib.run import Run, StageSkipped
+from mvlib.tensorrt import cache, flavours
+from mvlib.tensorrt import table as engines_table
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 
@@ -99,11 +101,10 @@ def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tie
 
 
 def test_a_missing_builder_is_recorded_as_such(tmp_path):
-    from mvlib import trt as mvtrt
     run = Run(tmp_path / "r", "99_test")
 
     def no_builder():
-        raise mvtrt.NoBuilder("no TensorRT builder: TensorRT-RTX not installed")
+        raise flavours.NoBuilder("no TensorRT builder: TensorRT-RTX not installed")
     assert run.stage("engines", "build", no_builder) is None
     entry = io.read_json(run.manifest_path)["stages"]["99_test/engines"]
     assert entry["tier"] == "build" and entry["status"] == "skipped" and entry["no_builder"] is True
@@ -138,26 +139,26 @@ def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(sm
     assert not missing, f"notebook 06 reads files nothing wrote: {missing}"
     names = {f"plugin_{p}" if k else p for p in export.PRECISIONS for k in (False, True)}
     assert {f"06_benchmark/tensorrt_{n}" for n in names} <= set(manifest["stages"])
-    if trt.builder_status()[0]:
-        table = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+    if flavours.builder_status()[0]:
+        table = pd.read_csv(smoke_run / "results" / engines_table.ENGINES_TABLE)
         built = table[table["status"].isin(["built", "reused"])]
         assert names <= set(built["engine"]), f"not built: {names - set(built['engine'])}"
         assert set(table.set_index("engine").loc[sorted(names), "onnx"]) == {p.name for p in read}
 
 
-@pytest.mark.skipif(not trt.builder_status()[0], reason="no TensorRT builder here")
+@pytest.mark.skipif(not flavours.builder_status()[0], reason="no TensorRT builder here")
 def test_smoke_run_built_every_engine_for_real(smoke_run):
-    table = pd.read_csv(smoke_run / "results" / trt.ENGINES_TABLE)
+    table = pd.read_csv(smoke_run / "results" / engines_table.ENGINES_TABLE)
     assert (table["status"].isin(["built", "reused"])).all(), table[["engine", "status", "messages"]]
     assert {"fp32", "fp16", "int8", "plugin_fp32", "plugin_fp16", "plugin_int8"} <= set(table["engine"])
     assert any(e.startswith("int8.all.") for e in table["engine"])  # the policies of the accuracy table too
     for r in table.itertuples():
-        assert Path(r.path).stat().st_size == r.engine_bytes > 1_000_000 and trt.has_plan_header(r.path, r.flavour)
+        assert Path(r.path).stat().st_size == r.engine_bytes > 1_000_000 and cache.has_plan_header(r.path, r.flavour)
         assert r.build_seconds > 0 and r.network_layers > 100
     plugin_rows = table[table["engine"].str.startswith("plugin_")]
     assert (plugin_rows["plugin_layers"] == plugin_rows["plugin_nodes_in_onnx"]).all()
     assert (plugin_rows["plugin_layers"] > 0).all()
-    runs = trt.select().runs_here()[0]
+    runs = flavours.select().runs_here()[0]
     assert table["ran"].astype(bool).any() == runs  # a built engine is never reported as run
     if not runs:
         assert table["accuracy"].str.startswith("skipped:").all() and table["timing"].str.startswith("skipped:").all()
@@ -257,8 +258,8 @@ def test_smoke_run_manifest(smoke_run):
     assert manifest["run"]["profile"] == "smoke"
     assert {"torch", "onnx", "onnxruntime", "nvidia-modelopt", "polygraphy", "tensorrt", "tensorrt_rtx"} \
         <= set(manifest["versions"])
-    for name in trt.FLAVOUR_NAMES:  # what this machine imports, whatever it is: recorded, never faked
-        found, _ = trt.installed(name)
+    for name in flavours.FLAVOUR_NAMES:  # what this machine imports, whatever it is: recorded, never faked
+        found, _ = flavours.installed(name)
         assert manifest["versions"][name] == (found.version if found else None)
     assert manifest["weights"]["source"] == "random" and manifest["weights"]["tag"] == "random-seed0"
     assert manifest["run"]["weights"]["requested"] == manifest["run"]["weights"]["chosen"] == "random"
