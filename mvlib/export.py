@@ -23,12 +23,15 @@ ARTIFACTS = {
     "fp16": "model.fp16.onnx",                              # notebook 03 (AutoCast)
     "int8": "model.int8.onnx",                              # notebook 04 (the chosen Q/DQ policy)
     "int8_record": "model.int8.json",                       # notebook 04 (why that policy, or why none)
+    "fp8": "model.fp8.onnx",                                # notebook 04 (the chosen FP8 Q/DQ policy)
+    "fp8_record": "model.fp8.json",                         # notebook 04 (why that policy, or why none)
     "plugin_fp32": "model.silu.onnx",                       # notebooks 02 and 05 (SiLU plugin rewrite)
     "plugin_fp16": "model.fp16.silu.onnx",                  # notebook 05
     "plugin_int8": "model.int8.silu.onnx",                  # notebook 05
+    "plugin_fp8": "model.fp8.silu.onnx",                    # notebook 05 (built and run only where FP8 is)
     "ort_reference": "onnxrt_reference_outputs.json",       # notebook 05 (ONNX Runtime on model.onnx)
 }
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "int8")  # what every GPU runs; FP8 (8.9 and newer) has its own artifacts, not these
 
 
 @dataclass

@@ -20,6 +20,7 @@ import onnx
 import pandas as pd
 
 from mvlib import accuracy, metrics
+from mvlib.export import ARTIFACTS
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, runner
 from mvlib.tensorrt import table as engines_table
@@ -28,7 +29,7 @@ MIN_CAPABILITY = (8, 9)
 DEFAULT_TARGET = "sm89"  # L4 / RTX 40xx: the oldest FP8 architecture, and one TensorRT-RTX targets
 GPUS = "L4 / RTX 40xx (8.9), H100 / H200 (9.0), B200 (10.0), RTX 50xx (12.0)"
 OPSET = 19  # FP8 types in QuantizeLinear/DequantizeLinear
-PLUGIN_FILE = "model.fp8.silu.onnx"  # the SiLU-plugin rewrite of model.fp8.onnx (notebook 05)
+PLUGIN_FILE = ARTIFACTS["plugin_fp8"]  # the SiLU-plugin rewrite of model.fp8.onnx (notebook 05)
 
 
 class NoFP8(StageSkipped):
@@ -188,7 +189,7 @@ def opset_check(onnx_path: Path | str, img_size: int, seed: int | None = None, b
 # ---------------------------------------------------------------- the SiLU plugin (notebook 05)
 def plugin_path(exported) -> Path:
     """The SiLU-plugin rewrite of model.fp8.onnx."""
-    return exported.path(PLUGIN_FILE)
+    return exported.artifact("plugin_fp8")
 
 
 def rewrite_plugin(exported, img_size: int, seed: int = 0, batch: int = 1) -> dict:

@@ -70,7 +70,7 @@ def check_precision(precision: str) -> str:
 
 def chosen_name(precision: str) -> str:
     """File name of the chosen model of a precision (model.int8.onnx, model.fp8.onnx)."""
-    return f"model.{check_precision(precision)}.onnx"
+    return ARTIFACTS[check_precision(precision)]
 
 
 def chosen_path(exported, precision: str) -> Path:
@@ -80,7 +80,7 @@ def chosen_path(exported, precision: str) -> Path:
 
 def record_path(exported, precision: str) -> Path:
     """The JSON that says which policy was chosen for a precision and why (or why none passed)."""
-    return exported.path(f"model.{check_precision(precision)}.json")
+    return exported.path(ARTIFACTS[f"{check_precision(precision)}_record"])
 
 
 def variant_path(exported, policy: str, method: str, precision: str = "int8") -> Path:

@@ -8,7 +8,7 @@ import onnx
 import pandas as pd
 import pytest
 
-from mvlib import data, io, paths, quant, quant_eval, quant_graph, quant_plots, tiers
+from mvlib import data, fp8, io, paths, quant, quant_eval, quant_graph, quant_plots, tiers
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import Exported
 from mvlib.tensorrt import cache, flavours, shapes
@@ -232,14 +232,14 @@ def test_write_chosen_lets_only_rows_of_its_precision_compete(tmp_path, xxs, ev)
 
 
 def test_chosen_file_names_are_the_ones_export_registers(tmp_path, xxs):
-    """quant names the files it writes by one rule; every precision export.ARTIFACTS knows gets the same names."""
-    from mvlib.export import ARTIFACTS
+    """quant and fp8 name the files they write as export.ARTIFACTS does, for INT8 and FP8 alike."""
     exp = _fake_exported(tmp_path, xxs[0].onnx)
     for p in quant.PRECISIONS:
-        if p in ARTIFACTS:
-            assert quant.chosen_path(exp, p) == exp.artifact(p)
-            assert quant.record_path(exp, p) == exp.artifact(f"{p}_record")
-    assert "int8" in ARTIFACTS
+        assert quant.chosen_path(exp, p) == exp.artifact(p)
+        assert quant.record_path(exp, p) == exp.artifact(f"{p}_record")
+    assert fp8.plugin_path(exp) == exp.artifact("plugin_fp8") == exp.path("model.fp8.silu.onnx")
+    with pytest.raises(ValueError, match="choose one of fp32, fp16, int8"):
+        exp.model("fp8")  # FP8 has its artifacts, but is not one of the precisions every GPU runs
     with pytest.raises(ValueError, match="choose one of int8, fp8"):
         quant.chosen_path(exp, "int4")
 
