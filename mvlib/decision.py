@@ -3,7 +3,8 @@
 Nothing is measured here. Timing, memory, energy and what each backend ran from come from 06_benchmark.csv;
 accuracy against the FP32 reference from the table of the notebook that measured it (06_accuracy.csv for the
 backends notebook 06 checks itself, 03_accuracy.csv for ONNX Runtime FP32 / FP16 and the FP32 / FP16 engines,
-04_int8_accuracy.csv and 04_int8_trt_accuracy.csv for INT8, 05_plugin_accuracy.csv for the plugin engines);
+04_int8_accuracy.csv (INT8 and FP8 files), 04_int8_trt_accuracy.csv and 04_fp8_trt_accuracy.csv for their engines,
+05_plugin_accuracy.csv for the plugin engines);
 engine bytes and build seconds from engines.csv. A number no table holds is the text "not measured: <why>".
 
 The best-throughput quantities (throughput, its batch, peak GPU memory, power, energy per image) all belong to the
@@ -22,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import LogFormatter
 
 from mvlib.energy import NOT_MEASURED
+from mvlib.export import ARTIFACTS
 
 COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cosine_mean", "cosine_min",
            "top1_agreement", "top1_labels", "accuracy_source", "latency_b1_p50_ms", "latency_b1_p99_ms",
@@ -30,6 +32,7 @@ COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cos
 ACCURACY = ("cosine_mean", "cosine_min", "top1_agreement")
 REFERENCE = ("pytorch", "cpu", "fp32")  # the row that is the FP32 reference itself
 EAGER = ("pytorch", "pytorch-eager")    # backends with no build or compile step
+QUANTIZED = ("int8", "fp8")             # notebook 04's precisions: their accuracy is in its tables
 FRONT = "on the front"
 
 
@@ -112,19 +115,23 @@ def _engine_reason(t: Tables, engine: str, fallback: str) -> str:
     return fallback
 
 
-def _int8_row(t: Tables, name: str, key: str, value: str) -> pd.Series | None:
-    """The row of an INT8 table for `value` in column `key` (model.int8.onnx: the variant notebook 04 chose)."""
+def _quantized_row(t: Tables, name: str, key: str, precision: str) -> pd.Series | None:
+    """The row of notebook 04's table `name` for the model it chose for `precision` ('int8', 'fp8').
+
+    `key` is 'file' (model.<precision>.onnx in 04_int8_accuracy.csv) or 'engine' (engine <precision> in
+    04_<precision>_trt_accuracy.csv); the manifest's entry for the precision says which float type was written.
+    """
     table = t.get(name)
     if table is None or key not in table:
         return None
-    rows = table[table[key] == value]
-    if len(rows) > 1 and "high_precision" in rows:  # the FP32-float fallback writes model.int8.onnx a second time
-        chosen = (t.manifest.get("int8") or {}).get("high_precision")
+    rows = table[table[key] == (precision if key == "engine" else ARTIFACTS[precision])]
+    if len(rows) > 1 and "high_precision" in rows:  # the FP32-float fallback writes the chosen file a second time
+        chosen = (t.manifest.get(precision) or {}).get("high_precision")
         rows = rows[rows["high_precision"] == chosen] if chosen in set(rows["high_precision"]) else rows.tail(1)
     return rows.iloc[-1] if len(rows) else None
 
 
-def _int8_accuracy(row: pd.Series | None, source: str, why: str) -> dict:
+def _quantized_accuracy(row: pd.Series | None, source: str, why: str) -> dict:
     """Accuracy columns from one row of notebook 04's tables (against ONNX Runtime FP32 on its evaluation images)."""
     if row is None or number(row.get("cosine_mean")) is None:
         return _not_measured(why)
@@ -148,15 +155,16 @@ def accuracy(t: Tables, label: str, backend: str, device: str, precision: str) -
             why = f"{why}; {why01}"
             return pooled(rows, "01_export_accuracy.csv") if rows is not None else _not_measured(why)
         return pooled(rows, "03_accuracy.csv") if rows is not None else _not_measured(why)
-    if backend == "onnxruntime" and precision == "int8":
-        return _int8_accuracy(_int8_row(t, "04_int8_accuracy.csv", "file", "model.int8.onnx"), "04_int8_accuracy.csv",
-                              "04_int8_accuracy.csv absent or without model.int8.onnx (notebook 04 writes it)")
+    if backend == "onnxruntime" and precision in QUANTIZED:
+        return _quantized_accuracy(_quantized_row(t, "04_int8_accuracy.csv", "file", precision),
+                                   "04_int8_accuracy.csv", f"04_int8_accuracy.csv absent or without "
+                                   f"{ARTIFACTS[precision]} (notebook 04 writes it)")
     if backend.startswith("tensorrt"):
         engine = ("plugin_" if "plugin" in backend else "") + precision
-        if engine == "int8":
-            why = _engine_reason(t, engine, "04_int8_trt_accuracy.csv absent (notebook 04 writes it on the trt tier)")
-            return _int8_accuracy(_int8_row(t, "04_int8_trt_accuracy.csv", "engine", engine),
-                                  "04_int8_trt_accuracy.csv", why)
+        if engine in QUANTIZED:
+            name = f"04_{engine}_trt_accuracy.csv"
+            why = _engine_reason(t, engine, f"{name} absent (notebook 04 writes it on the trt tier)")
+            return _quantized_accuracy(_quantized_row(t, name, "engine", engine), name, why)
         name = "05_plugin_accuracy.csv" if engine.startswith("plugin_") else "03_accuracy.csv"
         rows, why = _runner_rows(t, name, f"trt-{engine}")
         return pooled(rows, name) if rows is not None else _not_measured(_engine_reason(t, engine, why))
@@ -172,12 +180,14 @@ def labelled_top1(t: Tables, backend: str, precision: str) -> float | str:
     if not images.get("labelled"):
         return NOT_MEASURED + f"the run's images have no labels ({images.get('label', 'unlabelled')})"
     cells = {("onnxruntime", "fp32"): ("04_int8_accuracy.csv", "file", "top1_fp32"),
-             ("onnxruntime", "int8"): ("04_int8_accuracy.csv", "file", "top1_int8"),
-             ("tensorrt", "int8"): ("04_int8_trt_accuracy.csv", "engine", "top1_int8")}
+             ("onnxruntime", "int8"): ("04_int8_accuracy.csv", "file", "top1_quantized"),
+             ("tensorrt", "int8"): ("04_int8_trt_accuracy.csv", "engine", "top1_quantized"),
+             ("onnxruntime", "fp8"): ("04_int8_accuracy.csv", "file", "top1_quantized"),
+             ("tensorrt", "fp8"): ("04_fp8_trt_accuracy.csv", "engine", "top1_quantized")}
     if (backend, precision) not in cells:
-        return NOT_MEASURED + "labelled images are used by notebook 04 only (INT8 and its FP32 reference)"
+        return NOT_MEASURED + "labelled images are used by notebook 04 only (INT8, FP8 and their FP32 reference)"
     name, key, col = cells[(backend, precision)]
-    row = _int8_row(t, name, key, "int8" if key == "engine" else "model.int8.onnx")
+    row = _quantized_row(t, name, key, "int8" if precision == "fp32" else precision)
     value = number(row.get(col)) if row is not None else None
     return value if value is not None else NOT_MEASURED + f"{name} has no {col}"
 

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, decision, metrics, precision, trt
+from mvlib import bench, decision, metrics, precision
 from mvlib.run import Run
+from mvlib.tensorrt import table as engines_table
 
 ROOT = Path(__file__).resolve().parent.parent
 RTX = ("tensorrt_rtx", "1.7.1.116", "sm86")
@@ -83,14 +84,17 @@ def _accuracy_03() -> pd.DataFrame:
 
 
 def _int8_04(labelled: bool) -> pd.DataFrame:
-    """04_int8_accuracy.csv with model.int8.onnx twice: FP16 floats (failed), then the FP32-float fallback."""
+    """04_int8_accuracy.csv with each chosen file twice: model.int8.onnx with FP16 floats (failed), then the
+    FP32-float fallback; model.fp8.onnx with FP16 floats (passed), then with FP32 floats (the same, measured again)."""
     rows = []
-    for hp, agree, cos in (("fp16", 0.988, 0.9995), ("fp32", 0.992, 0.99962)):
-        row = {"images": "ImageNette", "policy": "sensitivity", "method": "entropy", "high_precision": hp,
-               "file": "model.int8.onnx", "n": 256, "max_abs": 0.05, "mean_abs": 0.01, "cosine_mean": cos,
-               "cosine_min": cos - 0.001, "top1_agreement": agree, "passes": hp == "fp32"}
+    for prec, hp, agree, cos, top1 in (("int8", "fp16", 0.988, 0.9995, 0.770), ("int8", "fp32", 0.992, 0.99962, 0.776),
+                                       ("fp8", "fp16", 0.996, 0.99931, 0.779), ("fp8", "fp32", 0.994, 0.9991, 0.777)):
+        row = {"images": "ImageNette", "precision": prec, "policy": "sensitivity", "method": "entropy",
+               "high_precision": hp, "file": f"model.{prec}.onnx", "n": 256, "max_abs": 0.05, "mean_abs": 0.01,
+               "cosine_mean": cos, "cosine_min": cos - 0.001, "top1_agreement": agree,
+               "passes": hp == "fp32" or prec == "fp8"}
         if labelled:
-            row |= {"top1_fp32": 0.781, "top1_int8": 0.776 if hp == "fp32" else 0.770}
+            row |= {"top1_fp32": 0.781, "top1_quantized": top1, "top1_drop_points": 100 * (0.781 - top1)}
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -107,7 +111,7 @@ def _engines() -> pd.DataFrame:
                      "engine_bytes": size, "ran": engine != "int8",
                      "accuracy": "skipped: the INT8 engine check needs notebook 04's images" if engine == "int8"
                      else "passed (cosine_min 0.999990)", "timing": "timed"})
-    return pd.DataFrame(rows).reindex(columns=trt.ENGINE_COLUMNS)
+    return pd.DataFrame(rows).reindex(columns=engines_table.ENGINE_COLUMNS)
 
 
 def _plugin_05() -> pd.DataFrame:
@@ -126,6 +130,7 @@ def a10_run(tmp_path: Path, labelled: bool = True) -> tuple[Run, dict]:
                         ("engines.csv", _engines()), ("05_plugin_accuracy.csv", _plugin_05())):
         run.save_table(frame, name)
     run.set("int8", {"file": "model.int8.onnx", "high_precision": "fp32", "passes": True})
+    run.set("fp8", {"file": "model.fp8.onnx", "high_precision": "fp16", "passes": True})
     run.set("int8_images", {"label": "ImageNette (10 classes)" if labelled else "shipped sample images",
                             "labelled": labelled})
     run.set("energy", {"cuda": {"source": "NVML board energy counter, NVIDIA A10", "idle_w": 21.5},
@@ -297,3 +302,28 @@ def test_an_h200_run_puts_the_fp8_row_beside_fp16(tmp_path):
     assert d.loc["fp16", "pareto"] == fp8.pareto == decision.FRONT
     fig = decision.figure(d.reset_index()[decision.COLUMNS], run.manifest())
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["1", "2"]
+
+
+def test_fp8_rows_read_notebook_04s_fp8_file_and_engine_with_the_float_type_it_chose(tmp_path):
+    """ONNX Runtime and TensorRT FP8 rows: accuracy and labelled top-1 from notebook 04's FP8 rows (model.fp8.onnx
+    with the float type the manifest's `fp8` entry names, not INT8's; engine fp8 in 04_fp8_trt_accuracy.csv)."""
+    run, _ = a10_run(tmp_path)
+    bench_t = pd.read_csv(run.table("06_benchmark.csv"))
+    fp8_rows = bench_t[bench_t.label.isin(["ONNX Runtime CPU INT8", "TensorRT-RTX INT8"])].assign(
+        precision="fp8", label=lambda f: f.label.str.replace("INT8", "FP8"))
+    run.save_table(pd.concat([bench_t, fp8_rows], ignore_index=True), "06_benchmark.csv")
+    ref, out = _logits_pair(256, 2e-2, seed=3)
+    trt_fp8 = {"engine": "fp8", "policy": "sensitivity", "method": "entropy", "high_precision": "fp16",
+               "file": "model.fp8.onnx", **metrics.compare(ref, out), "top1_fp32": 0.781, "top1_quantized": 0.774}
+    run.save_table(pd.DataFrame([trt_fp8]), "04_fp8_trt_accuracy.csv")
+    d = decision.table(run.results, run.manifest()).set_index("label")
+    ort8 = d.loc["ONNX Runtime CPU FP8"]
+    assert (ort8.top1_agreement, ort8.cosine_mean, ort8.top1_labels) == (0.996, 0.99931, 0.779)  # FP16 floats
+    assert "04_int8_accuracy.csv" in ort8.accuracy_source
+    assert d.loc["ONNX Runtime CPU INT8", "top1_labels"] == 0.776  # INT8 keeps its own choice (FP32 floats)
+    trt8 = d.loc["TensorRT-RTX FP8"]
+    assert trt8.cosine_mean == pytest.approx(trt_fp8["cosine_mean"]) and trt8.top1_labels == 0.774
+    assert "04_fp8_trt_accuracy.csv" in trt8.accuracy_source
+    run.set("fp8", {"file": "model.fp8.onnx", "high_precision": "fp32", "passes": True})
+    d = decision.table(run.results, run.manifest()).set_index("label")
+    assert d.loc["ONNX Runtime CPU FP8", "top1_labels"] == 0.777  # the FP32-float row, as the manifest says
