@@ -24,6 +24,22 @@ def test_timed_rows_agree_within_the_larger_spread():
     assert not t.loc["compile | 32", "agrees"] and t.loc["compile | 32", "diff_pct"] == pytest.approx(-10.0)
 
 
+def test_tables_derived_from_timed_ones_are_not_compared_their_sources_are(tmp_path):
+    """06_decision.csv and 06_anchor.csv move with the timings (throughput, energy, the front): the comparison
+    leaves them out, while an untimed table beside them is compared."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    for run, ips, front in ((first, 12885.0, "on the front"), (second, 12410.0, "dominated by TensorRT FP16")):
+        (run / "results").mkdir(parents=True)
+        pd.DataFrame([{"label": "torch.compile FP16", "best_throughput_ips": ips, "pareto": front}]).to_csv(
+            run / "results" / "06_decision.csv", index=False)
+        pd.DataFrame([{"label": "eager", "throughput_ips": ips / 3}]).to_csv(run / "results" / "06_anchor.csv",
+                                                                          index=False)
+        pd.DataFrame([{"op": "Conv", "count": 32}]).to_csv(run / "results" / "02_graph_ops.csv", index=False)
+    timed, tables = rerun.compare_runs(first, second)
+    assert {"06_decision.csv", "06_anchor.csv"} <= rerun.DERIVED
+    assert list(tables.table) == ["02_graph_ops.csv"] and (tables.status == "identical").all() and timed.empty
+
+
 def test_kernel_bandwidth_spread_is_its_p10_p90_range():
     cols = ["impl", "dtype", "n", "gbps", "median_us", "p10_us", "p90_us"]
     first = pd.DataFrame([("ours", "float16", 1 << 24, 4000.0, 10.0, 9.9, 10.1)], columns=cols)
