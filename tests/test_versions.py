@@ -1,11 +1,14 @@
 """The dependency ranges pyproject.toml declares are the ones the study is known to work with."""
 import importlib.metadata as md
 import json
+import re
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 
 from mvlib import paths
+from mvlib.tensorrt import cudainfo
 
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
@@ -40,3 +43,16 @@ def test_onnx_range_holds_every_version_a_published_run_used():
     assert used, "no published manifest records an onnx version"
     assert all(spec.contains(v) for v in used), f"onnx {sorted(used)} used by published runs; declared {spec}"
     assert not spec.contains("1.17.0")  # not claimed: the study was never run with it
+
+
+def test_environment_yml_installs_the_rtx_extra_make_picks_without_a_driver_and_names_the_other():
+    """conda users get the extra `make` installs on an R580+ driver or without a GPU (rtx-cu13), and are told to
+    write rtx-cu12 for an R535-R570 driver; both are extras pyproject.toml declares."""
+    text = (paths.ROOT / "environment.yml").read_text()
+    pip = next(d["pip"] for d in yaml.safe_load(text)["dependencies"] if isinstance(d, dict))
+    editable = next(line for line in pip if line.startswith("-e ."))
+    extras = set(re.fullmatch(r"-e \.\[(.*)\]", editable).group(1).split(","))
+    declared = tomllib.loads((paths.ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras <= set(declared) and "dev" in extras
+    assert cudainfo.extra_for(None) == cudainfo.extra_for(13000) == "rtx-cu13" and "rtx-cu13" in extras
+    assert cudainfo.extra_for(12080) == "rtx-cu12" in declared and "R535-R570" in text and "rtx-cu12" in text
