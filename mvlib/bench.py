@@ -262,7 +262,7 @@ class Reference:
         """The reference logits of batch `batch`'s benchmark images."""
         if batch not in self._logits:
             import torch
-            x = _images(batch, self.settings)
+            x = images(batch, self.settings)
             with torch.inference_mode():
                 self._logits[batch] = np.concatenate([self.net(torch.from_numpy(x[i:i + self.chunk])).numpy()
                                                       for i in range(0, batch, self.chunk)])
@@ -348,7 +348,7 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def _images(batch: int, settings: Settings) -> np.ndarray:
+def images(batch: int, settings: Settings) -> np.ndarray:
     """Fresh random inputs in [0, 1], seeded by the run's seed and the batch size."""
     return metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch)
 
@@ -370,7 +370,7 @@ def pytorch_cpu(settings: Settings, model) -> Backend:
     net = copy.deepcopy(model).float().eval()
 
     def prepare(batch: int) -> Callable[[], Any]:
-        x = torch.from_numpy(_images(batch, settings))
+        x = torch.from_numpy(images(batch, settings))
 
         def launch():
             with torch.inference_mode():
@@ -394,7 +394,7 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
     name = sess.get_inputs()[0].name
 
     def prepare(batch: int) -> Callable[[], Any]:
-        feed = {name: _images(batch, settings)}
+        feed = {name: images(batch, settings)}
         return lambda: sess.run(None, feed)
     return Backend("onnxruntime", "cpu", precision, f"ONNX Runtime CPU {precision.upper()}", prepare,
                    "perf_counter around each call",
@@ -415,7 +415,7 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     graphs = compile_mode == "reduce-overhead"
 
     def prepare(batch: int) -> Callable[[], Any]:
-        x = torch.from_numpy(_images(batch, settings)).to("cuda", dtype).contiguous(memory_format=fmt)
+        x = torch.from_numpy(images(batch, settings)).to("cuda", dtype).contiguous(memory_format=fmt)
         fn = net
         if compile_mode:
             torch._dynamo.reset()  # one static-shape compilation per batch, as a deployment would ship

@@ -152,6 +152,19 @@ def test_backends_are_checked_against_fp32_on_the_inputs_they_were_timed_on(xxs)
     assert wrong.table().cosine_mean.iloc[0] < -0.99 and wrong.table().top1_agreement.iloc[0] == 0
 
 
+def test_every_backend_is_timed_and_checked_on_bench_images():
+    """bench.images is the one source of benchmark inputs: random in [0, 1], fixed by seed and batch, so the
+    reference, the CPU and PyTorch backends and the TensorRT engines see the same images at each batch."""
+    import inspect
+    s = bench.Settings(img_size=64, seed=3)
+    x = bench.images(4, s)
+    assert x.shape == (4, 3, 64, 64) and x.dtype == np.float32 and 0 <= x.min() < 0.01 and 0.99 < x.max() <= 1
+    assert np.array_equal(x, bench.images(4, s))
+    assert not np.array_equal(x[:2], bench.images(2, s)) and not np.array_equal(x, bench.images(4, bench.Settings(
+        img_size=64, seed=4)))
+    assert "bench.images(batch, settings)" in inspect.getsource(trt_timing.tensorrt_engine)
+
+
 def synthetic_table() -> pd.DataFrame:
     """A results table with CPU and GPU rows, shaped like the harness writes it."""
     rows = []

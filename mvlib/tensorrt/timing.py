@@ -163,7 +163,7 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
         within(profile, batch)
         release(state, session, empty_cache)
         # the same fresh random images bench gives every backend (seeded by the run's seed and the batch)
-        x = torch.from_numpy(metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch))
+        x = torch.from_numpy(bench.images(batch, settings))
         x = x.to("cuda")
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
