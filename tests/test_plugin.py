@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from mvlib import env, kernel, paths, plugin, silu_rewrite, tiers
+from mvlib import run as run_mod
 from mvlib.tensorrt import cache, flavours, shapes
 from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt import table as engines_table
@@ -360,6 +361,35 @@ def _declared_outputs(nb_path: Path) -> str:
     return "".join(next(c for c in nb["cells"] if c["cell_type"] == "markdown")["source"])
 
 
+def _stage_calls(nb_path: Path) -> dict[str, list[str]]:
+    """Each `run.stage("<name>", tier, fn, *args)` of a notebook's code: name -> [fn, *args] as source text."""
+    import ast
+    nb = json.loads(nb_path.read_text())
+    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and
+                     not "".join(c["source"]).startswith("%%"))
+    calls = {}
+    for node in ast.walk(ast.parse(code)):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "run.stage":
+            calls[node.args[0].value] = [ast.unparse(a) for a in node.args[2:]]
+    return calls
+
+
+def test_notebook_05_builds_the_plugin_fp8_engine_for_fp8_target_and_records_every_plugin_engine_once():
+    """The plugin-FP8 engine gets the notebook's own fp8_target (not trt_target), in fp8's argument order, and is
+    recorded with the other plugin engines in one call (a second record would replace the first's rows)."""
+    import inspect
+
+    from mvlib import fp8
+    nb_path = paths.NOTEBOOKS / "05_silu_plugin.ipynb"
+    calls = _stage_calls(nb_path)
+    fn, *args = calls["plugin_fp8_engine"]
+    assert fn == "fp8.build_plugin_engines" and args == list(inspect.signature(fp8.build_plugin_engines).parameters)
+    assert calls["rewrite_fp8"][0] == "fp8.rewrite_plugin"
+    assert "fp8_target" in run_mod.declared_parameters("05_silu_plugin")
+    assert nb_path.read_text().count("trt_table.record(run,") == 1
+    assert "engines8" not in calls["plugin_accuracy"]  # the FP8 engine runs only on an FP8 GPU it targets
+
+
 def test_notebook_05_creates_what_it_lists(smoke_run):
     created = {p.name for sub in ("results", "figures") for p in (smoke_run / sub).glob("05_*")}
     listed = _declared_outputs(paths.NOTEBOOKS / "05_silu_plugin.ipynb")
@@ -369,6 +399,8 @@ def test_notebook_05_creates_what_it_lists(smoke_run):
     stages = {k.split("/", 1)[1]: v for k, v in manifest["stages"].items() if k.startswith("05_silu_plugin/")}
     gpu = env.cuda_status()[0]
     expected = {"05_plugin_onnx.csv"}
+    rewritten = pd.read_csv(smoke_run / "results" / "05_plugin_onnx.csv").set_index("precision")
+    assert stages["rewrite_fp8"]["status"] == "ok" and rewritten.loc["fp8", "rewritten"] == "model.fp8.silu.onnx"
     if NVCC is not None:
         expected.add("05_build.csv")
         assert stages["build"]["status"] == "ok"
@@ -383,7 +415,13 @@ def test_notebook_05_creates_what_it_lists(smoke_run):
             assert stages[name]["status"] == "ok", stages[name]
         expected |= {"05_plugin_interface.csv", "05_plugin_network_layers.csv"}
         layers = pd.read_csv(smoke_run / "results" / "05_plugin_network_layers.csv")
-        assert sorted(layers["engine"]) == ["plugin_fp16", "plugin_fp32", "plugin_int8"] and layers["matches"].all()
+        # the plugin-FP8 engine is checked with them, unless this flavour cannot build FP8 here (full TensorRT
+        # builds only for this machine's GPU)
+        fp8_engine = stages["plugin_fp8_engine"]
+        assert fp8_engine["status"] == "ok" or fp8_engine.get("no_builder"), fp8_engine
+        fp8 = ["plugin_fp8"] if fp8_engine["status"] == "ok" else []
+        assert sorted(layers["engine"]) == ["plugin_fp16", "plugin_fp32", *fp8, "plugin_int8"]
+        assert layers["matches"].all()
     for name in ("plugin_accuracy", "plugin_layers"):
         if tiers.detect() != "trt":
             assert stages[name]["status"] == "skipped" and stages[name]["reason"] == tiers.missing_for("trt")
