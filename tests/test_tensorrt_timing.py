@@ -118,3 +118,18 @@ def test_a_jit_measurement_that_hangs_is_a_failed_measurement_not_a_failed_noteb
     spec = {"plan": str(tmp_path / "engine.plan"), "plugins": [], "batch": 1, "img_size": 16, "runtime_cache": None}
     result = timing._session_in_child(spec, flavours.Flavour("tensorrt_rtx", "1.7.1.116"))
     assert result["ok"] is False and "did not finish within" in result["error"]
+
+
+def test_a_graph_nobody_closed_is_destroyed_when_dropped():
+    """The last batch's graph of a backend is not released by a next batch: dropping the backend destroys it, so
+    the next backend's memory is not taken by it."""
+    destroyed = []
+
+    class Runtime:  # the two cuda-python calls CudaGraph makes, recorded
+        def cudaGraphExecDestroy(self, graph_exec):
+            destroyed.append(graph_exec)
+            return (0,)
+
+    graph = timing.CudaGraph("exec", Runtime(), lambda: 0)
+    del graph
+    assert destroyed == ["exec"]

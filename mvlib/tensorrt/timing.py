@@ -77,6 +77,9 @@ class CudaGraph:
             self.cudart.cudaGraphExecDestroy(self.graph_exec)
             self.graph_exec = None
 
+    def __del__(self):
+        self.close()  # a backend's last graph, which no next batch releases
+
 
 def cuda_error(cudart, err) -> str:
     """CUDA's own name of a runtime error ('cudaErrorStreamCaptureInvalidated')."""
