@@ -3,6 +3,8 @@
 The decisions are tested with small stand-ins of our own (a capture that fails, a context that refuses); the
 timed runs themselves need a GPU the flavour runs on (`make study TIER=trt`).
 """
+import re
+
 import pytest
 
 from mvlib import bench
@@ -133,3 +135,12 @@ def test_a_graph_nobody_closed_is_destroyed_when_dropped():
     graph = timing.CudaGraph("exec", Runtime(), lambda: 0)
     del graph
     assert destroyed == ["exec"]
+
+
+def test_every_cuda_python_call_of_the_capture_exists():
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    missing = [name for name in timing.CUDART_CALLS if not hasattr(runtime, name)]
+    assert not missing and runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    src = open(timing.__file__).read()
+    called = set(re.findall(r"cudart\.(cuda[A-Z]\w+)\(", src))
+    assert called <= set(timing.CUDART_CALLS), called - set(timing.CUDART_CALLS)

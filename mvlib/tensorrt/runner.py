@@ -34,7 +34,7 @@ RTX_RUNTIME_API = {"ICudaEngine": ("create_runtime_config", "create_execution_co
                                       "create_runtime_cache", "set_runtime_cache", "get_runtime_cache"),
                    "IRuntimeCache": ("serialize", "deserialize"),
                    "IExecutionContext": ("is_stream_capturable", "execute_async_v3", "set_input_shape",
-                                         "set_tensor_address"),
+                                         "infer_shapes", "get_tensor_shape", "set_tensor_address"),
                    "Runtime": ("get_engine_validity", "deserialize_cuda_engine"),
                    "DynamicShapesKernelSpecializationStrategy": ("EAGER", "LAZY"),
                    "CudaGraphStrategy": ("DISABLED", "WHOLE_GRAPH_CAPTURE"),

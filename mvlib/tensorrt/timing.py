@@ -34,6 +34,9 @@ from mvlib.tensorrt.flavours import select
 GRAPH_TIMING = f"CUDA events around each CUDA-graph replay of execute_async_v3, {bench.IN_FLIGHT} in flight"
 PLAIN_TIMING = ("CUDA events around each plain execute_async_v3 on the engine's own stream (no CUDA graph: {why}), "
                 f"{bench.IN_FLIGHT} in flight")
+# the cuda-python runtime calls the capture makes (a test asserts each against the installed cuda-python)
+CUDART_CALLS = ("cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphInstantiate", "cudaGraphLaunch",
+                "cudaGraphDestroy", "cudaGraphExecDestroy", "cudaGetLastError", "cudaGetErrorName")
 JIT_TIMEOUT_S = 1800  # one fresh process's context creation and first inference (RTX compiles every kernel)
 JIT_COLUMNS = ["jit_batch", "context_cold_ms", "first_inference_cold_ms", "context_cached_ms",
                "first_inference_cached_ms", "steady_ms", "jit"]
