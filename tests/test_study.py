@@ -26,11 +26,22 @@ def test_notebooks_exist_in_order():
     assert len(NOTEBOOKS) >= 1
 
 
+def installed_kernelspec() -> dict:
+    """The kernelspec JupyterLab writes into a notebook it opens with this environment's `python3` kernel (what
+    `make env` registers with `ipykernel install --sys-prefix`, .venv/share/jupyter/kernels/python3)."""
+    from jupyter_client.kernelspec import KernelSpecManager
+    spec = KernelSpecManager().get_kernel_spec("python3")
+    return {"display_name": spec.display_name, "language": spec.language, "name": "python3"}
+
+
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_hygiene(nb_path):
-    """Stored without outputs, exactly one `parameters` cell, every parameter visible to papermill."""
+    """Stored without outputs, exactly one `parameters` cell, every parameter visible to papermill, and the
+    installed kernel's kernelspec (another one makes JupyterLab mark the untouched notebook unsaved)."""
     nb = nbformat.read(nb_path, as_version=4)
     nbformat.validate(nb)
+    assert nb.metadata["kernelspec"] == installed_kernelspec() == {"display_name": "Python 3 (ipykernel)",
+                                                                   "language": "python", "name": "python3"}
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert all(not c.outputs and c.execution_count is None for c in code), "clear outputs before committing"
     tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
@@ -40,6 +51,16 @@ def test_notebook_hygiene(nb_path):
     assert "run_dir" in assigned
     assert nb.cells[0].cell_type == "markdown" and "Creates" in nb.cells[0].source
     assert not any("sys.path" in c.source for c in code), "no sys.path hacks: import mvlib"
+
+
+def test_the_authoring_helper_writes_the_installed_kernelspec(tmp_path):
+    """tools/nb.py writes new notebooks with the kernelspec every notebook has."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("nb_tool", paths.ROOT / "tools" / "nb.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    tool.write(str(tmp_path / "07_new.ipynb"), [("md", "# 07 · Creates"), ("code", '# parameters\nrun_dir = ""')])
+    assert nbformat.read(tmp_path / "07_new.ipynb", as_version=4).metadata["kernelspec"] == installed_kernelspec()
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -10,7 +10,8 @@ import nbformat
 def write(path: str, cells: list[tuple[str, str]]) -> None:
     """Write cells as a clean notebook; a code cell whose source starts with '# parameters' is tagged."""
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    # what `ipykernel install` registers: JupyterLab marks a notebook with another kernelspec unsaved on opening
+    nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     nb.metadata["language_info"] = {"name": "python"}
     for kind, src in cells:
         src = src.strip("\n")
