@@ -41,7 +41,7 @@ def smoke_run(tmp_path_factory):
     """Run every notebook once with the smoke profile through the papermill driver; the run folder."""
     run = tmp_path_factory.mktemp("smoke") / "run"
     proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu",
-                           "--run-dir", str(run), "--publish", "no"],
+                           "--run-dir", str(run)],  # never publishes: that takes --publish (and the full profile)
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     if proc.returncode != 0:
         pytest.fail(f"smoke study failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
