@@ -1,5 +1,25 @@
-"""Accuracy metrics against a reference: max/mean abs error, cosine similarity, top-1 agreement."""
+"""Accuracy metrics against a reference and the study's one accuracy criterion (notebooks 03, 04, 05).
+
+Every precision's accuracy is judged by `failures(metrics, tolerance)`: the metrics of `compare` (plus the
+per-image polygraphy verdicts where per-logit bounds are set) against that precision's `Tolerance` in
+`mvlib.precisions.TABLE`. A bound left None is not checked."""
+from dataclasses import dataclass
+
 import numpy as np
+
+CRITERION = ("logits against the FP32 model's on the same fresh random images: worst-image cosine, per-logit "
+             "atol/rtol on every image, mean cosine, top-1 agreement and top-1 drop on labels, each bound where set")
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The bounds of the one accuracy criterion for one precision (None: not checked)."""
+    atol: float | None = None              # per logit: an element fails where it exceeds both atol and rtol
+    rtol: float | None = None
+    min_cosine: float | None = None        # the worst image's cosine similarity
+    min_cosine_mean: float | None = None   # the mean cosine similarity over the images
+    min_top1_agreement: float | None = None  # share of images whose top-1 class matches the reference's
+    max_top1_drop_points: float | None = None  # top-1 accuracy lost on labelled images, in points
 
 
 def per_sample(ref: np.ndarray, out: np.ndarray) -> dict[str, np.ndarray]:
@@ -27,6 +47,30 @@ def compare(ref: np.ndarray, out: np.ndarray) -> dict[str, float]:
         "cosine_min": float(s["cosine"].min()),
         "top1_agreement": float(np.mean(s["top1_agree"])),
     }
+
+
+def failures(m: dict, tol: Tolerance, samples_within_tol: int | None = None) -> list[str]:
+    """Why metrics `m` (from `compare`) miss `tol`, in words; empty when they pass.
+
+    `samples_within_tol` is how many of the m["n"] images pass the per-logit atol/rtol check (required when
+    tol sets atol or rtol: that check needs the outputs, see precision.polygraphy_check)."""
+    out = []
+    if tol.atol is not None or tol.rtol is not None:
+        if samples_within_tol is None:
+            raise ValueError("tolerance sets atol/rtol: pass samples_within_tol (precision.polygraphy_check)")
+        if samples_within_tol < m["n"]:
+            out.append(f"{m['n'] - samples_within_tol} of {m['n']} images outside atol {tol.atol:g} / rtol "
+                       f"{tol.rtol:g}")
+    if tol.min_cosine is not None and m["cosine_min"] < tol.min_cosine:
+        out.append(f"worst-image cosine {m['cosine_min']:.6f} < {tol.min_cosine}")
+    if tol.min_top1_agreement is not None and m["top1_agreement"] < tol.min_top1_agreement:
+        out.append(f"top-1 agreement {100 * m['top1_agreement']:.1f}% < {100 * tol.min_top1_agreement:.0f}%")
+    if tol.min_cosine_mean is not None and m["cosine_mean"] < tol.min_cosine_mean:
+        out.append(f"mean cosine {m['cosine_mean']:.5f} < {tol.min_cosine_mean}")
+    if tol.max_top1_drop_points is not None and "top1_drop_points" in m \
+            and m["top1_drop_points"] > tol.max_top1_drop_points:
+        out.append(f"top-1 drop {m['top1_drop_points']:.2f} points > {tol.max_top1_drop_points}")
+    return out
 
 
 def random_images(batch: int, img_size: int, seed: int | None = None) -> np.ndarray:
