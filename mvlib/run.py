@@ -72,15 +72,6 @@ BUILD = "build"
 
 
 
-# "... notebook 04 (INT8) writes it", "(notebook 05 builds it)", "notebook 02 makes it"
-_MADE_BY = re.compile(r"\bnotebook (\d{2})\b(?: \([^)]*\))? (?:writes|builds|makes)\b")
-
-
-def producers(reason: str) -> list[str]:
-    """Notebook numbers that a skip reason names as the makers of a missing input."""
-    return list(dict.fromkeys(_MADE_BY.findall(reason)))
-
-
 def declared_parameters(notebook: str) -> list[str] | None:
     """Names assigned in the `parameters` cell of notebooks/<notebook>.ipynb (None if there is no such notebook)."""
     path = paths.NOTEBOOKS / f"{notebook}.ipynb"
@@ -155,7 +146,7 @@ class Run:
             result = fn(*args, **kwargs)
         except StageSkipped as why:
             print(f"[{name}] skipped: {why}")
-            needs = [str(n).zfill(2)[:2] for n in why.needs] or producers(str(why))  # "4", "04", "04_int8"
+            needs = list(why.needs)  # artifact names; mvlib.stages says which notebook makes each
             marks = {m: True for m in ("no_builder", "no_fp8_hardware") if getattr(why, m, False)}
             self.record(name, tier, "skipped", str(why), **({"needs": needs} if needs else {}), **marks)
             return None

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from mvlib import env, io, paths, rerun, tiers
+from mvlib import env, io, paths, rerun, stages, tiers
 from mvlib import run as run_mod
 
 OK, FAILED, BAD_INPUT, INTERRUPTED = 0, 1, 2, 130
@@ -209,15 +209,25 @@ def not_selected(manifest: dict, stage: dict) -> list[str]:
     """The notebooks a skipped stage needed output from that this run left out (`--only`); [] if none.
 
     The selection is the manifest's `run.notebooks`; a manifest without it counts as a run of every notebook.
-    A stage names what it needs with `StageSkipped(..., needs="04")` or a reason saying "notebook 04 writes it"
-    (mvlib.run.producers).
+    A stage names the artifacts it needs (`StageSkipped(..., needs=("model.int8.onnx",))`); the registry
+    `mvlib.stages` says which notebook makes each.
     """
     ran = (manifest.get("run") or {}).get("notebooks")
     if stage.get("status") != "skipped" or ran is None:
         return []
-    selected = {str(nb)[:2] for nb in ran}
-    needs = stage.get("needs") or run_mod.producers(stage.get("reason", ""))
-    return [n for n in needs if n not in selected]
+    selected = {Path(nb).stem for nb in ran}
+    makers = dict.fromkeys(maker(need) for need in stage.get("needs") or ())
+    return [stages.short(m) for m in makers if m and m not in selected]
+
+
+def maker(need: str) -> str:
+    """The notebook stem that makes a needed artifact ('' if none is registered).
+
+    Manifests written before needs named artifacts hold notebook numbers ("04"): those name the notebook itself.
+    """
+    if need in stages.PRODUCERS:
+        return stages.producer(need)
+    return next((nb.stem for nb in all_notebooks() if stages.short(nb.stem) == need), "")
 
 
 def skip_note(manifest: dict, stage: dict) -> str:

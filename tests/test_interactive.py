@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from mvlib import bench, graph, io, paths, plots, progress, study
-from mvlib.run import Run, StageSkipped, producers
+from mvlib import bench, graph, io, paths, plots, progress
 
 ROOT = paths.ROOT
 
@@ -69,67 +68,6 @@ def test_atomic_writes_of_one_file_from_threads_do_not_collide(tmp_path):
     text = target.read_text()
     assert len(text) == 1000 and len(set(text)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
-
-
-# --- --only: a skip caused by a left-out notebook is not a tier failure ---------------------------------------
-INT8_REASON = "model.int8.onnx not found in /b/models/x: notebook 04 (INT8) writes it"
-
-
-def _manifest(notebooks: list[str]) -> dict:
-    return {"run": {"notebooks": notebooks}, "stages": {
-        "06_benchmark/pytorch_cpu": {"tier": "cpu", "status": "ok", "reason": ""},
-        "06_benchmark/onnxruntime_cpu_int8": {"tier": "cpu", "status": "skipped", "reason": INT8_REASON,
-                                              "needs": ["04"]},
-        "06_benchmark/tensorrt_fp32": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
-        "05_silu_plugin/kernel_check": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
-    }}
-
-
-def test_only_reports_skips_of_left_out_inputs_as_such():
-    m = _manifest(["01_export.ipynb", "02_graph.ipynb", "06_benchmark.ipynb"])
-    assert study.stage_problems(m, "cpu") == []
-    (skip,) = study.selection_skips(m)
-    assert skip.startswith("06_benchmark/onnxruntime_cpu_int8") and "04" in skip and "not selected" in skip
-    line = next(x for x in study.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
-    assert "04" in line and "not selected" in line and "model.int8.onnx" in line  # the cause, then the reason
-    # other skips still count where the tier demands them
-    assert [p.split(":")[0] for p in study.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
-                                                                       "06_benchmark/tensorrt_fp32"]
-
-
-def test_the_same_skip_with_its_maker_selected_is_a_tier_failure():
-    m = _manifest(["01_export.ipynb", "04_int8.ipynb", "06_benchmark.ipynb"])
-    assert [p.split(":")[0] for p in study.stage_problems(m, "cpu")] == ["06_benchmark/onnxruntime_cpu_int8"]
-    assert study.selection_skips(m) == []
-    m = _manifest([])
-    del m["run"]  # no selection recorded: every notebook counts as run
-    assert len(study.stage_problems(m, "cpu")) == 1
-
-
-def test_a_reason_that_names_the_maker_works_without_needs():
-    m = _manifest(["06_benchmark.ipynb"])
-    del m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"]
-    assert study.stage_problems(m, "cpu") == [] and len(study.selection_skips(m)) == 1
-    assert producers(INT8_REASON) == ["04"]
-    assert producers("the SiLU plugin library is not built (notebook 05 builds it): x") == ["05"]
-    assert producers("model.silu.onnx not found in /b: notebook 02 writes it") == ["02"]
-    assert producers("no CUDA GPU visible to PyTorch") == []
-
-
-def test_run_records_what_a_skipped_stage_needed(tmp_path):
-    run = Run(tmp_path / "r", "06_benchmark")
-
-    def needs_int8():
-        raise StageSkipped("no INT8 model", needs="4")
-    run.stage("explicit", "cpu", needs_int8)
-    settings = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)  # notebook 06's INT8 row, file missing
-    run.stage("onnxruntime_cpu_int8", "cpu", bench.measure_all, bench.onnxruntime_cpu, [1], settings,
-              tmp_path / "model.int8.onnx", "int8")
-    run.stage("unrelated", "cpu", lambda: (_ for _ in ()).throw(StageSkipped("nothing to do")))
-    stages = io.read_json(run.manifest_path)["stages"]
-    assert stages["06_benchmark/explicit"]["needs"] == ["04"]
-    assert stages["06_benchmark/onnxruntime_cpu_int8"]["needs"] == ["04"]
-    assert "needs" not in stages["06_benchmark/unrelated"]
 
 
 # --- netron: one server per kernel, an address the browser can reach --------------------------------------

@@ -519,3 +519,47 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
     assert io.read_json(study.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
     import signal
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+
+
+# --- --only: a skip caused by a left-out notebook is not a tier failure ---------------------------------------
+INT8_REASON = "model.int8.onnx not found in /b/models/x (notebook 04_int8 makes it)"
+
+
+def _selection_manifest(notebooks: list[str]) -> dict:
+    return {"run": {"notebooks": notebooks}, "stages": {
+        "06_benchmark/pytorch_cpu": {"tier": "cpu", "status": "ok", "reason": ""},
+        "06_benchmark/onnxruntime_cpu_int8": {"tier": "cpu", "status": "skipped", "reason": INT8_REASON,
+                                              "needs": ["model.int8.onnx"]},
+        "06_benchmark/tensorrt_fp32": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
+        "05_silu_plugin/kernel_check": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
+    }}
+
+
+def test_only_reports_skips_of_left_out_inputs_as_such():
+    m = _selection_manifest(["01_export.ipynb", "02_graph.ipynb", "06_benchmark.ipynb"])
+    assert study.stage_problems(m, "cpu") == []
+    (skip,) = study.selection_skips(m)
+    assert skip.startswith("06_benchmark/onnxruntime_cpu_int8") and "input made by 04, not selected" in skip
+    line = next(x for x in study.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
+    assert "04" in line and "not selected" in line and "model.int8.onnx" in line  # the cause, then the reason
+    # other skips still count where the tier demands them
+    assert [p.split(":")[0] for p in study.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
+                                                                       "06_benchmark/tensorrt_fp32"]
+
+
+def test_the_same_skip_with_its_maker_selected_is_a_tier_failure():
+    m = _selection_manifest(["01_export.ipynb", "04_int8.ipynb", "06_benchmark.ipynb"])
+    assert [p.split(":")[0] for p in study.stage_problems(m, "cpu")] == ["06_benchmark/onnxruntime_cpu_int8"]
+    assert study.selection_skips(m) == []
+    m = _selection_manifest([])
+    del m["run"]  # no selection recorded: every notebook counts as run
+    assert len(study.stage_problems(m, "cpu")) == 1
+
+
+def test_a_skip_is_attributed_by_its_needs_never_by_its_text():
+    m = _selection_manifest(["06_benchmark.ipynb"])
+    del m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"]  # the reason still names notebook 04
+    assert len(study.stage_problems(m, "cpu")) == 1 and study.selection_skips(m) == []
+    m = _selection_manifest(["06_benchmark.ipynb"])
+    m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"] = ["04"]  # a manifest from before needs named files
+    assert study.stage_problems(m, "cpu") == [] and len(study.selection_skips(m)) == 1

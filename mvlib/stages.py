@@ -1,0 +1,58 @@
+"""Which notebook makes which artifact: the registry a skip's `needs` is resolved against (a leaf module).
+
+A stage that cannot run because an input is missing raises `StageSkipped(reason, needs=(artifact, ...))` (or
+`missing(path)` below, which writes the reason too); the driver asks `producer()` which notebook makes each
+needed artifact, so a run that left that notebook out (`--only`) reports the skip as the selection's doing.
+Artifacts are named by file name; notebooks by stem (notebooks/<stem>.ipynb), so a notebook is found by its
+name and never by a number in code.
+"""
+from pathlib import Path
+
+from mvlib.skips import StageSkipped
+
+EXPORT, GRAPH, FP32_FP16, QUANTIZED, PLUGIN, BENCHMARK = (
+    "01_export", "02_graph", "03_fp32_fp16", "04_int8", "05_silu_plugin", "06_benchmark")
+
+# What other notebooks read, by the notebook that makes it. Files of the model's folder (build/models/<key>/),
+# of the plugin build (build/silu_plugin/) and tables of the run folder (results/) alike.
+PRODUCERS: dict[str, str] = {
+    "model.onnx": EXPORT, "export.json": EXPORT,
+    "reference_inputs.json": EXPORT, "reference_outputs.json": EXPORT,
+    "01_export_accuracy.csv": EXPORT,
+    "model.silu.onnx": GRAPH,  # notebook 05 makes it too, where 02 did not run
+    "model.fp16.onnx": FP32_FP16, "fp16.json": FP32_FP16, "03_accuracy.csv": FP32_FP16,
+    "model.int8.onnx": QUANTIZED, "model.int8.json": QUANTIZED,
+    "model.fp8.onnx": QUANTIZED, "model.fp8.json": QUANTIZED,
+    "04_int8_accuracy.csv": QUANTIZED, "04_int8_trt_accuracy.csv": QUANTIZED, "04_fp8_trt_accuracy.csv": QUANTIZED,
+    "labelled images": QUANTIZED,  # the evaluation images with ImageNet labels that notebook 04 loads
+    "model.fp16.silu.onnx": PLUGIN, "model.int8.silu.onnx": PLUGIN, "model.fp8.silu.onnx": PLUGIN,
+    "onnxrt_reference_outputs.json": PLUGIN, "05_plugin_accuracy.csv": PLUGIN,
+    "libmv_silu.so": PLUGIN, "libmv_silu_plugin.so": PLUGIN, "libmv_silu_plugin_dynamic.so": PLUGIN,
+    "mv_silu_plugin_check": PLUGIN, "build_info.json": PLUGIN,
+    "06_benchmark.csv": BENCHMARK, "06_accuracy.csv": BENCHMARK,
+}
+
+
+def producer(artifact: str | Path) -> str:
+    """The stem of the notebook that makes `artifact` (a file name or path); ValueError naming the known ones."""
+    name = Path(artifact).name if isinstance(artifact, Path) or "/" in str(artifact) else str(artifact)
+    if name not in PRODUCERS:
+        raise ValueError(f"no notebook is registered as making {name!r}: add it to mvlib.stages.PRODUCERS "
+                         f"(known: {', '.join(sorted(PRODUCERS))})")
+    return PRODUCERS[name]
+
+
+def made_by(artifact: str | Path) -> str:
+    """'notebook 04_int8 makes it': the clause a message about a missing input ends with."""
+    return f"notebook {producer(artifact)} makes it"
+
+
+def missing(artifact: str | Path, fix: str = "") -> StageSkipped:
+    """The skip for a missing input: '<name> not found (notebook <stem> makes it)', needing that artifact."""
+    name = Path(artifact).name
+    return StageSkipped(f"{name} not found ({made_by(name)}{'; ' + fix if fix else ''})", needs=(name,))
+
+
+def short(stem: str) -> str:
+    """How a notebook is named in folder names and `--only`: its stem up to the first '_' ('01' for 01_export)."""
+    return stem.split("_", 1)[0]

@@ -1,0 +1,29 @@
+"""mvlib.stages and mvlib.skips: which notebook makes which artifact, and a skip that says what it needs."""
+import pytest
+
+from mvlib import paths, stages
+from mvlib.skips import StageSkipped
+
+
+def test_every_producer_is_a_notebook_that_exists():
+    stems = {nb.stem for nb in paths.NOTEBOOKS.glob("*.ipynb")}
+    assert set(stages.PRODUCERS.values()) <= stems
+
+
+def test_producer_takes_a_name_or_a_path_and_refuses_an_unknown_one(tmp_path):
+    assert stages.producer("model.int8.onnx") == "04_int8"
+    assert stages.producer(tmp_path / "model.fp16.onnx") == "03_fp32_fp16"
+    with pytest.raises(ValueError, match="PRODUCERS"):
+        stages.producer("model.int4.onnx")
+
+
+def test_missing_is_a_skip_naming_its_artifact_and_maker(tmp_path):
+    skip = stages.missing(tmp_path / "model.int8.onnx", "run it first")
+    assert isinstance(skip, StageSkipped) and skip.needs == ("model.int8.onnx",)
+    assert str(skip) == "model.int8.onnx not found (notebook 04_int8 makes it; run it first)"
+
+
+def test_needs_is_a_tuple_of_artifacts():
+    assert StageSkipped("x", needs="model.onnx").needs == ("model.onnx",)
+    assert StageSkipped("x").needs == ()
+    assert stages.short("01_export") == "01" and stages.short("calibration") == "calibration"
