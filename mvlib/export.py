@@ -7,31 +7,26 @@ import numpy as np
 import onnx
 import torch
 
-from mvlib import accuracy, io, paths
+from mvlib import accuracy, io, paths, precisions
 from mvlib.model import load_model
 
 MIN_OPSET = 17  # LayerNormalization stays one op from opset 17
 MAX_OPSET = 20  # TensorRT 10.0's ONNX parser takes opsets 9 to 20
 
 
-# Every file derived from one exported model, by role: the one place their names are written. Writers and
-# readers ask Exported.artifact(role) / Exported.model(precision, plugin) for the path.
+# Every file derived from one exported model, by role: the one place their names are written (the precisions'
+# model files and their SiLU-plugin rewrites come from mvlib.precisions). Writers and readers ask
+# Exported.artifact(role) / Exported.model(precision, plugin) for the path.
 ARTIFACTS = {
-    "fp32": "model.onnx",                                   # notebook 01
+    **{name: p.artifact for name, p in precisions.TABLE.items()},   # model.onnx (01), .fp16 (03), .int8/.fp8 (04)
     "reference_inputs": "reference_inputs.json",            # notebook 01 (polygraphy --load-inputs)
     "reference_outputs": "reference_outputs.json",          # notebook 01 (polygraphy --load-outputs)
-    "fp16": "model.fp16.onnx",                              # notebook 03 (AutoCast)
-    "int8": "model.int8.onnx",                              # notebook 04 (the chosen Q/DQ policy)
-    "int8_record": "model.int8.json",                       # notebook 04 (why that policy, or why none)
-    "fp8": "model.fp8.onnx",                                # notebook 04 (the chosen FP8 Q/DQ policy)
-    "fp8_record": "model.fp8.json",                         # notebook 04 (why that policy, or why none)
-    "plugin_fp32": "model.silu.onnx",                       # notebooks 02 and 05 (SiLU plugin rewrite)
-    "plugin_fp16": "model.fp16.silu.onnx",                  # notebook 05
-    "plugin_int8": "model.int8.silu.onnx",                  # notebook 05
-    "plugin_fp8": "model.fp8.silu.onnx",                    # notebook 05 (built and run only where FP8 is)
+    **{f"{name}_record": p.artifact.removesuffix(".onnx") + ".json"   # notebook 04: why that policy, or why none
+       for name, p in precisions.TABLE.items() if p.quantized},
+    **{f"plugin_{name}": p.plugin_artifact for name, p in precisions.TABLE.items()},  # notebooks 02 and 05
     "ort_reference": "onnxrt_reference_outputs.json",       # notebook 05 (ONNX Runtime on model.onnx)
 }
-PRECISIONS = ("fp32", "fp16", "int8")  # what every GPU runs; FP8 (8.9 and newer) has its own artifacts, not these
+PRECISIONS = precisions.EVERY_GPU  # what every GPU runs; FP8 (8.9 and newer) has stages of its own
 
 
 @dataclass

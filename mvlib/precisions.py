@@ -1,8 +1,9 @@
-"""The study's precisions in one table (notebooks 01, 03, 04, 05, 06): artifact file, making notebook, bytes per
+"""The study's precisions in one table (notebooks 01, 03, 04, 05, 06): model file, making notebook, bytes per
 weight, accuracy tolerance, minimum compute capability and label.
 
 Every reader of a precision fact asks `get(name)`; a precision is passed down by name, never guessed from a
-graph. An unknown name is an error naming the known ones, never a silent default."""
+graph. An unknown name is an error naming the known ones, never a silent default. export.ARTIFACTS takes the
+model files' names from here."""
 from dataclasses import dataclass
 
 from mvlib import metrics
@@ -11,33 +12,38 @@ from mvlib.metrics import Tolerance
 
 @dataclass(frozen=True)
 class Precision:
-    """One precision of the study: where its model lives, who makes it, how it is judged and where it runs."""
-    name: str              # fp32, fp16, int8, fp8: the key everyone passes down
-    artifact: str          # its ONNX file's role in export.ARTIFACTS (the same string as its name)
-    notebook: str          # the notebook that makes that file
+    """One precision of the study: its model files, who makes them, how it is judged and where it runs."""
+    name: str              # fp32, fp16, int8, fp8: the key everyone passes down (and its role in export.ARTIFACTS)
+    artifact: str          # its ONNX file's name in the model folder
+    notebook: str          # the stem of the notebook that makes that file (mvlib.stages)
     bytes_per_weight: int  # storage of one weight in the engine (roofline's weight traffic)
     criterion: str         # the one accuracy criterion (metrics.CRITERION), judged by metrics.failures
     tolerance: Tolerance   # its bounds for this precision
     min_capability: str    # the lowest compute capability whose TensorRT runs it ("7.5": TensorRT 10; FP8 "8.9")
     label: str             # in tables and figures
+    plugin_artifact: str   # the SiLU-plugin rewrite of its ONNX file (notebook 05; FP32's also notebook 02)
+    quantized: bool = False  # made by ModelOpt's Q/DQ quantization (notebook 04: policies, sensitivity, choice)
 
     @property
-    def plugin_artifact(self) -> str:
-        """The role of its SiLU-plugin rewrite in export.ARTIFACTS."""
-        return f"plugin_{self.name}"
+    def capability(self) -> tuple[int, int]:
+        """min_capability as (major, minor)."""
+        major, minor = self.min_capability.split(".")
+        return int(major), int(minor)
 
 
+QUANTIZED_TOLERANCE = Tolerance(min_cosine_mean=0.999, min_top1_agreement=0.99, max_top1_drop_points=0.5)
 TABLE: dict[str, Precision] = {p.name: p for p in (
-    Precision("fp32", "fp32", "01_export", 4, metrics.CRITERION,
-              Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999), "7.5", "FP32"),
-    Precision("fp16", "fp16", "03_fp32_fp16", 2, metrics.CRITERION,
-              Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999), "7.5", "FP16"),
-    Precision("int8", "int8", "04_int8", 1, metrics.CRITERION,
-              Tolerance(min_cosine_mean=0.999, min_top1_agreement=0.99, max_top1_drop_points=0.5), "7.5", "INT8"),
-    Precision("fp8", "fp8", "04_int8", 1, metrics.CRITERION,
-              Tolerance(min_cosine_mean=0.999, min_top1_agreement=0.99, max_top1_drop_points=0.5), "8.9", "FP8"),
+    Precision("fp32", "model.onnx", "01_export", 4, metrics.CRITERION,
+              Tolerance(atol=1e-4, rtol=1e-3, min_cosine=0.99999), "7.5", "FP32", "model.silu.onnx"),
+    Precision("fp16", "model.fp16.onnx", "03_fp32_fp16", 2, metrics.CRITERION,
+              Tolerance(atol=5e-2, rtol=5e-2, min_cosine=0.999), "7.5", "FP16", "model.fp16.silu.onnx"),
+    Precision("int8", "model.int8.onnx", "04_int8", 1, metrics.CRITERION, QUANTIZED_TOLERANCE, "7.5", "INT8",
+              "model.int8.silu.onnx", quantized=True),
+    Precision("fp8", "model.fp8.onnx", "04_int8", 1, metrics.CRITERION, QUANTIZED_TOLERANCE, "8.9", "FP8",
+              "model.fp8.silu.onnx", quantized=True),
 )}
-EVERY_GPU = ("fp32", "fp16", "int8")  # what every GPU of the study runs (7.5+); FP8 needs 8.9 and has its own stages
+EVERY_GPU = tuple(n for n, p in TABLE.items() if p.min_capability == "7.5")  # fp32, fp16, int8: every GPU of 7.5+
+QUANTIZED = tuple(n for n, p in TABLE.items() if p.quantized)  # int8, fp8: notebook 04's
 
 
 def get(name: str) -> Precision:
@@ -47,6 +53,15 @@ def get(name: str) -> Precision:
     return TABLE[name]
 
 
+def quantized(name: str) -> Precision:
+    """The quantized precision called `name` (int8, fp8); ValueError naming them for any other."""
+    p = get(name)
+    if not p.quantized:
+        raise ValueError(f"{name!r} is not a quantized precision: choose one of {', '.join(QUANTIZED)}")
+    return p
+
+
 def label(name: str) -> str:
     """The table and figure label of a precision ('FP16')."""
     return get(name).label
+
