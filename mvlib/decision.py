@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import LogFormatter
 
+from mvlib import figures
 from mvlib.energy import NOT_MEASURED
 from mvlib.export import ARTIFACTS
 
@@ -306,19 +305,6 @@ KEY_ROWS = 8  # lines per column of the key under the panels
 
 
 
-def _figure(width: float, height: float) -> Figure:
-    """A figure on the Agg canvas (no pyplot state)."""
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plain_log(axis) -> None:
-    """Log-axis tick labels as plain numbers (0.02, 300, 1e+04), minor ones only where they fit."""
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
-
-
 def _subject(manifest: dict) -> str:
     """'mobilevit_s, 256x256: ' from notebook 06's recorded parameters, where the manifest has them."""
     params = (manifest.get("params") or {}).get("06_benchmark") or {}
@@ -395,7 +381,7 @@ def _idle(manifest: dict) -> tuple[str, list[str]]:
     return "; ".join(parts), why
 
 
-def figure(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
+def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
     """Top-1 agreement against best throughput (marker area: J/image; the Pareto front dashed, its points ringed)
     and J/image against throughput, from the decision table (and the idle draw the manifest records)."""
     d = decision.reset_index(drop=True).copy()
@@ -403,10 +389,9 @@ def figure(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
     d["top1_pct"] = [100 * y if y is not None else None for y in map(number, d["top1_agreement"])]
     energies = [j for j in map(number, d["j_per_image"]) if j is not None]
     scale = max(energies) if energies else None
-    fig = _figure(13, 8)
+    fig, (ax, ax2) = figures.new(1, 2, size=(13, 8))
     fig.suptitle(f"{_subject(manifest or {})}which backend and precision to ship: accuracy, throughput, energy "
                  "per image", fontsize=10)
-    ax = fig.add_subplot(1, 2, 1)
     placed = d[d["top1_pct"].notna()]
     ax.set_xscale("log")
     if len(placed):
@@ -420,13 +405,12 @@ def figure(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
         _front_line(ax, list(front["best_throughput_ips"]), list(front["top1_pct"]))
         if len(front):
             ax.legend(fontsize=7, loc="lower right")
-    _plain_log(ax.xaxis)
+    figures.plain_log(ax.xaxis)
     ax.set_xlabel("best throughput (images/s, at the row's best batch)")
     ax.set_ylabel("top-1 agreement with the FP32 reference (%)")
     ax.set_title("accuracy against throughput" + ("\nmarker area: J/image (hollow: not measured)" if scale else ""),
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
-    ax2 = fig.add_subplot(1, 2, 2)
     idle, idle_why = _idle(manifest or {})
     ax2.set_title("energy per image against throughput" + (f"\n{idle}" if idle else ""), fontsize=9)
     measured = d[[number(j) is not None for j in d["j_per_image"]]].copy()
@@ -437,8 +421,8 @@ def figure(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
         ax2.set_yscale("log")
         ax2.set_xlabel("best throughput (images/s)")
         ax2.set_ylabel("J per image (board or package, idle included)")
-        _plain_log(ax2.xaxis)
-        _plain_log(ax2.yaxis)
+        figures.plain_log(ax2.xaxis)
+        figures.plain_log(ax2.yaxis)
         ax2.grid(True, which="both", alpha=0.3)
     else:
         lines = [textwrap.fill(r, 70) for r in _reasons(d, "j_per_image")]

@@ -6,6 +6,7 @@ between figures or stays open after a batch run.
 """
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import LogFormatter
 
 FOOTER_BOTTOM = 0.12  # smallest bottom margin (figure fraction) that keeps the footer clear of tick labels
 
@@ -23,3 +24,9 @@ def footer(fig: Figure, text: str) -> None:
     """Write `text` small in the bottom-left corner and keep the axes above it."""
     fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, FOOTER_BOTTOM))
+
+
+def plain_log(axis) -> None:
+    """Log-axis tick labels as plain numbers (0.02, 300, 1e+04), minor ones only where they fit."""
+    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
+    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))

@@ -7,14 +7,14 @@ import collections
 import re
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import networkx as nx
 import numpy as np
 import onnx
 import pandas as pd
+from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
-from mvlib import silu_rewrite
+from mvlib import figures, silu_rewrite
 from mvlib.export import ARTIFACTS
 
 CENSUS_FILES = tuple(ARTIFACTS[role] for role in ("fp32", "plugin_fp32", "fp16", "int8"))
@@ -48,12 +48,12 @@ def op_census(files: dict[str, Path]) -> pd.DataFrame:
     return table.rename_axis("op_type").reset_index()
 
 
-def draw_census(table: pd.DataFrame):
+def census_heatmap(table: pd.DataFrame) -> Figure:
     """The op census table as an annotated heat map; cells that differ from the first file are outlined."""
     files = [c for c in table.columns if c != "op_type"]
     ops = table["op_type"].tolist()
     counts = table[files].to_numpy()
-    fig, ax = plt.subplots(figsize=(2.2 + 1.45 * len(files), 0.26 * len(ops) + 1.6))
+    fig, ax = figures.new(size=(2.2 + 1.45 * len(files), 0.26 * len(ops) + 1.6))
     shade = np.log1p(counts.astype(float))
     shade[-1] = np.nan  # the total row would dominate the colour scale
     ax.imshow(shade, cmap="Blues", aspect="auto", vmin=0, vmax=np.nanmax(shade) * 1.25)
@@ -64,10 +64,9 @@ def draw_census(table: pd.DataFrame):
                     fontweight="bold" if op == "total" else "normal")
             if j and v != counts[i, 0]:
                 ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="#d62728", lw=1.5))
-    ax.set_xticks(range(len(files)), files, rotation=20, ha="right", fontsize=8)
+    ax.set_xticks(range(len(files)), files, rotation=20, ha="left", fontsize=8)  # left: the labels sit on top
     ax.set_yticks(range(len(ops)), ops, fontsize=8)
     ax.tick_params(top=True, labeltop=True, bottom=False, labelbottom=False)
-    plt.setp(ax.get_xticklabels(), rotation=20, ha="left")
     ax.set_title("ONNX op census: nodes per op type (red outline: differs from " + files[0] + ")", fontsize=9)
     fig.tight_layout()
     return fig
@@ -220,11 +219,11 @@ def block_tables(files: dict[str, Path], block: int = 0) -> tuple[pd.DataFrame, 
     return pd.DataFrame(node_rows), pd.DataFrame(edge_rows)
 
 
-def draw_block(nodes: pd.DataFrame, edges: pd.DataFrame):
+def block_before_after(nodes: pd.DataFrame, edges: pd.DataFrame) -> Figure:
     """Side-by-side drawings of the block tables (one panel per graph), skip edges drawn as arcs."""
     graphs = list(dict.fromkeys(nodes["graph"]))
     depth = int(nodes["layer"].max()) + 1
-    fig, axes = plt.subplots(1, len(graphs), figsize=(4.6 * len(graphs), 0.42 * depth + 1.8), squeeze=False)
+    fig, axes = figures.new(1, len(graphs), size=(4.6 * len(graphs), 0.42 * depth + 1.8), squeeze=False)
     for ax, name in zip(axes[0], graphs, strict=True):
         ns, es = nodes[nodes["graph"] == name], edges[edges["graph"] == name]
         g = nx.DiGraph()

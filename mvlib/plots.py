@@ -1,28 +1,14 @@
 """Benchmark figures, each drawn from saved results tables only (Agg canvas, no pyplot state)."""
 import numpy as np
 import pandas as pd
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-from mvlib import bench
+from mvlib import bench, figures
 from mvlib.ceilings import roofline_points  # plain name: roofline's `ceilings` argument is the measured table
 
 PCT = (("median_ms", "median"), ("p90_ms", "p90"), ("p95_ms", "p95"), ("p99_ms", "p99"))
 DEVICE_NAMES = {"cpu": "CPU", "cuda": "GPU"}
-
-
-def _figure(width: float, height: float) -> Figure:
-    """A figure on the Agg canvas."""
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _plain_log(axis) -> None:
-    """Log-scale tick labels as plain numbers (20, 300, 1e+04), minor ones only where they fit."""
-    axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
-    axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
 
 
 def _margins(fig: Figure, bottom_in: float = 0.9, **kw) -> None:
@@ -81,8 +67,7 @@ def _ratio_label(v: float, _=None) -> str:
 
 def throughput(df: pd.DataFrame) -> Figure:
     """Throughput against batch per backend (log-log); bars span the repeats' min..max."""
-    fig = _figure(8, 5)
-    ax = fig.add_subplot()
+    fig, ax = figures.new(size=(8, 5))
     for label in _labels(df):
         d = df[df.label == label].sort_values("batch")
         err = np.vstack([d.throughput_ips - d.throughput_min_ips, d.throughput_max_ips - d.throughput_ips])
@@ -93,7 +78,7 @@ def throughput(df: pd.DataFrame) -> Figure:
     batches = sorted(df.batch.unique())
     ax.set_xticks(batches, [str(b) for b in batches])
     ax.xaxis.set_minor_formatter(NullFormatter())
-    _plain_log(ax.yaxis)
+    figures.plain_log(ax.yaxis)
     ax.set_xlabel("batch size")
     ax.set_ylabel("throughput (images/s)")
     ax.set_title(f"{_subject(df)}throughput against batch\n{measured(df, dashed_cpu=True)}", fontsize=10)
@@ -109,7 +94,7 @@ def latency_b1(df: pd.DataFrame) -> Figure:
     d = df[df.batch == 1]
     devices = [dev for dev in DEVICE_NAMES if dev in set(d.device)]
     counts = [len(_labels(d[d.device == dev])) for dev in devices]
-    fig = _figure(8, 1.6 + 0.55 * max(sum(counts), 1) + 0.5 * len(devices))
+    fig, _ = figures.new(0, size=(8, 1.6 + 0.55 * max(sum(counts), 1) + 0.5 * len(devices)))
     fig.suptitle(f"{_subject(d)}latency percentiles at batch 1\n{measured(d)}", fontsize=10)
     if not devices:
         ax = fig.add_subplot()
@@ -156,7 +141,7 @@ def speedup(sp: pd.DataFrame) -> Figure:
     axis is labelled across the range of the bars, not only at powers of ten."""
     titles = {"pytorch_cpu": "PyTorch CPU FP32", "pytorch_gpu_eager": "PyTorch GPU eager FP32"}
     keys = [k for k in bench.REFERENCES if f"vs_{k}" in sp and sp[f"vs_{k}"].notna().any()]
-    fig = _figure(6.5 * max(len(keys), 1) + 0.5 * (len(keys) < 2), 5.5)
+    fig, _ = figures.new(0, size=(6.5 * max(len(keys), 1) + 0.5 * (len(keys) < 2), 5.5))
     fig.suptitle(f"{_subject(sp)}speed-up at the same batch ({measured(sp)})", fontsize=10)
     if not keys:
         ax = fig.add_subplot()
@@ -225,9 +210,8 @@ def _roofs(ax, ceil: pd.DataFrame, xlim: tuple[float, float]) -> list[float]:
 def roofline(df: pd.DataFrame, ceilings: pd.DataFrame, cost: pd.DataFrame) -> Figure:
     """Achieved FLOP/s against compulsory arithmetic intensity, under each device's measured copy and matmul roofs."""
     pts = roofline_points(df, cost)
-    fig = _figure(13, 5.5)
-    for i, device in enumerate(("cpu", "cuda")):
-        ax = fig.add_subplot(1, 2, i + 1)
+    fig, axes = figures.new(1, 2, size=(13, 5.5))
+    for ax, device in zip(axes, ("cpu", "cuda"), strict=True):
         d, ceil = pts[pts.device == device], ceilings[ceilings.device == device]
         ax.set_title(f"{DEVICE_NAMES[device]}: throughput x FLOPs per image", fontsize=10)
         missing = []

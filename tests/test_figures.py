@@ -40,3 +40,14 @@ def test_footer_text_inside_figure_below_axes(bottom):
     assert len(text) == 1
     box = text[0].get_window_extent()
     assert box.x0 >= 0 and box.y0 >= 0 and box.y1 < ax.get_window_extent().y0
+
+
+def test_plain_log_labels_plain_numbers():
+    fig, ax = figures.new()
+    ax.set_xscale("log")
+    ax.plot([0.02, 300, 2e4], [1, 2, 3])
+    figures.plain_log(ax.xaxis)
+    fig.canvas.draw()
+    labels = {t.get_text() for t in ax.get_xticklabels()}
+    assert {"1", "10", "100", "1000"} <= labels  # not $10^{0}$ ... (matplotlib's default mathtext)
+    assert not any("$" in label for label in labels)

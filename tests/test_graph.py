@@ -48,7 +48,7 @@ def test_census_needs_the_export(tmp_path):
 def test_census_figure_from_the_saved_table(model_dir, tmp_path):
     table = graph.op_census(graph.census_files(model_dir))
     io.write_csv(tmp_path / "census.csv", table)
-    fig = graph.draw_census(pd.read_csv(tmp_path / "census.csv"))
+    fig = graph.census_heatmap(pd.read_csv(tmp_path / "census.csv"))
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert str(int(table.iloc[-1]["model.onnx"])) in texts  # the total is printed in its cell
     assert len(fig.axes[0].patches) == int((table["model.silu.onnx"] != table["model.onnx"]).sum())  # outlines
@@ -91,7 +91,7 @@ def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):
         assert (layer[e.dst].to_numpy() > layer[e.src].to_numpy()).all()
     io.write_csv(tmp_path / "n.csv", nodes)
     io.write_csv(tmp_path / "e.csv", edges)
-    fig = graph.draw_block(pd.read_csv(tmp_path / "n.csv"), pd.read_csv(tmp_path / "e.csv"))
+    fig = graph.block_before_after(pd.read_csv(tmp_path / "n.csv"), pd.read_csv(tmp_path / "e.csv"))
     assert len(fig.axes) == 2
     drawn = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert sorted(drawn) == sorted(nodes["label"])
