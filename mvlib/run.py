@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvlib import env, io, paths, tiers
+from mvlib import env, figures, io, paths, tiers
 from mvlib.skips import StageSkipped  # noqa: F401  (notebooks and stages import it from here)
 from mvlib.tensorrt import flavours
 
@@ -177,9 +177,8 @@ class Run:
         return f"{gpu} | tier {m.get('tier')} | {weights} | run {name} {m.get('created', '')[:10]}"
 
     def save_figure(self, fig, name: str) -> Path:
-        """Add the provenance footer and save the figure under this run's figures/."""
-        fig.text(0.01, 0.005, self.footer_text(), fontsize=7, color="0.35", ha="left", va="bottom")
-        fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, 0.12))
+        """Add the provenance footer to a figures.new Figure and save it under this run's figures/."""
+        figures.footer(fig, self.footer_text())
         path = io.save_figure(fig, self.figure(name))
         print(f"figure: {path}")
         return path
