@@ -1,11 +1,13 @@
 """mvlib.figures: the one figure convention (pyplot-free Figure, provenance footer)."""
+import ast
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from PIL import Image
 
-from mvlib import figures
+from mvlib import figures, paths
 
 
 def test_new_stays_out_of_pyplot_and_saves(tmp_path):
@@ -51,3 +53,30 @@ def test_plain_log_labels_plain_numbers():
     labels = {t.get_text() for t in ax.get_xticklabels()}
     assert {"1", "10", "100", "1000"} <= labels  # not $10^{0}$ ... (matplotlib's default mathtext)
     assert not any("$" in label for label in labels)
+
+
+def _pyplot_imports(path) -> list[int]:
+    """Lines of `path` that import matplotlib.pyplot, in any spelling."""
+    lines = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import) and any(a.name == "matplotlib.pyplot" for a in node.names):
+            lines.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and (node.module == "matplotlib.pyplot" or (
+                node.module == "matplotlib" and any(a.name == "pyplot" for a in node.names))):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_mvlib_module_draws_through_pyplot():
+    """Every figure of the package is a figures.new Figure: pyplot's global figure list is never touched."""
+    package = paths.ROOT / "mvlib"
+    offenders = {str(p.relative_to(package)): lines for p in sorted(package.rglob("*.py"))
+                 if (lines := _pyplot_imports(p))}
+    assert offenders == {}, f"draw on mvlib.figures.new instead of pyplot: {offenders}"
+
+
+def test_pyplot_finder_sees_every_spelling(tmp_path):
+    src = tmp_path / "m.py"
+    src.write_text("import matplotlib.pyplot as plt\nfrom matplotlib import pyplot\nfrom matplotlib.pyplot import "
+                   "subplots\nimport matplotlib\nfrom matplotlib.figure import Figure\n")
+    assert _pyplot_imports(src) == [1, 2, 3]
