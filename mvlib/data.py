@@ -19,7 +19,6 @@ img_size / crop_pct, bicubic; centre crop; no normalisation for MobileViT).
 Calibration and evaluation never share a file (nor, for the shipped samples, a
 source picture).
 """
-import hashlib
 import os
 import shutil
 import tarfile
@@ -252,15 +251,6 @@ def _reachable(url: str, timeout: float) -> tuple[bool, str]:
     return env.reachable(urllib.parse.urlparse(url).hostname, 443, timeout)
 
 
-def _md5(path: Path) -> str:
-    """MD5 of a file, read in chunks."""
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def imagenette_val(cache: Path | None = None, timeout: float = IMAGENETTE_TIMEOUT_S) -> Path:
     """ImageNette's extracted validation folder (class folders named by WordNet id), downloading it once."""
     root = Path(cache or paths.CACHE / "imagenette")
@@ -272,7 +262,7 @@ def imagenette_val(cache: Path | None = None, timeout: float = IMAGENETTE_TIMEOU
         raise SourceUnavailable(why)
     archive = root / Path(IMAGENETTE_URL).name
     try:
-        if not archive.exists() or _md5(archive) != IMAGENETTE_MD5:
+        if not archive.exists() or io.checksum(archive, "md5") != IMAGENETTE_MD5:
             _download(IMAGENETTE_URL, archive, IMAGENETTE_MD5)
     except OSError as err:  # URLError, timeouts and resets are all OSErrors
         raise SourceUnavailable(f"ImageNette download failed: {type(err).__name__}: {err}") from err
@@ -294,7 +284,7 @@ def _download(url: str, dest: Path, md5: str) -> None:
         with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
             for chunk in iter(lambda: resp.read(1 << 20), b""):
                 out.write(chunk)
-        got = _md5(tmp)
+        got = io.checksum(tmp, "md5")  # the publisher gives an MD5
         if got != md5:
             raise SourceUnavailable(f"{Path(url).name}: MD5 {got} differs from the expected {md5}; not used")
 

@@ -1,5 +1,4 @@
 """Build a timm MobileViT with the requested weights: pretrained, seeded random, or a checkpoint."""
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -7,7 +6,7 @@ import timm
 import torch
 
 import mvlib  # noqa: F401  (applies the torchvision import fix before timm)
-from mvlib import env
+from mvlib import env, io
 
 HUB_HOST = ("huggingface.co", 443)
 HUB_TIMEOUT_S = 10.0  # deciding to fall back must take at most this long
@@ -70,11 +69,6 @@ def _from_checkpoint(variant: str, path: Path) -> torch.nn.Module:
             f"pass the variant it was trained for (one of {', '.join(variants())})")
     model.load_state_dict(state)
     return model
-
-
-def _sha8(path: Path) -> str:
-    """First 8 hex digits of a file's SHA-256."""
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:8]
 
 
 def random_info(seed: int, fallback_reason: str = "") -> dict:
@@ -160,8 +154,8 @@ def load_model(variant: str, weights: str = "auto", seed: int = 0) -> tuple[torc
         return _random(variant, seed).eval(), random_info(seed)
     path = Path(weights).expanduser()
     model = _from_checkpoint(variant, path)
-    return model.eval(), {"source": "checkpoint", "tag": f"ckpt-{_sha8(path)}", "label": f"checkpoint {path.name}",
-                          "path": str(path)}
+    return model.eval(), {"source": "checkpoint", "tag": f"ckpt-{io.sha256(path)[:8]}",
+                          "label": f"checkpoint {path.name}", "path": str(path)}
 
 
 def data_config(model: torch.nn.Module) -> dict:

@@ -19,14 +19,13 @@ same parameters on the same GPU (otherwise "not compared" and why), or with a fo
   random inputs differ in their error values by design), leaving out columns
   that are durations.
 """
-import hashlib
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mvlib import bench, paths
+from mvlib import bench, io, paths, stages
 
 # timed table -> (row key columns, measured value column)
 TIMED = {
@@ -52,15 +51,6 @@ def cache_roots() -> list[Path]:
 UNCHANGED, SAME_BYTES, CHANGED, NEW, REMOVED = "unchanged", "same bytes", "changed", "new", "removed"
 
 
-def digest(path: Path) -> str:
-    """A content hash of one file (BLAKE2b, 128 bits): tells a file rewritten with the same bytes from a changed one."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def snapshot(roots: Iterable[Path] | None = None) -> dict[str, tuple[int, int, str]]:
     """Size, modification time and content hash of every file under the artifact folders, by path relative to the
     build root."""
@@ -70,7 +60,7 @@ def snapshot(roots: Iterable[Path] | None = None) -> dict[str, tuple[int, int, s
             if f.is_file() and not f.name.startswith("."):
                 st = f.stat()
                 name = str(f.relative_to(paths.BUILD) if f.is_relative_to(paths.BUILD) else f)
-                found[name] = (st.st_size, st.st_mtime_ns, digest(f))
+                found[name] = (st.st_size, st.st_mtime_ns, io.sha256(f))
     return found
 
 
@@ -172,9 +162,9 @@ def compare_runs(first: Path, second: Path) -> tuple[pd.DataFrame, pd.DataFrame]
 
 
 def _selection(manifest: dict) -> str:
-    """The notebooks a run ran, as '01, 02' (every one when the manifest does not say)."""
+    """The notebooks a run ran, as "01, 02" (every one when the manifest does not say)."""
     ran = (manifest.get("run") or {}).get("notebooks")
-    return ", ".join(str(nb)[:2] for nb in ran) if ran else "every notebook"
+    return ", ".join(stages.short(Path(nb).stem) for nb in ran) if ran else "every notebook"
 
 
 def differences(first: dict, second: dict) -> list[str]:

@@ -3,15 +3,14 @@
 An engine lives in `build/engines/<onnx stem>-b<min>_<opt>_<max>-<target>-<flavour>-<digest>/` beside its build
 record (`build.json`, written last: a folder without one is never trusted) and its layer information. The digest
 is of everything the engine depends on: the ONNX file's bytes, flavour and version, target, profile, workspace,
-the build recipe, and each plugin library's `plugins.library_digest` (what the loader maps plus the library's
-record of its TensorRT headers: the library file itself changes on every nvcc build, its code does not). So a
+the build recipe, and each plugin library's `plugins.library_digest` (what the loader maps: the library file
+itself changes on every nvcc build, its code does not). So a
 rerun with nothing changed reuses every engine, and a changed input builds a new one; writing it removes the
 entries it supersedes (same ONNX file, profile, target and flavour), but only folders holding our build.json.
 Each build runs in a child process (`mvlib.tensorrt.child`), so a builder crash fails one engine, not the kernel.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -46,13 +45,7 @@ class BuildFailed(RuntimeError):
         self.messages = messages
 
 
-def sha256(path: Path | str) -> str:
-    """SHA-256 of a file's bytes, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+sha256 = io.sha256  # callers not yet on mvlib.io
 
 
 def has_plan_header(path: Path | str, flavour: str) -> bool:
@@ -65,7 +58,7 @@ def key_parts(onnx_path: Path | str, profile: Profile, fl: Flavour, target: str,
               workspace_gb: float = 4) -> dict:
     """Everything an engine depends on: ONNX bytes, flavour and version, target, profile, plugins, workspace, recipe."""
     name, shape = onnx_input(onnx_path)
-    return {"onnx_sha256": sha256(onnx_path), "flavour": fl.name, "flavour_version": fl.version, "target": target,
+    return {"onnx_sha256": io.sha256(onnx_path), "flavour": fl.name, "flavour_version": fl.version, "target": target,
             "input": name, "shape": list(shape), "profile": profile.as_list(), "workspace_gb": float(workspace_gb),
             "plugins_digest": [plugin_libs.library_digest(p) for p in plugin_libs.check_plugins(plugins)],
             "recipe": RECIPE}
@@ -79,8 +72,7 @@ def family(onnx_path: Path | str, parts: dict) -> str:
 
 def engine_key(onnx_path: Path | str, parts: dict) -> str:
     """The cache folder name: readable prefix plus a hash of the key parts (a stale engine never matches)."""
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return f"{family(onnx_path, parts)}-{digest}"
+    return f"{family(onnx_path, parts)}-{io.digest(parts)[:16]}"
 
 
 def timing_cache_path(fl: Flavour, target: str) -> Path:
@@ -135,7 +127,7 @@ def cache_problem(engine_dir: Path | str) -> str | None:
         return f"its build record {meta} is missing or unreadable ({type(err).__name__})"
     if not plan.is_file():
         return f"{plan} is missing"
-    if plan.stat().st_size != recorded[1] or sha256(plan) != recorded[0]:
+    if plan.stat().st_size != recorded[1] or io.sha256(plan) != recorded[0]:
         return f"{plan} is corrupt (size or SHA-256 differs from what the builder wrote)"
     try:
         io.read_json(d / LAYERS)
@@ -154,9 +146,13 @@ def load(engine_path: Path | str) -> Engine:
 
 
 def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = None, target: str = "auto",
-                 plugins: Sequence[Path | str] = (), workspace_gb: float = 4) -> Engine:
+                 plugins: Sequence[Path | str] = (), workspace_gb: float = 4,
+                 check: plugin_libs.Check | None = None) -> Engine:
     """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one;
-    BuildFailed with the builder's words."""
+    BuildFailed with the builder's words.
+
+    `check` runs on each plugin library before TensorRT loads it, here and wherever the engine is loaded later
+    (its build record names it)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"ONNX file {onnx_path} does not exist; run the notebook that writes it first")
@@ -172,7 +168,8 @@ def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = N
         return Engine(out / PLAN, io.read_json(out / BUILD_INFO), reused=True)
     if problem != "not built yet":
         print(f"engine {out.name}: the cached engine cannot be used ({problem}); rebuilding it")
-    engine = build(onnx_path, out, parts, fl, plugin_libs.check_plugins(plugins))
+    recorded = {**parts, **({"plugin_check": plugin_libs.check_name(check)} if check is not None else {})}
+    engine = build(onnx_path, out, recorded, fl, plugin_libs.check_plugins(plugins))
     engine.rebuilt = "" if problem == "not built yet" else problem
     for old in superseded(out):
         shutil.rmtree(old, ignore_errors=True)
@@ -185,7 +182,7 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILD_INFO).unlink(missing_ok=True)  # from here on the old plan is not trusted
     spec = {"onnx": str(onnx_path), "flavour": fl.name, **{k: parts[k] for k in ("target", "profile", "workspace_gb")},
-            "plugins": plugins, "out": str(out),
+            "plugins": plugins, "plugin_check": parts.get("plugin_check"), "out": str(out),
             "timing_cache": str(timing_cache_path(fl, parts["target"])) if fl.timing_cache else None}
     with io.atomic_path(out / "spec.json") as spec_path, io.atomic_path(out / "result.json") as result_path:
         spec_path.write_text(json.dumps(spec))
@@ -211,7 +208,7 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     io.write_json(out / BUILD_INFO, {**parts, "onnx": str(onnx_path.resolve()), "plugins": spec["plugins"],
                                      "build_seconds": round(seconds, 2), "messages": messages,
                                      **{k: result.get(k) for k in RECORDED},
-                                     "plan_bytes": plan.stat().st_size, "plan_sha256": sha256(plan)})
+                                     "plan_bytes": plan.stat().st_size, "plan_sha256": io.sha256(plan)})
     print(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
           + (f" ({len(messages)} builder messages)" if messages else ""))
     return Engine(plan, io.read_json(out / BUILD_INFO))
@@ -271,7 +268,7 @@ def stale(info: dict) -> str:
     onnx = Path(info.get("onnx", ""))
     if not onnx.is_file():
         return f"{onnx.name} is gone"
-    if sha256(onnx) != info.get("onnx_sha256"):
+    if io.sha256(onnx) != info.get("onnx_sha256"):
         return f"{onnx.name} has changed"
     return ""
 
