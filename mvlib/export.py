@@ -1,5 +1,4 @@
 """Export a timm MobileViT to ONNX with a dynamic batch axis, check it, and save reference I/O."""
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -93,13 +92,7 @@ def ensure_exported(variant: str, weights: str = "auto", img_size: int = 256, op
     onnx_path = out_dir / ARTIFACTS["fp32"]
     settings = {"variant": variant, "weights": info, "img_size": img_size, "opset": opset,
                 "torch": torch.__version__}
-    meta = out_dir / "export.json"
-    if not (onnx_path.exists() and meta.exists() and io.read_json(meta) == json.loads(json.dumps(settings))):
-        export_onnx(model, onnx_path, img_size, opset)
-        io.write_json(meta, settings)
-        print(f"exported {onnx_path}")
-    else:
-        print(f"reusing {onnx_path} (same variant, weights, size, opset and torch)")
+    io.cached(onnx_path, settings, lambda tmp: export_onnx(model, tmp, img_size, opset), "ONNX export")
     return Exported(out_dir, onnx_path, info, settings), model
 
 

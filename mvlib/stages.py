@@ -16,7 +16,7 @@ EXPORT, GRAPH, FP32_FP16, QUANTIZED, PLUGIN, BENCHMARK = (
 # What other notebooks read, by the notebook that makes it. Files of the model's folder (build/models/<key>/),
 # of the plugin build (build/silu_plugin/) and tables of the run folder (results/) alike.
 PRODUCERS: dict[str, str] = {
-    "model.onnx": EXPORT, "export.json": EXPORT,
+    "model.onnx": EXPORT,
     "reference_inputs.json": EXPORT, "reference_outputs.json": EXPORT,
     "01_export_accuracy.csv": EXPORT,
     "model.silu.onnx": GRAPH,  # notebook 05 makes it too, where 02 did not run

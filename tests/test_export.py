@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mvlib import accuracy, export, metrics
+from mvlib import accuracy, export, io, metrics
 from mvlib import model as mvmodel
 
 
@@ -61,6 +61,17 @@ def test_reexport_is_reused(xxs):
     before = exported.onnx.stat().st_mtime_ns
     again, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
     assert again.onnx == exported.onnx and again.onnx.stat().st_mtime_ns == before
+
+
+def test_an_export_whose_bytes_changed_is_made_again(xxs):
+    """The key of what made model.onnx lies beside it; a file edited since is exported again, not trusted."""
+    exported, _ = xxs
+    key = io.read_json(io.key_path(exported.onnx))
+    assert key["key"]["variant"] == "mobilevit_xxs" and key["sha256"] == io.sha256(exported.onnx)
+    good = exported.onnx.read_bytes()
+    exported.onnx.write_bytes(good[:-10])
+    again, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    assert again.onnx.read_bytes() == good  # the export is deterministic: the same bytes come back
 
 
 def test_unknown_variant_names_valid_ones():
