@@ -2,20 +2,17 @@
 import copy
 import json
 import math
-import re
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from bench_tables import synthetic_table
 
-from mvlib import bench, energy, plots
-from mvlib.run import Run, StageSkipped
+from mvlib import bench, energy
+from mvlib.run import StageSkipped
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import timing as trt_timing
-
-NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_benchmark.ipynb"
 
 
 def timing(latencies, wall_s, batch=1):
@@ -165,33 +162,6 @@ def test_every_backend_is_timed_and_checked_on_bench_images():
     assert "bench.images(batch, settings)" in inspect.getsource(trt_timing.tensorrt_engine)
 
 
-def synthetic_table() -> pd.DataFrame:
-    """A results table with CPU and GPU rows, shaped like the harness writes it."""
-    rows = []
-    spec = [("pytorch", "cpu", "fp32", "PyTorch CPU FP32", {1: 20, 8: 30}),
-            ("onnxruntime", "cpu", "fp32", "ONNX Runtime CPU FP32", {1: 40, 8: 31}),
-            ("pytorch-eager", "cuda", "fp32", "PyTorch eager FP32", {1: 180, 8: 1400, 32: 3200}),
-            ("torch.compile+cudagraphs", "cuda", "fp16", "torch.compile FP16 + CUDA graphs",
-             {1: 1800, 8: 9000, 32: 11800}),
-            ("tensorrt", "cuda", "fp16", "TensorRT FP16", {1: 2500, 8: 14000, 32: 16000})]
-    for backend, device, precision, label, thr in spec:
-        for batch, ips in thr.items():
-            ms = 1000 * batch / ips
-            rows.append({"backend": backend, "device": device, "precision": precision, "batch": batch, "repeats": 3,
-                         "iterations": 300, "mean_ms": ms, "median_ms": ms * 0.99, "p90_ms": ms * 1.05,
-                         "p95_ms": ms * 1.08, "p99_ms": ms * 1.2, "throughput_ips": float(ips), "spread_pct": 2.0,
-                         "peak_mem_mb": 100.0 * batch if device == "cuda" else float("nan"), "notes": "synthetic",
-                         "label": label, "throughput_min_ips": ips * 0.99, "throughput_max_ips": ips * 1.01,
-                         "wall_s": 9.0, "timing": "synthetic",
-                         "transfers": bench.GPU_TRANSFERS if device == "cuda" else bench.CPU_TRANSFERS,
-                         "variant": "mobilevit_s", "img_size": 256,
-                         "power_w": 300.0 if device == "cuda" else "not measured: RAPL: none",
-                         "energy_j_per_image": 300.0 / ips if device == "cuda" else "not measured: RAPL: none",
-                         "setup_s": 1.0, "prime_s": 30.0 if "compile" in backend else 0.1,
-                         "artifact": "synthetic", "artifact_bytes": 2e7})
-    return pd.DataFrame(rows, columns=bench.COLUMNS)
-
-
 def test_speedup_table_uses_same_batch_references_and_the_rule():
     df = synthetic_table()
     df.loc[(df.backend == "onnxruntime") & (df.batch == 8), "throughput_ips"] = 30.3  # within the 2 % spread
@@ -203,62 +173,6 @@ def test_speedup_table_uses_same_batch_references_and_the_rule():
     assert sp.loc[("ONNX Runtime CPU FP32", 8), "verdict_vs_pytorch_cpu"] == "no difference"
     assert sp.loc[("PyTorch CPU FP32", 1), "verdict_vs_pytorch_cpu"] == "reference"
     assert sp.loc[("PyTorch eager FP32", 8), "verdict_vs_pytorch_gpu_eager"] == "reference"
-
-
-# figures from tables --------------------------------------------------------------------------------
-def _draw_all(run: Run, table: pd.DataFrame, ceilings: pd.DataFrame) -> list[Path]:
-    """Save the tables, read them back, and draw every figure from them as the notebook does."""
-    cost = pd.DataFrame([{"flops_per_image": 4e9, "params": 5_600_000, "input_elems": 196608, "output_elems": 1000,
-                          "img_size": 256, "method": "synthetic"}])
-    run.save_table(table, "06_benchmark.csv")
-    run.save_table(bench.speedup_table(table), "06_speedup.csv")
-    run.save_table(ceilings, "06_ceilings.csv")
-    run.save_table(cost, "06_model_cost.csv")
-    t = pd.read_csv(run.table("06_benchmark.csv"))
-    return [run.save_figure(plots.throughput(t), "06_throughput.png"),
-            run.save_figure(plots.latency_b1(t), "06_latency_b1.png"),
-            run.save_figure(plots.speedup(pd.read_csv(run.table("06_speedup.csv"))), "06_speedup.png"),
-            run.save_figure(plots.roofline(t, pd.read_csv(run.table("06_ceilings.csv")),
-                                           pd.read_csv(run.table("06_model_cost.csv"))), "06_roofline.png")]
-
-
-def test_latency_b1_bars_start_at_zero_on_a_linear_axis_and_carry_their_values():
-    table = synthetic_table()
-    table.loc[table.backend == "pytorch", "p99_ms"] *= 40  # a CPU tail of seconds
-    fig = plots.latency_b1(table)
-    fig.canvas.draw()
-    assert len(fig.axes) == 2  # one panel per device: GPU milliseconds are not squeezed beside CPU ones
-    cols = [c for c, _ in plots.PCT]
-    for ax, device in zip(fig.axes, ("cpu", "cuda"), strict=True):
-        assert ax.get_xscale() == "linear" and ax.get_xlim()[0] == 0
-        d = table[(table.batch == 1) & (table.device == device)]
-        values = d[cols].to_numpy().ravel()
-        bars = [p for p in ax.patches if p.get_height() > 0]
-        assert len(bars) == values.size and all(b.get_x() == 0 for b in bars)  # every bar starts at zero
-        assert sorted(b.get_width() for b in bars) == pytest.approx(sorted(values))  # lengths are the values
-        assert ax.get_xlim()[1] >= values.max()
-        shown = [t.get_text() for t in ax.texts]
-        assert sorted(float(t) for t in shown) == pytest.approx(sorted(values), rel=5e-3)  # each bar: its value
-        assert not any("e+" in t for t in shown)  # plain numbers
-    assert plots.latency_b1(table[table.batch > 1]).axes[0].texts[0].get_text() == "no batch-1 rows in this run"
-
-
-@pytest.mark.parametrize("with_gpu", [True, False])
-def test_figures_are_drawn_from_the_tables(tmp_path, with_gpu):
-    table = synthetic_table()
-    ceilings = [{"device": "cpu", "ceiling": "copy", "value": 20.0, "unit": "GB/s", "size": "", "method": "synthetic"},
-                {"device": "cpu", "ceiling": "matmul_fp32", "value": 0.1, "unit": "TFLOP/s", "size": "",
-                 "method": "synthetic"}]
-    if with_gpu:
-        ceilings += [{"device": "cuda", "ceiling": "copy", "value": 4300.0, "unit": "GB/s", "size": "",
-                      "method": "synthetic"},
-                     {"device": "cuda", "ceiling": "matmul_fp16", "value": 790.0, "unit": "TFLOP/s", "size": "",
-                      "method": "synthetic"}]
-    else:
-        table = table[table.device == "cpu"]
-    run = Run(tmp_path / "run", "06_benchmark")
-    for path in _draw_all(run, table, pd.DataFrame(ceilings)):
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
 
 
 @pytest.mark.gpu
@@ -283,21 +197,8 @@ def test_cuda_eager_measurement(xxs):
     assert list(acc.batch) == [1, 8] and (acc.cosine_min > 0.999).all() and (acc.top1_agreement >= 0.5).all()
 
 
-# the notebook ---------------------------------------------------------------------------------------
-def listed_outputs() -> set[str]:
-    """The run-folder files the notebook's first markdown cell says it creates."""
-    first = next(c for c in json.loads(NOTEBOOK.read_text())["cells"] if c["cell_type"] == "markdown")
-    return set(re.findall(r"`((?:results|figures)/06_[\w.]+)`", "".join(first["source"])))
-
-
-GPU_ONLY = {"results/06_accuracy.csv"}  # written where a GPU backend ran
-
-
-def test_notebook_smoke_run_creates_what_it_lists(smoke_run):
-    listed = listed_outputs()
-    assert len(listed) == 12 and GPU_ONLY <= listed
-    made = {f"{d}/{p.name}" for d in ("results", "figures") for p in (smoke_run / d).glob("06_*")}
-    assert listed - GPU_ONLY <= made <= listed
+# the notebook (test_notebooks checks the files it creates) ----------------------------------------------------
+def test_notebook_06_smoke_run_tables(smoke_run):
     table = pd.read_csv(smoke_run / "results" / "06_benchmark.csv")
     assert list(table.columns) == bench.COLUMNS
     assert {"pytorch", "onnxruntime"} <= set(table.backend) and set(table.batch) == {1, 4}
