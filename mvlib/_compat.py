@@ -1,7 +1,7 @@
 """Import-time fixes for environment quirks, applied once when mvlib is imported.
 
 They are quiet when they work: the details go to the `mvlib` logger at DEBUG level. Set
-MVLIB_VERBOSE=1 to see them as warnings (as every mvlib version before this one printed them).
+MVLIB_VERBOSE=1 to see them as warnings.
 """
 import logging
 import os

@@ -71,7 +71,7 @@ def build(spec: dict) -> dict:
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(spec["workspace_gb"] * (1 << 30)))
     config.clear_flag(trt.BuilderFlag.TF32)  # the "FP32" engine computes in true FP32
-    # Layer types and precisions in the inspector need DETAILED; set here (polygraphy 0.49.0-0.49.8 failed to).
+    # Layer types and precisions in the inspector need DETAILED; the builder's default, LAYER_NAMES_ONLY, hides them.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     fl.configure(config, spec["target"])
     name, shape = onnx_input(spec["onnx"])
