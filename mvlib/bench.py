@@ -40,7 +40,7 @@ MIB = 2 ** 20
 
 # The results table's schema: these columns, in this order (tests hold it fixed).
 COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "mean_ms", "median_ms",
-           "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mb", "notes",
+           "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mib", "notes",
            "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
            "variant", "img_size", "power_w", "energy_j_per_image", "setup_s", "prime_s", "artifact",
            "artifact_bytes"]
@@ -235,7 +235,7 @@ class Backend:
     prepare: Callable[[int], Callable[[], Any]]
     timing: str       # what one timed launch is, and the clock
     notes: str = ""
-    peak_mem_mb: Callable[[], float] | None = None  # device memory after a measurement, where readable
+    peak_mem_mib: Callable[[], float] | None = None  # device memory after a measurement, where readable
     keep: list = dataclasses.field(default_factory=list)  # objects that must outlive the launches
     artifact: str = ""                # what it runs from: an ONNX file, an engine, weights in memory
     artifact_bytes: float = math.nan  # that artifact's size
@@ -303,12 +303,12 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
         with windows.window():  # counter reads outside the timer: its launches and wall time are untouched
             timings.append(timer(launch, batch, settings.seconds, settings.min_iters))
     if cuda:
-        peak = backend.peak_mem_mb() if backend.peak_mem_mb else torch.cuda.max_memory_allocated() / MIB
+        peak = backend.peak_mem_mib() if backend.peak_mem_mib else torch.cuda.max_memory_allocated() / MIB
     else:
         peak = float("nan")  # process-wide RSS would mix backends: not reported
     summary = summarize(timings)
     row = {"backend": backend.backend, "device": backend.device, "precision": backend.precision,
-           **summary, "peak_mem_mb": float(peak), "notes": backend.notes, "label": backend.label,
+           **summary, "peak_mem_mib": float(peak), "notes": backend.notes, "label": backend.label,
            "timing": backend.timing, "transfers": GPU_TRANSFERS if cuda else CPU_TRANSFERS,
            "variant": settings.variant, "img_size": settings.img_size,
            **windows.columns(summary["iterations"] * batch), "setup_s": backend.setup_s, "prime_s": prime_s,
@@ -339,7 +339,7 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
         rows.append(row)
         print(f"{backend.label:42s} batch {row['batch']:4d}: {row['throughput_ips']:10.1f} img/s, median "
               f"{row['median_ms']:8.3f} ms, p99 {row['p99_ms']:8.3f} ms, spread {row['spread_pct']:5.1f}%"
-              + (f", peak {row['peak_mem_mb']:.0f} MiB" if not math.isnan(row["peak_mem_mb"]) else "")
+              + (f", peak {row['peak_mem_mib']:.0f} MiB" if not math.isnan(row["peak_mem_mib"]) else "")
               + (f", {row['power_w']:.0f} W" if not isinstance(row["power_w"], str) else ""))
     for s in skipped:
         print(f"{backend.label}: skipped {s}")

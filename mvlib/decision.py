@@ -26,7 +26,7 @@ from mvlib.export import ARTIFACTS
 
 COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cosine_mean", "cosine_min",
            "top1_agreement", "top1_labels", "accuracy_source", "latency_b1_p50_ms", "latency_b1_p99_ms",
-           "best_throughput_ips", "best_batch", "peak_gpu_mem_mb", "artifact", "artifact_bytes", "build_s",
+           "best_throughput_ips", "best_batch", "peak_gpu_mem_mib", "artifact", "artifact_bytes", "build_s",
            "build_what", "power_w", "j_per_image", "pareto"]
 ACCURACY = ("cosine_mean", "cosine_min", "top1_agreement")
 REFERENCE = ("pytorch", "cpu", "fp32")  # the row that is the FP32 reference itself
@@ -254,11 +254,11 @@ def _timing(rows: pd.DataFrame) -> dict:
     if best["device"] != "cuda":
         peak = NOT_MEASURED + "CPU backend (a process-wide RSS would mix backends)"
     else:
-        peak = _text_or_number(best["peak_mem_mb"], "no peak memory recorded")
+        peak = _text_or_number(best["peak_mem_mib"], "no peak memory recorded")
     return {"latency_b1_p50_ms": float(b1["median_ms"].iloc[0]) if len(b1) else no_b1,
             "latency_b1_p99_ms": float(b1["p99_ms"].iloc[0]) if len(b1) else no_b1,
             "best_throughput_ips": float(best["throughput_ips"]), "best_batch": int(best["batch"]),
-            "peak_gpu_mem_mb": peak}
+            "peak_gpu_mem_mib": peak}
 
 
 def pareto(throughput: list[float | None], accuracy: list[float | None], labels: list[str]) -> list[str]:

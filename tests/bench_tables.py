@@ -20,7 +20,7 @@ def synthetic_table() -> pd.DataFrame:
             rows.append({"backend": backend, "device": device, "precision": precision, "batch": batch, "repeats": 3,
                          "iterations": 300, "mean_ms": ms, "median_ms": ms * 0.99, "p90_ms": ms * 1.05,
                          "p95_ms": ms * 1.08, "p99_ms": ms * 1.2, "throughput_ips": float(ips), "spread_pct": 2.0,
-                         "peak_mem_mb": 100.0 * batch if device == "cuda" else float("nan"), "notes": "synthetic",
+                         "peak_mem_mib": 100.0 * batch if device == "cuda" else float("nan"), "notes": "synthetic",
                          "label": label, "throughput_min_ips": ips * 0.99, "throughput_max_ips": ips * 1.01,
                          "wall_s": 9.0, "timing": "synthetic",
                          "transfers": bench.GPU_TRANSFERS if device == "cuda" else bench.CPU_TRANSFERS,

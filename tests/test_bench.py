@@ -122,7 +122,7 @@ def test_real_cpu_measurement_gives_valid_rows(xxs):
         # back-to-back launches on the host: throughput and mean latency tell the same story
         assert r.throughput_ips == pytest.approx(1000 * r.batch / r.mean_ms, rel=0.2)
         assert r.throughput_min_ips <= r.throughput_ips <= r.throughput_max_ips and r.spread_pct >= 0
-        assert math.isnan(r.peak_mem_mb) and r.transfers == bench.CPU_TRANSFERS
+        assert math.isnan(r.peak_mem_mib) and r.transfers == bench.CPU_TRANSFERS
         assert r.variant == "mobilevit_xxs" and r.precision == "fp32"
         # what it ran from, what making it and priming each batch took
         assert r.artifact == "model.onnx" and r.artifact_bytes == exported.onnx.stat().st_size
@@ -186,7 +186,7 @@ def test_cuda_eager_measurement(xxs):
     df = bench.measure_all(bench.pytorch_cuda, [1, 8], s, model, precision="fp16", channels_last=True,
                            accuracy=ref)
     assert list(df.columns) == bench.COLUMNS and set(df.device) == {"cuda"}
-    assert (df.peak_mem_mb > 0).all() and (df.transfers == bench.GPU_TRANSFERS).all()
+    assert (df.peak_mem_mib > 0).all() and (df.transfers == bench.GPU_TRANSFERS).all()
     assert (df.p99_ms >= df.median_ms).all() and (df.throughput_ips > 0).all()
     meter = energy.meter("cuda")
     if isinstance(meter, energy.NvmlMeter):  # a board with the counter: power above zero, a plausible board draw

@@ -44,7 +44,7 @@ def _bench_rows() -> pd.DataFrame:
                 "backend": backend, "device": device, "precision": prec, "label": label, "batch": batch,
                 "repeats": 3, "iterations": 900, "mean_ms": ms, "median_ms": ms * 0.98, "p90_ms": ms * 1.05,
                 "p95_ms": ms * 1.1, "p99_ms": ms * 1.3, "throughput_ips": float(ips), "spread_pct": 1.5,
-                "peak_mem_mb": 40.0 * batch if cuda else np.nan, "variant": "mobilevit_s", "img_size": 256,
+                "peak_mem_mib": 40.0 * batch if cuda else np.nan, "variant": "mobilevit_s", "img_size": 256,
                 "power_w": 110 + ips / 100 if cuda else "not measured: RAPL: no package counters",
                 "energy_j_per_image": (110 + ips / 100) / ips if cuda else "not measured: RAPL: no package counters",
                 "setup_s": 0.4, "prime_s": 35.0 if "compile" in backend else 0.05,
@@ -146,7 +146,7 @@ def test_every_number_comes_from_the_table_that_measured_it(tmp_path):
     # timing, memory and energy: 06_benchmark at the row's fastest batch
     tc = d.loc["torch.compile FP16 + CUDA graphs"]
     assert (tc.best_throughput_ips, tc.best_batch) == (12885.0, 32)
-    assert tc.peak_gpu_mem_mb == 40.0 * 32 and tc.power_w == pytest.approx(110 + 128.85)
+    assert tc.peak_gpu_mem_mib == 40.0 * 32 and tc.power_w == pytest.approx(110 + 128.85)
     assert tc.latency_b1_p50_ms == pytest.approx(1000 / 1856 * 0.98)
     assert tc.build_s == pytest.approx(0.4 + 35.0) and "torch.compile" in tc.build_what
     # accuracy: 06's own check, pooled over its batches by images
@@ -175,7 +175,7 @@ def test_every_number_comes_from_the_table_that_measured_it(tmp_path):
     # the reference row and the eager rows say what they are instead of leaving blanks
     ref = d.loc["PyTorch CPU FP32"]
     assert ref.cosine_mean == 1.0 and ref.build_s.startswith("none:")
-    assert ref.peak_gpu_mem_mb.startswith("not measured: CPU backend")
+    assert ref.peak_gpu_mem_mib.startswith("not measured: CPU backend")
     assert ref.power_w == "not measured: RAPL: no package counters"
     assert len(bench_t.label.unique()) == len(d)
     saved = run.save_table(decision.table(run.results, manifest), "06_decision.csv")
@@ -284,7 +284,7 @@ def test_an_h200_run_puts_the_fp8_row_beside_fp16(tmp_path):
             bench_rows.append({c: np.nan for c in bench.COLUMNS} | {
                 "backend": "torch.compile+cudagraphs", "device": "cuda", "precision": prec, "label": label,
                 "batch": batch, "median_ms": 1000 * batch / thr, "p99_ms": 1200 * batch / thr, "throughput_ips": thr,
-                "peak_mem_mb": 2100.0, "power_w": 450.0, "energy_j_per_image": 450.0 / thr, "setup_s": 0.3,
+                "peak_mem_mib": 2100.0, "power_w": 450.0, "energy_j_per_image": 450.0 / thr, "setup_s": 0.3,
                 "prime_s": 41.0, "artifact": "weights in memory", "artifact_bytes": 9e6})
             ref, out = _logits_pair(batch, noise, seed=batch)
             acc_rows.append({"label": label, "backend": "torch.compile+cudagraphs", "device": "cuda",

@@ -189,7 +189,7 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
         state.update(launch=launch, buffers=buffers, bound=list(session.keep))
         return launch
 
-    def taken_mb() -> float:
+    def taken_mib() -> float:
         torch.cuda.synchronize()
         return (free_before - torch.cuda.mem_get_info()[0]) / bench.MIB
 
@@ -199,7 +199,7 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
                                   + ("; EAGER shape specialization" if engine.flavour.rtx else "")
                                   + "; peak = device memory taken by engine, context, I/O and graph (cudaMemGetInfo)"
                                   + (f"; {notes}" if notes else "")),
-                           peak_mem_mb=taken_mb, keep=[session, stream, state])
+                           peak_mem_mib=taken_mib, keep=[session, stream, state])
     return result
 
 
