@@ -8,6 +8,7 @@ name and never by a number in code.
 """
 from pathlib import Path
 
+from mvlib import paths
 from mvlib.skips import StageSkipped
 
 EXPORT, GRAPH, FP32_FP16, QUANTIZED, PLUGIN, BENCHMARK = (
@@ -56,3 +57,25 @@ def missing(artifact: str | Path, fix: str = "") -> StageSkipped:
 def short(stem: str) -> str:
     """How a notebook is named in folder names and `--only`: its stem up to the first '_' ('01' for 01_export)."""
     return stem.split("_", 1)[0]
+
+
+def all_notebooks() -> list[Path]:
+    """Every notebook of the study, in the order they run: by file name (a new one is named to sort into place)."""
+    return sorted(nb for nb in paths.NOTEBOOKS.glob("*.ipynb") if not nb.name.startswith("."))
+
+
+def select(only: str = "") -> list[Path]:
+    """The notebooks in order, or those `only` names by stem or short name ('01,02', '1,2', '01_export');
+    ValueError naming the notebooks there are."""
+    found = all_notebooks()
+    wanted = [w.strip() for w in only.split(",") if w.strip()]
+    if not only:
+        return found
+    picked, unknown = set(), []
+    for w in wanted:
+        match = [nb for nb in found if w in (nb.stem, short(nb.stem)) or (w.isdigit() and short(nb.stem) == w.zfill(2))]
+        picked.update(match) if match else unknown.append(w)
+    if unknown or not wanted:
+        raise ValueError(f"{', '.join(unknown) or 'nothing'} names no notebook; the notebooks are "
+                         + ", ".join(nb.stem for nb in found))
+    return [nb for nb in found if nb in picked]

@@ -4,7 +4,8 @@ import shutil
 import pytest
 from driver_fakes import fake_notebooks
 
-from mvlib import io, paths, study
+from mvlib import io, paths, stages, study
+from mvlib.driver import params, publish, runfolder
 
 H200 = {"gpu": "NVIDIA H200", "capability": "9.0"}
 
@@ -29,16 +30,16 @@ def published(tmp_path, monkeypatch):
 
 def _complete_run(run, gpu=None, tier="cpu", profile="full", notebooks=None, status="complete", variant=None):
     """A run folder as the driver leaves a finished run: two tables, one figure, its manifest."""
-    study.start_run(run, tier, {})
+    runfolder.start_run(run, tier, {})
     for sub, name in (("results", "06_benchmark.csv"), ("results", "01_export_model.csv"),
                       ("figures", "06_throughput.png")):
         (run / sub).mkdir(exist_ok=True)
         (run / sub / name).write_text(f"new {name}")
-    params = study.load_profile("full") | ({"variant": variant} if variant else {})
+    values = params.load_profile("full") | ({"variant": variant} if variant else {})
     manifest = io.read_json(run / "manifest.json") | {
         "gpu": gpu or {}, "tier": tier, "outcome": {"status": status}, "rerun": {},
-        "run": {"profile": profile, "params": params, "expected_tier": tier,
-                "notebooks": notebooks or [nb.name for nb in study.all_notebooks()]}}
+        "run": {"profile": profile, "params": values, "expected_tier": tier,
+                "notebooks": notebooks or [nb.name for nb in stages.all_notebooks()]}}
     io.write_json(run / "manifest.json", manifest)
     return run
 
@@ -63,11 +64,11 @@ def test_a_partial_run_is_never_published(tmp_path, monkeypatch, published, caps
     assert rc == study.BAD_INPUT and got == {} and "every notebook" in capsys.readouterr().err
     assert _state(*published) == before
     partial = _complete_run(tmp_path / "partial", notebooks=["01_export.ipynb"])
-    assert study.publish_from(str(partial), over=True) == study.BAD_INPUT
+    assert publish.publish_from(str(partial), over=True) == study.BAD_INPUT
     failed = _complete_run(tmp_path / "failed", status="failed")
-    assert study.publish_from(str(failed), over=True) == study.BAD_INPUT
+    assert publish.publish_from(str(failed), over=True) == study.BAD_INPUT
     smoke = _complete_run(tmp_path / "smoke", profile="smoke")
-    assert study.publish_from(str(smoke), over=True) == study.BAD_INPUT
+    assert publish.publish_from(str(smoke), over=True) == study.BAD_INPUT
     assert _state(*published) == before
 
 
@@ -75,15 +76,15 @@ def test_publish_never_replaces_another_gpus_run_or_a_higher_tier_unless_asked_b
                                                                                        capsys):
     before = _state(*published)
     laptop = _complete_run(tmp_path / "laptop")
-    assert study.publish_from(str(laptop), over=False) == study.BAD_INPUT
+    assert publish.publish_from(str(laptop), over=False) == study.BAD_INPUT
     err = capsys.readouterr().err
     assert "NVIDIA H200" in err and "no GPU" in err and "--publish-over" in err
     lower = _complete_run(tmp_path / "lower", gpu=H200, tier="cpu")
-    assert study.publish_from(str(lower), over=False) == study.BAD_INPUT
+    assert publish.publish_from(str(lower), over=False) == study.BAD_INPUT
     assert "tier gpu" in capsys.readouterr().err
     assert _state(*published) == before
     same = _complete_run(tmp_path / "same", gpu=H200, tier="gpu")
-    assert study.publish_from(str(same), over=False) == study.OK
+    assert publish.publish_from(str(same), over=False) == study.OK
 
 
 def test_publish_replaces_the_folder_as_a_whole(tmp_path, published):
@@ -92,7 +93,7 @@ def test_publish_replaces_the_folder_as_a_whole(tmp_path, published):
     (results / "notes.txt").write_text("a file the study never wrote")
     variant_before = _state(figures / "mobilevit_xxs", results / "mobilevit_xxs")
     run = _complete_run(tmp_path / "run")
-    assert study.publish_from(str(run), over=True) == study.OK
+    assert publish.publish_from(str(run), over=True) == study.OK
     assert sorted(p.name for p in figures.iterdir() if p.is_file()) == ["06_throughput.png"]
     assert sorted(p.name for p in results.iterdir() if p.is_file()) == ["01_export_model.csv", "06_benchmark.csv",
                                                                         "manifest.json", "notes.txt"]
@@ -106,7 +107,7 @@ def test_another_variant_replaces_only_its_own_folders(tmp_path, published):
     figures, results = published
     main_before = {k: v for k, v in _state(*published).items() if "mobilevit_xxs" not in k}
     run = _complete_run(tmp_path / "run", variant="mobilevit_xxs")
-    assert study.publish_from(str(run), over=True) == study.OK
+    assert publish.publish_from(str(run), over=True) == study.OK
     assert sorted(p.name for p in (results / "mobilevit_xxs").iterdir()) == [
         "01_export_model.csv", "06_benchmark.csv", "manifest.json"]
     assert {k: v for k, v in _state(*published).items() if "mobilevit_xxs" not in k} == main_before

@@ -8,6 +8,7 @@ import pytest
 from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, rerun, study
+from mvlib.driver import publish, runfolder
 
 
 def _bench(rows):
@@ -102,7 +103,7 @@ def test_the_console_says_not_compared_and_why_never_0_of_0():
 
 def _published_copy(run, manifest_update=None):
     """A complete run folder whose tables are the committed ones (data/results), the way a rerun would write them."""
-    study.start_run(run, "gpu", {})
+    runfolder.start_run(run, "gpu", {})
     (run / "results").mkdir()
     for f in paths.RESULTS.glob("*.csv"):
         (run / "results" / f.name).write_bytes(f.read_bytes())
@@ -144,8 +145,8 @@ def test_compare_with_a_folder_without_a_manifest_is_bad_input(tmp_path, monkeyp
 
 
 def test_another_variant_publishes_into_its_own_folders(tmp_path, monkeypatch):
-    assert study.variant_label("full", {"variant": "mobilevit_s"}) == ""
-    assert study.variant_label("full", {"variant": "mobilevit_xs"}) == "mobilevit_xs"
+    assert publish.variant_label("full", {"variant": "mobilevit_s"}) == ""
+    assert publish.variant_label("full", {"variant": "mobilevit_xs"}) == "mobilevit_xs"
     run = tmp_path / "run"
     for sub, name in (("figures", "06_throughput.png"), ("results", "06_benchmark.csv")):
         (run / sub).mkdir(parents=True)
@@ -153,7 +154,7 @@ def test_another_variant_publishes_into_its_own_folders(tmp_path, monkeypatch):
     io.write_json(run / "manifest.json", {})
     monkeypatch.setattr(paths, "FIGURES", tmp_path / "figures")
     monkeypatch.setattr(paths, "RESULTS", tmp_path / "data" / "results")
-    study.publish(run, "mobilevit_xs")
+    publish.publish(run, "mobilevit_xs")
     assert (tmp_path / "figures" / "mobilevit_xs" / "06_throughput.png").exists()
     assert sorted(p.name for p in (tmp_path / "data" / "results" / "mobilevit_xs").iterdir()) == [
         "06_benchmark.csv", "manifest.json"]
@@ -173,7 +174,7 @@ def test_second_run_of_the_same_command_reuses_agrees_and_keeps_the_console_quie
         console = proc.stdout + proc.stderr
         for noise in ("without encryption", "KeyboardInterrupt", "\x1b[", "Traceback"):
             assert noise not in console, f"{noise!r} on the console:\n{console[-3000:]}"
-    previous = study.previous_of(run)
+    previous = runfolder.previous_of(run)
     assert (previous / "manifest.json").exists() and f"compared with {previous}" in proc.stdout
     assert "without encryption" in (run / "logs" / "01_export.log").read_text()  # kept, in the run's log
     info = io.read_json(run / "manifest.json")["rerun"]

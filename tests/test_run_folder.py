@@ -9,6 +9,7 @@ from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, study
 from mvlib import run as run_mod
+from mvlib.driver import runfolder
 from mvlib.run import Run
 
 
@@ -21,7 +22,7 @@ def _users_folder(path):
 
 def _study_run(path, manifest=None):
     """A run folder as the driver makes it."""
-    study.start_run(path, "cpu", {"profile": "smoke"})
+    runfolder.start_run(path, "cpu", {"profile": "smoke"})
     if manifest is not None:
         io.write_json(path / "manifest.json", manifest)
     return path
@@ -55,7 +56,7 @@ def test_run_dir_dot_in_a_users_folder_is_refused(tmp_path, monkeypatch, capsys)
 def test_a_previous_the_study_did_not_make_is_never_replaced(tmp_path, monkeypatch, capsys):
     run = _study_run(tmp_path / "run", {"stages": {}, "params": {}})
     previous = _users_folder(tmp_path / "run.previous")
-    assert "run.previous" in study.refusal(run)
+    assert "run.previous" in runfolder.refusal(run)
     got = fake_notebooks(monkeypatch)
     assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.BAD_INPUT
     assert "run.previous" in capsys.readouterr().err and got == {}
@@ -68,8 +69,8 @@ def test_a_complete_run_replaces_the_last_one_which_is_kept_as_previous(tmp_path
     older = _study_run(tmp_path / "run.previous")
     (older / "results" / "old.csv").parent.mkdir()
     (older / "results" / "old.csv").write_text("x")
-    staging = _study_run(study.incomplete_of(run))
-    assert study.promote(run, staging) == tmp_path / "run.previous"
+    staging = _study_run(runfolder.incomplete_of(run))
+    assert runfolder.promote(run, staging) == tmp_path / "run.previous"
     assert not staging.exists() and not (tmp_path / "run.previous" / "results" / "old.csv").exists()
     assert (tmp_path / "run.previous" / run_mod.MARKER).is_file() and (run / "notebooks").is_dir()
 
@@ -78,8 +79,8 @@ def test_new_and_empty_folders_are_used_and_marked(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     for folder in (empty, tmp_path / "new" / "run"):
-        assert study.refusal(folder) == ""
-        study.start_run(folder, "cpu", {"profile": "smoke"})
+        assert runfolder.refusal(folder) == ""
+        runfolder.start_run(folder, "cpu", {"profile": "smoke"})
         assert run_mod.is_study_run(folder) and io.read_json(folder / "manifest.json")["run"]["profile"] == "smoke"
 
 
@@ -97,7 +98,7 @@ def test_a_file_or_a_link_is_refused(tmp_path, kind):
         run.write_text("notes")
     else:
         run.symlink_to(target)
-    assert study.refusal(run)
+    assert runfolder.refusal(run)
     _assert_untouched(target)
 
 
@@ -118,17 +119,17 @@ def test_refusals_suggest_a_folder_the_driver_accepts(tmp_path, monkeypatch, cas
     else:
         run = default
         _users_folder(default)
-    why = study.refusal(run, default)
+    why = runfolder.refusal(run, default)
     assert why, case
     suggested = _suggested(why) or (default if "leave out --run-dir" in why else None)
     assert suggested is not None and suggested != run, why
-    assert study.usable(suggested) and study.refusal(suggested, default) == "", why
+    assert runfolder.usable(suggested) and runfolder.refusal(suggested, default) == "", why
     assert not any(p.is_file() or run_mod.is_study_run(p) for p in suggested.parents), why
 
 
 def test_a_run_folder_inside_the_committed_results_is_refused(tmp_path):
     for folder in (paths.RESULTS, paths.RESULTS / "new", paths.FIGURES / "x", paths.NOTEBOOKS):
-        assert "commits" in study.refusal(folder), folder
+        assert "commits" in runfolder.refusal(folder), folder
 
 
 def test_how_a_study_run_is_recognised(tmp_path):
@@ -150,7 +151,7 @@ def test_a_notebook_run_marks_only_a_folder_it_creates(tmp_path):
     users = _users_folder(tmp_path / "mine")
     Run(users, "99_test")  # writes its outputs beside the user's file, but does not claim the folder
     assert not (users / run_mod.MARKER).exists() and not run_mod.is_study_run(users)
-    assert "did not write" in study.refusal(users)
+    assert "did not write" in runfolder.refusal(users)
 
 
 # --- the last complete run stays until a newer complete run replaces it -------------------------------------------
@@ -169,14 +170,14 @@ def test_failed_bad_and_partial_runs_never_evict_the_last_complete_run(tmp_path,
     assert complete["outcome"]["status"] == "complete" and complete["run"]["folder"] == "smoke"
 
     assert study.main(["--profile", "smoke", "--tier", "cpu", "-p", "img_size", "255"]) == study.BAD_INPUT
-    assert io.read_json(run / "manifest.json") == complete and not study.incomplete_of(run).exists()
+    assert io.read_json(run / "manifest.json") == complete and not runfolder.incomplete_of(run).exists()
 
     fake_notebooks(monkeypatch, fail="04_int8")
     capsys.readouterr()
     assert study.main(["--profile", "smoke", "--tier", "cpu"]) == study.FAILED
     err = capsys.readouterr().err
     assert io.read_json(run / "manifest.json") == complete and f"the last complete run is still {run}" in err
-    failed = io.read_json(study.incomplete_of(run) / "manifest.json")
+    failed = io.read_json(runfolder.incomplete_of(run) / "manifest.json")
     assert failed["outcome"]["status"] == "failed" and failed["rerun"]["not_compared"] == "this run did not complete"
     assert any("05_silu_plugin" in p for p in failed["outcome"]["problems"])  # not run after the failure
     assert (failed["stages"]["04_int8/cell_3"]["status"], failed["stages"]["04_int8/cell_3"]["reason"]) == \
@@ -188,9 +189,9 @@ def test_failed_bad_and_partial_runs_never_evict_the_last_complete_run(tmp_path,
     assert io.read_json(paths.RUNS / "smoke_06" / "manifest.json")["run"]["notebooks"] == ["06_benchmark.ipynb"]
 
     assert study.main(["--profile", "smoke", "--tier", "cpu"]) == study.OK  # the next complete run replaces it
-    assert io.read_json(study.previous_of(run) / "manifest.json") == complete
-    assert not study.incomplete_of(run).exists()
-    assert io.read_json(run / "manifest.json")["rerun"]["compared_with"] == str(study.previous_of(run))
+    assert io.read_json(runfolder.previous_of(run) / "manifest.json") == complete
+    assert not runfolder.incomplete_of(run).exists()
+    assert io.read_json(run / "manifest.json")["rerun"]["compared_with"] == str(runfolder.previous_of(run))
 
 
 def test_a_selection_never_replaces_a_complete_run_of_other_notebooks(tmp_path, monkeypatch, capsys):
@@ -207,5 +208,5 @@ def test_a_selection_never_replaces_a_complete_run_of_other_notebooks(tmp_path, 
 
 def test_a_figure_names_the_run_not_its_incomplete_folder(tmp_path):
     staging = tmp_path / "full.incomplete"
-    study.start_run(staging, "cpu", {"folder": "full"})
+    runfolder.start_run(staging, "cpu", {"folder": "full"})
     assert " run full " in Run(staging, "99_test").footer_text()

@@ -2,7 +2,6 @@
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, study, tiers
+from mvlib.driver import kernels, params, runfolder, verdicts
 from mvlib.run import Run, StageSkipped
 from mvlib.tensorrt import cache, flavours
 from mvlib.tensorrt import table as engines_table
@@ -67,7 +67,7 @@ def test_the_authoring_helper_writes_the_installed_kernelspec(tmp_path):
 def test_notebook_defaults_are_the_full_profile(nb_path):
     """`make lab` (the notebook's defaults) measures what `make study` (the full profile) measures."""
     declared = papermill.inspect_notebook(str(nb_path))
-    full = study.load_profile("full")
+    full = params.load_profile("full")
     for name, value in full.items():
         if name in declared:
             assert eval(declared[name]["default"]) == value, f"{nb_path.stem}.{name} differs from full.yaml"
@@ -85,7 +85,7 @@ def test_profiles_match_notebook_parameter_types(nb_path):
     """A profile value handed to a notebook has the type of that notebook's default."""
     declared = papermill.inspect_notebook(str(nb_path))
     for profile in ("full", "smoke"):
-        for name, value in study.load_profile(profile).items():
+        for name, value in params.load_profile(profile).items():
             if name in declared:
                 default = eval(declared[name]["default"])  # literals from our own notebooks
                 assert type(value) is type(default), f"{profile}.{name}: {value!r} vs default {default!r}"
@@ -93,7 +93,7 @@ def test_profiles_match_notebook_parameter_types(nb_path):
 
 def test_unknown_profile_names_the_known_ones():
     with pytest.raises(study.BadInput, match="full.*smoke"):
-        study.load_profile("huge")
+        params.load_profile("huge")
 
 
 def test_stage_problems_follow_the_expected_tier():
@@ -102,11 +102,11 @@ def test_stage_problems_follow_the_expected_tier():
         "03/engine": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
         "05/kernel": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
     }}
-    assert study.stage_problems(manifest, "cpu") == []
-    assert [p.split(":")[0] for p in study.stage_problems(manifest, "gpu")] == ["05/kernel"]
-    assert len(study.stage_problems(manifest, "trt")) == 2
+    assert verdicts.stage_problems(manifest, "cpu") == []
+    assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, "gpu")] == ["05/kernel"]
+    assert len(verdicts.stage_problems(manifest, "trt")) == 2
     manifest["stages"]["01/a"]["status"] = "failed"
-    assert study.stage_problems(manifest, "cpu")[0].startswith("01/a: failed")
+    assert verdicts.stage_problems(manifest, "cpu")[0].startswith("01/a: failed")
 
 
 def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tier():
@@ -116,9 +116,9 @@ def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tie
         "04/engines": {"tier": "build", "status": "ok", "reason": ""},
     }}
     for tier in ("cpu", "gpu", "trt"):
-        assert [p.split(":")[0] for p in study.stage_problems(manifest, tier)] == ["05/plugin_engines"]
+        assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, tier)] == ["05/plugin_engines"]
     manifest["stages"]["04/engines"]["status"] = "failed"
-    assert len(study.stage_problems(manifest, "cpu")) == 2
+    assert len(verdicts.stage_problems(manifest, "cpu")) == 2
 
 
 def test_a_missing_builder_is_recorded_as_such(tmp_path):
@@ -145,9 +145,9 @@ def test_an_fp8_stage_skipped_on_a_gpu_without_fp8_does_not_fail_the_gpu_tier(tm
     entry = manifest["stages"]["99_test/torch_fp8"]
     assert entry["status"] == "skipped" and entry["no_fp8_hardware"] is True and "no_builder" not in entry
     assert "8.6 has no FP8 tensor cores" in entry["reason"]
-    assert study.stage_problems(manifest, "gpu") == study.stage_problems(manifest, "trt") == []
+    assert verdicts.stage_problems(manifest, "gpu") == verdicts.stage_problems(manifest, "trt") == []
     del entry["no_fp8_hardware"]  # any other skip of a gpu stage on a gpu-tier run still fails it
-    assert [p.split(":")[0] for p in study.stage_problems(manifest, "gpu")] == ["99_test/torch_fp8"]
+    assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, "gpu")] == ["99_test/torch_fp8"]
 
 
 def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run):
@@ -286,11 +286,11 @@ def test_smoke_run_manifest(smoke_run):
     assert manifest["run"]["weights"]["requested"] == manifest["run"]["weights"]["chosen"] == "random"
     assert {p["weights"] for p in manifest["params"].values()} == {"random"}  # one choice for every notebook
     assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
-    smoke = study.load_profile("smoke")  # what papermill injected is what the manifest records
-    for nb, params in manifest["params"].items():
+    smoke = params.load_profile("smoke")  # what papermill injected is what the manifest records
+    for nb, values in manifest["params"].items():
         declared = set(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{nb}.ipynb"))) - {"run_dir"}
-        assert set(params) == declared
-        assert all(params[k] == v for k, v in smoke.items() if k in params), nb
+        assert set(values) == declared
+        assert all(values[k] == v for k, v in smoke.items() if k in values), nb
     assert all(st["status"] in ("ok", "skipped") for st in manifest["stages"].values())
     assert all(st["reason"] for st in manifest["stages"].values() if st["status"] == "skipped")
     assert sorted(p.name for p in (smoke_run / "notebooks").iterdir()) == [nb.name for nb in NOTEBOOKS]
@@ -314,7 +314,7 @@ def test_a_misspelt_parameter_fails_at_once_naming_the_right_one(tmp_path):
                            "--run-dir", str(run)], cwd=paths.ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == study.BAD_INPUT, proc.stderr[-2000:]
     assert "batchmax" in proc.stderr and "did you mean batch_max?" in proc.stderr
-    assert "-->" not in proc.stdout and not run.exists() and not study.incomplete_of(run).exists()
+    assert "-->" not in proc.stdout and not run.exists() and not runfolder.incomplete_of(run).exists()
 
 
 @pytest.mark.parametrize("args, says", [
@@ -336,7 +336,7 @@ def test_bad_values_are_refused_before_anything_runs(tmp_path, fake_papermill, c
     rc = study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run), *args])
     err = capsys.readouterr().err
     assert rc == study.BAD_INPUT and says in err and "nothing was run or written" in err, err
-    assert fake_papermill == {} and not run.exists() and not study.incomplete_of(run).exists()
+    assert fake_papermill == {} and not run.exists() and not runfolder.incomplete_of(run).exists()
 
 
 def test_every_problem_is_reported_at_once(tmp_path, fake_papermill, capsys):
@@ -366,11 +366,12 @@ def test_help_documents_the_exit_codes(capsys):
 
 def test_the_driver_choices_are_the_notebooks_own():
     """Choices the driver checks are those the modules define (no copy drifts)."""
-    from mvlib import kernel_gpu, quant_eval
-    assert study.CHOICES["granularity"] == quant_eval.GRANULARITIES
-    assert set(study.CHOICES["swap_dtypes"]) == set(kernel_gpu.TOLERANCE)  # the dtypes the kernel is checked in
-    assert set(study.AT_LEAST) | set(study.POSITIVE) | set(study.BATCH_LISTS) | set(study.CHOICES) \
-        <= set(study.defaults()), "a rule for a parameter no notebook has"
+    from mvlib import quant_eval
+    from mvlib.silu import gpu_checks
+    assert params.CHOICES["granularity"] == quant_eval.GRANULARITIES
+    assert set(params.CHOICES["swap_dtypes"]) == set(gpu_checks.TOLERANCE)  # the dtypes the kernel is checked in
+    assert set(params.AT_LEAST) | set(params.POSITIVE) | set(params.BATCH_LISTS) | set(params.CHOICES) \
+        <= set(params.defaults()), "a rule for a parameter no notebook has"
 
 
 # --- one TensorRT decision per run ---------------------------------------------------------------------------------
@@ -403,23 +404,23 @@ def _notebook(path: Path, *cells: str) -> Path:
 def test_a_script_error_reaches_the_console_and_the_manifest(tmp_path, capsys):
     """A bad TRT_INCLUDE: build.sh's own words on the console (not the cell as a bytes literal), the failed
     stage in the manifest."""
-    from mvlib import kernel
+    from mvlib.silu import build
     nb = _notebook(tmp_path / "05_build.ipynb", 'run_dir = ""',
                    f"%%bash\nTRT_INCLUDE={tmp_path / 'nowhere'} MVLIB_BUILD={tmp_path / 'b'} "
-                   f"bash {kernel.BUILD_SCRIPT}")
+                   f"bash {build.BUILD_SCRIPT}")
     run = tmp_path / "run"
-    study.start_run(run, "cpu", {"notebooks": [nb.name]})
+    runfolder.start_run(run, "cpu", {"notebooks": [nb.name]})
     args = study.parse_args(["--profile", "smoke"])
-    failures = study.execute([nb], {}, run, args, {})
+    failures = kernels.execute([nb], {}, run, args, {})
     err = capsys.readouterr().err
     assert "has no NvInferRuntime.h" in err and "point it at TensorRT's include/ folder" in err
     assert "b'" not in err and "returned non-zero exit status" not in err  # no bytes literal of the cell
     assert "exited with status 2" in err and str(run / "logs" / "05_build.log") in err
     manifest = io.read_json(run / "manifest.json")
-    study.record_failures(manifest, failures)
+    kernels.record_failures(manifest, failures)
     (stage,) = [st for st in manifest["stages"].values() if st["status"] == "failed"]
     assert "has no NvInferRuntime.h" in stage["reason"] and stage["source"] == "%%bash"
-    assert study.stage_problems(manifest, "cpu")
+    assert verdicts.stage_problems(manifest, "cpu")
 
 
 @pytest.mark.slow  # notebook 01, interrupted a few seconds in
@@ -427,7 +428,7 @@ def test_ctrl_c_prints_one_line_records_it_and_keeps_the_complete_run(tmp_path):
     import signal
     import time
     run = tmp_path / "run"
-    study.start_run(run, "cpu", {"profile": "smoke", "notebooks": ["01_export.ipynb"], "folder": "run"})
+    runfolder.start_run(run, "cpu", {"profile": "smoke", "notebooks": ["01_export.ipynb"], "folder": "run"})
     manifest = io.read_json(run / "manifest.json") | {"outcome": {"status": "complete"}, "rerun": {}}
     io.write_json(run / "manifest.json", manifest)
     proc = subprocess.Popen([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--only",
@@ -444,9 +445,9 @@ def test_ctrl_c_prints_one_line_records_it_and_keeps_the_complete_run(tmp_path):
     assert len(lines) == 1 and "interrupted in 01_export" in lines[0] and "Traceback" not in err, err
     assert f"the last complete run is still {run}" in lines[0]
     assert io.read_json(run / "manifest.json") == manifest  # the complete run is untouched
-    record = io.read_json(study.incomplete_of(run) / "manifest.json")["outcome"]
+    record = io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]
     assert record["status"] == "interrupted" and record["notebook"] == "01_export"
-    log = study.incomplete_of(run) / "logs" / "01_export.log"
+    log = runfolder.incomplete_of(run) / "logs" / "01_export.log"
     holders = [p for p in Path("/proc").glob("[0-9]*/fd/*") if _points_to(p, log)]
     assert not holders, f"a kernel still runs: {holders}"
 
@@ -493,18 +494,6 @@ def test_a_rebuilt_corrupt_engine_is_said_on_the_console(tmp_path, monkeypatch, 
     assert table.rebuilt_line("03_fp32_fp16", "fp32", "engine.plan is corrupt") in capsys.readouterr().out
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None and not Path("/usr/local/cuda/bin/nvcc").exists(),
-                    reason="build.sh checks nvcc before the headers")
-def test_kernel_build_errors_lead_with_the_scripts_own_words(tmp_path):
-    """A stage that runs build.sh through mvlib.kernel records build.sh's error as its reason, not a path."""
-    from mvlib import kernel
-    with pytest.raises(kernel.BuildError) as err:
-        kernel.build(trt_include=str(tmp_path / "nowhere"), build_root=tmp_path / "b")
-    first = str(err.value).splitlines()[0]
-    assert first.startswith("error: TRT_INCLUDE=") and "has no NvInferRuntime.h" in first
-    assert first.endswith("(build.sh exited with status 2)") and err.value.status == 2
-
-
 def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     fake_notebooks(monkeypatch)
@@ -516,7 +505,7 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
     lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("study: interrupted in 03_fp32_fp16"), lines
     assert io.read_json(run / "manifest.json") == complete
-    assert io.read_json(study.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
+    assert io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
     import signal
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
 
@@ -537,29 +526,29 @@ def _selection_manifest(notebooks: list[str]) -> dict:
 
 def test_only_reports_skips_of_left_out_inputs_as_such():
     m = _selection_manifest(["01_export.ipynb", "02_graph.ipynb", "06_benchmark.ipynb"])
-    assert study.stage_problems(m, "cpu") == []
-    (skip,) = study.selection_skips(m)
+    assert verdicts.stage_problems(m, "cpu") == []
+    (skip,) = verdicts.selection_skips(m)
     assert skip.startswith("06_benchmark/onnxruntime_cpu_int8") and "input made by 04, not selected" in skip
-    line = next(x for x in study.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
+    line = next(x for x in verdicts.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
     assert "04" in line and "not selected" in line and "model.int8.onnx" in line  # the cause, then the reason
     # other skips still count where the tier demands them
-    assert [p.split(":")[0] for p in study.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
+    assert [p.split(":")[0] for p in verdicts.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
                                                                        "06_benchmark/tensorrt_fp32"]
 
 
 def test_the_same_skip_with_its_maker_selected_is_a_tier_failure():
     m = _selection_manifest(["01_export.ipynb", "04_int8.ipynb", "06_benchmark.ipynb"])
-    assert [p.split(":")[0] for p in study.stage_problems(m, "cpu")] == ["06_benchmark/onnxruntime_cpu_int8"]
-    assert study.selection_skips(m) == []
+    assert [p.split(":")[0] for p in verdicts.stage_problems(m, "cpu")] == ["06_benchmark/onnxruntime_cpu_int8"]
+    assert verdicts.selection_skips(m) == []
     m = _selection_manifest([])
     del m["run"]  # no selection recorded: every notebook counts as run
-    assert len(study.stage_problems(m, "cpu")) == 1
+    assert len(verdicts.stage_problems(m, "cpu")) == 1
 
 
 def test_a_skip_is_attributed_by_its_needs_never_by_its_text():
     m = _selection_manifest(["06_benchmark.ipynb"])
     del m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"]  # the reason still names notebook 04
-    assert len(study.stage_problems(m, "cpu")) == 1 and study.selection_skips(m) == []
+    assert len(verdicts.stage_problems(m, "cpu")) == 1 and verdicts.selection_skips(m) == []
     m = _selection_manifest(["06_benchmark.ipynb"])
     m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"] = ["04"]  # a manifest from before needs named files
-    assert study.stage_problems(m, "cpu") == [] and len(study.selection_skips(m)) == 1
+    assert verdicts.stage_problems(m, "cpu") == [] and len(verdicts.selection_skips(m)) == 1

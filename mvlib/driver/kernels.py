@@ -1,0 +1,113 @@
+"""Executing the selected notebooks with papermill: kernels that log to the run, what failed in which cell."""
+import argparse
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+from mvlib import paths
+from mvlib.driver.params import declared
+
+_KERNELS: list = []  # kernel managers of this process's notebooks, to stop their kernels on Ctrl-C
+
+
+def kernel_manager(log: Path):
+    """A kernel manager class whose kernels write their own output (not the notebook's) into `log`.
+
+    A kernel's process writes warnings of its own to its stderr (ipykernel's "running over TCP without
+    encryption", "KeyboardInterrupt caught in kernel" when it is shut down mid-message, ONNX Runtime's C++ log
+    with colour codes): the run's log keeps them, the console stays for what a user needs.
+    """
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            with open(log, "ab") as out:  # the kernel holds its own copy of the descriptor
+                await super()._async_launch_kernel(kernel_cmd, **(kw | {"stdout": out, "stderr": out}))
+            _KERNELS.append(self)
+    return LoggedKernelManager
+
+
+def stop_kernels() -> None:
+    """Kill what the run's kernels still run (each kernel leads a process group of its own), once interrupted."""
+    while _KERNELS:
+        proc = getattr(getattr(_KERNELS.pop(), "provisioner", None), "process", None)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def cell_failure(executed: Path, err: Exception) -> dict:
+    """What failed in an executed notebook: the cell, its first line, and its own error text (a script's stderr)."""
+    import nbformat
+    if hasattr(err, "ename"):  # papermill's error for a cell that raised: its count, source and exception
+        report = {"cell": err.exec_count, "source": (err.source or "").splitlines()[0] if err.source else "",
+                  "error": f"{err.ename}: {err.evalue}"}
+    else:  # a dead kernel, a timeout
+        report = {"cell": None, "source": "", "error": f"{type(err).__name__}: {err}".strip()}
+    try:
+        nb = nbformat.read(str(executed), as_version=4)
+    except (OSError, ValueError):
+        return report
+    for cell in nb.cells:
+        errors = [o for o in cell.get("outputs", []) if o.get("output_type") == "error"]
+        if not errors:
+            continue
+        stderr = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream"
+                         and o.get("name") == "stderr")
+        lines = [ln for ln in stderr.splitlines() if ln.strip()]
+        evalue = str(errors[0].get("evalue", ""))
+        # %%bash: "Command 'b'<the whole cell as bytes>'' returned non-zero exit status 2." says only the status
+        status = re.search(r"returned non-zero exit status (\d+)", evalue)
+        own = (f"the cell's script exited with status {status.group(1)}" if status and evalue.startswith("Command")
+               else f"{errors[0].get('ename')}: {evalue}")
+        report = {"cell": cell.get("execution_count"), "source": cell.source.splitlines()[0] if cell.source else "",
+                  "error": "\n".join(lines[-12:] + [f"({own})" if lines else own])}
+        break
+    return report
+
+
+def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict) -> list[dict]:
+    """Run the selected notebooks with papermill; a report per notebook that failed (stops at the first unless
+    --keep-going). `state` says which notebook is running (for an interruption)."""
+    import papermill
+    failed: list[dict] = []
+    for nb in selected:
+        wanted = declared(nb)
+        nb_params = {k: v for k, v in params.items() if k in wanted}
+        nb_params["run_dir"] = str(run)
+        state.update(notebook=nb.stem, start=time.perf_counter())
+        print(f"--> {nb.name} ({', '.join(f'{k}={v}' for k, v in sorted(nb_params.items()) if k != 'run_dir')})")
+        executed, log = run / "notebooks" / nb.name, run / "logs" / f"{nb.stem}.log"
+        _KERNELS.clear()  # the previous notebook's kernel was shut down by papermill
+        try:
+            papermill.execute_notebook(str(nb), str(executed), parameters=nb_params, cwd=str(paths.NOTEBOOKS),
+                                       kernel_name="python3", execution_timeout=args.timeout, progress_bar=False,
+                                       kernel_manager_class=kernel_manager(log))
+        except Exception as err:  # a cell's error, a dead kernel, a timeout: the run failed in this notebook
+            report = {"notebook": nb.stem} | cell_failure(executed, err)
+            where = f" in cell [{report['cell']}] `{report['source']}`" if report["cell"] is not None else ""
+            print(f"study: {nb.name} failed{where}:\n    " + report["error"].replace("\n", "\n    ")
+                  + f"\n  executed notebook: {executed}\n  kernel log: {log}", file=sys.stderr)
+            failed.append(report)
+            if not args.keep_going:
+                return failed
+            continue
+        print(f"    done in {time.perf_counter() - state['start']:.0f} s")
+    state["notebook"] = None
+    return failed
+
+
+def record_failures(manifest: dict, failures: list[dict]) -> None:
+    """A failed stage for each notebook that failed outside its stages (a `%%bash` cell, say), with the error."""
+    for f in failures:
+        own = [k for k, st in manifest.get("stages", {}).items()
+               if k.startswith(f["notebook"] + "/") and st["status"] == "failed"]
+        if not own:
+            manifest.setdefault("stages", {})[f"{f['notebook']}/cell_{f['cell']}"] = {
+                "tier": "cpu", "status": "failed", "reason": f["error"].splitlines()[0] if f["error"] else "",
+                "error": f["error"], "cell": f["cell"], "source": f["source"]}
