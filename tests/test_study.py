@@ -296,9 +296,7 @@ def test_smoke_run_manifest(smoke_run):
     assert sorted(p.name for p in (smoke_run / "notebooks").iterdir()) == [nb.name for nb in NOTEBOOKS]
 
 
-def test_notebook_01_creates_what_it_lists(smoke_run):
-    assert sorted(p.name for p in (smoke_run / "results").glob("01_*")) == ["01_export_accuracy.csv",
-                                                                        "01_export_model.csv"]
+def test_notebook_01_smoke_run_exports_and_checks(smoke_run):  # its files: test_notebooks
     table = io.read_json(smoke_run / "manifest.json")["stages"]
     assert table["01_export/export"]["status"] == "ok" and table["01_export/verify_onnxrt"]["status"] == "ok"
     import pandas as pd
