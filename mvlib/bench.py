@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import energy, metrics
+from mvlib import energy, metrics, stages
 from mvlib.progress import progress
-from mvlib.run import StageSkipped
+from mvlib.skips import StageSkipped
 
 WARMUP_S = 0.2   # trtexec --warmUp: 200 ms
 MIN_ITERS = 10   # trtexec --iterations: at least 10 launches per measurement
@@ -385,8 +385,7 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
     """ONNX Runtime's CPU execution provider on an ONNX file (FP32, or the INT8 Q/DQ model)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
-        maker = {"int8": "notebook 04 (INT8)", "fp16": "notebook 03 (FP16)"}.get(precision, "notebook 01 (export)")
-        raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: {maker} writes it")
+        raise stages.missing(onnx_path, f"looked in {onnx_path.parent}")
     import onnxruntime as ort
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL

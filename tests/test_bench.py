@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+import re
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from bench_tables import synthetic_table
 
 from mvlib import bench, energy
-from mvlib.run import StageSkipped
+from mvlib.skips import StageSkipped
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import timing as trt_timing
 
@@ -102,8 +103,11 @@ def test_measure_all_leaves_out_batches_a_backend_cannot_run():
 
 def test_missing_models_are_skipped_with_the_reason(tmp_path):
     s = bench.Settings(seconds=0.01, repeats=2)
-    with pytest.raises(StageSkipped, match="notebook 04"):
-        bench.onnxruntime_cpu(s, tmp_path / "model.int8.onnx", "int8")
+    for name, maker in (("model.int8.onnx", "04_int8"), ("model.onnx", "01_export")):
+        says = f"{name} not found (notebook {maker} makes it; looked in {tmp_path})"
+        with pytest.raises(StageSkipped, match=re.escape(says)) as skip:
+            bench.onnxruntime_cpu(s, tmp_path / name, "int8")
+        assert skip.value.needs == (name,)  # the driver tells a left-out notebook from a failure by it
     with pytest.raises(StageSkipped, match=r"model\.fp16\.onnx"):  # before TensorRT is even imported
         trt_timing.tensorrt(s, tmp_path / "model.fp16.onnx", "fp16", shapes.Profile(1, 16, 32))
 
