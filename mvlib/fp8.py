@@ -1,6 +1,7 @@
-"""FP8 (E4M3) beside INT8: which hardware and runtimes take it, the opset it needs, its engines and plugin engine.
+"""FP8 (E4M3) beside INT8: which hardware and runtimes take it, the opset it needs, its engines and their target.
 
-Serves notebooks 04 (the FP8 model, its accuracy and engines) and 05 (the plugin-FP8 engine). The model
+Serves notebooks 04 (the FP8 model, its accuracy and engines) and 05 (the plugin-FP8 engine's target, through
+mvlib.silu.engines). The model
 itself is made by `mvlib.quant` with `precision="fp8"`, the same machinery as INT8. What is FP8's own:
 
 - FP8 tensor cores exist from compute capability 8.9 on (Ada: L4, RTX 40xx; Hopper: H100/H200; Blackwell:
@@ -20,7 +21,6 @@ import onnx
 import pandas as pd
 
 from mvlib import accuracy, metrics
-from mvlib.export import ARTIFACTS
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, runner
 from mvlib.tensorrt import table as engines_table
@@ -29,7 +29,6 @@ MIN_CAPABILITY = (8, 9)
 DEFAULT_TARGET = "sm89"  # L4 / RTX 40xx: the oldest FP8 architecture, and one TensorRT-RTX targets
 GPUS = "L4 / RTX 40xx (8.9), H100 / H200 (9.0), B200 (10.0), RTX 50xx (12.0)"
 OPSET = 19  # FP8 types in QuantizeLinear/DequantizeLinear
-PLUGIN_FILE = ARTIFACTS["plugin_fp8"]  # the SiLU-plugin rewrite of model.fp8.onnx (notebook 05)
 
 
 class NoFP8(StageSkipped):
@@ -184,44 +183,3 @@ def opset_check(onnx_path: Path | str, img_size: int, seed: int | None = None, b
         rows.append({"opset_before": before, "opset_after": OPSET, "converter": "onnx.version_converter",
                      "batch": len(ref), **m, "unchanged": m["max_abs"] <= atol})
     return pd.DataFrame(rows)
-
-
-# ---------------------------------------------------------------- the SiLU plugin (notebook 05)
-def plugin_path(exported) -> Path:
-    """The SiLU-plugin rewrite of model.fp8.onnx."""
-    return exported.artifact("plugin_fp8")
-
-
-def rewrite_plugin(exported, img_size: int, seed: int = 0, batch: int = 1) -> dict:
-    """Rewrite model.fp8.onnx into its plugin graph and prove it on the CPU; a row like `plugin.rewrite_all`'s."""
-    from mvlib import quant, silu_rewrite
-    src, dst = quant.chosen_path(exported, "fp8"), plugin_path(exported)
-    row = {"precision": "fp8", "source": src.name, "rewritten": dst.name}
-    if not src.exists():
-        return {**row, "status": f"skipped: {src.name} not found (notebook 04 writes it)"}
-    try:
-        report = silu_rewrite.rewrite(src, dst)
-    except silu_rewrite.NoSiluPairs as why:
-        return {**row, "status": f"skipped: {why}"}
-    table, passed = silu_rewrite.verify_cpu(src, dst, img_size, batches=(batch,), seed=seed)
-    return {**row, "status": "ok" if passed else "FAILED", "plugin_nodes": report.plugin_nodes,
-            "cpu_max_abs_vs_source": float(table["max_abs"].max()),
-            **{f"cpu_{k}": float(table[k].iloc[0]) for k in ("atol", "rtol") if k in table}}
-
-
-def plugin_engine_specs(exported) -> list:
-    """The plugin-FP8 engine: model.fp8.silu.onnx with the SiLU plugin library (build it with `build_engines`)."""
-    from mvlib import kernel, plugin
-    plugin.require_plugin()
-    path = plugin_path(exported)
-    if not path.exists():
-        raise StageSkipped(f"{path.name} not found: notebook 04 writes model.fp8.onnx, then fp8.rewrite_plugin",
-                           needs="04")
-    return [engines_table.EngineSpec("plugin_fp8", path, (kernel.plugin_library(),))]
-
-
-def build_plugin_engines(exported, profile, trt_flavour: str = "auto", fp8_target: str = "auto",
-                         workspace_gb: float = 4) -> pd.DataFrame:
-    """The plugin-FP8 engine's row of the engines table (notebook 05), built for the FP8 target."""
-    return build_engines("05_silu_plugin", plugin_engine_specs(exported), profile, trt_flavour, fp8_target,
-                         workspace_gb)

@@ -33,15 +33,15 @@ def conv(path: Path | str, int8: bool = False, seed: int = 0, doc: str = "") -> 
 
 def plugin_graph(path: Path | str, names: list[str]) -> Path:
     """A graph of MvSiLU plugin nodes with these names (for counting, not for building)."""
-    from mvlib import silu_rewrite
-    pid = silu_rewrite.plugin_id()
+    from mvlib.silu import onnx_rewrite
+    pid = onnx_rewrite.plugin_id()
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 8])
     nodes, prev = [], "input"
     for i, name in enumerate(names):
-        nodes.append(helper.make_node(pid.name, [prev], [f"t{i}"], name=name, domain=silu_rewrite.TRT_DOMAIN))
+        nodes.append(helper.make_node(pid.name, [prev], [f"t{i}"], name=name, domain=onnx_rewrite.TRT_DOMAIN))
         prev = f"t{i}"
     y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", 8])
-    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(silu_rewrite.TRT_DOMAIN, 1)]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(onnx_rewrite.TRT_DOMAIN, 1)]
     model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
     onnx.save(model, str(path))
     return Path(path)

@@ -173,31 +173,26 @@ def test_fp8_engines_build_for_sm89_and_the_builder_refuses_sm86(tmp_path, xxs, 
 def test_plugin_fp8_engine_builds_for_sm89(tmp_path, xxs, q_fp8, monkeypatch, gpu):
     """The SiLU plugin takes FP32/FP16: in the FP8 graph each SiLU sits between float tensors (DQ outputs and
     float ops), so the plugin rewrite of model.fp8.onnx is proven on the CPU and builds with 34 plugin layers."""
-    from mvlib import kernel
+    from mvlib.silu import build, engines
     headers = os.environ.get("TRT_INCLUDE") or str(paths.ROOT.parent / "shared" / "tensorrt-include" / "11.1"
                                                    / "include")
     if not Path(headers, "NvInferRuntime.h").is_file():
         pytest.skip("no TensorRT 11 headers: set TRT_INCLUDE to compile the plugin")
     gpu(None)
     monkeypatch.setenv("SILU_ARCHS", "-gencode=arch=compute_89,code=sm_89")  # one architecture: quicker
-    info = kernel.build(trt_include=headers, build_root=tmp_path / "b", trt_flavour="tensorrt_rtx")
+    info = build.build(trt_include=headers, build_root=tmp_path / "b", trt_flavour="tensorrt_rtx")
     assert info.get("plugin"), info.get("note")
-    monkeypatch.setattr(paths, "PLUGIN_BUILD", kernel.build_dir(tmp_path / "b"))
+    monkeypatch.setattr(paths, "PLUGIN_BUILD", build.build_dir(tmp_path / "b"))
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     exp = _exported_with(tmp_path, xxs, {quant.chosen_name("fp8"): q_fp8[0]})
-    row = fp8.rewrite_plugin(exp, 256, seed=3)
-    assert row["status"] == "ok" and row["plugin_nodes"] == 34 and row["rewritten"] == fp8.PLUGIN_FILE
-    assert quant_graph.qdq_types(fp8.plugin_path(exp)) == {"fp8"}
-    engines = engines_table.require_built(fp8.build_plugin_engines(exp, shapes.Profile(1, 2, 4), "tensorrt_rtx"))
-    built = engines.iloc[0]
+    row = engines.rewrite_model(exp, "fp8", 256, seed=3)
+    assert row["status"] == "ok" and row["plugin_nodes"] == 34 and row["rewritten"] == "model.fp8.silu.onnx"
+    assert row["pairs_left"] == 0 and row["cpu_atol"] == engines.onnx_rewrite.CPU_TOLERANCE["fp8"][0]
+    assert quant_graph.qdq_types(exp.artifact("plugin_fp8")) == {"fp8"}
+    table = engines.build_engines(exp, ["fp8"], shapes.Profile(1, 2, 4), "tensorrt_rtx")
+    built = engines_table.require_built(table).iloc[0]
     assert built.engine == "plugin_fp8" and built.target == "sm89"
     assert built.plugin_layers == built.plugin_nodes_in_onnx == 34
-
-
-def test_plugin_fp8_without_model_fp8_says_which_notebook_makes_it(tmp_path, xxs):
-    exp = _exported_with(tmp_path, xxs, {})
-    row = fp8.rewrite_plugin(exp, 256)
-    assert row["status"].startswith("skipped") and "notebook 04" in row["status"]
 
 
 @pytest.mark.trt

@@ -15,7 +15,8 @@ import pytest  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 
-from mvlib import graph, io, paths, silu_rewrite  # noqa: E402
+from mvlib import graph, io, paths  # noqa: E402
+from mvlib.silu import onnx_rewrite  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def model_dir(xxs, tmp_path_factory):
     exported, _ = xxs
     d = tmp_path_factory.mktemp("graph")
     shutil.copy(exported.onnx, d / "model.onnx")
-    silu_rewrite.rewrite(d / "model.onnx", d / "model.silu.onnx")
+    onnx_rewrite.rewrite(d / "model.onnx", d / "model.silu.onnx")
     return d
 
 
@@ -36,7 +37,7 @@ def test_census_counts_every_node_of_the_files_present(model_dir):
         counts = collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
         assert table.loc["total", name] == sum(counts.values())
         assert {op: int(table.loc[op, name]) for op in counts} == dict(counts)
-    plugin = silu_rewrite.plugin_id().name
+    plugin = onnx_rewrite.plugin_id().name
     assert table.loc["Sigmoid", "model.onnx"] == 34 and table.loc["Sigmoid", "model.silu.onnx"] == 0
     assert table.loc[plugin, "model.onnx"] == 0 and table.loc[plugin, "model.silu.onnx"] == 34
     assert table.loc["Mul", "model.onnx"] - table.loc["Mul", "model.silu.onnx"] == 34
@@ -80,7 +81,7 @@ def test_block_before_and_after_the_rewrite(model_dir):
     # the shortcut: the block input feeds the local conv and the concat
     assert set(before.successors("block input")) == {"conv_kxk/conv/Conv", "Concat_6"}
     assert before.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/Mul")  # x goes to Mul and to Sigmoid
-    assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + silu_rewrite.plugin_id().name)
+    assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + onnx_rewrite.plugin_id().name)
 
 
 def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):

@@ -8,7 +8,7 @@ import onnx
 import pandas as pd
 import pytest
 
-from mvlib import data, fp8, io, paths, quant, quant_eval, quant_graph, quant_plots, tiers
+from mvlib import data, io, paths, quant, quant_eval, quant_graph, quant_plots, tiers
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import Exported
 from mvlib.tensorrt import cache, flavours, shapes
@@ -237,7 +237,7 @@ def test_chosen_file_names_are_the_ones_export_registers(tmp_path, xxs):
     for p in quant.PRECISIONS:
         assert quant.chosen_path(exp, p) == exp.artifact(p)
         assert quant.record_path(exp, p) == exp.artifact(f"{p}_record")
-    assert fp8.plugin_path(exp) == exp.artifact("plugin_fp8") == exp.path("model.fp8.silu.onnx")
+    assert exp.artifact("plugin_fp8") == exp.path("model.fp8.silu.onnx")
     with pytest.raises(ValueError, match="choose one of fp32, fp16, int8"):
         exp.model("fp8")  # FP8 has its artifacts, but is not one of the precisions every GPU runs
     with pytest.raises(ValueError, match="choose one of int8, fp8"):

@@ -1,18 +1,18 @@
-"""Plugin libraries for TensorRT (mvlib.tensorrt.plugins) and the plugin layers of engines (mvlib.plugin).
+"""Plugin libraries for TensorRT (mvlib.tensorrt.plugins): the caller's check before loading, checks by name, a
+digest that survives rebuilds, the unversioned RTX library, and a package that knows no plugin of ours.
 
 The SiLU plugin is compiled for real with nvcc (one architecture, to keep it short) against TensorRT 11 headers.
 """
-import json
 import os
 import subprocess
 from pathlib import Path
 
 import lief
-import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import env, kernel, plugin, silu_rewrite
+from mvlib import env, paths
+from mvlib.silu import build
 from mvlib.tensorrt import cache, flavours, plugins, shapes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,7 +33,7 @@ def two_builds(tmp_path_factory):
         proc = subprocess.run(["bash", str(ROOT / "silu_plugin" / "build.sh")], env=run_env, capture_output=True,
                               text=True, timeout=900)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-        libs.append(root / "silu_plugin" / kernel.PLUGIN_LIB_DYNAMIC)
+        libs.append(root / "silu_plugin" / build.PLUGIN_LIB_DYNAMIC)
     return libs
 
 
@@ -64,39 +64,6 @@ def test_plugin_engines_are_keyed_on_what_the_loader_maps(two_builds, tmp_path):
     assert len(keys) == 1
 
 
-def _engine_dir(tmp_path: Path, name: str, onnx_path: Path, inspector_layers: list[dict]) -> Path:
-    """A cached engine folder as the study writes it, with inspector layer information (as on a GPU)."""
-    d = tmp_path / name
-    d.mkdir()
-    (d / cache.PLAN).write_bytes(b"vtrt" + bytes(64))
-    (d / cache.LAYERS).write_text(json.dumps({"inspected": True, "Layers": inspector_layers}))
-    (d / cache.BUILD_INFO).write_text(json.dumps({"onnx": str(onnx_path), "plan_sha256": cache.sha256(d / cache.PLAN),
-                                                  "plan_bytes": 68, "flavour": "tensorrt_rtx",
-                                                  "flavour_version": "1.7.1.116", "profile": [1, 2, 4]}))
-    return d
-
-
-def test_plugin_layers_are_counted_by_type_or_exact_name_and_every_engine_counts(tmp_path):
-    """Defect 4: the reformat TensorRT puts before a linear-format plugin is named after it ("... to <plugin>")
-    and is not a plugin layer; an engine in which no plugin layer is found fails instead of passing unseen."""
-    names = ["/stages/stages.0/act/MvSiLU", "/stages/stages.1/act/MvSiLU"]
-    onnx_path = models.plugin_graph(tmp_path / "model.fp16.silu.onnx", names)
-    fp16 = [{"Name": f"Reformatting CopyNode for Input Tensor 0 to {names[0]}", "LayerType": "Reformat"},
-            {"Name": names[0], "LayerType": "PluginV3"},
-            {"Name": f"Reformatting CopyNode for Input Tensor 0 to {names[1]}", "LayerType": "Reformat"},
-            {"Name": names[1], "LayerType": "PluginV3"}]
-    good = _engine_dir(tmp_path, "fp16", onnx_path, fp16)
-    built = pd.DataFrame([{"engine": "plugin_fp16", "path": str(good / cache.PLAN), "plugin_nodes_in_onnx": 2}])
-    counted = plugin.count_plugin_layers(built)
-    assert list(counted["name"]) == names and set(counted["engine"]) == {"plugin_fp16"}
-    fused = _engine_dir(tmp_path, "fused", onnx_path, [{"Name": "{ForeignNode[/stem...]}", "LayerType": "Myelin"}])
-    both = pd.concat([built, pd.DataFrame([{"engine": "plugin_int8", "path": str(fused / cache.PLAN),
-                                            "plugin_nodes_in_onnx": 2}])])
-    with pytest.raises(AssertionError, match="plugin_int8"):
-        plugin.count_plugin_layers(both)
-    assert plugin.plugin_node_names(onnx_path) == set(names) and silu_rewrite.plugin_id().name == "MvSiLU"
-
-
 def test_the_unversioned_library_is_ours_and_on_the_build_path():
     fl = flavours.select() if flavours.builder_status()[0] else None
     if fl is None or not fl.rtx:
@@ -104,3 +71,44 @@ def test_the_unversioned_library_is_ours_and_on_the_build_path():
     d = plugins.unversioned_dir(fl)
     assert (d / "libtensorrt_rtx.so").resolve() == fl.runtime_library().resolve()
     assert str(d) in plugins.library_env(fl)["LD_LIBRARY_PATH"].split(":")
+
+
+def refuse(library, fl):
+    """A caller's check that refuses every library (module level, so it is found again by name)."""
+    raise RuntimeError(f"refused {Path(library).name} for {fl.name}")
+
+
+def test_the_loader_runs_the_callers_check_before_the_registry(tmp_path):
+    fl = flavours.select() if flavours.builder_status()[0] else None
+    if fl is None:
+        pytest.skip("no TensorRT flavour installed: no registry to load into")
+    lib = tmp_path / "libnot_a_plugin.so"
+    lib.write_bytes(b"\x7fELF not a library: the registry would refuse it with another message")
+    for check in (refuse, f"{__name__}:refuse"):  # the function, or its name as child processes get it
+        with pytest.raises(RuntimeError, match=f"refused libnot_a_plugin.so for {fl.name}"):
+            plugins.load_plugins(fl, [lib], check=check)
+    with pytest.raises(RuntimeError, match="refused to load the plugin library"):
+        plugins.load_plugins(fl, [lib], check=None)  # no check: the registry itself says no
+
+
+def test_a_check_travels_by_a_name_that_finds_it_again():
+    assert plugins.check_name(build.check_abi) == "mvlib.silu.build:check_abi"
+    assert plugins.named_check("mvlib.silu.build:check_abi") is build.check_abi
+    assert plugins.check_name(None) is None and plugins.named_check(None) is None
+    with pytest.raises(ValueError, match="module-level function"):
+        plugins.check_name(lambda library, fl: None)
+    with pytest.raises(RuntimeError, match="rebuild the engine"):
+        plugins.named_check("mvlib.silu.build:no_such_check")
+
+
+def test_the_tensorrt_package_knows_no_plugin_of_ours():
+    """The loader takes its check from the caller: no module under mvlib/tensorrt imports our plugin's package or
+    names the symbol its ABI record is read from."""
+    import ast
+    for path in sorted((paths.ROOT / "mvlib" / "tensorrt").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        imported += [f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names]
+        assert not [m for m in imported if m.startswith("mvlib.silu") or m in ("mvlib.kernel", "mvlib.plugin")], path
+        assert build.ABI_RECORD not in path.read_text(), f"{path.name} names the plugin's ABI record"

@@ -133,7 +133,7 @@ def test_a_session_does_not_demand_the_parsers_library(plan, monkeypatch, tmp_pa
     Here the real runtime then fails to deserialize (no driver), which is the error we must see."""
     monkeypatch.setattr(runner, "runnable", lambda engine: engine)
     monkeypatch.setattr(runner, "cuda_context", lambda: None)  # PyTorch here is a CPU build
-    monkeypatch.setattr(runner.plugin_libs, "load_plugins", lambda fl, libs: [])
+    monkeypatch.setattr(runner.plugin_libs, "load_plugins", lambda fl, libs, check: [])
     lib = tmp_path / "libplugin.so"
     lib.write_bytes(b"not loaded: load_plugins is stubbed")
     with pytest.raises(RuntimeError, match="could not deserialize"):

@@ -83,3 +83,29 @@ def test_accuracy_verdicts_key_the_engines_table_by_engine_name():
         {"runner": "trt-fp16", "batch": 1, "passed": True, "cosine_min": 0.99995}])
     assert table.accuracy_verdicts(acc) == {"plugin_fp32": "FAILED (cosine_min 0.998000)",
                                             "fp16": "passed (cosine_min 0.999950)"}
+
+
+def test_plugin_layer_check_fails_on_a_missing_plugin_layer():
+    row = {"status": "built", "plugin_nodes_in_onnx": 34}
+    checked = pd.DataFrame([{**row, "engine": "plugin_fp32", "plugin_layers": 34},
+                            {**row, "engine": "plugin_fp16", "plugin_layers": 33}])
+    with pytest.raises(AssertionError, match="(?s)plugin layers differ.*plugin_fp16"):
+        table.plugin_layer_check(checked)
+    assert table.plugin_layer_check(checked.iloc[:1])["matches"].all()
+
+
+def test_plugin_nodes_are_counted_by_tensorrts_plugin_domain(tmp_path):
+    """Plugin nodes are those in TensorRT's plugin domain, whatever their op: the table knows no plugin's name."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mvlib.tensorrt import plugins
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8]) for n in ("input", "t2"))
+    nodes = [helper.make_node("MvSiLU", ["input"], ["t0"], name="a", domain=plugins.PLUGIN_DOMAIN),
+             helper.make_node("Relu", ["t0"], ["t1"], name="b"),
+             helper.make_node("SomeoneElsesOp", ["t1"], ["t2"], name="c", domain=plugins.PLUGIN_DOMAIN)]
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(plugins.PLUGIN_DOMAIN, 1)]
+    path = tmp_path / "p.onnx"
+    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets), str(path))
+    assert table.plugin_nodes_in(path) == 2 and plugins.plugin_nodes(path) == ["a", "c"]
+    assert table.plugin_nodes_in(models.conv(tmp_path / "m.onnx")) == 0

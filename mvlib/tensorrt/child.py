@@ -37,13 +37,13 @@ def split_log(said: list[str]) -> tuple[list[str], str]:
     return kept, listing
 
 
-def inspect(fl, plan: bytes, plugin_paths) -> dict:
+def inspect(fl, plan: bytes, plugin_paths, check) -> dict:
     """The engine inspector's information where the engine runs here, else `inspected: not inspected: <why>`."""
     runs, why = fl.runs_here()
     if not runs:
         return {"inspected": f"not inspected: {why}"}
     try:
-        return {**layers.inspect_plan(fl, plan, plugin_paths), "inspected": True}
+        return {**layers.inspect_plan(fl, plan, plugin_paths, check), "inspected": True}
     except Exception as err:  # a valid plan stays a build: its layers are simply unknown, and say why
         return {"inspected": f"not inspected: {type(err).__name__}: {err}"}
 
@@ -58,7 +58,7 @@ def build(spec: dict) -> dict:
     log = logger(fl, said, verbose=True)
     result: dict = {"ok": False, "messages": said}
     if spec["plugins"]:
-        plugins.load_plugins(fl, spec["plugins"])
+        plugins.load_plugins(fl, spec["plugins"], spec.get("plugin_check"))
     builder = trt.Builder(log)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, log)
@@ -95,7 +95,7 @@ def build(spec: dict) -> dict:
         io.write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
     builder_layers = layers.parse_builder_layers(listing)
     info = {"network": [{"name": network.get_layer(i).name, "type": types[i]} for i in range(len(types))],
-            "builder_layers": builder_layers, **inspect(fl, bytes(plan), spec["plugins"])}
+            "builder_layers": builder_layers, **inspect(fl, bytes(plan), spec["plugins"], spec.get("plugin_check"))}
     io.write_json(out / cache.LAYERS, info)
     result.update(ok=True, strongly_typed=True, tf32=False, profiling_verbosity=config.profiling_verbosity.name,
                   inspected=info["inspected"], compute_precision=layers.compute_precision(builder_layers))

@@ -91,10 +91,11 @@ def int8_math(summary: str) -> int:
     return sum(int(n) for n in re.findall(r"(\d+) INT8(?![ \w]*x)", str(summary)))
 
 
-def inspect_plan(fl: Flavour, plan: bytes, plugins=()) -> dict:
-    """The engine inspector's JSON for a plan (needs a GPU the flavour runs on); an error saying why not."""
+def inspect_plan(fl: Flavour, plan: bytes, plugins=(), check=None) -> dict:
+    """The engine inspector's JSON for a plan (needs a GPU the flavour runs on; plugins loaded after `check`);
+    an error saying why not."""
     trt = fl.module()
-    engine, _runtime, said = runner.deserialize(fl, plan, plugins)
+    engine, _runtime, said = runner.deserialize(fl, plan, plugins, check)
     if engine is None:
         raise RuntimeError(f"{fl.label} could not deserialize the plan here: {' | '.join(said[-3:]) or 'no reason'}")
     inspector = engine.create_engine_inspector()
@@ -111,7 +112,8 @@ def ensure_inspected(engine: cache.Engine) -> str | bool:
         return True
     try:
         runner.runnable(engine)
-        inspected = inspect_plan(engine.flavour, engine.plan.read_bytes(), engine.info.get("plugins", ()))
+        inspected = inspect_plan(engine.flavour, engine.plan.read_bytes(), engine.info.get("plugins", ()),
+                                 engine.info.get("plugin_check"))
     except StageSkipped as why:
         return str(why)
     except Exception as err:  # best effort: the engine stays usable, its layers stay unknown, and say why

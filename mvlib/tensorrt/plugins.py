@@ -1,17 +1,19 @@
-"""Plugin libraries for TensorRT: where they are, the ABI check before loading, loading, and a stable digest.
+"""Plugin libraries for TensorRT: where they are, the caller's check before loading, loading, a stable digest, and
+the plugin nodes of an ONNX file. Serves notebooks 03-06 (every engine build and run); tests/test_tensorrt_plugins.py.
 
 A plugin is loaded through the registry's `load_library` (it calls the library's `getCreators`), which works
-for every install, pip wheels included (they load TensorRT privately). Before that, a check passed in by the
-caller (by default `check_abi`, our SiLU plugin's record of the TensorRT headers it was compiled against)
-stops a library of another TensorRT major, which would otherwise crash the process.
+for every install, pip wheels included (they load TensorRT privately). Before that, a check given by the caller
+(the SiLU plugin's is mvlib.silu.build.check_abi: the TensorRT headers it was compiled against) stops a library
+that would otherwise crash the process. The check travels by name ("module:function") to the build and
+measuring processes and in an engine's build record, so every later load of that engine's plugins runs it.
 
 TensorRT-RTX's ONNX parser dlopens the unversioned `libtensorrt_rtx.so` when it adds a plugin layer, and the
 wheel ships only `libtensorrt_rtx.so.1`: `unversioned_dir` links that name under build/ for builds.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
+import importlib
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,55 +22,60 @@ from typing import Any
 from mvlib import paths
 from mvlib.tensorrt.flavours import Flavour
 
-ABI_RECORD = "mv_silu_plugin_tensorrt_version"  # exported by silu_plugin.cpp: TensorRT headers' version
+# The ONNX domain of TensorRT plugin ops, as NVIDIA's tools write them (ModelOpt's custom ops, ONNX Runtime's
+# TensorRT EP). The parser dispatches on op_type alone (builtin importer, else local function, else the plugin
+# registry), so the domain is what tells a reader which nodes are plugin ops.
+PLUGIN_DOMAIN = "trt.plugins"
+Check = Callable[[str, Flavour], None]  # raises where TensorRT must not load the library (e.g. another ABI)
 _LOADED: dict[tuple[str, str], Any] = {}
 
 
 def check_plugins(plugins: Sequence[Path | str] = ()) -> list[str]:
-    """Absolute paths of the plugin libraries; a missing one raises an error naming how to build it."""
+    """Absolute paths of the plugin libraries; a missing one raises an error saying it must be built first."""
     found = []
     for p in plugins:
         path = Path(p).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(
-                f"TensorRT plugin library {path} does not exist. Build it first: run notebooks/05_silu_plugin.ipynb "
-                f"or `bash {paths.PLUGIN_SRC.name}/build.sh` (README, 'The SiLU plugin'); it writes under "
-                f"{paths.PLUGIN_BUILD}.")
+                f"TensorRT plugin library {path} does not exist. Build it first (the study's SiLU plugin: run "
+                "notebooks/05_silu_plugin.ipynb, README 'The SiLU plugin').")
         found.append(str(path))
     return found
 
 
-def headers_version(library: Path | str) -> tuple[int, int, int]:
-    """The TensorRT version of the headers a plugin library was compiled against (its exported record)."""
-    path = str(library)
+def check_name(check: Check | str | None) -> str | None:
+    """A check as 'module:function', the name it travels by to child processes and build records."""
+    if check is None or isinstance(check, str):
+        return check
+    name = f"{check.__module__}:{check.__qualname__}"
     try:
-        lib = ctypes.CDLL(path)  # the dynamic library registers nothing when loaded, so this is side-effect free
-        fn = getattr(lib, ABI_RECORD)
-    except (OSError, AttributeError) as err:
-        raise RuntimeError(f"{path} does not say which TensorRT headers it was built against ({err}); rebuild it with "
-                           "`bash silu_plugin/build.sh`") from err
-    fn.restype = ctypes.c_int32
-    v = fn()
-    return v // 10000, v // 100 % 100, v % 100
+        found = named_check(name)
+    except RuntimeError:
+        found = None
+    if found is not check:
+        raise ValueError(f"the plugin check {name} cannot be found again by its name: pass a module-level function")
+    return name
 
 
-def check_abi(library: Path | str, fl: Flavour) -> None:
-    """Stop before TensorRT sees a plugin built against headers of another major than its runtime
-    (a crash otherwise)."""
-    major, minor, patch = headers_version(library)
-    if major != fl.abi_major:
-        raise RuntimeError(
-            f"{Path(library).name} was compiled against TensorRT {major}.{minor}.{patch} headers, but {fl.label} "
-            f"expects TensorRT {fl.abi_major}.x plugins (the plugin interfaces' virtual tables differ between majors). "
-            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, "
-            "or run notebook 05")
+def named_check(name: Check | str | None) -> Check | None:
+    """The check function a 'module:function' name stands for (a function is returned as it is)."""
+    if name is None or callable(name):
+        return name
+    module, _, attr = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as err:
+        raise RuntimeError(f"plugin check {name!r} not found ({err}): an engine's build record names a check this "
+                           "installation does not have; rebuild the engine") from err
+    return found
 
 
-def load_plugins(fl: Flavour, plugins: Sequence[Path | str],
-                 check: Callable[[str, Flavour], None] | None = check_abi) -> list:
-    """Load plugin libraries through the registry's load_library, once per process, each after `check`."""
+def load_plugins(fl: Flavour, plugins: Sequence[Path | str], check: Check | str | None) -> list:
+    """Load plugin libraries through the registry's load_library, once per process, each after the caller's
+    `check` (a function or its name; None: the caller vouches for them)."""
     handles = []
     registry = fl.module().get_plugin_registry()
+    check = named_check(check)
     for lib in check_plugins(plugins):
         if check is not None:
             check(lib, fl)
@@ -83,30 +90,34 @@ def load_plugins(fl: Flavour, plugins: Sequence[Path | str],
 
 
 def library_digest(library: Path | str) -> str:
-    """SHA-256 of what the loader maps from a shared library, plus its ABI record: stable across rebuilds.
+    """SHA-256 of what the loader maps from a shared library: stable across rebuilds of the same sources.
 
     nvcc names its temporary files `tmpxft_<pid>_...`, and those names end up in the library's symbol and string
     tables (and so in its GNU build-id): the file's bytes change on every build of the same sources. The engine
     cache keys plugin engines on this digest instead: the contents of every allocated section (code, read-only
     data, the GPU fatbinary, dynamic symbols), without the build-id note and without the non-allocated
-    `.symtab`/`.strtab`, which the loader never reads; and the TensorRT headers' version the library records.
+    `.symtab`/`.strtab`, which the loader never reads. Headers of another TensorRT release change the code, and
+    so the digest.
     """
     import lief
     path = str(library)
     binary = lief.ELF.parse(path)
     if binary is None:
-        raise RuntimeError(f"{path} is not an ELF shared library; rebuild it with `bash silu_plugin/build.sh`")
+        raise RuntimeError(f"{path} is not an ELF shared library: rebuild it")
     h = hashlib.sha256()
     for section in binary.sections:
         if not section.has(lief.ELF.Section.FLAGS.ALLOC) or section.type == lief.ELF.Section.TYPE.NOBITS \
                 or section.name == ".note.gnu.build-id":
             continue
         h.update(section.name.encode() + b"\0" + bytes(section.content))
-    try:
-        h.update(repr(headers_version(path)).encode())
-    except RuntimeError:
-        h.update(b"no ABI record")
     return h.hexdigest()
+
+
+def plugin_nodes(onnx_path: Path | str) -> list[str]:
+    """Names of the plugin-op nodes (PLUGIN_DOMAIN) of an ONNX file, in graph order."""
+    import onnx
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.domain == PLUGIN_DOMAIN]
 
 
 def unversioned_dir(fl: Flavour) -> Path | None:

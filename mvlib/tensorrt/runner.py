@@ -119,10 +119,11 @@ def cuda_context() -> None:
     torch.cuda.synchronize()
 
 
-def deserialize(fl: Flavour, plan: bytes, plugins: Sequence[Path | str] = ()):
-    """(ICudaEngine or None, its Runtime, what the runtime said), plugins loaded first; keep the Runtime as long
-    as the engine (NVIDIA's runners hold both)."""
-    plugin_libs.load_plugins(fl, plugins)
+def deserialize(fl: Flavour, plan: bytes, plugins: Sequence[Path | str] = (),
+                check: plugin_libs.Check | str | None = None):
+    """(ICudaEngine or None, its Runtime, what the runtime said), plugins loaded first (each after `check`); keep
+    the Runtime as long as the engine (NVIDIA's runners hold both)."""
+    plugin_libs.load_plugins(fl, plugins, check)
     said: list[str] = []
     runtime = fl.module().Runtime(logger(fl, said))
     return runtime.deserialize_cuda_engine(plan), runtime, said
@@ -182,7 +183,9 @@ class Session:
         runnable(self.engine)
         fl = self.engine.flavour
         cuda_context()
-        self.cuda_engine, self.runtime, said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins)
+        # the plugins' check is the one the engine's build recorded (the caller's, at build time)
+        self.cuda_engine, self.runtime, said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins,
+                                                           self.engine.info.get("plugin_check"))
         if self.cuda_engine is None:
             raise RuntimeError(f"{fl.label} could not deserialize {self.engine.plan}: {' | '.join(said[-3:])}")
         if self.runtime_cache == "auto":

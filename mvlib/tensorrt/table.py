@@ -7,16 +7,16 @@ the builder said the convolutions and matmuls got; an "int8" engine whose builde
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import onnx
 import pandas as pd
 
 from mvlib.progress import progress
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, layers, runner, timing
+from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import Flavour, select
 from mvlib.tensorrt.shapes import Profile
 
@@ -30,17 +30,17 @@ BUILT = ("built", "reused", "rebuilt")  # the statuses of an engines-table row t
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """One engine a notebook builds: its name in the tables, ONNX file and plugin libraries."""
+    """One engine a notebook builds: its name in the tables, ONNX file, plugin libraries and the check each plugin
+    library passes before TensorRT loads it (plugins.load_plugins; e.g. mvlib.silu.build.check_abi)."""
     name: str
     onnx: Path
     plugins: tuple = ()
+    check: Callable | None = None
 
 
 def plugin_nodes_in(onnx_path: Path | str) -> int:
-    """How many nodes of the SiLU plugin's op type (silu_plugin_id.h) the file holds."""
-    from mvlib import silu_rewrite
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    return sum(n.op_type == silu_rewrite.plugin_id().name for n in model.graph.node)
+    """How many plugin-op nodes (plugins.PLUGIN_DOMAIN) the file holds."""
+    return len(plugin_libs.plugin_nodes(onnx_path))
 
 
 def rebuilt_line(notebook: str, engine: str, why: str) -> str:
@@ -86,7 +86,7 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
             rows.append({**base, "status": "skipped", "messages": f"{Path(spec.onnx).name} not found"})
             continue
         try:
-            eng = cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb)
+            eng = cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb, check=spec.check)
         except cache.BuildFailed as err:
             rows.append({**base, "status": "failed", "messages": " | ".join(err.messages) or str(err)})
             continue

@@ -203,24 +203,21 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
     return result
 
 
-def tensorrt(settings: bench.Settings, onnx_path: Path | str, precision: str, profile, plugin: bool = False,
-             trt_flavour: str | None = "auto", trt_target: str = "auto", workspace_gb: float = 4) -> bench.Backend:
-    """Build (or reuse) the engine of an ONNX variant with cache.build_engine and wrap it for timing."""
+def tensorrt(settings: bench.Settings, onnx_path: Path | str, precision: str, profile,
+             trt_flavour: str | None = "auto", trt_target: str = "auto", workspace_gb: float = 4,
+             plugins: Sequence[Path | str] = (), check: plugin_libs.Check | None = None,
+             plugin_label: str = "plugin") -> bench.Backend:
+    """Build (or reuse) the engine of an ONNX variant with cache.build_engine and wrap it for timing.
+
+    An engine with plugin libraries (each loaded after `check`) is labelled '... + <plugin_label>'."""
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
         raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: notebooks 01 to 05 write it")
-    libs: tuple = ()
-    if plugin:
-        from mvlib import kernel
-        try:
-            libs = (kernel.plugin_library(),)
-        except FileNotFoundError as err:
-            raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}") from err
-    engine = runner.runnable(cache.build_engine(onnx_path, profile, select(trt_flavour), trt_target, libs,
-                                                workspace_gb))
-    label = f"{engine.flavour.label.split()[0]} {precision.upper()}" + (" + SiLU plugin" if plugin else "")
-    return tensorrt_engine(settings, engine, precision, label, plugin_libs=libs,
-                           backend="tensorrt+plugin" if plugin else "tensorrt", notes=onnx_path.name)
+    engine = runner.runnable(cache.build_engine(onnx_path, profile, select(trt_flavour), trt_target, plugins,
+                                                workspace_gb, check=check))
+    label = f"{engine.flavour.label.split()[0]} {precision.upper()}" + (f" + {plugin_label}" if plugins else "")
+    return tensorrt_engine(settings, engine, precision, label, plugin_libs=plugins,
+                           backend="tensorrt+plugin" if plugins else "tensorrt", notes=onnx_path.name)
 
 
 # --- RTX's JIT: context creation and first inference, cold and with the runtime cache ---------------------------

@@ -1,4 +1,5 @@
-"""The SiLU rewrite: hand-built graphs (both input orders, FP16, Q/DQ), the exported model, and the CPU proof."""
+"""mvlib.silu.onnx_rewrite: hand-built graphs (both input orders, FP16, INT8 and FP8 Q/DQ), the exported model, the
+CPU proof and its tolerance by the precision passed down."""
 import collections
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
-from mvlib import paths, silu_rewrite
+from mvlib import accuracy, paths
+from mvlib.silu import onnx_rewrite
 
 HEADER = paths.PLUGIN_SRC / "silu_plugin_id.h"
 
@@ -33,7 +35,7 @@ def _ops(path):
 
 
 def _run(path, feeds, cpu_copy=False):
-    sess = (silu_rewrite.cpu_session(path) if cpu_copy
+    sess = (onnx_rewrite.cpu_session(path) if cpu_copy
             else ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]))
     return sess.run(None, feeds)
 
@@ -45,20 +47,23 @@ def _silu64(x):
 
 def test_plugin_identity_comes_from_the_one_header():
     text = HEADER.read_text()
-    pid = silu_rewrite.plugin_id()
+    pid = onnx_rewrite.plugin_id()
     for key, value in (("NAME", pid.name), ("VERSION", pid.version), ("NAMESPACE", pid.namespace)):
         assert f'#define SILU_PLUGIN_{key} "{value}"' in text
-    # silu_rewrite.py reads the header rather than repeating the values
-    source = (paths.ROOT / "mvlib" / "silu_rewrite.py").read_text()
+    # onnx_rewrite.py reads the header rather than repeating the values, and so does the plugin
+    source = (paths.ROOT / "mvlib" / "silu" / "onnx_rewrite.py").read_text()
     assert f'"{pid.name}"' not in source and f"'{pid.name}'" not in source
     assert pid.name != "Swish"  # TensorRT 11 imports Swish natively, bypassing the plugin
+    plugin = (paths.PLUGIN_SRC / "silu_plugin.cpp").read_text()
+    assert '#include "silu_plugin_id.h"' in plugin
+    assert f'"{pid.name}"' not in plugin and f'"{pid.namespace}"' not in plugin
 
 
 def test_header_without_name_is_refused(tmp_path):
     bad = tmp_path / "silu_plugin_id.h"
     bad.write_text('#define SILU_PLUGIN_VERSION "1"\n#define SILU_PLUGIN_NAMESPACE "x"\n')
     with pytest.raises(ValueError, match="SILU_PLUGIN_NAME"):
-        silu_rewrite.plugin_id(bad)
+        onnx_rewrite.plugin_id(bad)
 
 
 def test_both_input_orders_rewritten_and_nothing_else(tmp_path):
@@ -74,21 +79,21 @@ def test_both_input_orders_rewritten_and_nothing_else(tmp_path):
     ]
     src = _save(_model(nodes, ["x", "z"], ["y4", "s4"]), tmp_path / "m.onnx")
     out = tmp_path / "m.silu.onnx"
-    report = silu_rewrite.rewrite(src, out)
+    report = onnx_rewrite.rewrite(src, out)
     assert report.pairs == 2 and not report.already_rewritten
     assert "2 Sigmoid+Mul" in report.message
     rewritten = onnx.load(str(out))
-    pid = silu_rewrite.plugin_id()
+    pid = onnx_rewrite.plugin_id()
     plugins = [n for n in rewritten.graph.node if n.op_type == pid.name]
     assert [(list(n.input), list(n.output)) for n in plugins] == [(["x"], ["y1"]), (["y1"], ["y2"])]
     for n in plugins:
-        assert n.domain == silu_rewrite.TRT_DOMAIN
+        assert n.domain == onnx_rewrite.TRT_DOMAIN
         attrs = {a.name: h.get_attribute_value(a).decode() for a in n.attribute}
         assert attrs == {"plugin_version": pid.version, "plugin_namespace": pid.namespace}
     assert n.name == "/b/act/" + pid.name
-    assert any(o.domain == silu_rewrite.TRT_DOMAIN for o in rewritten.opset_import)
+    assert any(o.domain == onnx_rewrite.TRT_DOMAIN for o in rewritten.opset_import)
     assert _ops(out) == collections.Counter({"Sigmoid": 2, "Mul": 2, pid.name: 2})
-    assert silu_rewrite.graph_diff(src, out) == []
+    assert onnx_rewrite.graph_diff(src, out) == []
     onnx.checker.check_model(rewritten)
 
     rng = np.random.default_rng(0)
@@ -99,7 +104,7 @@ def test_both_input_orders_rewritten_and_nothing_else(tmp_path):
     # the stand-in really computes SiLU (a Python op returning x would fail this)
     probe = _save(_model([h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["s", "x"], ["y"])], ["x"], ["y"]),
                   tmp_path / "probe.onnx")
-    silu_rewrite.rewrite(probe, tmp_path / "probe.silu.onnx")
+    onnx_rewrite.rewrite(probe, tmp_path / "probe.silu.onnx")
     (y,) = _run(tmp_path / "probe.silu.onnx", {"x": feeds["x"]}, cpu_copy=True)
     np.testing.assert_allclose(y, _silu64(feeds["x"]), rtol=1e-7, atol=1e-7)
 
@@ -108,7 +113,7 @@ def test_fp16_pair_rewritten_and_runs_on_the_cpu(tmp_path):
     nodes = [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["s", "x"], ["y"])]
     src = _save(_model(nodes, ["x"], ["y"], dtype=T.FLOAT16), tmp_path / "m.onnx")
     out = tmp_path / "m.silu.onnx"
-    assert silu_rewrite.rewrite(src, out).pairs == 1
+    assert onnx_rewrite.rewrite(src, out).pairs == 1
     x = np.random.default_rng(1).normal(0, 4, (2, 3, 4)).astype(np.float16)
     (y,) = _run(out, {"x": x}, cpu_copy=True)
     assert y.dtype == np.float16
@@ -130,10 +135,10 @@ def test_qdq_pair_on_one_dq_output_is_rewritten(tmp_path):
     nodes = _qdq("x", "d") + [h.make_node("Sigmoid", ["d"], ["s"]), h.make_node("Mul", ["d", "s"], ["y"])]
     src = _save(_model(nodes, ["x"], ["y"], QDQ_INITS), tmp_path / "m.onnx")
     out = tmp_path / "m.silu.onnx"
-    assert silu_rewrite.rewrite(src, out).pairs == 1
+    assert onnx_rewrite.rewrite(src, out).pairs == 1
     assert _ops(out) == collections.Counter({"QuantizeLinear": 1, "DequantizeLinear": 1,
-                                             silu_rewrite.plugin_id().name: 1})
-    assert silu_rewrite.graph_diff(src, out) == []
+                                             onnx_rewrite.plugin_id().name: 1})
+    assert onnx_rewrite.graph_diff(src, out) == []
     x = {"x": np.random.default_rng(2).normal(0, 2, (2, 3, 4)).astype(np.float32)}
     assert np.abs(_run(src, x)[0] - _run(out, x, cpu_copy=True)[0]).max() <= 1e-6
 
@@ -146,32 +151,32 @@ def test_qdq_lookalikes_are_not_rewritten(tmp_path):
              + [h.make_node("Sigmoid", ["y"], ["t"])] + _qdq("t", "tq", "t") + [h.make_node("Mul", ["y", "tq"], ["w"])])
     src = _save(_model(nodes, ["x"], ["w"], QDQ_INITS), tmp_path / "m.onnx")
     out = tmp_path / "m.silu.onnx"
-    with pytest.raises(silu_rewrite.NoSiluPairs, match="no file written"):
-        silu_rewrite.rewrite(src, out)
+    with pytest.raises(onnx_rewrite.NoSiluPairs, match="no file written"):
+        onnx_rewrite.rewrite(src, out)
     assert not out.exists()
 
 
 def test_no_pair_means_clear_error_and_no_file(tmp_path):
     src = _save(_model([h.make_node("Relu", ["x"], ["y"])], ["x"], ["y"]), tmp_path / "relu.onnx")
     out = tmp_path / "relu.silu.onnx"
-    with pytest.raises(silu_rewrite.NoSiluPairs, match=r"Sigmoid\+Mul.*no file written.*model\.onnx"):
-        silu_rewrite.rewrite(src, out)
+    with pytest.raises(onnx_rewrite.NoSiluPairs, match=r"Sigmoid\+Mul.*no file written.*model\.onnx"):
+        onnx_rewrite.rewrite(src, out)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["relu.onnx"]  # no output, no temp file left
     with pytest.raises(FileNotFoundError, match="export"):
-        silu_rewrite.rewrite(tmp_path / "missing.onnx", out)
+        onnx_rewrite.rewrite(tmp_path / "missing.onnx", out)
 
 
 def test_already_rewritten_changes_nothing_and_says_so(tmp_path, capsys):
     nodes = [h.make_node("Sigmoid", ["x"], ["s"]), h.make_node("Mul", ["x", "s"], ["y"])]
     src = _save(_model(nodes, ["x"], ["y"]), tmp_path / "m.onnx")
     once = tmp_path / "m.silu.onnx"
-    silu_rewrite.rewrite(src, once)
+    onnx_rewrite.rewrite(src, once)
     before = once.read_bytes()
-    again = silu_rewrite.rewrite(once, once)  # in place: not even rewritten
+    again = onnx_rewrite.rewrite(once, once)  # in place: not even rewritten
     assert again.already_rewritten and again.pairs == 0 and again.plugin_nodes == 1
     assert once.read_bytes() == before
     assert "already rewritten" in capsys.readouterr().out
-    copy = silu_rewrite.rewrite(once, tmp_path / "m.silu2.onnx")  # elsewhere: an unchanged copy
+    copy = onnx_rewrite.rewrite(once, tmp_path / "m.silu2.onnx")  # elsewhere: an unchanged copy
     assert copy.already_rewritten and (tmp_path / "m.silu2.onnx").read_bytes() == before
     assert "unchanged copy" in copy.message
 
@@ -181,18 +186,18 @@ def xxs_silu(xxs, tmp_path_factory):
     """The exported xxs model rewritten: (exported, torch model, rewritten path, report)."""
     exported, model = xxs
     out = tmp_path_factory.mktemp("silu") / "model.silu.onnx"
-    return exported, model, out, silu_rewrite.rewrite(exported.onnx, out)
+    return exported, model, out, onnx_rewrite.rewrite(exported.onnx, out)
 
 
 def test_exported_model_pairs_equal_torch_silu_calls(xxs_silu):
     exported, model, out, report = xxs_silu
-    calls = silu_rewrite.count_torch_silu(model)
+    calls = onnx_rewrite.count_torch_silu(model)
     assert calls == 34  # mobilevit_xxs: 25 conv activations + 9 transformer MLP activations
     assert report.pairs == calls
     ops_before, ops_after = _ops(exported.onnx), _ops(out)
-    assert ops_after[silu_rewrite.plugin_id().name] == calls and ops_after["Sigmoid"] == ops_before["Sigmoid"] - calls
+    assert ops_after[onnx_rewrite.plugin_id().name] == calls and ops_after["Sigmoid"] == ops_before["Sigmoid"] - calls
     assert ops_after["Mul"] == ops_before["Mul"] - calls
-    row = silu_rewrite.audit(exported.onnx, out, model, report)
+    row = onnx_rewrite.audit(exported.onnx, out, model, report)
     assert row["passed"] and row["other_changes"] == "none" and row["pairs_left"] == 0
 
 
@@ -200,7 +205,7 @@ def test_nothing_else_changes_on_the_exported_model(xxs_silu, tmp_path):
     exported, _, out, _ = xxs_silu
     a, b = onnx.load(str(exported.onnx)), onnx.load(str(out))
     key = lambda n: n.SerializeToString(deterministic=True)  # noqa: E731
-    name = silu_rewrite.plugin_id().name
+    name = onnx_rewrite.plugin_id().name
     plugins = [n for n in b.graph.node if n.op_type == name]
     gone = {n.output[0] for n in plugins}  # the Muls' outputs, now written by the plugin nodes
     gone |= {i for n in a.graph.node if n.op_type == "Mul" and n.output[0] in gone for i in n.input} - \
@@ -217,12 +222,13 @@ def test_nothing_else_changes_on_the_exported_model(xxs_silu, tmp_path):
     init.raw_data = bytes(v ^ 0xFF for v in init.raw_data[:4]) + init.raw_data[4:]  # zero weights stay caught
     tampered = tmp_path / "tampered.onnx"
     onnx.save(b, str(tampered))
-    assert any("initializers differ" in p for p in silu_rewrite.graph_diff(exported.onnx, tampered))
+    assert any("initializers differ" in p for p in onnx_rewrite.graph_diff(exported.onnx, tampered))
 
 
 def test_cpu_equivalence_on_the_exported_model(xxs_silu):
     exported, _, out, _ = xxs_silu
-    table, passed = silu_rewrite.verify_cpu(exported.onnx, out, exported.settings["img_size"], batches=(1, 3))
+    table, passed = onnx_rewrite.verify_cpu(exported.onnx, out, "fp32", exported.settings["img_size"],
+                                           batches=(1, 3))
     assert passed and list(table["batch"]) == [1, 3] and set(table["precision"]) == {"fp32"}
     assert (table["max_abs"] <= 1e-6).all() and (table["top1_agreement"] == 1.0).all()  # the issue's criterion
 
@@ -233,12 +239,12 @@ def test_fp16_variant_of_the_exported_model(xxs_silu, tmp_path):
     fp16 = tmp_path / "model.fp16.onnx"
     onnx.save(convert_to_mixed_precision(str(exported.onnx), low_precision_type="fp16", keep_io_types=True), str(fp16))
     out = tmp_path / "model.fp16.silu.onnx"
-    report = silu_rewrite.rewrite(fp16, out)
-    assert report.pairs == silu_rewrite.count_torch_silu(model)
-    assert silu_rewrite.graph_diff(fp16, out) == []
+    report = onnx_rewrite.rewrite(fp16, out)
+    assert report.pairs == onnx_rewrite.count_torch_silu(model)
+    assert onnx_rewrite.graph_diff(fp16, out) == []
     # one rounding to float16 instead of two: agreement to FP16 accuracy, not to 1e-6
-    table, passed = silu_rewrite.verify_cpu(fp16, out, 256, batches=(1, 3))
-    assert set(table["precision"]) == {"fp16"} and (table["atol"] == silu_rewrite.CPU_TOLERANCE["fp16"][0]).all()
+    table, passed = onnx_rewrite.verify_cpu(fp16, out, "fp16", 256, batches=(1, 3))
+    assert set(table["precision"]) == {"fp16"} and (table["atol"] == onnx_rewrite.CPU_TOLERANCE["fp16"][0]).all()
     assert passed and (table["max_abs"] <= 1e-3).all() and (table["top1_agreement"] == 1.0).all(), table
 
 
@@ -250,8 +256,46 @@ def test_pairs_equal_torch_silu_calls_in_larger_variants(variant, tmp_path):
     from mvlib.model import load_model
     model, _ = load_model(variant, "random", 0)
     src = export.export_onnx(model, tmp_path / "model.onnx", 64, 17)  # the SiLU count does not depend on size
-    report = silu_rewrite.rewrite(src, tmp_path / "model.silu.onnx")
-    calls = silu_rewrite.count_torch_silu(model)
+    report = onnx_rewrite.rewrite(src, tmp_path / "model.silu.onnx")
+    calls = onnx_rewrite.count_torch_silu(model)
     assert calls == sum(isinstance(m, torch.nn.SiLU) for m in model.modules())  # each module called once
-    assert report.pairs == calls and silu_rewrite.graph_diff(src, tmp_path / "model.silu.onnx") == []
+    assert report.pairs == calls and onnx_rewrite.graph_diff(src, tmp_path / "model.silu.onnx") == []
 
+
+
+def _fp8_image_model(path):
+    """An image model at opset 19: FP8 (E4M3FN) Q/DQ of the input, x * sigmoid(x), mean over H and W as logits."""
+    x = h.make_tensor_value_info(accuracy.INPUT, T.FLOAT, ["N", 3, 32, 32])
+    y = h.make_tensor_value_info(accuracy.OUTPUT, T.FLOAT, ["N", 3])
+    inits = [h.make_tensor("scale", T.FLOAT, [], [0.01]), h.make_tensor("zp", T.FLOAT8E4M3FN, [], [0.0]),
+             h.make_tensor("axes", T.INT64, [2], [2, 3])]
+    nodes = _qdq(accuracy.INPUT, "d") + [h.make_node("Sigmoid", ["d"], ["s"], name="/act/Sigmoid"),
+                                         h.make_node("Mul", ["d", "s"], ["a"], name="/act/Mul"),
+                                         h.make_node("ReduceMean", ["a", "axes"], [accuracy.OUTPUT], keepdims=0)]
+    model = h.make_model(h.make_graph(nodes, "fp8", [x], [y], initializer=inits),
+                         opset_imports=[h.make_opsetid("", 19)])
+    onnx.checker.check_model(model)
+    return _save(model, path)
+
+
+def test_the_cpu_check_judges_a_graph_by_the_precision_passed_down(tmp_path):
+    """An FP8 Q/DQ graph is checked as FP8, not guessed "int8" from its QuantizeLinear nodes."""
+    src = _fp8_image_model(tmp_path / "model.fp8.onnx")
+    out = tmp_path / "model.fp8.silu.onnx"
+    assert onnx_rewrite.rewrite(src, out).pairs == 1
+    table, passed = onnx_rewrite.verify_cpu(src, out, "fp8", 32, batches=(1, 3), seed=4)
+    assert set(table["precision"]) == {"fp8"} and passed, table
+    atol, rtol = onnx_rewrite.CPU_TOLERANCE["fp8"]
+    assert (table["atol"] == atol).all() and (table["rtol"] == rtol).all()
+    assert list(table["batch"]) == [1, 3] and (table["ref_absmax"] > 0).all()  # random images, not zeros
+
+
+def test_a_precision_without_a_cpu_tolerance_is_an_error_naming_the_fix(tmp_path, monkeypatch):
+    src = _fp8_image_model(tmp_path / "model.fp8.onnx")
+    out = tmp_path / "model.fp8.silu.onnx"
+    onnx_rewrite.rewrite(src, out)
+    with pytest.raises(ValueError, match="fp32, fp16, int8, fp8"):
+        onnx_rewrite.verify_cpu(src, out, "bf16", 32, batches=(1,))
+    monkeypatch.delitem(onnx_rewrite.CPU_TOLERANCE, "fp8")
+    with pytest.raises(ValueError, match="CPU_TOLERANCE"):
+        onnx_rewrite.verify_cpu(src, out, "fp8", 32, batches=(1,))

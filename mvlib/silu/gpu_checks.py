@@ -1,6 +1,8 @@
 """The SiLU kernel on the GPU: correctness against PyTorch, bandwidth against a device copy, and inside the model.
+Serves notebook 05 (stages `kernel_check`, `bandwidth`, `swap_accuracy`, `swap_throughput`, figure
+05_kernel_bandwidth.png); tests/test_silu_gpu_checks.py.
 
-Every function here needs a CUDA GPU and the built kernel library (mvlib.kernel); without a GPU each
+Every function here needs a CUDA GPU and the built kernel library (mvlib.silu.build); without a GPU each
 raises StageSkipped with the reason, so notebook 05 records the stage as skipped.
 """
 import copy
@@ -12,8 +14,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mvlib import bench, env, kernel, metrics
-from mvlib.run import StageSkipped
+from mvlib import bench, env, figures, metrics
+from mvlib.silu import torch_op
+from mvlib.skips import StageSkipped
 
 TOLERANCE = {"float32": 1e-6, "float16": 1e-3}  # relative error against torch.nn.functional.silu
 CHECK_SIZES = (1, 7, 1023, 2**20 + 3, 2**26)
@@ -25,6 +28,7 @@ IMPLS = {"mv_silu": "ours (mv_silu)", "torch_silu": "torch.nn.functional.silu",
          "copy": "device copy (cudaMemcpyAsync)", "mv_copy": "ours, no arithmetic (mv_copy_ex)"}
 GOAL_FRACTION = 0.95  # of the copy's bandwidth, at GOAL_MIN_ELEMENTS and above
 GOAL_MIN_ELEMENTS = 2**24
+PRECISIONS = {"float32": "fp32", "float16": "fp16"}  # a model-swap dtype -> the precision bench runs it in
 
 
 # --- correctness on the GPU ------------------------------------------------------------------------------
@@ -64,11 +68,11 @@ def check_case(n: int, dtype: str, layout=(0, 0), seed: int = 0) -> dict:
     ref64 = torch.nn.functional.silu(x.double())
     if inplace:
         y, ybuf = x, None
-        kernel.silu(x, out=x)
+        torch_op.silu(x, out=x)
     else:
         ybuf = torch.full((n + y_off + GUARD,), float("nan"), dtype=tdt, device="cuda")  # poison
         y = ybuf[y_off:y_off + n]
-        kernel.silu(x, out=y)
+        torch_op.silu(x, out=y)
     torch.cuda.synchronize()
     written = not bool(y.isnan().any())
     guard = True if ybuf is None else bool(ybuf[:y_off].isnan().all() and ybuf[y_off + n:].isnan().all())
@@ -102,12 +106,12 @@ def _l2_bytes() -> int:
 
 def _launchers(dtype: str) -> dict[str, Callable]:
     """impl name -> launch(x, y) on the current stream, for every implementation compared."""
-    lib, code = kernel.kernel_library(), kernel.DTYPE_CODES[dtype]
+    lib, code = torch_op.kernel_library(), torch_op.DTYPE_CODES[dtype]
 
     def ours(fn):
         def launch(x, y):  # the _ex entry points with 0, 0, 0: mv_silu's default launch configuration
             stream = torch.cuda.current_stream().cuda_stream
-            kernel.check_status(fn(x.data_ptr(), y.data_ptr(), x.numel(), code, stream, 0, 0, 0), fn.__name__)
+            torch_op.check_status(fn(x.data_ptr(), y.data_ptr(), x.numel(), code, stream, 0, 0, 0), fn.__name__)
         return launch
     return {"mv_silu": ours(lib.mv_silu_ex), "torch_silu": lambda x, y: torch.ops.aten.silu.out(x, out=y),
             "copy": lambda x, y: y.copy_(x), "mv_copy": ours(lib.mv_copy_ex)}
@@ -195,10 +199,9 @@ def bandwidth_goal(table: pd.DataFrame, fraction: float = GOAL_FRACTION,
 
 def bandwidth_figure(csv: Path | str):
     """Bandwidth against size, one panel per dtype, one line per implementation (from the saved table)."""
-    import matplotlib.pyplot as plt  # the backend is the caller's: JupyterLab's inline, or Agg in the batch driver
     table = pd.read_csv(csv)
     dtypes = list(dict.fromkeys(table["dtype"]))
-    fig, axes = plt.subplots(1, len(dtypes), figsize=(6 * len(dtypes), 4.2), sharey=True, squeeze=False)
+    fig, axes = figures.new(1, len(dtypes), size=(6 * len(dtypes), 4.2), sharey=True, squeeze=False)
     for ax, dtype in zip(axes[0], dtypes, strict=True):
         sub = table[table["dtype"] == dtype]
         for impl, style in (("copy", "k--"), ("mv_copy", "k:"), ("torch_silu", "C1-s"), ("mv_silu", "C0-o")):
@@ -228,7 +231,7 @@ def swap_accuracy(model: torch.nn.Module, img_size: int, dtypes: Iterable[str] =
         tdt = getattr(torch, dtype)
         original = copy.deepcopy(model).to("cuda", tdt).eval()
         swapped = copy.deepcopy(original)
-        replaced = kernel.swap_silu(swapped)
+        replaced = torch_op.swap_silu(swapped)
         with torch.inference_mode():
             a = original(x.to(tdt)).float().cpu().numpy()
             b = swapped(x.to(tdt)).float().cpu().numpy()
@@ -246,7 +249,6 @@ def swap_throughput(model: torch.nn.Module, batches: Iterable[int], settings, dt
                     modes: Iterable[str] = ("eager", "compile")) -> pd.DataFrame:
     """img/s of the original model and of the swapped one (direct call, and through torch.ops in eager), per mode."""
     _gpu()
-    precision = {"float32": "fp32", "float16": "fp16"}
     variants = {"original (nn.SiLU)": None, "ours (MvSiLU)": "direct", "ours via torch.ops (MvSiLU)": "op"}
     frames = []
     for dtype in dtypes:
@@ -256,8 +258,8 @@ def swap_throughput(model: torch.nn.Module, batches: Iterable[int], settings, dt
                     continue  # compiled graphs always call the op: same as "direct"
                 net = copy.deepcopy(model)
                 if dispatch:
-                    kernel.swap_silu(net, dispatch)
-                frame = bench.measure_all(bench.pytorch_cuda, batches, settings, net, precision=precision[dtype],
+                    torch_op.swap_silu(net, dispatch)
+                frame = bench.measure_all(bench.pytorch_cuda, batches, settings, net, precision=PRECISIONS[dtype],
                                           compile_mode="default" if mode == "compile" else None)
                 frame.insert(0, "model", label)
                 frame.insert(1, "mode", mode)

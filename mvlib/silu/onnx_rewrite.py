@@ -1,4 +1,6 @@
 """SiLU surgery: every x*sigmoid(x) becomes one node of the SiLU plugin, and the result is proven on the CPU.
+Serves notebooks 02 (the rewrite, its audit and CPU check) and 05 (through mvlib.silu.engines);
+tests/test_silu_onnx_rewrite.py.
 
 The plugin's identity (name, version, namespace) is defined once, in silu_plugin/silu_plugin_id.h;
 this module reads it from there. TensorRT's ONNX parser maps a node it has no importer for to the
@@ -17,15 +19,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from mvlib import accuracy, io, paths
+from mvlib import accuracy, io, paths, precisions
+from mvlib.tensorrt.plugins import PLUGIN_DOMAIN
 
 PLUGIN_HEADER = paths.PLUGIN_SRC / "silu_plugin_id.h"
-# The node domain of the plugin op in the file handed to TensorRT. onnx-tensorrt dispatches on op_type
-# alone (ModelImporter.cpp: builtin importer, else local function, else FallbackPluginImporter), so any
-# domain parses; "trt.plugins" is the one NVIDIA's tools use for TensorRT plugin ops (ModelOpt's
-# custom-op handling, ONNX Runtime's TensorRT EP), and a non-default domain keeps onnx.checker from
-# rejecting the file as using an unknown standard op.
-TRT_DOMAIN = "trt.plugins"
+# The node domain of the plugin op in the file handed to TensorRT: NVIDIA's domain for TensorRT plugin ops
+# (mvlib.tensorrt.plugins.PLUGIN_DOMAIN, which counts plugin nodes by it); a non-default domain also keeps
+# onnx.checker from rejecting the file as using an unknown standard op.
+TRT_DOMAIN = PLUGIN_DOMAIN
 # onnxruntime-extensions registers its Python ops in this domain; only the in-memory CPU copy uses it.
 ORT_DOMAIN = "ai.onnx.contrib"
 CPU_ATOL = 1e-6  # max abs error, rewritten vs original graph, FP32 logits of magnitude up to 1
@@ -34,9 +35,9 @@ CPU_ATOL = 1e-6  # max abs error, rewritten vs original graph, FP32 logits of ma
 # by a few float32 ulps; relative to the logits, since at |logit| ~ 14 (trained weights) one ulp is already
 # 1e-6 (measured, random weights: 1.5e-7 at |logit| 0.35; classifier scaled up to |logit| 14: 7e-6).
 # FP16: the stand-in rounds SiLU to float16 once where Sigmoid then Mul round twice.
-# INT8: an ulp of difference can move a downstream QuantizeLinear by one step (measured: about 1% of the
-# largest logit), which the stand-in cannot avoid (it does not reproduce ONNX Runtime's Sigmoid bit for bit).
-CPU_TOLERANCE = {"fp32": (CPU_ATOL, 2e-6), "fp16": (1e-3, 1e-3), "int8": (1e-2, 5e-2)}
+# INT8 and FP8: an ulp of difference can move a downstream QuantizeLinear by one step (measured on INT8: about 1%
+# of the largest logit), which the stand-in cannot avoid (it does not reproduce ONNX Runtime's Sigmoid bit for bit).
+CPU_TOLERANCE = {"fp32": (CPU_ATOL, 2e-6), "fp16": (1e-3, 1e-3), "int8": (1e-2, 5e-2), "fp8": (1e-2, 5e-2)}
 
 
 @dataclass(frozen=True)
@@ -350,28 +351,25 @@ def cpu_session(path: Path | str):
                                 providers=["CPUExecutionProvider"])
 
 
-def precision_of(path: Path | str) -> str:
-    """'int8' for a graph with QuantizeLinear nodes, 'fp16' for one with float16 tensors, else 'fp32'."""
-    model = onnx.load(str(path), load_external_data=False)
-    if any(n.op_type == "QuantizeLinear" for n in model.graph.node):
-        return "int8"
-    f16 = onnx.TensorProto.FLOAT16
-    if f16 in _elem_types(model).values() or any(
-            a.name == "to" and a.i == f16 for n in model.graph.node if n.op_type == "Cast" for a in n.attribute):
-        return "fp16"
-    return "fp32"
+def cpu_tolerance(precision: str) -> tuple[float, float]:
+    """(atol, rtol) of the CPU check for a graph of `precision`; an error naming the fix for one without."""
+    name = precisions.get(precision).name
+    if name not in CPU_TOLERANCE:
+        raise ValueError(f"no CPU tolerance for {name} graphs: add one to CPU_TOLERANCE in {__name__} "
+                         "(what the stand-in's rounding can move in such a graph)")
+    return CPU_TOLERANCE[name]
 
 
-def verify_cpu(original: Path | str, rewritten: Path | str, img_size: int, batches=(1, 3), seed: int | None = None,
-               atol: float | None = None, rtol: float | None = None):
-    """Original vs rewritten graph in ONNX Runtime on fresh random inputs; (table per batch, passed).
+def verify_cpu(original: Path | str, rewritten: Path | str, precision: str, img_size: int, batches=(1, 3),
+               seed: int | None = None, atol: float | None = None, rtol: float | None = None):
+    """Original vs rewritten graph of `precision` in ONNX Runtime on fresh random inputs; (table per batch, passed).
 
-    Tolerances default to CPU_TOLERANCE for the original's precision (FP32: max abs error <= 1e-6).
+    Tolerances default to the precision's CPU_TOLERANCE (FP32: max abs error <= 1e-6).
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    precision = precision_of(original)
-    atol = CPU_TOLERANCE[precision][0] if atol is None else atol
-    rtol = CPU_TOLERANCE[precision][1] if rtol is None else rtol
+    default_atol, default_rtol = cpu_tolerance(precision)
+    atol = default_atol if atol is None else atol
+    rtol = default_rtol if rtol is None else rtol
     runners = [OnnxrtRunner(SessionFromOnnx(str(original), providers=["CPUExecutionProvider"]), name="onnxrt-original"),
                OnnxrtRunner(lambda: cpu_session(rewritten), name="onnxrt-silu-stand-in")]
     results = accuracy.run(runners, accuracy.feeds(batches, img_size, seed=seed))

@@ -1,16 +1,17 @@
-"""The SiLU kernel library: build.sh driven from Python, its build record, its libraries loaded, its torch op.
+"""The SiLU plugin built: silu_plugin/build.sh from Python, its libraries and build record, their ABI record, and
+the plugin driven through TensorRT's interfaces. Serves notebook 05 (build cell, `build`, `plugin_interface`
+stages) and every caller that needs a built library; tests/test_silu_build.py.
 
-The CUDA sources live in silu_plugin/ (silu_kernel.cu with a C ABI, silu_plugin.cpp the IPluginV3
-plugin, build.sh); build.sh writes everything into paths.PLUGIN_BUILD. This module loads the kernel
-library with ctypes and launches it on PyTorch's current CUDA stream, as a plain call in eager mode
-and as the registered op `torch.ops.mvlib.silu` under torch.compile. Its checks and measurements on
-the GPU are in mvlib.kernel_gpu; the TensorRT plugin's stages in mvlib.plugin.
+The CUDA sources live in silu_plugin/ (silu_kernel.cu with a C ABI, silu_plugin.cpp the IPluginV3 plugin,
+build.sh); build.sh writes everything into paths.PLUGIN_BUILD. The plugin library exports which TensorRT
+headers it was compiled against (ABI_RECORD); `check_abi` is the check the TensorRT loader runs before loading
+it (mvlib.tensorrt.plugins takes it from its caller), because a plugin of another major crashes the process.
 
-Imports stay light: torch and pandas at the top, TensorRT only inside build_env, so this module also
-imports on a GPU machine that has PyTorch and nothing else of the study's stack.
+Imports stay light: pandas and the standard library at the top, TensorRT only inside functions.
 """
+from __future__ import annotations
+
 import ctypes
-import functools
 import os
 import re
 import shutil
@@ -20,10 +21,9 @@ import sysconfig
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from mvlib import env, io, paths
-from mvlib.run import StageSkipped
+from mvlib.skips import StageSkipped
 
 BUILD_SCRIPT = paths.PLUGIN_SRC / "build.sh"
 KERNEL_LIB = "libmv_silu.so"
@@ -33,10 +33,10 @@ PLUGIN_LIB = "libmv_silu_plugin.so"
 PLUGIN_LIB_DYNAMIC = "libmv_silu_plugin_dynamic.so"
 PLUGIN_CHECK = "mv_silu_plugin_check"
 BUILD_RECORD = "build_info.json"  # what build.sh made, against which headers, and why not the rest
+ABI_RECORD = "mv_silu_plugin_tensorrt_version"  # exported by silu_plugin.cpp: TensorRT headers' version
 
 KERNEL_SYMBOLS = ("mv_silu", "mv_silu_ex", "mv_silu_default_config", "mv_copy_ex")
-PLUGIN_ENTRY_POINTS = ("getCreators", "getPluginCreators", "setLoggerFinder", "mv_silu_plugin_tensorrt_version")
-DTYPE_CODES = {"float32": 0, "float16": 1}  # MV_SILU_FLOAT32 / MV_SILU_FLOAT16 (silu_kernel.h)
+PLUGIN_ENTRY_POINTS = ("getCreators", "getPluginCreators", "setLoggerFinder", ABI_RECORD)
 
 
 # --- build --------------------------------------------------------------------------------------------
@@ -64,17 +64,17 @@ def build_env(trt_flavour: str = "auto") -> dict[str, str]:
     return out
 
 
-def build(trt_include: str | None = None, build_root: Path | str | None = None, nvcc: str | None = None,
-          trt_flavour: str = "auto", match_runtime: bool = True) -> dict:
+def build(trt_include: str | None = None, build_root: Path | str | None = None, trt_flavour: str = "auto",
+          match_runtime: bool = True) -> dict:
     """Run silu_plugin/build.sh (kernel library, plus the plugin when TensorRT headers are found); its build record.
 
     `match_runtime` makes build.sh refuse headers of another major than the installed runtime's; tests
-    turn it off to compile against every release.
+    turn it off to compile against every release. build.sh takes the compiler from NVCC or PATH.
     """
     run_env = {**os.environ, **build_env(trt_flavour)}
     if not match_runtime:
         run_env.pop("TRT_MAJOR", None)
-    for key, value in (("TRT_INCLUDE", trt_include), ("MVLIB_BUILD", build_root), ("NVCC", nvcc)):
+    for key, value in (("TRT_INCLUDE", trt_include), ("MVLIB_BUILD", build_root)):
         if value is not None:
             run_env[key] = str(value)
     proc = subprocess.run(["bash", str(BUILD_SCRIPT)], env=run_env, capture_output=True, text=True, timeout=600)
@@ -103,10 +103,11 @@ def build_record(build_root: Path | str | None = None) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the SiLU kernel is not built. "
                                 "Run `bash silu_plugin/build.sh` (needs nvcc; set TRT_INCLUDE to also build "
-                                "the TensorRT plugin) or mvlib.kernel.build()")
+                                "the TensorRT plugin) or mvlib.silu.build.build()")
     return io.read_json(path)
 
 
+# --- what the libraries hold ----------------------------------------------------------------------------
 def exported_symbols(library: Path | str) -> set[str]:
     """Names of the functions and data a shared library exports (nm -D --defined-only)."""
     if shutil.which("nm") is None:
@@ -167,13 +168,12 @@ def check_build(build_root: Path | str | None = None) -> pd.DataFrame:
     return table
 
 
-# --- loading -------------------------------------------------------------------------------------------
 def library_path(name: str = KERNEL_LIB, build_root: Path | str | None = None) -> Path:
     """Path of a built library, or an error naming how to build it."""
     path = build_dir(build_root) / name
     if not path.is_file():
         fix = ("set TRT_INCLUDE to TensorRT's include/ folder and run `bash silu_plugin/build.sh`"
-               if name != KERNEL_LIB else "run `bash silu_plugin/build.sh` (needs nvcc) or mvlib.kernel.build()")
+               if name != KERNEL_LIB else "run `bash silu_plugin/build.sh` (needs nvcc) or mvlib.silu.build.build()")
         raise FileNotFoundError(f"{path} not found: {fix}")
     return path
 
@@ -188,130 +188,67 @@ def plugin_library(build_root: Path | str | None = None) -> Path:
     return library_path(PLUGIN_LIB_DYNAMIC, build_root)
 
 
-@functools.cache
-def kernel_library(path: str | None = None) -> ctypes.CDLL:
-    """The kernel library through ctypes, with the C ABI's argument types declared."""
-    path = str(path or library_path())
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"{path} not found: "
-                                "run `bash silu_plugin/build.sh` (needs nvcc) or mvlib.kernel.build()")
+# --- the ABI record: the check the TensorRT loader runs before loading the plugin --------------------------
+def headers_version(library: Path | str) -> tuple[int, int, int]:
+    """The TensorRT version of the headers a plugin library was compiled against (its exported record)."""
+    path = str(library)
     try:
-        lib = ctypes.CDLL(path)
-    except OSError as err:
-        raise RuntimeError(f"cannot load {path}: {err}. "
-                           "Rebuild it on this machine with `bash silu_plugin/build.sh`") from err
-    args = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
-    lib.mv_silu.argtypes = args
-    lib.mv_silu_ex.argtypes = args + [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.mv_copy_ex.argtypes = args + [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.mv_silu_default_config.argtypes = [ctypes.c_int] + [ctypes.POINTER(ctypes.c_int)] * 3
-    for fn in (lib.mv_silu, lib.mv_silu_ex, lib.mv_copy_ex, lib.mv_silu_default_config):
-        fn.restype = ctypes.c_int
-    return lib
+        lib = ctypes.CDLL(path)  # the dynamic library registers nothing when loaded, so this is side-effect free
+        fn = getattr(lib, ABI_RECORD)
+    except (OSError, AttributeError) as err:
+        raise RuntimeError(f"{path} does not say which TensorRT headers it was built against ({err}); rebuild it with "
+                           "`bash silu_plugin/build.sh`") from err
+    fn.restype = ctypes.c_int32
+    v = fn()
+    return v // 10000, v // 100 % 100, v % 100
 
 
-class KernelError(RuntimeError):
-    """The kernel library returned a CUDA error code (`status`)."""
-
-    def __init__(self, what: str, status: int):
-        super().__init__(f"{what} failed with CUDA error {status} (cudaError_t; 1 = invalid value, e.g. an unsupported "
-                         "dtype or a pointer not aligned to its element size; 9 = a launch configuration that does not "
-                         "fit on a multiprocessor)")
-        self.status = status
-
-
-def check_status(status: int, what: str) -> None:
-    """Raise KernelError on a non-zero cudaError_t from the library."""
-    if status != 0:
-        raise KernelError(what, status)
+def check_abi(library: Path | str, fl) -> None:
+    """Stop before TensorRT (flavour `fl`) sees a plugin built against headers of another major than its runtime
+    (a crash otherwise)."""
+    major, minor, patch = headers_version(library)
+    if major != fl.abi_major:
+        raise RuntimeError(
+            f"{Path(library).name} was compiled against TensorRT {major}.{minor}.{patch} headers, but {fl.label} "
+            f"expects TensorRT {fl.abi_major}.x plugins (the plugin interfaces' virtual tables differ between majors). "
+            f"Rebuild it: TRT_INCLUDE=<TensorRT {fl.abi_major}.x include/> bash silu_plugin/build.sh, "
+            "or run notebook 05")
 
 
-# --- the kernel as a PyTorch op -----------------------------------------------------------------------
-_TORCH_CODES = {torch.float32: DTYPE_CODES["float32"], torch.float16: DTYPE_CODES["float16"]}
+# --- the plugin, built or not -----------------------------------------------------------------------------
+class NoCompiler(StageSkipped):
+    """nvcc is missing: no plugin can be compiled here, so no plugin engine either (`no_compiler` marks the skip
+    as the machine's, as `no_builder` marks a missing TensorRT builder; the driver decides what it excuses)."""
+    no_compiler = True
 
 
-def _code(t: torch.Tensor) -> int:
-    """The kernel's dtype code of a tensor, or a TypeError naming what is supported."""
-    code = _TORCH_CODES.get(t.dtype)
-    if code is None:
-        raise TypeError(f"the SiLU kernel takes float32 and float16 tensors, not {t.dtype}; cast first")
-    return code
+def require_plugin(build_root: Path | str | None = None, trt_flavour: str | None = "auto") -> dict:
+    """The build record of a built plugin, or a skip that says what is missing and how to get it."""
+    if env.nvcc_path() is None:
+        raise NoCompiler("nvcc not found: the SiLU plugin cannot be compiled on this machine "
+                         "(install the CUDA toolkit)")
+    info = build_record(build_root)
+    if info.get("plugin"):
+        return info
+    from mvlib.tensorrt import flavours
+    has_builder, why = flavours.builder_status(trt_flavour)
+    cls = StageSkipped if has_builder else flavours.NoBuilder  # with a builder here, an unbuilt plugin fails the run
+    raise cls(f"the TensorRT plugin was not built: {info.get('note')}. TensorRT's pip wheels ship no headers: set "
+              "TRT_INCLUDE to include/ of NVIDIA's TensorRT repository at your release's tag (TensorRT-RTX: 11.x) "
+              "and rerun notebook 05's build cell (README, 'The SiLU plugin')" + ("" if has_builder else f"; {why}"))
 
 
-def _raw_stream(device_index: int) -> int:
-    """The current CUDA stream of a device as an integer handle (the cheap call inductor's generated code uses)."""
-    get = getattr(torch._C, "_cuda_getCurrentRawStream", None)
-    return get(device_index) if get is not None else torch.cuda.current_stream(device_index).cuda_stream
-
-
-def _dense(x: torch.Tensor) -> bool:
-    """Whether x's elements fill one block of memory (contiguous or channels_last): elementwise can run on it."""
-    return x.is_contiguous() or (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last))
-
-
-def silu(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """y = silu(x) by our kernel on the current CUDA stream (a plain call: no dispatcher, no autograd)."""
-    if not x.is_cuda:
-        raise ValueError(f"the SiLU kernel runs on CUDA tensors; this one is on {x.device} "
-                         "(use torch.nn.functional.silu on the CPU)")
-    code = _code(x)
-    if not _dense(x):
-        x = x.contiguous()
-    if out is None:
-        out = torch.empty_like(x)  # same strides as a dense x: element i of y matches element i of x
-    elif out.shape != x.shape or out.dtype != x.dtype or out.stride() != x.stride() or out.device != x.device:
-        raise ValueError("out must match x in shape, dtype, strides and device")
-    index = x.device.index
-    if index == torch.cuda.current_device():  # the usual case; the kernel launches on the current device
-        status = kernel_library().mv_silu(x.data_ptr(), out.data_ptr(), x.numel(), code, _raw_stream(index))
-    else:
-        with torch.cuda.device(index):
-            status = kernel_library().mv_silu(x.data_ptr(), out.data_ptr(), x.numel(), code, _raw_stream(index))
-    check_status(status, "mv_silu")
-    return out
-
-
-@functools.cache
-def op():
-    """The kernel registered as torch.ops.mvlib.silu (once per process), traceable by torch.compile."""
-    @torch.library.custom_op("mvlib::silu", mutates_args=())
-    def mvlib_silu(x: torch.Tensor) -> torch.Tensor:
-        return silu(x)
-
-    @mvlib_silu.register_fake
-    def _(x: torch.Tensor) -> torch.Tensor:
-        return torch.empty_like(x)
-
-    return mvlib_silu
-
-
-class MvSiLU(torch.nn.Module):
-    """nn.SiLU's stand-in that runs our kernel: eager calls go straight to it, compiled graphs call the op."""
-
-    def __init__(self, dispatch: str = "direct"):
-        super().__init__()
-        if dispatch not in ("direct", "op"):
-            raise ValueError(f"dispatch {dispatch!r}: use 'direct' (ctypes call in eager) or 'op' (torch.ops always)")
-        self.dispatch = dispatch
-        op()  # registered before any tracing starts
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dispatch == "op" or torch.compiler.is_compiling():
-            return torch.ops.mvlib.silu(x)
-        return silu(x)
-
-    def extra_repr(self) -> str:
-        return f"dispatch={self.dispatch}"
-
-
-def swap_silu(model: torch.nn.Module, dispatch: str = "direct") -> int:
-    """Replace every nn.SiLU in `model` (in place) by MvSiLU; the number replaced."""
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is torch.nn.SiLU:
-                setattr(parent, name, MvSiLU(dispatch))
-                count += 1
-    return count
-
-
+def plugin_interface_check(build_root: Path | str | None = None) -> pd.DataFrame:
+    """Run mv_silu_plugin_check (the plugin driven through TensorRT's interfaces); one row per check."""
+    info = require_plugin(build_root)
+    exe = build_dir(build_root) / PLUGIN_CHECK
+    proc = subprocess.run([str(exe)], capture_output=True, text=True, timeout=300)
+    rows = [{"status": line[:4].strip(), "check": line[5:]} for line in proc.stdout.splitlines()
+            if line[:4] in ("ok  ", "FAIL")]
+    rows += [{"status": "skip", "check": line[5:]} for line in proc.stdout.splitlines() if line.startswith("skip")]
+    table = pd.DataFrame(rows, columns=["status", "check"])
+    table["tensorrt_headers"] = info.get("tensorrt_headers_version")
+    if proc.returncode != 0:
+        failed = table[table["status"] == "FAIL"]["check"].tolist()
+        raise AssertionError(f"{exe.name} failed (exit {proc.returncode}): {failed or proc.stderr[-2000:]}")
+    return table

@@ -1,0 +1,188 @@
+"""The SiLU plugin in TensorRT: each precision's plugin model (rewritten and proven on the CPU), its engine, the
+engine's plugin layers and accuracy, and a plugin engine as a timed backend. Serves notebooks 05 (stages
+`rewrite`, `rewrite_fp8`, `onnxrt_reference`, `plugin_engines`, `plugin_fp8_engine`, `plugin_accuracy`,
+`plugin_layers`) and 06 (the plugin engines timed); tests/test_silu_engines.py.
+
+The plugin library is built and located by mvlib.silu.build; TensorRT loads it through mvlib.tensorrt.plugins
+after build.check_abi, which this module hands over with every engine.
+"""
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+import pandas as pd
+
+from mvlib import accuracy, export, fp8, io, precisions
+from mvlib.silu import build, onnx_rewrite
+from mvlib.skips import StageSkipped
+from mvlib.tensorrt import cache, layers, runner, timing
+from mvlib.tensorrt import table as engines_table
+
+NOTEBOOK = "05_silu_plugin"  # the notebook whose rows of the engines table these engines are
+
+
+# --- the plugin models ------------------------------------------------------------------------------------
+def rewrite_model(exported, precision: str, img_size: int, seed: int = 0, batch: int = 1) -> dict:
+    """Rewrite one precision's ONNX file into its plugin graph and prove it on the CPU against its source; a row."""
+    prec = precisions.get(precision)
+    src, dst = exported.path(prec.artifact), exported.path(prec.plugin_artifact)
+    row = {"precision": prec.name, "source": src.name, "rewritten": dst.name}
+    if prec.name == "fp16" and not src.exists():
+        from mvlib import precision as fp16_conversion
+        fp16_conversion.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
+    if not src.exists():
+        return {**row, "status": f"skipped: {src.name} not found (notebook {prec.notebook} writes it)"}
+    try:
+        report = onnx_rewrite.rewrite(src, dst)
+    except onnx_rewrite.NoSiluPairs as why:
+        return {**row, "status": f"skipped: {why}"}
+    table, passed = onnx_rewrite.verify_cpu(src, dst, prec.name, img_size, batches=(batch,), seed=seed)
+    return {**row, "status": "ok" if passed else "FAILED", "plugin_nodes": report.plugin_nodes,
+            "pairs_left": len(onnx_rewrite.find_pairs(gs.import_onnx(onnx.load(str(dst))))),
+            "cpu_max_abs_vs_source": float(table["max_abs"].max()),
+            **{f"cpu_{k}": float(table[k].iloc[0]) for k in ("atol", "rtol") if k in table}}
+
+
+def rewrite_models(exported, names: Sequence[str], img_size: int, seed: int = 0, batch: int = 1) -> pd.DataFrame:
+    """`rewrite_model` for each precision named; AssertionError if a rewritten graph differs from its source."""
+    table = pd.DataFrame([rewrite_model(exported, name, img_size, seed, batch) for name in names])
+    failed = table[table["status"] == "FAILED"]
+    if len(failed):
+        raise AssertionError(f"rewritten graphs differ from their sources on the CPU: {failed['precision'].tolist()}")
+    return table
+
+
+def onnxrt_reference(exported, model=None, batches: Sequence[int] = (1, 3), seed: int | None = None) -> Path:
+    """Run ONNX Runtime on the ORIGINAL model over the saved reference inputs; save its outputs (polygraphy format).
+
+    Without notebook 01's reference inputs, `model` makes them the way notebook 01 does (export.verify).
+    """
+    if not exported.artifact("reference_inputs").exists():
+        if model is None:
+            raise FileNotFoundError(f"{exported.artifact('reference_inputs')} not found: run notebook 01, or pass the "
+                                    "PyTorch model so export.verify can make it")
+        export.verify(exported, model, batches=batches, seed=seed)
+    inputs, _ = export.load_reference(exported)
+    results = accuracy.run([accuracy.onnxrt_runner(exported.onnx, "onnxrt-original")], inputs)
+    path = exported.artifact("ort_reference")
+    with io.atomic_path(path) as tmp:
+        results.save(str(tmp))
+    print(f"saved {path.name}: ONNX Runtime on {exported.onnx.name}, {len(inputs)} reference batches")
+    return path
+
+
+# --- the plugin engines -----------------------------------------------------------------------------------
+def engine_specs(exported, names: Sequence[str], trt_flavour: str | None = "auto") -> list:
+    """One plugin engine per precision named, from its rewritten ONNX file, with our plugin library and ABI check.
+
+    A missing model.fp8.silu.onnx skips (notebook 04 writes model.fp8.onnx, rewrite_model the rest); a missing
+    file of another precision is a row of its own in the engines table (build_all)."""
+    build.require_plugin(trt_flavour=trt_flavour)
+    lib = build.plugin_library()
+    specs = []
+    for name in names:
+        path = exported.path(precisions.get(name).plugin_artifact)
+        if name == "fp8" and not path.exists():
+            raise StageSkipped(f"{path.name} not found: notebook 04 writes model.fp8.onnx, then "
+                               "mvlib.silu.engines.rewrite_model rewrites it", needs=(path.name,))
+        specs.append(engines_table.EngineSpec(f"plugin_{name}", path, (lib,), check=build.check_abi))
+    return specs
+
+
+def build_engines(exported, names: Sequence[str], profile, trt_flavour: str | None = "auto", target: str = "auto",
+                  workspace_gb: float = 4) -> pd.DataFrame:
+    """The plugin engines' rows of the engines table (built or reused; failures with the builder's words).
+
+    FP8 engines are built alone, for an FP8 target: `target` is then notebook 05's fp8_target, which
+    fp8.build_target resolves; for the others it is trt_target."""
+    if "fp8" in names and list(names) != ["fp8"]:
+        raise ValueError("FP8 plugin engines have a target of their own (fp8_target): build them in a call of "
+                         "their own, names=('fp8',)")
+    specs = engine_specs(exported, names, trt_flavour)
+    if list(names) == ["fp8"]:
+        return fp8.build_engines(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
+    return engines_table.build_all(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
+
+
+def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
+    """The engines-table rows that were built and can run here, or StageSkipped saying why none can."""
+    built = engines_table.built_rows(engines, "plugin_engines")
+    runner.runnable(cache.load(built["path"].iloc[0]))
+    return built
+
+
+def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str, float]) -> pd.DataFrame:
+    """Plugin engines against ONNX Runtime on the original model, on the same saved inputs
+    (cosine tolerance per precision)."""
+    built = _built(engines)
+    from polygraphy.comparator import RunResults
+    inputs, _ = export.load_reference(exported)
+    ref_path = exported.artifact("ort_reference")
+    if not ref_path.exists():
+        raise FileNotFoundError(f"{ref_path} not found: run engines.onnxrt_reference(exported) first (a cpu stage)")
+    ref = RunResults.load(str(ref_path))
+    runners = [runner.runner(r.path, f"trt-{r.engine}", plugins=(build.plugin_library(),)) for r in built.itertuples()]
+    results = accuracy.run(runners, inputs)
+    merged = RunResults()
+    for name, iters in list(ref.items()) + list(results.items()):
+        merged[name] = iters
+    table = accuracy.table(merged, reference="onnxrt-original")
+    table["precision"] = table["runner"].str.extract(r"trt-plugin_(\w+)", expand=False)
+    table["cosine_tolerance"] = table["precision"].map(tolerances)
+    table["passed"] = table["cosine_min"] >= table["cosine_tolerance"]
+    return table
+
+
+# --- the plugin layers ------------------------------------------------------------------------------------
+PLUGIN_TYPE = re.compile(r"^plugin", re.I)  # the inspector's LayerType of a plugin layer: PluginV2, PluginV3, ...
+
+
+def plugin_layers(engines: pd.DataFrame | None) -> pd.DataFrame:
+    """The plugin layers of each engine as the engine inspector reports them, against the ONNX file's plugin nodes."""
+    return count_plugin_layers(_built(engines))
+
+
+def plugin_node_names(onnx_path: Path | str) -> set[str]:
+    """Names of the nodes of the SiLU plugin's op type in an ONNX file (the parser names their layers after them)."""
+    name = onnx_rewrite.plugin_id().name
+    return {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == name}
+
+
+def count_plugin_layers(built: pd.DataFrame) -> pd.DataFrame:
+    """Per built engine, its plugin layers: a layer whose type is a plugin, or whose name is a plugin node's name.
+
+    A name that merely contains the op's name is not one: TensorRT names the reformat it puts before a
+    linear-format plugin "Reformatting CopyNode for Input Tensor 0 to <plugin layer>". Every engine is counted,
+    one without any plugin layer too; AssertionError if an engine's count differs from its ONNX file's nodes."""
+    frames, counts = [], []
+    for r in built.itertuples():
+        layer_table = layers.layer_summary(Path(r.path).parent)
+        nodes = plugin_node_names(cache.load(r.path).info["onnx"])
+        is_plugin = layer_table["type"].astype(str).str.match(PLUGIN_TYPE) | layer_table["name"].isin(nodes)
+        found = layer_table[is_plugin].copy()
+        found.insert(0, "engine", r.engine)
+        found["engine_layers"] = len(layer_table)
+        found["plugin_nodes_in_onnx"] = r.plugin_nodes_in_onnx
+        frames.append(found)
+        counts.append({"engine": r.engine, "plugin_layers": len(found), "plugin_nodes": r.plugin_nodes_in_onnx})
+    counts = pd.DataFrame(counts, columns=["engine", "plugin_layers", "plugin_nodes"])
+    wrong = counts[counts["plugin_layers"] != counts["plugin_nodes"]]
+    if len(counts) == 0 or len(wrong):
+        raise AssertionError(f"engine plugin layers differ from the ONNX files' {onnx_rewrite.plugin_id().name} "
+                             f"nodes:\n{wrong if len(counts) else 'no engine to count'}")
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- a plugin engine timed (notebook 06) ------------------------------------------------------------------
+def timed(settings, onnx_path: Path | str, precision: str, profile, trt_flavour: str | None = "auto",
+          trt_target: str = "auto", workspace_gb: float = 4):
+    """The plugin engine of a rewritten ONNX file as a bench backend (timing.tensorrt with our library and check)."""
+    try:
+        lib = build.plugin_library()
+    except FileNotFoundError as err:
+        raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}",
+                           needs=(build.PLUGIN_LIB_DYNAMIC,)) from err
+    return timing.tensorrt(settings, onnx_path, precision, profile, trt_flavour, trt_target, workspace_gb,
+                           plugins=(lib,), check=build.check_abi, plugin_label="SiLU plugin")
