@@ -1,5 +1,5 @@
 // The SiLU kernel's C ABI: y[i] = x[i] / (1 + exp(-x[i])) for FP32 and FP16 tensors on the GPU.
-// Used by the TensorRT plugin (silu_plugin.cpp) and, through ctypes, by mvlib/kernel.py.
+// Used by the TensorRT plugin (silu_plugin.cpp) and, through ctypes, by mvlib/silu/torch_op.py.
 #pragma once
 #include <cuda_runtime_api.h>
 #include <stddef.h>
