@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import energy, metrics, stages
+from mvlib import energy, metrics, precisions, stages
 from mvlib.progress import progress
 from mvlib.skips import StageSkipped
 
@@ -395,7 +395,7 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
     def prepare(batch: int) -> Callable[[], Any]:
         feed = {name: images(batch, settings)}
         return lambda: sess.run(None, feed)
-    return Backend("onnxruntime", "cpu", precision, f"ONNX Runtime CPU {precision.upper()}", prepare,
+    return Backend("onnxruntime", "cpu", precision, f"ONNX Runtime CPU {precisions.label(precision)}", prepare,
                    "perf_counter around each call",
                    notes=f"onnxruntime {ort.__version__}, {onnx_path.name}, default threads", keep=[sess],
                    artifact=onnx_path.name, artifact_bytes=float(onnx_path.stat().st_size),
@@ -428,11 +428,11 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
         return launch
 
     if compile_mode is None:
-        backend, label = "pytorch-eager", f"PyTorch eager {precision.upper()}"
+        backend, label = "pytorch-eager", f"PyTorch eager {precisions.label(precision)}"
         timing = f"CUDA events around each launch, {IN_FLIGHT} in flight"
     else:
         backend = "torch.compile+cudagraphs" if graphs else "torch.compile"
-        label = f"torch.compile {precision.upper()}" + (" + CUDA graphs" if graphs else "")
+        label = f"torch.compile {precisions.label(precision)}" + (" + CUDA graphs" if graphs else "")
         timing = ("CUDA events around each CUDA-graph replay" if graphs else "CUDA events around each launch") \
             + f", {IN_FLIGHT} in flight"
     if channels_last:

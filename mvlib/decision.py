@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from mvlib import figures
 from mvlib.energy import NOT_MEASURED
 from mvlib.export import ARTIFACTS
+from mvlib.precisions import QUANTIZED  # notebook 04's precisions: their accuracy is in its tables
 
 COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cosine_mean", "cosine_min",
            "top1_agreement", "top1_labels", "accuracy_source", "latency_b1_p50_ms", "latency_b1_p99_ms",
@@ -31,7 +32,6 @@ COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cos
 ACCURACY = ("cosine_mean", "cosine_min", "top1_agreement")
 REFERENCE = ("pytorch", "cpu", "fp32")  # the row that is the FP32 reference itself
 EAGER = ("pytorch", "pytorch-eager")    # backends with no build or compile step
-QUANTIZED = ("int8", "fp8")             # notebook 04's precisions: their accuracy is in its tables
 FRONT = "on the front"
 
 
@@ -179,10 +179,8 @@ def labelled_top1(t: Tables, backend: str, precision: str) -> float | str:
     if not images.get("labelled"):
         return NOT_MEASURED + f"the run's images have no labels ({images.get('label', 'unlabelled')})"
     cells = {("onnxruntime", "fp32"): ("04_int8_accuracy.csv", "file", "top1_fp32"),
-             ("onnxruntime", "int8"): ("04_int8_accuracy.csv", "file", "top1_quantized"),
-             ("tensorrt", "int8"): ("04_int8_trt_accuracy.csv", "engine", "top1_quantized"),
-             ("onnxruntime", "fp8"): ("04_int8_accuracy.csv", "file", "top1_quantized"),
-             ("tensorrt", "fp8"): ("04_fp8_trt_accuracy.csv", "engine", "top1_quantized")}
+             **{("onnxruntime", q): ("04_int8_accuracy.csv", "file", "top1_quantized") for q in QUANTIZED},
+             **{("tensorrt", q): (f"04_{q}_trt_accuracy.csv", "engine", "top1_quantized") for q in QUANTIZED}}
     if (backend, precision) not in cells:
         return NOT_MEASURED + "labelled images are used by notebook 04 only (INT8, FP8 and their FP32 reference)"
     name, key, col = cells[(backend, precision)]
