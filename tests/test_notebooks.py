@@ -12,10 +12,10 @@ import subprocess
 import nbformat
 import pytest
 
-from mvlib import fp8, io, paths, tiers
+from mvlib import fp8, io, paths, stages, tiers
 from mvlib.tensorrt import flavours
 
-NOTEBOOKS = sorted(p.stem for p in paths.NOTEBOOKS.glob("[0-9]*_*.ipynb"))
+NOTEBOOKS = [nb.stem for nb in stages.all_notebooks()]
 CONDITIONS = {  # a phrase of a Creates cell -> what it needs
     "`nvcc` exists": "nvcc",
     "builder is installed": "builder",
@@ -33,7 +33,7 @@ def creates(notebook: str) -> dict[str, frozenset[str]]:
     cell = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4).cells[0].source
     if "**Creates**" not in cell:
         raise ValueError(f"{notebook}: the first cell has no **Creates** list of the files it makes")
-    own = notebook.split("_")[0] + "_"
+    own = stages.short(notebook) + "_"
     listed = {}
     for part in re.split(r"\n\s*\n|\n- ", cell[cell.index("**Creates**"):]):  # paragraphs and bullets
         needs = set()
@@ -101,7 +101,7 @@ def test_a_notebook_without_a_creates_list_is_named(tmp_path, monkeypatch):
 @pytest.mark.parametrize("notebook", NOTEBOOKS)
 def test_each_notebook_creates_what_its_creates_cell_lists(smoke_run, notebook):
     manifest = io.read_json(smoke_run / "manifest.json")
-    own = notebook.split("_")[0] + "_"
+    own = stages.short(notebook) + "_"
     made = {f"{d}/{p.name}" for d in ("results", "figures") for p in (smoke_run / d).glob(f"{own}*")}
     assert made == expected(creates(notebook), manifest), f"made {sorted(made)}"
 
