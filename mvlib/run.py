@@ -66,11 +66,6 @@ def as_decided(manifest: dict, weights: dict) -> dict:
     return weights | {"label": decided["label"], "fallback_reason": decided["reason"]}
 
 
-# A capability beside the tiers: a TensorRT builder is installed, so engines are built (run or not). A build
-# stage skipped for any reason but "no builder" (StageSkipped.no_builder) fails the run, whatever its tier.
-BUILD = "build"
-
-
 
 def declared_parameters(notebook: str) -> list[str] | None:
     """Names assigned in the `parameters` cell of notebooks/<notebook>.ipynb (None if there is no such notebook)."""
@@ -129,14 +124,15 @@ class Run:
 
     def record(self, name: str, tier: str, status: str, reason: str = "", **details: Any) -> None:
         """Record one stage's outcome under `<notebook>/<name>`."""
-        if tier != BUILD:
+        if tier != tiers.BUILDER:
             tiers.rank(tier)
         entry = {"tier": tier, "status": status, "reason": reason, **details}
         self._update(lambda m: m["stages"].__setitem__(f"{self.notebook}/{name}", entry))
 
     def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
-        missing = "" if tier == BUILD else tiers.missing_for(tier)  # a build stage says itself when there is no builder
+        # a build stage says itself when there is no builder (flavours.NoBuilder)
+        missing = "" if tier == tiers.BUILDER else tiers.missing_for(tier)
         if missing:
             print(f"[{name}] skipped: {missing}")
             self.record(name, tier, "skipped", missing)
@@ -147,7 +143,7 @@ class Run:
         except StageSkipped as why:
             print(f"[{name}] skipped: {why}")
             needs = list(why.needs)  # artifact names; mvlib.stages says which notebook makes each
-            marks = {m: True for m in ("no_builder", "no_fp8_hardware") if getattr(why, m, False)}
+            marks = {m: True for m in tiers.MACHINE_LACKS if getattr(why, m, False)}
             self.record(name, tier, "skipped", str(why), **({"needs": needs} if needs else {}), **marks)
             return None
         except BaseException as err:

@@ -11,6 +11,13 @@ from mvlib import env
 from mvlib.tensorrt import flavours
 
 TIERS = ("cpu", "gpu", "trt")
+# A capability beside the tiers: a stage of this "tier" runs wherever a TensorRT builder is installed (engines are
+# built, run or not), whatever the machine's tier; skipped there for any reason the machine does not excuse
+# (MACHINE_LACKS), it fails the run.
+BUILDER = "build"
+# What a skip may say the machine lacks (the marks StageSkipped subclasses carry: flavours.NoBuilder, the SiLU
+# plugin's NoCompiler, fp8.NoFP8). The run's tier is still reached: such a skip is the machine's, not a failure.
+MACHINE_LACKS = ("no_builder", "no_compiler", "no_fp8_hardware")
 
 
 def rank(tier: str) -> int:

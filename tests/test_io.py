@@ -121,3 +121,12 @@ def test_atomic_writes_of_one_file_from_threads_do_not_collide(tmp_path):
     text = target.read_text()
     assert len(text) == 1000 and len(set(text)) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "table.csv"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == []

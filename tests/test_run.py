@@ -1,7 +1,10 @@
 """mvlib.run: a notebook's run context: stage outcomes recorded with what a skipped stage needed."""
-from mvlib import io
+import pytest
+
+from mvlib import io, tiers
 from mvlib.run import Run
 from mvlib.skips import StageSkipped
+from mvlib.tensorrt import flavours
 
 
 def test_run_records_what_a_skipped_stage_needed(tmp_path):
@@ -15,3 +18,56 @@ def test_run_records_what_a_skipped_stage_needed(tmp_path):
     assert stages["06_benchmark/explicit"] | {"needs": ["model.int8.onnx"], "status": "skipped",
                                               "reason": "no INT8 model"} == stages["06_benchmark/explicit"]
     assert "needs" not in stages["06_benchmark/unrelated"]
+
+
+def test_run_records_the_parameters_cell_from_globals(tmp_path):
+    names = {"variant": "mobilevit_xs", "batch_max": 8, "run_dir": "x", "pd": object(), "not_a_param": 3}
+    run = Run(tmp_path / "r", "01_export", params=names)
+    recorded = io.read_json(run.manifest_path)["params"]["01_export"]
+    assert recorded == {"variant": "mobilevit_xs", "batch_max": 8}  # declared names only, run_dir left out
+
+
+def test_a_missing_builder_is_recorded_as_such(tmp_path):
+    run = Run(tmp_path / "r", "99_test")
+
+    def no_builder():
+        raise flavours.NoBuilder("no TensorRT builder: TensorRT-RTX not installed")
+    assert run.stage("engines", "build", no_builder) is None
+    entry = io.read_json(run.manifest_path)["stages"]["99_test/engines"]
+    assert entry["tier"] == "build" and entry["status"] == "skipped" and entry["no_builder"] is True
+
+
+def test_run_records_ok_skipped_failed(tmp_path):
+    run = Run(tmp_path / "r", "99_test", params={"x": 1})
+    assert run.stage("fine", "cpu", lambda a: a + 1, 1) == 2
+
+    def skip():
+        raise StageSkipped("no images")
+    assert run.stage("skips", "cpu", skip) is None
+    with pytest.raises(ZeroDivisionError):
+        run.stage("breaks", "cpu", lambda: 1 / 0)
+    stages = io.read_json(run.manifest_path)["stages"]
+    assert stages["99_test/fine"]["status"] == "ok"
+    assert stages["99_test/skips"] == {"tier": "cpu", "status": "skipped", "reason": "no images"}
+    assert stages["99_test/breaks"]["status"] == "failed" and "ZeroDivisionError" in stages["99_test/breaks"]["reason"]
+
+
+@pytest.mark.skipif(tiers.detect() != "cpu", reason="checks the skip path of a CPU-only machine")
+def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
+    run = Run(tmp_path / "r", "99_test")
+    assert run.stage("kernel", "gpu", lambda: pytest.fail("must not run")) is None
+    entry = io.read_json(run.manifest_path)["stages"]["99_test/kernel"]
+    assert entry["status"] == "skipped" and entry["reason"]
+
+
+def test_run_records_weights_as_the_driver_decided(tmp_path):
+    from mvlib import model
+    plain = Run(tmp_path / "a", "99_test")
+    plain.set("weights", model.random_info(0))
+    assert "fallback_reason" not in io.read_json(plain.manifest_path)["weights"]
+    decided = {"requested": "auto", "chosen": "random", "fallback": True, "reason": "hub down",
+               "label": model.random_info(0, "hub down")["label"]}
+    io.write_json(tmp_path / "b" / "manifest.json", {"run": {"weights": decided}, "stages": {}, "params": {}})
+    run = Run(tmp_path / "b", "99_test")
+    run.set("weights", model.random_info(0))
+    assert io.read_json(run.manifest_path)["weights"] == model.random_info(0, "hub down")

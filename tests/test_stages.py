@@ -27,3 +27,19 @@ def test_needs_is_a_tuple_of_artifacts():
     assert StageSkipped("x", needs="model.onnx").needs == ("model.onnx",)
     assert StageSkipped("x").needs == ()
     assert stages.short("01_export") == "01" and stages.short("calibration") == "calibration"
+
+
+def test_notebooks_run_in_file_name_order_whatever_their_names(tmp_path, monkeypatch):
+    """A new notebook is named to sort into place; no code lists notebook numbers."""
+    for name in ("02_graph", "01_export", "03b_calibration", "appendix", ".~scratch"):
+        (tmp_path / f"{name}.ipynb").write_text("{}")
+    monkeypatch.setattr(paths, "NOTEBOOKS", tmp_path)
+    assert [nb.stem for nb in stages.all_notebooks()] == ["01_export", "02_graph", "03b_calibration", "appendix"]
+    assert [nb.stem for nb in stages.select("1,03b,appendix")] == ["01_export", "03b_calibration", "appendix"]
+    assert [nb.stem for nb in stages.select("02_graph")] == ["02_graph"]
+    with pytest.raises(ValueError, match="07 names no notebook; the notebooks are 01_export, 02_graph"):
+        stages.select("07")
+
+
+def test_the_studys_own_notebooks_are_all_found():
+    assert [stages.short(nb.stem) for nb in stages.all_notebooks()] == ["01", "02", "03", "04", "05", "06"]

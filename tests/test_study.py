@@ -14,16 +14,10 @@ from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
-from mvlib.run import Run, StageSkipped
 from mvlib.tensorrt import cache, flavours
 from mvlib.tensorrt import table as engines_table
 
 NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
-
-
-def test_notebooks_exist_in_order():
-    assert [nb.name[:2] for nb in NOTEBOOKS] == [f"{i:02d}" for i in range(1, len(NOTEBOOKS) + 1)]
-    assert len(NOTEBOOKS) >= 1
 
 
 def installed_kernelspec() -> dict:
@@ -63,93 +57,6 @@ def test_the_authoring_helper_writes_the_installed_kernelspec(tmp_path):
     assert nbformat.read(tmp_path / "07_new.ipynb", as_version=4).metadata["kernelspec"] == installed_kernelspec()
 
 
-@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_defaults_are_the_full_profile(nb_path):
-    """`make lab` (the notebook's defaults) measures what `make study` (the full profile) measures."""
-    declared = papermill.inspect_notebook(str(nb_path))
-    full = params.load_profile("full")
-    for name, value in full.items():
-        if name in declared:
-            assert eval(declared[name]["default"]) == value, f"{nb_path.stem}.{name} differs from full.yaml"
-
-
-def test_run_records_the_parameters_cell_from_globals(tmp_path):
-    names = {"variant": "mobilevit_xs", "batch_max": 8, "run_dir": "x", "pd": object(), "not_a_param": 3}
-    run = Run(tmp_path / "r", "01_export", params=names)
-    recorded = io.read_json(run.manifest_path)["params"]["01_export"]
-    assert recorded == {"variant": "mobilevit_xs", "batch_max": 8}  # declared names only, run_dir left out
-
-
-@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_profiles_match_notebook_parameter_types(nb_path):
-    """A profile value handed to a notebook has the type of that notebook's default."""
-    declared = papermill.inspect_notebook(str(nb_path))
-    for profile in ("full", "smoke"):
-        for name, value in params.load_profile(profile).items():
-            if name in declared:
-                default = eval(declared[name]["default"])  # literals from our own notebooks
-                assert type(value) is type(default), f"{profile}.{name}: {value!r} vs default {default!r}"
-
-
-def test_unknown_profile_names_the_known_ones():
-    with pytest.raises(study.BadInput, match="full.*smoke"):
-        params.load_profile("huge")
-
-
-def test_stage_problems_follow_the_expected_tier():
-    manifest = {"stages": {
-        "01/a": {"tier": "cpu", "status": "ok", "reason": ""},
-        "03/engine": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
-        "05/kernel": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
-    }}
-    assert verdicts.stage_problems(manifest, "cpu") == []
-    assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, "gpu")] == ["05/kernel"]
-    assert len(verdicts.stage_problems(manifest, "trt")) == 2
-    manifest["stages"]["01/a"]["status"] = "failed"
-    assert verdicts.stage_problems(manifest, "cpu")[0].startswith("01/a: failed")
-
-
-def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tier():
-    manifest = {"stages": {
-        "03/engines": {"tier": "build", "status": "skipped", "reason": "no TensorRT builder", "no_builder": True},
-        "05/plugin_engines": {"tier": "build", "status": "skipped", "reason": "the TensorRT plugin was not built"},
-        "04/engines": {"tier": "build", "status": "ok", "reason": ""},
-    }}
-    for tier in ("cpu", "gpu", "trt"):
-        assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, tier)] == ["05/plugin_engines"]
-    manifest["stages"]["04/engines"]["status"] = "failed"
-    assert len(verdicts.stage_problems(manifest, "cpu")) == 2
-
-
-def test_a_missing_builder_is_recorded_as_such(tmp_path):
-    run = Run(tmp_path / "r", "99_test")
-
-    def no_builder():
-        raise flavours.NoBuilder("no TensorRT builder: TensorRT-RTX not installed")
-    assert run.stage("engines", "build", no_builder) is None
-    entry = io.read_json(run.manifest_path)["stages"]["99_test/engines"]
-    assert entry["tier"] == "build" and entry["status"] == "skipped" and entry["no_builder"] is True
-
-
-def test_an_fp8_stage_skipped_on_a_gpu_without_fp8_does_not_fail_the_gpu_tier(tmp_path, monkeypatch):
-    """An 8.6 GPU reaches the gpu tier but has no FP8 tensor cores: its FP8 skip is the hardware's, not a problem."""
-    from mvlib import fp8
-    monkeypatch.setattr(tiers, "missing_for", lambda tier: "")  # a machine that reaches every tier
-    run = Run(tmp_path / "r", "99_test")
-
-    def fp8_row():
-        ok, why = fp8.has_fp8("8.6")
-        raise fp8.NoFP8(f"FP8 PyTorch row: {why}")
-    assert run.stage("torch_fp8", "gpu", fp8_row) is None
-    manifest = io.read_json(run.manifest_path)
-    entry = manifest["stages"]["99_test/torch_fp8"]
-    assert entry["status"] == "skipped" and entry["no_fp8_hardware"] is True and "no_builder" not in entry
-    assert "8.6 has no FP8 tensor cores" in entry["reason"]
-    assert verdicts.stage_problems(manifest, "gpu") == verdicts.stage_problems(manifest, "trt") == []
-    del entry["no_fp8_hardware"]  # any other skip of a gpu stage on a gpu-tier run still fails it
-    assert [p.split(":")[0] for p in verdicts.stage_problems(manifest, "gpu")] == ["99_test/torch_fp8"]
-
-
 def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run):
     """06 times the FP32/FP16/INT8 models and their plugin rewrites: each exists after 01-05, and each was built."""
     from mvlib import export
@@ -185,29 +92,6 @@ def test_smoke_run_built_every_engine_for_real(smoke_run):
         assert table["accuracy"].str.startswith("skipped:").all() and table["timing"].str.startswith("skipped:").all()
     manifest = io.read_json(smoke_run / "manifest.json")
     assert manifest["stages"]["03_fp32_fp16/engines"]["status"] == "ok"
-
-
-def test_run_records_ok_skipped_failed(tmp_path):
-    run = Run(tmp_path / "r", "99_test", params={"x": 1})
-    assert run.stage("fine", "cpu", lambda a: a + 1, 1) == 2
-
-    def skip():
-        raise StageSkipped("no images")
-    assert run.stage("skips", "cpu", skip) is None
-    with pytest.raises(ZeroDivisionError):
-        run.stage("breaks", "cpu", lambda: 1 / 0)
-    stages = io.read_json(run.manifest_path)["stages"]
-    assert stages["99_test/fine"]["status"] == "ok"
-    assert stages["99_test/skips"] == {"tier": "cpu", "status": "skipped", "reason": "no images"}
-    assert stages["99_test/breaks"]["status"] == "failed" and "ZeroDivisionError" in stages["99_test/breaks"]["reason"]
-
-
-@pytest.mark.skipif(tiers.detect() != "cpu", reason="checks the skip path of a CPU-only machine")
-def test_gpu_stage_is_skipped_with_reason_on_cpu(tmp_path):
-    run = Run(tmp_path / "r", "99_test")
-    assert run.stage("kernel", "gpu", lambda: pytest.fail("must not run")) is None
-    entry = io.read_json(run.manifest_path)["stages"]["99_test/kernel"]
-    assert entry["status"] == "skipped" and entry["reason"]
 
 
 @pytest.mark.skipif(tiers.detect() != "cpu", reason="needs a machine below the gpu tier")
@@ -248,28 +132,6 @@ def test_driver_refuses_weights_it_cannot_provide(tmp_path, fake_papermill, caps
                      str(tmp_path / "missing.pth")])
     assert rc == 2 and "missing.pth" in capsys.readouterr().err
     assert not run.exists() and fake_papermill == {}
-
-
-def test_run_records_weights_as_the_driver_decided(tmp_path):
-    from mvlib import model
-    plain = Run(tmp_path / "a", "99_test")
-    plain.set("weights", model.random_info(0))
-    assert "fallback_reason" not in io.read_json(plain.manifest_path)["weights"]
-    decided = {"requested": "auto", "chosen": "random", "fallback": True, "reason": "hub down",
-               "label": model.random_info(0, "hub down")["label"]}
-    io.write_json(tmp_path / "b" / "manifest.json", {"run": {"weights": decided}, "stages": {}, "params": {}})
-    run = Run(tmp_path / "b", "99_test")
-    run.set("weights", model.random_info(0))
-    assert io.read_json(run.manifest_path)["weights"] == model.random_info(0, "hub down")
-
-
-def test_atomic_write_leaves_nothing_on_failure(tmp_path):
-    target = tmp_path / "table.csv"
-    with pytest.raises(RuntimeError):
-        with io.atomic_path(target) as tmp:
-            tmp.write_text("half")
-            raise RuntimeError("interrupted")
-    assert list(tmp_path.iterdir()) == []
 
 
 def test_smoke_run_manifest(smoke_run):
@@ -360,16 +222,6 @@ def test_help_documents_the_exit_codes(capsys):
     assert exit_.value.code == 0
     assert re.search(r"^\s+1\s+the run failed", out, re.M) and re.search(r"^\s+2\s+bad input", out, re.M)
     assert re.search(r"^\s+130\s+interrupted", out, re.M)
-
-
-def test_the_driver_choices_are_the_notebooks_own():
-    """Choices the driver checks are those the modules define (no copy drifts)."""
-    from mvlib import quant_eval
-    from mvlib.silu import gpu_checks
-    assert params.CHOICES["granularity"] == quant_eval.GRANULARITIES
-    assert set(params.CHOICES["swap_dtypes"]) == set(gpu_checks.TOLERANCE)  # the dtypes the kernel is checked in
-    assert set(params.AT_LEAST) | set(params.POSITIVE) | set(params.BATCH_LISTS) | set(params.CHOICES) \
-        <= set(params.defaults()), "a rule for a parameter no notebook has"
 
 
 # --- one TensorRT decision per run ---------------------------------------------------------------------------------
@@ -506,47 +358,3 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
     assert io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
     import signal
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
-
-
-# --- --only: a skip caused by a left-out notebook is not a tier failure ---------------------------------------
-INT8_REASON = "model.int8.onnx not found in /b/models/x (notebook 04_int8 makes it)"
-
-
-def _selection_manifest(notebooks: list[str]) -> dict:
-    return {"run": {"notebooks": notebooks}, "stages": {
-        "06_benchmark/pytorch_cpu": {"tier": "cpu", "status": "ok", "reason": ""},
-        "06_benchmark/onnxruntime_cpu_int8": {"tier": "cpu", "status": "skipped", "reason": INT8_REASON,
-                                              "needs": ["model.int8.onnx"]},
-        "06_benchmark/tensorrt_fp32": {"tier": "trt", "status": "skipped", "reason": "TensorRT not installed"},
-        "05_silu_plugin/kernel_check": {"tier": "gpu", "status": "skipped", "reason": "no CUDA GPU"},
-    }}
-
-
-def test_only_reports_skips_of_left_out_inputs_as_such():
-    m = _selection_manifest(["01_export.ipynb", "02_graph.ipynb", "06_benchmark.ipynb"])
-    assert verdicts.stage_problems(m, "cpu") == []
-    (skip,) = verdicts.selection_skips(m)
-    assert skip.startswith("06_benchmark/onnxruntime_cpu_int8") and "input made by 04, not selected" in skip
-    line = next(x for x in verdicts.summary(m).splitlines() if "onnxruntime_cpu_int8" in x)
-    assert "04" in line and "not selected" in line and "model.int8.onnx" in line  # the cause, then the reason
-    # other skips still count where the tier demands them
-    assert [p.split(":")[0] for p in verdicts.stage_problems(m, "trt")] == ["05_silu_plugin/kernel_check",
-                                                                       "06_benchmark/tensorrt_fp32"]
-
-
-def test_the_same_skip_with_its_maker_selected_is_a_tier_failure():
-    m = _selection_manifest(["01_export.ipynb", "04_int8.ipynb", "06_benchmark.ipynb"])
-    assert [p.split(":")[0] for p in verdicts.stage_problems(m, "cpu")] == ["06_benchmark/onnxruntime_cpu_int8"]
-    assert verdicts.selection_skips(m) == []
-    m = _selection_manifest([])
-    del m["run"]  # no selection recorded: every notebook counts as run
-    assert len(verdicts.stage_problems(m, "cpu")) == 1
-
-
-def test_a_skip_is_attributed_by_its_needs_never_by_its_text():
-    m = _selection_manifest(["06_benchmark.ipynb"])
-    del m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"]  # the reason still names notebook 04
-    assert len(verdicts.stage_problems(m, "cpu")) == 1 and verdicts.selection_skips(m) == []
-    m = _selection_manifest(["06_benchmark.ipynb"])
-    m["stages"]["06_benchmark/onnxruntime_cpu_int8"]["needs"] = ["04"]  # a manifest from before needs named files
-    assert verdicts.stage_problems(m, "cpu") == [] and len(verdicts.selection_skips(m)) == 1

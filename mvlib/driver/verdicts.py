@@ -2,7 +2,6 @@
 from pathlib import Path
 
 from mvlib import io, stages, tiers
-from mvlib import run as run_mod
 
 
 def not_selected(manifest: dict, stage: dict) -> list[str]:
@@ -40,18 +39,18 @@ def stage_problems(manifest: dict, tier: str) -> list[str]:
     """Stages that failed, or that were skipped although the run was expected to reach their tier.
 
     A skip caused by leaving out the notebook that makes the stage's input (`--only`) is not a problem of the
-    tier: `selection_skips` lists those. Nor is an FP8 stage skipped on a GPU without FP8 tensor cores
-    (`no_fp8_hardware`, from fp8.NoFP8): the tier is reached, the hardware lacks the feature.
+    tier: `selection_skips` lists those. Nor is a skip that says what the machine lacks (tiers.MACHINE_LACKS: no
+    TensorRT builder, no nvcc, a GPU without FP8 tensor cores): the tier is reached, the machine lacks the feature.
+    A build stage (tiers.BUILDER) skipped for any other reason fails the run, whatever its tier.
     """
     problems = []
     for name, st in sorted(manifest.get("stages", {}).items()):
         if st["status"] == "failed":
             problems.append(f"{name}: failed: {st['reason']}")
-        elif st["status"] != "skipped" or not_selected(manifest, st) or st.get("no_fp8_hardware"):
+        elif st["status"] != "skipped" or not_selected(manifest, st) or any(st.get(m) for m in tiers.MACHINE_LACKS):
             continue
-        elif st["tier"] == run_mod.BUILD:  # engines: any machine with a builder builds them all, whatever its tier
-            if not st.get("no_builder"):
-                problems.append(f"{name}: engine build skipped on a machine with a TensorRT builder: {st['reason']}")
+        elif st["tier"] == tiers.BUILDER:  # engines: any machine with a builder builds them all, whatever its tier
+            problems.append(f"{name}: engine build skipped on a machine with a TensorRT builder: {st['reason']}")
         elif tiers.rank(st["tier"]) <= tiers.rank(tier):
             problems.append(f"{name}: skipped although tier {tier} was expected: {st['reason']}")
     return problems
