@@ -281,27 +281,20 @@ def test_notebook_05_passes_each_precision_down_and_builds_fp8_for_fp8_target():
     assert "engines8" not in calls["plugin_accuracy"]  # the FP8 engine runs only on an FP8 GPU it targets
 
 
-def test_notebook_05_creates_what_it_lists(smoke_run):
+def test_notebook_05_smoke_run_stages(smoke_run):  # the files it creates: test_notebooks
     manifest = json.loads((smoke_run / "manifest.json").read_text())
     stages = {k.split("/", 1)[1]: v for k, v in manifest["stages"].items() if k.startswith("05_silu_plugin/")}
-    created = {p.name for sub in ("results", "figures") for p in (smoke_run / sub).glob("05_*")}
-    expected = {"05_plugin_onnx.csv"}
     rewritten = pd.read_csv(smoke_run / "results" / "05_plugin_onnx.csv").set_index("precision")
     assert stages["rewrite_fp8"]["status"] == "ok" and rewritten.loc["fp8", "rewritten"] == "model.fp8.silu.onnx"
     assert list(rewritten.index) == ["fp32", "fp16", "int8", "fp8"] and (rewritten["status"] == "ok").all()
     if NVCC is not None:
-        expected.add("05_build.csv")
         assert stages["build"]["status"] == "ok"
-    if env.cuda_status()[0]:
-        expected |= {"05_kernel_check.csv", "05_kernel_bandwidth.csv", "05_kernel_bandwidth.png",
-                     "05_model_swap.csv", "05_model_swap_accuracy.csv"}
-    else:
+    if not env.cuda_status()[0]:
         for name in ("kernel_check", "bandwidth", "swap_accuracy", "swap_throughput"):
             assert stages[name]["status"] == "skipped" and "GPU" in stages[name]["reason"]
     if NVCC is not None and HAS_BUILDER:  # built wherever a builder is: CI's TensorRT-RTX builds them on the CPU
         for name in ("plugin_interface", "plugin_engines"):
             assert stages[name]["status"] == "ok", stages[name]
-        expected |= {"05_plugin_interface.csv", "05_plugin_network_layers.csv"}
         layers = pd.read_csv(smoke_run / "results" / "05_plugin_network_layers.csv")
         # the plugin-FP8 engine is checked with them, unless this flavour cannot build FP8 here (full TensorRT
         # builds only for this machine's GPU)
@@ -313,6 +306,3 @@ def test_notebook_05_creates_what_it_lists(smoke_run):
     for name in ("plugin_accuracy", "plugin_layers"):
         if tiers.detect() != "trt":
             assert stages[name]["status"] == "skipped" and stages[name]["reason"] == tiers.missing_for("trt")
-    assert expected <= created, f"missing: {expected - created}"
-    assert created - expected <= {"05_plugin_interface.csv", "05_plugin_network_layers.csv", "05_plugin_accuracy.csv",
-                                  "05_plugin_layers.csv"}, f"unexpected: {created - expected}"
