@@ -99,7 +99,7 @@ def test_written_files_get_the_umasks_permissions(tmp_path, umask, mode):
 
 
 def test_rewriting_a_private_file_makes_it_readable(tmp_path):
-    """Results left 0600 by earlier versions become readable when a run writes them again."""
+    """A private (0600) result becomes readable when a run writes it again: the umask decides, not the old mode."""
     target = tmp_path / "table.csv"
     target.write_text("old")
     target.chmod(0o600)

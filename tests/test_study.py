@@ -168,7 +168,7 @@ def test_notebook_01_smoke_run_exports_and_checks(smoke_run):  # its files: test
 
 # --- bad input: checked before anything is touched, exit code 2 --------------------------------------------------
 def test_a_misspelt_parameter_fails_at_once_naming_the_right_one(tmp_path):
-    """`-p batchmax 8` used to be ignored silently; now it stops the driver before any folder exists."""
+    """`-p batchmax 8` stops the driver before any folder exists (a parameter no notebook declares would be ignored)."""
     run = tmp_path / "r"
     proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "-p", "batchmax", "8",
                            "--run-dir", str(run)], cwd=paths.ROOT, capture_output=True, text=True, timeout=300)

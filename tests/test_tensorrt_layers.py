@@ -65,7 +65,7 @@ def test_layer_summary_reads_tensorrt_10_and_11_inspector_json(tmp_path):
 
 
 def test_layer_names_only_is_an_error_not_a_table_of_question_marks(tmp_path):
-    # What polygraphy 0.49.0-0.49.8 produced (its verbosity setting failed silently): names, no types.
+    # What an engine built without DETAILED profiling verbosity gives the inspector: names, no types.
     (tmp_path / cache.LAYERS).write_text(json.dumps({"inspected": True, "Layers": ["conv1", "gemm"]}))
     with pytest.raises(ValueError, match="DETAILED"):
         layers.layer_summary(tmp_path)
@@ -73,8 +73,8 @@ def test_layer_names_only_is_an_error_not_a_table_of_question_marks(tmp_path):
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 def test_an_engine_built_where_it_could_not_run_is_inspected_where_it_runs(tmp_path, monkeypatch):
-    """Defect 5: built on a CPU machine ("not inspected"), reused on a GPU that runs it: inspected at load, so its
-    layers are no longer a skip. The inspector's JSON stands in for the GPU; everything else is real."""
+    """Built on a CPU machine ("not inspected"), reused on a GPU that runs it: inspected at load, so its layers
+    are known there, not a skip. The inspector's JSON stands in for the GPU; everything else is real."""
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     engine = cache.build_engine(models.conv(tmp_path / "model.onnx"), shapes.Profile(1, 2, 4), workspace_gb=1)
     with pytest.raises(StageSkipped, match="not inspected"):
