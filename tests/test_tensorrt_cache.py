@@ -53,7 +53,7 @@ def test_missing_plugin_names_how_to_build_it(tmp_path):
 
 @needs_builder
 def test_a_rerun_with_nothing_changed_builds_nothing(tmp_path, flavour, engines_dir, capsys):
-    """19.4: the second build of the same inputs reuses the engine and adds nothing to the cache."""
+    """The second build of the same inputs reuses the engine and adds nothing to the cache."""
     onnx_path = models.conv(tmp_path / "model.onnx")
     first = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
     assert first.status == "built" and cache.has_plan_header(first.plan, flavour.name)
@@ -68,7 +68,7 @@ def test_a_rerun_with_nothing_changed_builds_nothing(tmp_path, flavour, engines_
 
 @needs_builder
 def test_a_new_engine_removes_only_the_entries_it_supersedes(tmp_path, flavour, engines_dir, capsys):
-    """19.4: same ONNX file/profile/target/flavour, new bytes: the old entry goes; nothing else does."""
+    """Same ONNX file/profile/target/flavour, new bytes: the old entry goes; nothing else does."""
     onnx_path = models.conv(tmp_path / "model.onnx")
     old = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
     (tmp_path / "variant").mkdir()
@@ -86,7 +86,7 @@ def test_a_new_engine_removes_only_the_entries_it_supersedes(tmp_path, flavour, 
 
 @needs_builder
 def test_the_cache_report_and_prune(tmp_path, flavour, engines_dir):
-    """19.4: `python -m mvlib.tensorrt cache` sizes every entry; --prune removes stale entries the study made."""
+    """`python -m mvlib.tensorrt cache` sizes every entry; --prune removes stale entries the study made."""
     gone = cache.build_engine(models.conv(tmp_path / "gone.onnx"), PROFILE, flavour, workspace_gb=1)
     kept = cache.build_engine(models.conv(tmp_path / "kept.onnx"), PROFILE, flavour, workspace_gb=1)
     (tmp_path / "gone.onnx").unlink()
@@ -103,7 +103,7 @@ def test_the_cache_report_and_prune(tmp_path, flavour, engines_dir):
 @pytest.mark.parametrize("damage", ["truncate", "flip", "no_record", "bad_record", "no_layers"])
 def test_a_corrupt_engine_is_rebuilt_and_the_table_and_console_say_so(tmp_path, flavour, engines_dir, capsys,
                                                                         damage):
-    """19.7: status `rebuilt`, the reason in messages, and one plain line on the console."""
+    """Status `rebuilt`, the reason in messages, and one plain line on the console."""
     onnx_path = models.conv(tmp_path / "model.onnx")
     first = cache.build_engine(onnx_path, PROFILE, flavour, workspace_gb=1)
     plan, out = first.plan, first.dir

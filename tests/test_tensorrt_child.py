@@ -20,7 +20,7 @@ def spec(tmp_path, onnx_path) -> dict:
 
 
 def test_an_engine_that_cannot_be_inspected_is_still_built(tmp_path, monkeypatch):
-    """Defect 3: where the flavour should run but deserialization fails (here: the real runtime without a driver,
+    """Where the flavour should run but deserialization fails (here: the real runtime without a driver,
     as on an old driver or a wrong GPU), the build is kept and its layers say `not inspected: <why>`."""
     monkeypatch.setattr(flavours.Flavour, "runs_here", lambda self: (True, ""))
     s = spec(tmp_path, models.conv(tmp_path / "model.onnx"))

@@ -40,7 +40,7 @@ def test_a_flavour_that_is_not_installed_is_a_skip_with_the_fix():
 
 
 def test_rtx_runs_on_its_support_matrix_not_on_a100_or_hopper():
-    """Defect 6: RTX's matrices (1.0-1.5) list 7.5, 8.6, 8.9, 12.0 (1.5: 12.1); not 8.0 and not 9.0."""
+    """RTX's matrices (1.0-1.5) list 7.5, 8.6, 8.9, 12.0 (1.5: 12.1); not 8.0 and not 9.0."""
     for cap in ("7.5", "8.6", "8.9", "12.0", "12.1"):
         assert RTX.runs_on(cap)[0], cap
     for cap in ("8.0", "9.0", "10.0", "7.0"):
@@ -59,7 +59,7 @@ def test_flavour_facts_are_decided_in_one_place():
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 def test_a_cuda13_wheel_on_a_cuda12_driver_does_not_claim_to_run():
-    """Defect 7: the installed wheel's CUDA major against the driver's, with the fix named."""
+    """The installed wheel's CUDA major against the driver's, with the fix named."""
     fl = flavours.select()
     dist, major = fl.wheel()
     assert dist.endswith(f"-cu{major}")
@@ -69,7 +69,7 @@ def test_a_cuda13_wheel_on_a_cuda12_driver_does_not_claim_to_run():
 
 
 def test_the_wheel_follows_the_driver():
-    """Defect 7: cuDriverGetVersion's number (or nvidia-smi's banner) chooses the extra."""
+    """CuDriverGetVersion's number (or nvidia-smi's banner) chooses the extra."""
     assert cudainfo.extra_for(12020) == "rtx-cu12" and cudainfo.extra_for(12080) == "rtx-cu12"
     assert cudainfo.extra_for(13000) == "rtx-cu13" and cudainfo.extra_for(None) == "rtx-cu13"
     assert cudainfo.extra_for(14010) == "rtx-cu13" and cudainfo.extra_for(11080) == "rtx-cu12"
@@ -81,7 +81,7 @@ def test_the_wheel_follows_the_driver():
 
 
 def test_the_makefile_installs_the_extra_the_driver_asks_for():
-    """Defect 7: `make env` runs the stdlib-only script with the bare interpreter, and the extra exists."""
+    """`make env` runs the stdlib-only script with the bare interpreter, and the extra exists."""
     out = subprocess.run([sys.executable, "-I", str(ROOT / "mvlib/tensorrt/cudainfo.py"), "extra"],
                          capture_output=True, text=True, check=True).stdout.strip()
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
@@ -94,7 +94,7 @@ def test_the_makefile_installs_the_extra_the_driver_asks_for():
 
 
 def test_full_tensorrt_is_pinned_to_the_majors_it_was_checked_against():
-    """Defect 10: `tensorrt>=10` would install any future major."""
+    """`tensorrt>=10` would install any future major."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     spec = next(r for r in extras["trt"] if re.match(r"tensorrt\b", r))
     assert re.search(r"<\s*12\b", spec) and re.search(r">=\s*10", spec), spec
@@ -131,7 +131,7 @@ def h200_with_both(monkeypatch):
 
 
 def test_the_tier_follows_the_runs_flavour_not_any_installed_one(h200_with_both):
-    """Defect 11: trt_flavour=tensorrt_rtx on an H200 with full TensorRT too is tier gpu (RTX refuses 9.0)."""
+    """Trt_flavour=tensorrt_rtx on an H200 with full TensorRT too is tier gpu (RTX refuses 9.0)."""
     rtx = flavours.decide("tensorrt_rtx")
     assert rtx["trt_flavour"] == "tensorrt_rtx" and not rtx["runs_here"] and "9.0" in rtx["why"]
     assert tiers.runtime_status("tensorrt_rtx") == (False, "no TensorRT runtime for this machine: " + rtx["why"])

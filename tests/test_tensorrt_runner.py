@@ -76,7 +76,7 @@ class Recorder:
 
 @needs_rtx
 def test_rtx_contexts_specialize_eagerly_with_the_runtime_cache(rtx):
-    """Defect 1: the context comes from create_runtime_config() with EAGER, not LAZY (the default)."""
+    """The context comes from create_runtime_config() with EAGER, not LAZY (the default)."""
     trt = rtx.module()
     engine = Recorder(accept=False)
     context, config, rt_cache, accepted = runner.create_context(engine, rtx, b"blob from an earlier run")
@@ -110,7 +110,7 @@ def test_only_rtx_says_whether_a_capture_is_allowed():
 
 @needs_rtx
 def test_the_runtime_judges_a_real_plan(plan, rtx):
-    """Defect 6: Runtime.get_engine_validity called for real on a plan built here. Measured with 1.7.1.116 on this
+    """Runtime.get_engine_validity called for real on a plan built here. Measured with 1.7.1.116 on this
     CPU machine: (INVALID, 0) after "Error reading CUDA GPU properties ... cudaError 35"."""
     verdict, why = runner.plan_validity(rtx, plan.plan.read_bytes())
     assert verdict is False and "INVALID" in why and "cudaError 35" in why
@@ -118,7 +118,7 @@ def test_the_runtime_judges_a_real_plan(plan, rtx):
 
 @needs_rtx
 def test_runnable_asks_the_plan_where_a_gpu_is_seen(plan, monkeypatch):
-    """Defect 6: with a GPU the matrix accepts (8.6), the plan's own validity decides; without one, nothing is asked."""
+    """With a GPU the matrix accepts (8.6), the plan's own validity decides; without one, nothing is asked."""
     with pytest.raises(StageSkipped, match="only on an NVIDIA GPU"):
         runner.runnable(plan)
     monkeypatch.setattr(flavours, "capability_here", lambda: "8.6")
@@ -129,7 +129,7 @@ def test_runnable_asks_the_plan_where_a_gpu_is_seen(plan, monkeypatch):
 
 @needs_rtx
 def test_a_session_does_not_demand_the_parsers_library(plan, monkeypatch, tmp_path):
-    """Defect 8: only the ONNX parser dlopens libtensorrt_rtx.so; a Session (plugins or not) never asks for it.
+    """Only the ONNX parser dlopens libtensorrt_rtx.so; a Session (plugins or not) never asks for it.
     Here the real runtime then fails to deserialize (no driver), which is the error we must see."""
     monkeypatch.setattr(runner, "runnable", lambda engine: engine)
     monkeypatch.setattr(runner, "cuda_context", lambda: None)  # PyTorch here is a CPU build
@@ -227,7 +227,7 @@ def test_a_cuda_context_is_current_before_the_runtime_cache_is_read(plan, monkey
 
 @needs_rtx
 def test_an_old_driver_is_named_as_the_reason_with_its_fix(plan, monkeypatch):
-    """Defect 7: a CUDA 13 wheel on an R535 driver; the runtime's own words ("cudaError 35") do not say why."""
+    """A CUDA 13 wheel on an R535 driver; the runtime's own words ("cudaError 35") do not say why."""
     monkeypatch.setattr(flavours, "capability_here", lambda: "8.6")
     monkeypatch.setattr(runner, "capability_here", lambda: "8.6")
     monkeypatch.setattr(runner.cudainfo, "driver_version", lambda: (12020, "test"))

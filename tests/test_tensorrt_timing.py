@@ -29,7 +29,7 @@ def test_a_graph_is_replayed_where_the_capture_works():
 
 
 def test_a_refused_or_failed_capture_times_plain_enqueues_and_says_so():
-    """Defect 2: like trtexec, end the capture and time without a graph, instead of failing the notebook."""
+    """Like trtexec, end the capture and time without a graph, instead of failing the notebook."""
     tried = []
     launch, how = timing.choose_launch((False, "TensorRT-RTX 1.7: the execution context is not stream-capturable"),
                                        lambda: tried.append(1) or (Graph(), ""), plain)
@@ -41,7 +41,7 @@ def test_a_refused_or_failed_capture_times_plain_enqueues_and_says_so():
 
 
 def test_a_batchs_memory_is_freed_before_the_next_is_measured():
-    """Defect 9: the previous batch's graph and buffers are dropped, then the caching allocator is emptied."""
+    """The previous batch's graph and buffers are dropped, then the caching allocator is emptied."""
     state = {"launch": Graph(), "buffers": ["x"], "bound": ["y"]}
 
     class Session:
