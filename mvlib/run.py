@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from mvlib import env, figures, io, paths, tiers
-from mvlib.skips import StageSkipped  # noqa: F401  (notebooks and stages import it from here)
+from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours
 
 # A study run folder is one the study made: it holds this marker, written first, and only into a folder the study

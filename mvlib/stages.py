@@ -8,25 +8,24 @@ name and never by a number in code.
 """
 from pathlib import Path
 
-from mvlib import paths
+from mvlib import paths, precisions
 from mvlib.skips import StageSkipped
 
 EXPORT, GRAPH, FP32_FP16, QUANTIZED, PLUGIN, BENCHMARK = (
     "01_export", "02_graph", "03_fp32_fp16", "04_int8", "05_silu_plugin", "06_benchmark")
 
-# What other notebooks read, by the notebook that makes it. Files of the model's folder (build/models/<key>/),
-# of the plugin build (build/silu_plugin/) and tables of the run folder (results/) alike.
+# What other notebooks read, by the notebook that makes it: files of the model's folder (build/models/<key>/), of
+# the plugin build (build/silu_plugin/) and tables of the run folder (results/). Each precision's ONNX file and its
+# SiLU-plugin rewrite come from the table of precisions, so a new precision needs no line here.
 PRODUCERS: dict[str, str] = {
-    "model.onnx": EXPORT,
-    "reference_inputs.json": EXPORT, "reference_outputs.json": EXPORT,
-    "01_export_accuracy.csv": EXPORT,
+    **{p.artifact: p.notebook for p in precisions.TABLE.values()},
+    **{p.plugin_artifact: PLUGIN for p in precisions.TABLE.values()},
     "model.silu.onnx": GRAPH,  # notebook 05 makes it too, where 02 did not run
-    "model.fp16.onnx": FP32_FP16, "fp16.json": FP32_FP16, "03_accuracy.csv": FP32_FP16,
-    "model.int8.onnx": QUANTIZED, "model.int8.json": QUANTIZED,
-    "model.fp8.onnx": QUANTIZED, "model.fp8.json": QUANTIZED,
+    "reference_inputs.json": EXPORT, "reference_outputs.json": EXPORT, "01_export_accuracy.csv": EXPORT,
+    "03_accuracy.csv": FP32_FP16,
+    "model.int8.json": QUANTIZED, "model.fp8.json": QUANTIZED,  # why that policy was chosen, or why none
     "04_int8_accuracy.csv": QUANTIZED, "04_int8_trt_accuracy.csv": QUANTIZED, "04_fp8_trt_accuracy.csv": QUANTIZED,
     "labelled images": QUANTIZED,  # the evaluation images with ImageNet labels that notebook 04 loads
-    "model.fp16.silu.onnx": PLUGIN, "model.int8.silu.onnx": PLUGIN, "model.fp8.silu.onnx": PLUGIN,
     "onnxrt_reference_outputs.json": PLUGIN, "05_plugin_accuracy.csv": PLUGIN,
     "libmv_silu.so": PLUGIN, "libmv_silu_plugin.so": PLUGIN, "libmv_silu_plugin_dynamic.so": PLUGIN,
     "mv_silu_plugin_check": PLUGIN, "build_info.json": PLUGIN,

@@ -43,3 +43,10 @@ def test_notebooks_run_in_file_name_order_whatever_their_names(tmp_path, monkeyp
 
 def test_the_studys_own_notebooks_are_all_found():
     assert [stages.short(nb.stem) for nb in stages.all_notebooks()] == ["01", "02", "03", "04", "05", "06"]
+
+
+def test_every_precisions_files_have_their_maker_from_the_table_of_precisions():
+    from mvlib import precisions
+    for p in precisions.TABLE.values():
+        assert stages.producer(p.artifact) == p.notebook
+        assert stages.producer(p.plugin_artifact) == (stages.GRAPH if p.name == "fp32" else stages.PLUGIN)
