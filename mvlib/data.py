@@ -260,10 +260,9 @@ def imagenette_val(cache: Path | None = None, timeout: float = IMAGENETTE_TIMEOU
     ok, why = _reachable(IMAGENETTE_URL, timeout)
     if not ok:
         raise SourceUnavailable(why)
-    archive = root / Path(IMAGENETTE_URL).name
     try:
-        if not archive.exists() or io.checksum(archive, "md5") != IMAGENETTE_MD5:
-            _download(IMAGENETTE_URL, archive, IMAGENETTE_MD5)
+        archive, _ = io.cached(root / Path(IMAGENETTE_URL).name, {"url": IMAGENETTE_URL, "md5": IMAGENETTE_MD5},
+                               lambda tmp: _download(IMAGENETTE_URL, tmp, IMAGENETTE_MD5), "ImageNette archive")
     except OSError as err:  # URLError, timeouts and resets are all OSErrors
         raise SourceUnavailable(f"ImageNette download failed: {type(err).__name__}: {err}") from err
     tmp = root / ".extracting"
@@ -279,65 +278,10 @@ def imagenette_val(cache: Path | None = None, timeout: float = IMAGENETTE_TIMEOU
 
 
 def _download(url: str, dest: Path, md5: str) -> None:
-    """Download `url` to `dest` atomically; keep it only if its MD5 matches."""
-    with io.atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=60) as resp, open(tmp, "wb") as out:
-            for chunk in iter(lambda: resp.read(1 << 20), b""):
-                out.write(chunk)
-        got = io.checksum(tmp, "md5")  # the publisher gives an MD5
-        if got != md5:
-            raise SourceUnavailable(f"{Path(url).name}: MD5 {got} differs from the expected {md5}; not used")
-
-
-def shipped_files() -> list[Path]:
-    """The shipped sample pictures (data/images, see PROVENANCE.md)."""
-    files = sorted(p for p in paths.IMAGES.iterdir() if _is_image(p)) if paths.IMAGES.is_dir() else []
-    if len(files) < 2:
-        raise ImageSourceError(f"the shipped samples in {paths.IMAGES} are missing (found {len(files)}); "
-                               "restore data/images from git or pass image_dir")
-    return files
-
-
-def from_shipped(tf: Callable, calib: int, evaluation: int, seed: int) -> ImageSet:
-    """Seeded variations of the shipped pictures; calibration and evaluation use different pictures."""
-    files = shipped_files()
-    split_counts(len(files), calib, evaluation)  # validates the counts
-    n_eval_files = min(len(files) - 1, max(1, round(len(files) * evaluation / (calib + evaluation))))
-    order = np.random.default_rng(seed).permutation(len(files))
-    eval_files = [files[i] for i in order[:n_eval_files]]
-    cal_files = [files[i] for i in order[n_eval_files:]]
-
-    def expand(group: list[Path], count: int) -> list[Item]:
-        per = [count // len(group) + (i < count % len(group)) for i in range(len(group))]
-        return [Item(p, None, k) for p, n in zip(group, per, strict=True) for k in range(n)]
-
-    cal_items, eval_items = expand(cal_files, calib), expand(eval_files, evaluation)
-    note = (f"{len(cal_files)} pictures for calibration, {len(eval_files)} others for evaluation, "
-            "seeded variations (crop, flip, jitter); unlabelled")
-    return ImageSet("shipped", f"shipped sample images ({len(files)} public-domain/CC0 pictures + variations)",
-                    load_items(cal_items, tf, seed), load_items(eval_items, tf, seed), None,
-                    [it.id for it in cal_items], [it.id for it in eval_items], [note])
-
-
-def load(model, img_size: int, calib_images: int, eval_images: int, seed: int = 0, image_dir: str = "",
-         imagenette: bool = True, min_side: int = MIN_SIDE) -> ImageSet:
-    """Calibration and evaluation images from the first available source (module docstring), preprocessed."""
-    tf = transform(model, img_size)
-    if image_dir:
-        return from_folder(image_dir, tf, calib_images, eval_images, seed, min_side)
-    why = "disabled (imagenette=False)"
-    if imagenette:
-        try:
-            val = imagenette_val()
-            return from_folder(val, tf, calib_images, eval_images, seed, min_side, source="imagenette",
-                               label="ImageNette val (10 ImageNet classes)")
-        except SourceUnavailable as err:
-            why = str(err)
-    banner = (f"IMAGES FALLBACK: no image_dir given and ImageNette is unavailable ({why}); using the shipped "
-              f"public-domain/CC0 sample pictures in {paths.IMAGES} and seeded variations of them. They are "
-              "unlabelled: INT8 is compared with FP32 only, not with ImageNet labels.")
-    print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
-    warnings.warn(banner, RuntimeWarning, stacklevel=2)
-    images = from_shipped(tf, calib_images, eval_images, seed)
-    images.notes.append(f"fallback: {why}")
-    return images
+    """Download `url` into `dest` (a temporary file of io.cached); SourceUnavailable unless its MD5 is `md5`."""
+    with urllib.request.urlopen(url, timeout=60) as resp, open(dest, "wb") as out:
+        for chunk in iter(lambda: resp.read(1 << 20), b""):
+            out.write(chunk)
+    got = io.checksum(dest, "md5")  # the publisher gives an MD5
+    if got != md5:
+        raise SourceUnavailable(f"{Path(url).name}: MD5 {got} differs from the expected {md5}; not used")

@@ -200,3 +200,6 @@ def test_imagenette_download_checks_md5_and_extracts_only_val(tmp_path, monkeypa
     assert not (val.parent / "train").exists()
     items, note = data.list_folder(val)
     assert sorted(i.label for i in items) == [0, 701] and "labelled" in note
+    (tmp_path / "cache" / "val.ok").unlink()  # extracted again, from the archive it keeps: no second download
+    monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("downloaded the archive again"))
+    assert data.imagenette_val(tmp_path / "cache") == val
