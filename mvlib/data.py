@@ -285,3 +285,57 @@ def _download(url: str, dest: Path, md5: str) -> None:
     got = io.checksum(dest, "md5")  # the publisher gives an MD5
     if got != md5:
         raise SourceUnavailable(f"{Path(url).name}: MD5 {got} differs from the expected {md5}; not used")
+
+
+def shipped_files() -> list[Path]:
+    """The shipped sample pictures (data/images, see PROVENANCE.md)."""
+    files = sorted(p for p in paths.IMAGES.iterdir() if _is_image(p)) if paths.IMAGES.is_dir() else []
+    if len(files) < 2:
+        raise ImageSourceError(f"the shipped samples in {paths.IMAGES} are missing (found {len(files)}); "
+                               "restore data/images from git or pass image_dir")
+    return files
+
+
+def from_shipped(tf: Callable, calib: int, evaluation: int, seed: int) -> ImageSet:
+    """Seeded variations of the shipped pictures; calibration and evaluation use different pictures."""
+    files = shipped_files()
+    split_counts(len(files), calib, evaluation)  # validates the counts
+    n_eval_files = min(len(files) - 1, max(1, round(len(files) * evaluation / (calib + evaluation))))
+    order = np.random.default_rng(seed).permutation(len(files))
+    eval_files = [files[i] for i in order[:n_eval_files]]
+    cal_files = [files[i] for i in order[n_eval_files:]]
+
+    def expand(group: list[Path], count: int) -> list[Item]:
+        per = [count // len(group) + (i < count % len(group)) for i in range(len(group))]
+        return [Item(p, None, k) for p, n in zip(group, per, strict=True) for k in range(n)]
+
+    cal_items, eval_items = expand(cal_files, calib), expand(eval_files, evaluation)
+    note = (f"{len(cal_files)} pictures for calibration, {len(eval_files)} others for evaluation, "
+            "seeded variations (crop, flip, jitter); unlabelled")
+    return ImageSet("shipped", f"shipped sample images ({len(files)} public-domain/CC0 pictures + variations)",
+                    load_items(cal_items, tf, seed), load_items(eval_items, tf, seed), None,
+                    [it.id for it in cal_items], [it.id for it in eval_items], [note])
+
+
+def load(model, img_size: int, calib_images: int, eval_images: int, seed: int = 0, image_dir: str = "",
+         imagenette: bool = True, min_side: int = MIN_SIDE) -> ImageSet:
+    """Calibration and evaluation images from the first available source (module docstring), preprocessed."""
+    tf = transform(model, img_size)
+    if image_dir:
+        return from_folder(image_dir, tf, calib_images, eval_images, seed, min_side)
+    why = "disabled (imagenette=False)"
+    if imagenette:
+        try:
+            val = imagenette_val()
+            return from_folder(val, tf, calib_images, eval_images, seed, min_side, source="imagenette",
+                               label="ImageNette val (10 ImageNet classes)")
+        except SourceUnavailable as err:
+            why = str(err)
+    banner = (f"IMAGES FALLBACK: no image_dir given and ImageNette is unavailable ({why}); using the shipped "
+              f"public-domain/CC0 sample pictures in {paths.IMAGES} and seeded variations of them. They are "
+              "unlabelled: INT8 is compared with FP32 only, not with ImageNet labels.")
+    print("!" * 100 + "\n" + banner + "\n" + "!" * 100)
+    warnings.warn(banner, RuntimeWarning, stacklevel=2)
+    images = from_shipped(tf, calib_images, eval_images, seed)
+    images.notes.append(f"fallback: {why}")
+    return images
