@@ -12,12 +12,12 @@ import papermill
 import pytest
 from driver_fakes import fake_notebooks
 
-from mvlib import io, paths, study, tiers
+from mvlib import io, paths, stages, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
 from mvlib.tensorrt import cache, flavours
 from mvlib.tensorrt import table as engines_table
 
-NOTEBOOKS = sorted(paths.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOKS = stages.all_notebooks()
 
 
 def installed_kernelspec() -> dict:
