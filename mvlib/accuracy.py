@@ -1,34 +1,32 @@
-"""Accuracy through polygraphy's Comparator: runners on the same feeds, checked against a reference."""
+"""Accuracy through polygraphy's Comparator: runners on the same feeds, judged by the one criterion.
+
+Serves notebooks 01 (export check), 02 (SiLU rewrite check), 03 (FP32 / FP16), 04 (INT8 / FP8) and 05 (plugin
+engines). `judge` applies `mvlib.precisions`' criterion of a precision to logits against a reference;
+`engine_runners` is the one loop over an engines table's built engines that makes a runner of each that runs here.
+"""
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mvlib import metrics
+from mvlib import metrics, precisions
 
 INPUT = "input"    # the exported model's input name
 OUTPUT = "logits"  # and its output name
 
 
-def feeds(batches: Iterable[int], img_size: int, seed: int | None = None, repeats: int = 1) -> list[dict]:
-    """Fresh random feed dicts, `repeats` per batch size (polygraphy data-loader format)."""
+def feeds(batches: Iterable[int], img_size: int, seed: int | None = None) -> list[dict]:
+    """Fresh random feed dicts, one per batch size (polygraphy data-loader format)."""
     rng = np.random.default_rng(seed)
-    return [{INPUT: rng.uniform(0.0, 1.0, size=(b, 3, img_size, img_size)).astype(np.float32)}
-            for b in batches for _ in range(repeats)]
+    return [{INPUT: rng.uniform(0.0, 1.0, size=(b, 3, img_size, img_size)).astype(np.float32)} for b in batches]
 
 
-def onnxrt_runner(onnx_path: Path | str, name: str, session_options=None):
+def onnxrt_runner(onnx_path: Path | str, name: str):
     """Polygraphy ONNX Runtime runner on the CPU."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    loader = SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"])
-    if session_options is not None:  # e.g. with onnxruntime-extensions' custom ops registered
-        import onnxruntime as ort
-
-        def loader():  # noqa: F811
-            return ort.InferenceSession(str(onnx_path), session_options, providers=["CPUExecutionProvider"])
-    return OnnxrtRunner(loader, name=name)
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
 
 
 def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
@@ -65,6 +63,25 @@ def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
     return TorchRunner()
 
 
+def engine_runners(engines: pd.DataFrame | None, runnable: Callable | None = None, plugins: Sequence = (),
+                   batches: Sequence[int] = (), stage: str = "engines") -> list[tuple]:
+    """(row, engine, runner `trt-<engine>`) for every built engine of an engines table: the one engine loop.
+
+    StageSkipped when no engine was built (naming `stage`) or one cannot run here: `runnable(engine)` returns the
+    engine or raises it (default tensorrt.runner.runnable; FP8 engines: fp8.runnable). Every batch of `batches`
+    must fit each engine's profile; `plugins` are the plugin libraries the engines need."""
+    from mvlib.tensorrt import cache, runner
+    from mvlib.tensorrt import table as engines_table
+    runnable = runnable or runner.runnable
+    out = []
+    for r in engines_table.built_rows(engines, stage).itertuples():
+        engine = runnable(cache.load(r.path))
+        for b in batches:
+            engine.profile.check(b)
+        out.append((r, engine, runner.runner(engine, f"trt-{r.engine}", plugins)))
+    return out
+
+
 def run(runners: Sequence, data: list[dict]):
     """Run every runner on the same feeds (polygraphy Comparator.run)."""
     from polygraphy.comparator import Comparator
@@ -82,8 +99,38 @@ def check(results, atol: float, rtol: float) -> bool:
                                             compare_func=CompareFunc.simple(atol=atol, rtol=rtol)))
 
 
-def table(results, reference: str, atol: float | None = None, rtol: float | None = None) -> pd.DataFrame:
-    """Metrics of every runner against runner `reference`, one row per runner and batch size."""
+def polygraphy_check(ref: np.ndarray, out: np.ndarray, atol: float, rtol: float) -> list[bool]:
+    """Polygraphy's element-wise check (CompareFunc.simple) of each sample of `out` against `ref`."""
+    from polygraphy.comparator import Comparator, CompareFunc, RunResults
+    from polygraphy.comparator.struct import IterationResult
+    from polygraphy.logger import G_LOGGER
+    if ref.shape != out.shape:
+        raise ValueError(f"shape mismatch: reference {ref.shape} vs output {out.shape}")
+    results = RunResults()
+    for name, arr in (("reference", ref), ("output", out)):
+        results.append((name, [IterationResult({OUTPUT: arr[i:i + 1]}, runner_name=name) for i in range(len(arr))]))
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # one line per sample otherwise
+        acc = Comparator.compare_accuracy(results, comparisons=[(0, 1)],
+                                          compare_func=CompareFunc.simple(atol=atol, rtol=rtol))
+    return [all(bool(v) for v in match.values()) for match in acc[0][("reference", "output")]]
+
+
+def judge(ref: np.ndarray, out: np.ndarray, m: dict, precision: str) -> tuple[list[str], list[bool] | None]:
+    """The one accuracy criterion of `precision` on logits `out` against `ref`, whose metrics `m` holds
+    (metrics.compare, plus top1_drop_points where labels are known): why it fails (empty: it passes) and,
+    where the precision's tolerance bounds each logit, each image's polygraphy verdict (else None)."""
+    tol = precisions.get(precision).tolerance
+    within = polygraphy_check(ref, out, tol.atol, tol.rtol) if tol.atol is not None else None
+    return metrics.failures(m, tol, None if within is None else int(sum(within))), within
+
+
+def table(results, reference: str, atol: float | None = None, rtol: float | None = None,
+          judged: dict[str, str] | None = None) -> pd.DataFrame:
+    """Metrics of every runner against runner `reference`, one row per runner and batch size.
+
+    With atol/rtol an `allclose` column; with `judged` ({runner: precision}) those runners' rows also get the
+    one criterion's verdict: `precision`, `samples_within_tol` (where the tolerance bounds logits), `fails`,
+    `passed`."""
     ref_iters = results[_runner_name(results, reference)]
     rows = []
     for name, iters in results.items():
@@ -98,6 +145,10 @@ def table(results, reference: str, atol: float | None = None, rtol: float | None
             row = {"runner": _short(name), "reference": reference, "batch": batch, **metrics.compare(ref, out)}
             if atol is not None and rtol is not None:
                 row["allclose"] = bool(np.allclose(out, ref, atol=atol, rtol=rtol))
+            if judged and row["runner"] in judged:
+                fails, within = judge(ref, out, row, judged[row["runner"]])
+                row.update(precision=judged[row["runner"]], fails="; ".join(fails), passed=not fails,
+                           **({} if within is None else {"samples_within_tol": int(sum(within))}))
             rows.append(row)
     return pd.DataFrame(rows)
 

@@ -1,7 +1,7 @@
 """What the measurements are held against: the model's cost, the machine's measured ceilings, a published anchor.
 
-The roofline (notebook 06's last figure) places each benchmark row by its compulsory arithmetic intensity
-and achieved FLOP/s under the copy and matmul ceilings measured here, not taken from datasheets. The
+Serves notebook 06. The roofline (its last figure) places each benchmark row by its compulsory arithmetic
+intensity and achieved FLOP/s under the copy and matmul ceilings measured here, not taken from datasheets. The
 anchor check holds this run's torch.compile row against the README's H200 figure, where comparable.
 """
 import copy
@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import metrics
+from mvlib import metrics, precisions
 
 MIB = 2 ** 20
 
@@ -105,15 +105,13 @@ def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20
     return pd.DataFrame(rows)
 
 
-WEIGHT_BYTES = {"fp32": 4, "fp16": 2, "int8": 1}
-
-
 def roofline_points(df: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """Each row's achieved FLOP/s and its compulsory arithmetic intensity (FLOPs per byte that must move:
-    weights once per launch plus each image's input and output), the x axis of a roofline."""
+    weights once per launch, at the bytes per weight of the row's precision (mvlib.precisions), plus each image's
+    input and output), the x axis of a roofline."""
     c = cost.iloc[0]
     out = df[["label", "device", "precision", "batch", "throughput_ips"]].copy()
-    wbytes = out.precision.map(WEIGHT_BYTES).fillna(4)
+    wbytes = out.precision.map(lambda p: precisions.get(p).bytes_per_weight)  # an unknown precision is an error
     iobytes = np.where(out.precision == "fp16", 2, 4)
     bytes_per_launch = c.params * wbytes + out.batch * (c.input_elems + c.output_elems) * iobytes
     out["flops_per_s"] = out.throughput_ips * c.flops_per_image

@@ -20,12 +20,12 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, metrics
+from mvlib import accuracy, metrics, precisions
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, runner
 from mvlib.tensorrt import table as engines_table
 
-MIN_CAPABILITY = (8, 9)
+MIN_CAPABILITY = precisions.get("fp8").capability  # (8, 9)
 DEFAULT_TARGET = "sm89"  # L4 / RTX 40xx: the oldest FP8 architecture, and one TensorRT-RTX targets
 GPUS = "L4 / RTX 40xx (8.9), H100 / H200 (9.0), B200 (10.0), RTX 50xx (12.0)"
 OPSET = 19  # FP8 types in QuantizeLinear/DequantizeLinear
@@ -54,14 +54,19 @@ def _capability(cap: str | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(major), int(minor)
 
 
+def _fp8_from() -> str:
+    """The lowest compute capability with FP8 tensor cores, as written ('8.9')."""
+    return precisions.get("fp8").min_capability
+
+
 def has_fp8(capability: str | tuple[int, int] | None) -> tuple[bool, str]:
     """Whether a GPU of `capability` ('8.9', 'sm89' or (8, 9)) has FP8 tensor cores, and why not."""
     cc = _capability(capability)
     if cc is None:
-        return False, f"no NVIDIA GPU here; FP8 needs compute capability 8.9 or newer ({GPUS})"
+        return False, f"no NVIDIA GPU here; FP8 needs compute capability {_fp8_from()} or newer ({GPUS})"
     if cc < MIN_CAPABILITY:
-        return False, (f"compute capability {cc[0]}.{cc[1]} has no FP8 tensor cores; FP8 needs 8.9 or newer ({GPUS}); "
-                       "INT8 runs from 7.5 on")
+        return False, (f"compute capability {cc[0]}.{cc[1]} has no FP8 tensor cores; FP8 needs {_fp8_from()} or newer "
+                       f"({GPUS}); INT8 runs from {precisions.get('int8').min_capability} on")
     return True, ""
 
 

@@ -18,7 +18,7 @@ import itertools
 
 import pandas as pd
 
-from mvlib import bench, fp8
+from mvlib import bench, fp8, precisions
 from mvlib.skips import StageSkipped
 
 ALIGN = 16  # torch._scaled_mm needs both matrix dimensions of the weight to be multiples of 16
@@ -44,7 +44,8 @@ def supports_here() -> tuple[bool, str]:
     cap = cuda_capability()
     if cap is None:
         import torch
-        return False, f"PyTorch sees no CUDA GPU (torch {torch.__version__}); FP8 needs compute capability 8.9+"
+        return False, (f"PyTorch sees no CUDA GPU (torch {torch.__version__}); FP8 needs compute capability "
+                       f"{precisions.get('fp8').min_capability}+")
     return supports_fp8(cap)
 
 
@@ -109,7 +110,8 @@ def pytorch_cuda_fp8(settings: bench.Settings, model, channels_last: bool = True
     layers = quantize_linear_fp8(net)
     base = bench.pytorch_cuda(settings, net, precision="fp16", channels_last=channels_last, compile_mode=compile_mode)
     n, total = int(layers.fp8.sum()), len(layers)
-    label = base.label.replace("FP16", "FP8 (Linear) + FP16", 1)
+    fp16, fp8_label = precisions.label("fp16"), precisions.label("fp8")
+    label = base.label.replace(fp16, f"{fp8_label} (Linear) + {fp16}", 1)
     notes = (f"{base.notes}; torchao {torchao.__version__} Float8DynamicActivationFloat8WeightConfig (E4M3, "
              f"per-tensor scales, dynamic activations): {n} of {total} Linear layers FP8, convolutions FP16")
     return dataclasses.replace(base, precision="fp8", label=label, notes=notes,

@@ -59,8 +59,7 @@ def failures(m: dict, tol: Tolerance, samples_within_tol: int | None = None) -> 
         if samples_within_tol is None:
             raise ValueError("tolerance sets atol/rtol: pass samples_within_tol (precision.polygraphy_check)")
         if samples_within_tol < m["n"]:
-            out.append(f"{m['n'] - samples_within_tol} of {m['n']} images outside atol {tol.atol:g} / rtol "
-                       f"{tol.rtol:g}")
+            out.append(f"{m['n'] - samples_within_tol} of {m['n']} images outside atol {tol.atol} / rtol {tol.rtol}")
     if tol.min_cosine is not None and m["cosine_min"] < tol.min_cosine:
         out.append(f"worst-image cosine {m['cosine_min']:.6f} < {tol.min_cosine}")
     if tol.min_top1_agreement is not None and m["top1_agreement"] < tol.min_top1_agreement:
@@ -71,6 +70,19 @@ def failures(m: dict, tol: Tolerance, samples_within_tol: int | None = None) -> 
             and m["top1_drop_points"] > tol.max_top1_drop_points:
         out.append(f"top-1 drop {m['top1_drop_points']:.2f} points > {tol.max_top1_drop_points}")
     return out
+
+
+def bounded(rows, tol: Tolerance | None) -> str:
+    """The metrics `tol` bounds, worst over `rows` (a table), in words: 'cosine_min 0.999950' or 'cosine_mean
+    0.99950, top-1 agreement 0.996'; without a tolerance, the worst-image cosine."""
+    parts = []
+    if tol is None or tol.min_cosine is not None:
+        parts.append(f"cosine_min {rows['cosine_min'].min():.6f}")
+    if tol is not None and tol.min_cosine_mean is not None:
+        parts.append(f"cosine_mean {rows['cosine_mean'].min():.5f}")
+    if tol is not None and tol.min_top1_agreement is not None:
+        parts.append(f"top-1 agreement {rows['top1_agreement'].min():.3f}")
+    return ", ".join(parts)
 
 
 def random_images(batch: int, img_size: int, seed: int | None = None) -> np.ndarray:

@@ -1,11 +1,13 @@
-"""FP16 through NVIDIA ModelOpt AutoCast, and FP32 / FP16 accuracy through polygraphy's Comparator.
+"""FP16 through NVIDIA ModelOpt AutoCast, and FP32 / FP16 accuracy through polygraphy's Comparator (notebook 03).
 
-Precision is decided in the ONNX graph (TensorRT 11 has no FP16 builder flag): AutoCast rewrites the
-FP32 model into FP16 with Casts, keeps the graph's inputs and outputs FP32, and keeps in FP32 the nodes
-its rules flag. Every variant stays an ONNX file that ONNX Runtime runs on the CPU, so its accuracy is
-measured here as well as in TensorRT.
+Also serves notebook 04 (`to_fp16` makes the deployable FP16-float variant of a Q/DQ model) and notebook 05
+(`ensure_fp16` reuses notebook 03's conversion). Precision is decided in the ONNX graph (TensorRT 11 has no
+FP16 builder flag): AutoCast rewrites the FP32 model into FP16 with Casts, keeps the graph's inputs and outputs
+FP32, and keeps in FP32 the nodes its rules flag. Every variant stays an ONNX file that ONNX Runtime runs on the
+CPU, so its accuracy is measured here as well as in TensorRT, by the one criterion of `mvlib.precisions`.
 """
 import contextlib
+import io as _io
 import logging
 import math
 import re
@@ -18,16 +20,12 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, io, metrics, tiers
-from mvlib.export import ARTIFACTS
-from mvlib.tensorrt import cache as trt_cache
+from mvlib import accuracy, figures, io, metrics, precisions, tiers
+from mvlib.quant_graph import canonical, constant_tensors
 from mvlib.tensorrt import layers as trt_layers
-from mvlib.tensorrt import runner as trt_runner
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import table as trt_table
 
-FP16_FILE = ARTIFACTS["fp16"]
-FP16_META = "fp16.json"
 DATA_MAX = 512.0  # AutoCast's default: above 512 the FP16 spacing is >= 0.5, so such tensors stay FP32
 CALIB_BATCHES = (4, 4)  # AutoCast's reference run: two batches of random images in the model's input range
 AUTOCAST_LOGGER = "modelopt.onnx.autocast"
@@ -54,7 +52,7 @@ class Fp16Model:
 
 
 class _Records(logging.Handler):
-    """Collects AutoCast's log messages: its only record of why each node stayed FP32."""
+    """Collects a library's log messages (AutoCast's are its only record of why each node stayed FP32)."""
 
     def __init__(self):
         super().__init__(level=logging.DEBUG)
@@ -66,21 +64,31 @@ class _Records(logging.Handler):
 
 
 @contextlib.contextmanager
-def _autocast_log() -> Iterator[_Records]:
-    """Capture AutoCast's messages for one conversion instead of printing them (one line per node otherwise)."""
+def captured_logs(name: str = "modelopt.onnx") -> Iterator[_Records]:
+    """Run a ModelOpt call quietly: logger `name`'s messages (INFO and up) are collected on the handler this yields,
+    other loggers show errors only, polygraphy warnings only, and what the call prints is shown (its tail) only
+    if it fails. One line per node or tensor would otherwise drown the notebook."""
     from polygraphy.logger import G_LOGGER
-    logger = logging.getLogger(AUTOCAST_LOGGER)
-    handler, level, propagate = _Records(), logger.level, logger.propagate
+    logger, root = logging.getLogger(name), logging.getLogger()
+    handler, saved = _Records(), (logger.level, logger.propagate, root.level)
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False
+    root.setLevel(logging.ERROR)
+    printed = _io.StringIO()
     try:
-        with G_LOGGER.verbosity(G_LOGGER.WARNING):  # AutoCast's reference run goes through polygraphy
+        with G_LOGGER.verbosity(G_LOGGER.WARNING), contextlib.redirect_stdout(printed), \
+                contextlib.redirect_stderr(printed):
             yield handler
+    except BaseException:
+        said = [msg for lvl, msg in handler.messages if lvl >= logging.WARNING]
+        print("\n".join(said + [printed.getvalue()])[-3000:])
+        raise
     finally:
         logger.removeHandler(handler)
-        logger.setLevel(level)
-        logger.propagate = propagate
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+        root.setLevel(saved[2])
 
 
 def _dtypes(model: onnx.ModelProto) -> dict[str, int]:
@@ -88,12 +96,7 @@ def _dtypes(model: onnx.ModelProto) -> dict[str, int]:
     inferred = onnx.shape_inference.infer_shapes(model)
     g = inferred.graph
     types = {v.name: v.type.tensor_type.elem_type for v in [*g.value_info, *g.input, *g.output]}
-    types.update({i.name: i.data_type for i in g.initializer})
-    for node in g.node:
-        if node.op_type == "Constant":
-            for attr in node.attribute:
-                if attr.name == "value":
-                    types[node.output[0]] = attr.t.data_type
+    types.update({name: t.data_type for name, t in constant_tensors(g).items()})
     return types
 
 
@@ -131,28 +134,47 @@ def _rule(why: str) -> str:
     return "other"
 
 
-def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: float = DATA_MAX,
-                 op_types_to_exclude: Sequence[str] = ()) -> Fp16Model:
-    """Convert `src` to FP16 with AutoCast (inputs and outputs kept FP32); write `dst` atomically."""
-    from modelopt.onnx.autocast import convert_to_mixed_precision
-    from polygraphy.json import save_json
-    src, dst = Path(src), Path(dst)
+def to_fp16(src: Path | str, dst: Path | str, rules: bool = True, seed: int = 0, data_max: float = DATA_MAX,
+            op_types_to_exclude: Sequence[str] = ()) -> tuple[onnx.ModelProto, list[tuple[int, str]]]:
+    """The one FP16 conversion: AutoCast `src` to FP16 with I/O kept FP32; write `dst` atomically, checked, canonical.
+
+    With `rules` (an FP32 model) AutoCast runs the model on random images and keeps in FP32 the nodes its rules
+    flag (`data_max`, `op_types_to_exclude`). Without (a Q/DQ model: notebook 04's deployable variant) every float
+    node goes FP16, as ModelOpt's own `high_precision_dtype="fp16"` does: a reference run of a Q/DQ model would
+    measure the quantization, not FP16's range. Returns the model and AutoCast's log messages."""
+    from modelopt.onnx.autocast import convert_to_f16, convert_to_mixed_precision
+    src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist; export the FP32 model first (export.ensure_exported)")
-    _, shape = shapes.onnx_input(src)
-    with tempfile.TemporaryDirectory() as tmp, _autocast_log() as log:
-        calib = Path(tmp) / "calibration.json"  # polygraphy JSON, which AutoCast's reference runner reads
-        save_json(accuracy.feeds(CALIB_BATCHES, shape[2], seed=seed + 1), str(calib))
-        model = convert_to_mixed_precision(
-            str(src), low_precision_type="fp16", keep_io_types=True, data_max=data_max,
-            op_types_to_exclude=list(op_types_to_exclude), calibration_data=str(calib),
-            providers=["cpu"], trt_plugins=[])  # fresh lists: AutoCast appends to `providers` in place
+    with tempfile.TemporaryDirectory() as tmp, captured_logs(AUTOCAST_LOGGER) as log:
+        if rules:
+            calib = Path(tmp) / "calibration.json"  # polygraphy JSON, which AutoCast's reference runner reads
+            _save_calibration(calib, shapes.onnx_input(src)[1][2], seed)
+            model = convert_to_mixed_precision(
+                str(src), low_precision_type="fp16", keep_io_types=True, data_max=data_max,
+                op_types_to_exclude=list(op_types_to_exclude), calibration_data=str(calib),
+                providers=["cpu"], trt_plugins=[])  # fresh lists: AutoCast appends to `providers` in place
+        else:
+            model = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16", keep_io_types=True)
     with io.atomic_path(dst) as tmp_path:
-        onnx.save(model, str(tmp_path))
+        onnx.save(canonical(model), str(tmp_path))  # AutoCast's value_info order changes with the hash seed
         onnx.checker.check_model(str(tmp_path), full_check=True)
-    skipped = {m["node"]: m["why"].strip() for lvl, msg in log.messages if (m := _SKIP.match(msg))}
+    return model, log.messages
+
+
+def _save_calibration(path: Path, img_size: int, seed: int) -> None:
+    """AutoCast's reference images: CALIB_BATCHES fresh random batches (seed + 1), in polygraphy's JSON."""
+    from polygraphy.json import save_json
+    save_json(accuracy.feeds(CALIB_BATCHES, img_size, seed=seed + 1), str(path))
+
+
+def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: float = DATA_MAX,
+                 op_types_to_exclude: Sequence[str] = ()) -> Fp16Model:
+    """Convert FP32 `src` to FP16 with AutoCast's rules (`to_fp16`); which nodes stayed FP32 and why, a summary."""
+    model, messages = to_fp16(src, dst, True, seed, data_max, op_types_to_exclude)
+    skipped = {m["node"]: m["why"].strip() for lvl, msg in messages if (m := _SKIP.match(msg))}
     nodes = fp32_nodes(model, skipped)
-    counts = next((m.groupdict() for _, msg in log.messages if (m := _CONVERTED.search(msg))), {})
+    counts = next((m.groupdict() for _, msg in messages if (m := _CONVERTED.search(msg))), {})
     source = onnx.load(str(src), load_external_data=False)
     summary = {
         "nodes_before": len(source.graph.node), "nodes_after": len(model.graph.node),
@@ -160,13 +182,11 @@ def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: floa
         "autocast_fp16_nodes": int(counts.get("low", -1)), "autocast_nodes": int(counts.get("total", -1)),
         "kept_fp32_by_rule": len(skipped), "fp32_float_nodes": int((nodes["float_tensors"] == "FP32").sum()),
         "data_max": data_max, "calibration": f"{sum(CALIB_BATCHES)} random images in [0, 1], seed {seed + 1}",
-        "warnings": [msg for lvl, msg in log.messages if lvl >= logging.WARNING],
+        "warnings": [msg for lvl, msg in messages if lvl >= logging.WARNING],
     }
     for warning in summary["warnings"]:
         print(f"AutoCast warning: {warning}")
-    print(f"wrote {dst}: {summary['autocast_fp16_nodes']}/{summary['autocast_nodes']} nodes FP16, "
-          f"{summary['kept_fp32_by_rule']} kept FP32 by a rule, {summary['fp32_float_nodes']} still touch FP32 data")
-    return Fp16Model(dst, nodes, summary)
+    return Fp16Model(Path(dst), nodes, summary)
 
 
 def _count(model: onnx.ModelProto, op_type: str) -> int:
@@ -178,17 +198,21 @@ def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX) -> F
     """model.fp16.onnx beside `src`, reused when made from the same bytes with the same ModelOpt and settings."""
     import importlib.metadata
     src = Path(src)
-    dst, meta = src.with_name(FP16_FILE), src.with_name(FP16_META)
-    settings = {"source_sha256": trt_cache.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
-                "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
-    if dst.exists() and meta.exists():
-        saved = io.read_json(meta)
-        if saved.get("settings") == settings and saved.get("sha256") == trt_cache.sha256(dst):
-            print(f"reusing {dst} (same source, ModelOpt and settings)")
-            return Fp16Model(dst, pd.DataFrame(saved["fp32_nodes"], columns=NODE_COLUMNS), dict(saved["summary"]))
-    result = convert_fp16(src, dst, seed=seed, data_max=data_max)
-    io.write_json(meta, {"settings": settings, "sha256": trt_cache.sha256(dst), "summary": list(result.summary.items()),
-                         "fp32_nodes": result.fp32_nodes.to_dict(orient="records")})
+    dst = src.with_name(precisions.get("fp16").artifact)
+    key = {"source_sha256": io.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
+           "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
+
+    def make(tmp: Path) -> dict:
+        made = convert_fp16(src, tmp, seed=seed, data_max=data_max)
+        return {"summary": list(made.summary.items()), "fp32_nodes": made.fp32_nodes.to_dict(orient="records")}
+
+    _, reused = io.cached(dst, key, make, "AutoCast FP16")
+    record = io.stored_record(dst)
+    result = Fp16Model(dst, pd.DataFrame(record["fp32_nodes"], columns=NODE_COLUMNS), dict(record["summary"]))
+    if not reused:
+        print(f"{dst.name}: {result.summary['autocast_fp16_nodes']}/{result.summary['autocast_nodes']} nodes FP16, "
+              f"{result.summary['kept_fp32_by_rule']} kept FP32 by a rule, {result.summary['fp32_float_nodes']} "
+              "still touch FP32 data")
     return result
 
 
@@ -199,15 +223,6 @@ def io_types(onnx_path: Path | str) -> dict[str, str]:
 
 
 # --- accuracy -----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Tolerance:
-    """Pass criteria against a reference: polygraphy's element-wise check (an element fails only if it
-    exceeds both atol and rtol) on every sample, and a worst-sample cosine similarity."""
-    atol: float
-    rtol: float
-    min_cosine: float
-
-
 def images(n_images: int, batches: Sequence[int], img_size: int, seed: int) -> np.ndarray:
     """At least `n_images` fresh random images, enough to fill whole batches of every size in `batches`."""
     if n_images < 1:
@@ -226,12 +241,13 @@ def batch_feeds(imgs: np.ndarray, batches: Sequence[int], n_images: int) -> list
 
 
 def compare_runners(runners: Sequence, reference: str, imgs: np.ndarray, batches: Sequence[int], n_images: int,
-            tolerances: dict[str, Tolerance], consistency: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                    judged: dict[str, str], consistency: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every runner on the same images at each batch size; a table per runner and batch, and per-sample errors.
 
-    Each runner is compared with runner `reference` at the same batch. With `consistency`, the reference
-    gets a row too: at the first batch size it is the reference, at the others it is compared with itself at
-    the first batch size (the batching noise floor).
+    Each runner is compared with runner `reference` at the same batch and judged by the criterion of its
+    precision (`judged`: runner name -> precision name). With `consistency`, the reference gets a row too: at
+    the first batch size it is the reference, at the others it is compared with itself at the first batch size
+    (the batching noise floor).
     """
     results = accuracy.run(list(runners), batch_feeds(imgs, batches, n_images))
     outs = {name: _by_batch(iters) for name, iters in results.items()}  # runners keep the names we gave
@@ -250,7 +266,7 @@ def compare_runners(runners: Sequence, reference: str, imgs: np.ndarray, batches
                 base, out, base_name = ref[batches[0]][:n], out[:n], f"{reference} (batch {batches[0]})"
             else:
                 base, base_name = ref[b], reference
-            row, per_sample = _score(name, base_name, b, base, out, tolerances[name])
+            row, per_sample = _score(name, base_name, b, base, out, judged[name])
             rows.append(row)
             errors.append(per_sample)
     return combine(pd.DataFrame(rows), columns=COLUMNS), combine(*errors) if errors else _empty_errors()
@@ -270,34 +286,17 @@ def _reference_row(name: str, batch: int, n: int) -> dict:
     return {"runner": name, "reference": "-", "batch": batch, "n": n, "status": "reference"}
 
 
-def _score(name: str, ref_name: str, batch: int, ref: np.ndarray, out: np.ndarray, tol: Tolerance):
-    """Metrics over all samples, polygraphy's per-sample verdicts, and the per-sample error rows."""
-    verdicts = polygraphy_check(ref, out, tol)
+def _score(name: str, ref_name: str, batch: int, ref: np.ndarray, out: np.ndarray, precision: str):
+    """Metrics over all samples, the criterion's verdict for `precision`, and the per-sample error rows."""
+    tol = precisions.get(precision).tolerance
     m = metrics.compare(ref, out)
-    passed = all(verdicts) and m["cosine_min"] >= tol.min_cosine
+    fails, verdicts = accuracy.judge(ref, out, m, precision)
     row = {"runner": name, "reference": ref_name, "batch": batch, **m, "atol": tol.atol, "rtol": tol.rtol,
-           "min_cosine": tol.min_cosine, "samples_within_tol": int(sum(verdicts)), "passed": bool(passed),
-           "status": "ok" if passed else "outside tolerance"}
+           "min_cosine": tol.min_cosine, "samples_within_tol": int(sum(verdicts)), "passed": not fails,
+           "status": "ok" if not fails else "outside tolerance"}
     per_sample = pd.DataFrame({"runner": name, "reference": ref_name, "batch": batch, "sample": np.arange(len(ref)),
                                **metrics.per_sample(ref, out), "within_tol": verdicts})
     return row, per_sample
-
-
-def polygraphy_check(ref: np.ndarray, out: np.ndarray, tol: Tolerance) -> list[bool]:
-    """Polygraphy's element-wise check (CompareFunc.simple) of each sample of `out` against `ref`."""
-    from polygraphy.comparator import Comparator, CompareFunc, RunResults
-    from polygraphy.comparator.struct import IterationResult
-    from polygraphy.logger import G_LOGGER
-    if ref.shape != out.shape:
-        raise ValueError(f"shape mismatch: reference {ref.shape} vs output {out.shape}")
-    results = RunResults()
-    for name, arr in (("reference", ref), ("output", out)):
-        results.append((name, [IterationResult({accuracy.OUTPUT: arr[i:i + 1]}, runner_name=name)
-                               for i in range(len(arr))]))
-    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):  # one line per sample otherwise
-        acc = Comparator.compare_accuracy(results, comparisons=[(0, 1)],
-                                          compare_func=CompareFunc.simple(atol=tol.atol, rtol=tol.rtol))
-    return [all(bool(v) for v in match.values()) for match in acc[0][("reference", "output")]]
 
 
 COLUMNS = ["runner", "reference", "batch", "n", "status", "passed", "max_abs", "mean_abs", "cosine_mean", "cosine_min",
@@ -334,26 +333,22 @@ def skipped(reason: str, runners: Sequence[str], reference: str, batches: Sequen
 
 
 # --- the notebook's stages ----------------------------------------------------------------------------
-def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_images: int, batches: Sequence[int],
-                 fp32: Tolerance, fp16: Tolerance):
+def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_images: int, batches: Sequence[int]):
     """PyTorch FP32, ONNX Runtime FP32 and FP16 on the CPU, each against PyTorch FP32 at the same batch."""
     runners = [accuracy.torch_runner(model, imgs.shape[-1], "pytorch-fp32"),
                accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, "onnxrt-fp16")]
-    tols = {"pytorch-fp32": fp32, "onnxrt-fp32": fp32, "onnxrt-fp16": fp16}
-    return compare_runners(runners, "pytorch-fp32", imgs, batches, n_images, tols)
+    judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", "onnxrt-fp16": "fp16"}
+    return compare_runners(runners, "pytorch-fp32", imgs, batches, n_images, judged)
 
 
 def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,
-                    batches: Sequence[int], tolerances: dict[str, Tolerance]):
-    """Each built engine (runner `trt-<engine>`) against ONNX Runtime FP32 at the profile's batches."""
-    built = trt_table.built_rows(engines)
-    for r in built.itertuples():
-        engine = trt_runner.runnable(trt_cache.load(r.path))  # StageSkipped with the reason where it cannot run
-        for b in batches:
-            engine.profile.check(b)
-    runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")]
-    runners += [trt_runner.runner(r.path, f"trt-{r.engine}") for r in built.itertuples()]
-    return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, tolerances, consistency=False)
+                    batches: Sequence[int]):
+    """Each built engine (runner `trt-<engine>`, engines named by their precision) against ONNX Runtime FP32 at
+    the profile's batches, judged by its precision's criterion."""
+    engine_runners = accuracy.engine_runners(engines, batches=batches)
+    runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")] + [trt for _, _, trt in engine_runners]
+    judged = {f"trt-{r.engine}": precisions.get(r.engine).name for r, _, _ in engine_runners}
+    return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, judged, consistency=False)
 
 
 def engine_layers(engines: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -373,11 +368,10 @@ FLOOR = 1e-12  # log axes: smaller values (exact agreement included) are drawn a
 
 def error_figure(errors_csv: Path | str, table_csv: Path | str):
     """Distributions of per-sample max abs error and 1 - cosine, per runner and batch, from the saved tables."""
-    import matplotlib.pyplot as plt
     errors, table = pd.read_csv(errors_csv), pd.read_csv(table_csv)
     groups = [(f"{r} @ {b}\nvs {ref}", g)
               for (r, b, ref), g in errors.groupby(["runner", "batch", "reference"], sort=False)]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 1.2 + 0.55 * max(len(groups), 1)), sharey=True)
+    fig, axes = figures.new(1, 2, size=(12, 1.2 + 0.55 * max(len(groups), 1)), sharey=True)
     for ax, col, label in ((axes[0], "max_abs", "max |logit error| per image"),
                            (axes[1], "cosine", "1 - cosine similarity per image")):
         values = [np.maximum(g[col].to_numpy() if col != "cosine" else 1 - g[col].to_numpy(), FLOOR) for _, g in groups]

@@ -1,10 +1,10 @@
 """INT8 and FP8 post-training quantization with ModelOpt (explicit Q/DQ): policies, the chosen model, its engines.
 
-Serves notebook 04. Every quantized model here is an ONNX file with QuantizeLinear/DequantizeLinear
-pairs made by `modelopt.onnx.quantization.quantize` (calibrated with ONNX Runtime on the CPU), so ONNX
-Runtime checks its accuracy anywhere and TensorRT builds it as a strongly typed network. The
-precision (`int8` or `fp8`, E4M3) is passed in everywhere; both go through the same machinery
-(calibration images, policies, sensitivity, criterion, choice, cache). The policies:
+Serves notebook 04 (and notebook 05 through `chosen_path`). Every quantized model here is an ONNX file with
+QuantizeLinear/DequantizeLinear pairs made by `modelopt.onnx.quantization.quantize` (calibrated with ONNX Runtime
+on the CPU), so ONNX Runtime checks its accuracy anywhere and TensorRT builds it as a strongly typed network. The
+precision (`int8` or `fp8`, E4M3: `mvlib.precisions.QUANTIZED`) is passed in everywhere; both go through the
+same machinery (calibration images, policies, sensitivity, criterion, choice, cache). The policies:
 
 - `all`: everything ModelOpt quantizes by default (for FP8 ModelOpt quantizes Conv, Gemm, MatMul and
   residual Adds only).
@@ -16,11 +16,8 @@ precision (`int8` or `fp8`, E4M3) is passed in everywhere; both go through the s
 Q/DQ needs ONNX opset 19 for FP8 (and for FP16 scales); ModelOpt raises an older model to 19 with
 `onnx.version_converter` before quantizing (`mvlib.fp8.opset_check` shows the FP32 graph is unchanged by it).
 """
-import contextlib
 import hashlib
 import importlib.metadata
-import io as _io
-import logging
 import re
 import shutil
 import tempfile
@@ -33,11 +30,12 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import fp8, io
+from mvlib import accuracy, fp8, io, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import ARTIFACTS
+from mvlib.precision import captured_logs, to_fp16
 from mvlib.progress import progress
-from mvlib.quant_eval import CRITERION, Evaluator
+from mvlib.quant_eval import Evaluator, criterion
 from mvlib.quant_graph import (
     HIGH_PRECISION_OPS,
     attention_matmuls,
@@ -48,10 +46,10 @@ from mvlib.quant_graph import (
     summary,
     transplant_scales,
 )
-from mvlib.tensorrt import cache, layers, runner
+from mvlib.tensorrt import layers
 from mvlib.tensorrt import table as engines_table
 
-PRECISIONS = ("int8", "fp8")
+PRECISIONS = precisions.QUANTIZED
 METHODS = ("max", "entropy")
 POLICIES = OrderedDict([
     ("all", "everything quantizable"),
@@ -62,15 +60,13 @@ POLICIES = OrderedDict([
 
 # ---------------------------------------------------------------- file names
 def check_precision(precision: str) -> str:
-    """`precision`, or a ValueError naming the choices."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown quantized precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return precision
+    """`precision`, or a ValueError naming the quantized ones."""
+    return precisions.quantized(precision).name
 
 
 def chosen_name(precision: str) -> str:
     """File name of the chosen model of a precision (model.int8.onnx, model.fp8.onnx)."""
-    return ARTIFACTS[check_precision(precision)]
+    return precisions.quantized(precision).artifact
 
 
 def chosen_path(exported, precision: str) -> Path:
@@ -89,47 +85,13 @@ def variant_path(exported, policy: str, method: str, precision: str = "int8") ->
 
 
 # ---------------------------------------------------------------- quantization
-class _DropNoise(logging.Filter):
-    """Hide log lines that say nothing about this run (no NVML on a CPU host; Conv biases behind Identity)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        return not ("NVML" in msg or "Expected bias" in msg)
-
-
-@contextlib.contextmanager
-def _quiet_logs():
-    """Keep ModelOpt's and ONNX Runtime's per-tensor chatter and progress bars out of the notebook.
-
-    Their output is captured and shown (its tail) only if the block fails; errors
-    that are not noise still reach the log handlers.
-    """
-    flt = _DropNoise()
-    root, mo = logging.getLogger(), logging.getLogger("modelopt.onnx")  # ModelOpt re-creates its handlers per call
-    root_level = root.level
-    root.setLevel(logging.ERROR)
-    mo.addFilter(flt)
-    root.addFilter(flt)
-    buf = _io.StringIO()
-    try:
-        with contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            yield
-    except BaseException:
-        print(buf.getvalue()[-3000:])
-        raise
-    finally:
-        mo.removeFilter(flt)
-        root.removeFilter(flt)
-        root.setLevel(root_level)
-
-
 def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str = "entropy",
              exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
              scales_from: Path | str | None = None, precision: str = "int8") -> dict:
     """ModelOpt PTQ to `precision` (int8, fp8) with explicit Q/DQ, calibrated on the CPU; excluded nodes read floats.
 
     The non-quantized parts stay FP32 here (`high_precision_dtype="fp32"`) so that ONNX
-    Runtime measures the quantization's own error; `to_fp16` makes the deployable variant.
+    Runtime measures the quantization's own error; `write_chosen` makes the deployable FP16 variant.
     With `scales_from` (a model this function made from the same input, images, method
     and precision) its activation scales replace the ones ModelOpt computes, so a second
     policy costs no second calibration pass: ModelOpt sees only the first image (its
@@ -138,7 +100,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     input is copied to a private folder first because ModelOpt writes intermediate files
     beside its input; the result is written atomically, in canonical form (same graph,
     same bytes). A result made from the same input bytes, images, method, precision,
-    exclusions, scales and ModelOpt version is reused (`<out>.json` holds that key).
+    exclusions, scales and ModelOpt version is reused (io.cached keeps that key beside it).
     """
     check_precision(precision)
     if method not in METHODS:
@@ -148,52 +110,40 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         raise ValueError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {calib.shape}")
     excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
     key = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from)
-    out_path, meta_path = Path(out_path), Path(f"{out_path}.json")
-    if out_path.exists() and meta_path.exists():
-        saved = io.read_json(meta_path)
-        if saved.get("key") == key and saved.get("sha256") == cache.sha256(out_path):
-            print(f"reusing {out_path.name} (same model, images, method, precision, exclusions and ModelOpt)")
-            return summary(out_path, excluded)
-    meta_path.unlink(missing_ok=True)  # the key goes last: a half-written result is never reused
-    from modelopt.onnx.quantization import quantize as modelopt_quantize
-    with tempfile.TemporaryDirectory(prefix=f"mvlib-{precision}-") as tmp:
-        src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / chosen_name(precision)  # scratch copies
-        shutil.copyfile(onnx_path, src)
-        with _quiet_logs():
-            modelopt_quantize(str(src), quantize_mode=precision,
-                              calibration_data={INPUT: calib[:1] if scales_from else calib},
-                              calibration_method=method, calibration_eps=["cpu"],
-                              nodes_to_exclude=[re.escape(n) + "$" for n in excluded] or None,
-                              op_types_to_exclude=list(exclude_op_types) or None,
-                              high_precision_dtype="fp32", output_path=str(dst), log_level="ERROR")
-        model = onnx.load(str(dst))
-    if scales_from:
-        transplant_scales(model, scales_from)
-    model = isolate(model, excluded)
-    made = qdq_types(model)
-    if made - {precision}:
-        raise RuntimeError(f"ModelOpt was asked for {precision} and made Q/DQ of {sorted(made)}")
-    save(model, out_path)
-    io.write_json(meta_path, {"key": key, "sha256": cache.sha256(out_path)})
-    return summary(model, excluded)
+
+    def make(out: Path) -> None:
+        from modelopt.onnx.quantization import quantize as modelopt_quantize
+        with tempfile.TemporaryDirectory(prefix=f"mvlib-{precision}-") as tmp:
+            src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / chosen_name(precision)  # scratch copies
+            shutil.copyfile(onnx_path, src)
+            with captured_logs():
+                modelopt_quantize(str(src), quantize_mode=precision,
+                                  calibration_data={INPUT: calib[:1] if scales_from else calib},
+                                  calibration_method=method, calibration_eps=["cpu"],
+                                  nodes_to_exclude=[re.escape(n) + "$" for n in excluded] or None,
+                                  op_types_to_exclude=list(exclude_op_types) or None,
+                                  high_precision_dtype="fp32", output_path=str(dst), log_level="ERROR")
+            model = onnx.load(str(dst))
+        if scales_from:
+            transplant_scales(model, scales_from)
+        model = isolate(model, excluded)
+        made = qdq_types(model)
+        if made - {precision}:
+            raise RuntimeError(f"ModelOpt was asked for {precision} and made Q/DQ of {sorted(made)}")
+        save(model, out)
+
+    io.cached(out_path, key, make, f"ModelOpt {precision.upper()} Q/DQ")
+    return summary(out_path, excluded)
 
 
 def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precision: str, excluded: Sequence[str],
                   op_types: Sequence[str], scales_from: Path | str | None) -> dict:
     """Everything a quantized model depends on, as hashes and names (the reuse key of `quantize`)."""
-    return {"source_sha256": cache.sha256(onnx_path), "calib_shape": list(calib.shape),
+    return {"source_sha256": io.sha256(onnx_path), "calib_shape": list(calib.shape),
             "calib_sha256": hashlib.sha256(calib.tobytes()).hexdigest(), "method": method, "precision": precision,
             "excluded": sorted(excluded), "op_types": sorted(op_types),
-            "scales_sha256": cache.sha256(scales_from) if scales_from else None,
+            "scales_sha256": io.sha256(scales_from) if scales_from else None,
             "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
-
-
-def to_fp16(q_path: Path | str, out_path: Path | str) -> Path:
-    """The deployable variant: the float parts of a Q/DQ model in FP16 (ModelOpt AutoCast, I/O kept FP32)."""
-    from modelopt.onnx.autocast import convert_to_f16
-    with _quiet_logs():
-        model = convert_to_f16(onnx.load(str(q_path)), low_precision_type="fp16", keep_io_types=True)
-    return save(model, out_path)
 
 
 # ---------------------------------------------------------------- policies
@@ -217,7 +167,7 @@ def run_policy(exported, policy: str, method: str, calib: np.ndarray, ev: Evalua
     row = {"precision": precision, "policy": policy, "method": method, "high_precision": "fp32", "file": path.name,
            "calib_images": len(calib), "scales_from": scales_from.name if scales_from else "",
            "quantize_s": round(time.perf_counter() - start, 1),
-           **{k: v for k, v in info.items() if k != "quantized_per_op"}, **ev.evaluate(path)}
+           **{k: v for k, v in info.items() if k != "quantized_per_op"}, **ev.evaluate(path, precision)}
     print(f"{precision} {policy:>12s} {method:>7s}: cosine {row['cosine_mean']:.5f}, top-1 agreement "
           f"{100 * row['top1_agreement']:.1f}%, {row['quantized_nodes']} nodes quantized -> "
           + ("passes" if row["passes"] else f"FAILS ({row['fails']})"))
@@ -271,7 +221,8 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     mine = table[table.precision == check_precision(precision)]
     best = choose(mine)
     target, meta_path = chosen_path(exported, precision), record_path(exported, precision)
-    meta = {"precision": precision, "criterion": CRITERION, "images": images, "policies": list(mine.policy.unique())}
+    meta = {"precision": precision, "criterion": criterion(precision), "images": images,
+            "policies": list(mine.policy.unique())}
     if best is None:
         target.unlink(missing_ok=True)
         meta.update(passes=False, file=None, reason="no policy/method passes the criterion on the evaluation images")
@@ -281,15 +232,15 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     src = exported.path(best["file"])
     rows, note = [], ""
     if high_precision == "fp16":
-        to_fp16(src, target)
-        m = ev.evaluate(target)
+        to_fp16(src, target, rules=False)
+        m = ev.evaluate(target, precision)
         rows.append({**best.to_dict(), **m, "high_precision": "fp16", "file": target.name})
         if not m["passes"]:
             note = f"the FP16 conversion fails ({m['fails']}); written with FP32 float parts instead"
             print("WARNING: " + note)
     if high_precision == "fp32" or note:
         io.write_bytes(target, src.read_bytes())
-        m = ev.evaluate(target)
+        m = ev.evaluate(target, precision)
         rows.append({**best.to_dict(), **m, "high_precision": "fp32", "file": target.name})
     written = rows[-1]
     meta.update(passes=bool(m["passes"]), file=target.name, policy=best["policy"], method=best["method"],
@@ -348,15 +299,14 @@ def engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, engines: pd.Da
     """Each built Q/DQ engine against FP32 like the ONNX Runtime rows, with its layers per output precision.
 
     `runnable(engine)` returns the engine or raises StageSkipped saying why it cannot run here
-    (default `runner.runnable`; FP8 engines also need a GPU with FP8, `fp8.runnable`).
+    (default `runner.runnable`; FP8 engines also need a GPU with FP8, `fp8.runnable`). Each engine is judged
+    by the criterion of the precision its source file was quantized to.
     """
-    runnable = runnable or runner.runnable
     rows = []
-    for r in engines_table.built_rows(engines).itertuples():
-        engine = runnable(cache.load(r.path))
-        logits = collect_outputs(runner.runner(engine, f"trt-{r.engine}"), ev.images, engine.profile)
+    for r, engine, trt in accuracy.engine_runners(engines, runnable):
+        logits = collect_outputs(trt, ev.images, engine.profile)
         src = source_row(exported, table, r.onnx)
         rows.append({"engine": r.engine, "precision": src.precision, "policy": src.policy, "method": src.method,
-                     "high_precision": src.high_precision, "file": r.onnx, **ev.metrics(logits),
+                     "high_precision": src.high_precision, "file": r.onnx, **ev.metrics(logits, src.precision),
                      **layers.layer_totals(layers.layer_summary(engine.dir))})
     return pd.DataFrame(rows)

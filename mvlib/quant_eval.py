@@ -1,10 +1,10 @@
-"""Q/DQ models measured against FP32: the pass criterion, the evaluator and the per-group sensitivity analysis.
+"""Q/DQ models measured against FP32: the evaluator, its criterion record and the per-group sensitivity analysis.
 
-Serves notebook 04 (INT8 and FP8 alike). Every Q/DQ model is an ONNX file, so ONNX Runtime on the CPU
-measures it anywhere against the FP32 logits of the same evaluation images. The sensitivity analysis
-quantizes one group (stage, block or layer) at a time by rewiring the fully quantized model's Q/DQ
-(`quant_graph.isolate`), ranks the groups by the output error each causes, and excludes the worst
-until the model passes.
+Serves notebook 04 (INT8 and FP8 alike, each judged by its precision's criterion in `mvlib.precisions`). Every
+Q/DQ model is an ONNX file, so ONNX Runtime on the CPU measures it anywhere against the FP32 logits of the same
+evaluation images. The sensitivity analysis quantizes one group (stage, block or layer) at a time by rewiring the
+fully quantized model's Q/DQ (`quant_graph.isolate`), ranks the groups by the output error each causes, and
+excludes the worst until the model passes.
 """
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -14,12 +14,11 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import metrics
+from mvlib import accuracy, metrics, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.progress import progress
 from mvlib.quant_graph import count_ops, isolate, quantized_nodes
 
-CRITERION = {"top1_agreement": 0.99, "cosine_mean": 0.999, "top1_drop_points": 0.5}
 GRANULARITIES = ("stage", "block", "layer")
 
 
@@ -53,8 +52,8 @@ class Evaluator:
         return np.concatenate([sess.run([OUTPUT], {INPUT: x[i:i + self.batch]})[0]
                                for i in range(0, len(x), self.batch)]).astype(np.float32)
 
-    def metrics(self, out: np.ndarray) -> dict:
-        """Metrics of logits `out` against FP32 (first len(out) images), with the pass verdict."""
+    def metrics(self, out: np.ndarray, precision: str) -> dict:
+        """Metrics of logits `out` against FP32 (first len(out) images), with `precision`'s verdict."""
         n = len(out)
         ref = self.reference[:n]
         m = metrics.compare(ref, out)
@@ -65,25 +64,20 @@ class Evaluator:
             m["top1_fp32"] = float(np.mean(ref.argmax(1) == labels))
             m["top1_quantized"] = float(np.mean(out.argmax(1) == labels))
             m["top1_drop_points"] = 100.0 * (m["top1_fp32"] - m["top1_quantized"])
-        m["fails"] = "; ".join(failures(m))
+        m["fails"] = "; ".join(accuracy.judge(ref, out, m, precision)[0])
         m["passes"] = not m["fails"]
         return m
 
-    def evaluate(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> dict:
-        """Run a model and measure it."""
-        return self.metrics(self.logits(model, n))
+    def evaluate(self, model: onnx.ModelProto | Path | str, precision: str, n: int | None = None) -> dict:
+        """Run a model and measure it against `precision`'s criterion."""
+        return self.metrics(self.logits(model, n), precision)
 
 
-def failures(m: dict) -> list[str]:
-    """Which parts of the pass criterion (CRITERION) metrics `m` miss."""
-    out = []
-    if m["top1_agreement"] < CRITERION["top1_agreement"]:
-        out.append(f"top-1 agreement {100 * m['top1_agreement']:.1f}% < {100 * CRITERION['top1_agreement']:.0f}%")
-    if m["cosine_mean"] < CRITERION["cosine_mean"]:
-        out.append(f"mean cosine {m['cosine_mean']:.5f} < {CRITERION['cosine_mean']}")
-    if "top1_drop_points" in m and m["top1_drop_points"] > CRITERION["top1_drop_points"]:
-        out.append(f"top-1 drop {m['top1_drop_points']:.2f} points > {CRITERION['top1_drop_points']}")
-    return out
+def criterion(precision: str) -> dict:
+    """The bounds a quantized precision is held to, as model.<precision>.json and the manifest record them."""
+    tol = precisions.quantized(precision).tolerance
+    return {"top1_agreement": tol.min_top1_agreement, "cosine_mean": tol.min_cosine_mean,
+            "top1_drop_points": tol.max_top1_drop_points}
 
 
 def reference_stats(ev: Evaluator) -> dict:
@@ -158,7 +152,7 @@ def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block", n
     for order, (g, names) in enumerate(progress(list(grouped.items()), f"sensitivity, one {granularity} at a time",
                                                 unit="group")):
         inside = set(names)
-        m = ev.evaluate(isolate(model, [n for n in qnodes if n not in inside]), n_images)
+        m = ev.evaluate(isolate(model, [n for n in qnodes if n not in inside]), precision, n_images)
         rows.append({"group": g, "order": order, "nodes": len(names), "ops": _ops(model, names),
                      "error_alone": 1.0 - m["cosine_mean"], "cosine_alone": m["cosine_mean"],
                      "top1_agreement_alone": m["top1_agreement"], "max_abs_alone": m["max_abs"]})
@@ -170,13 +164,13 @@ def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block", n
     nxt = 0
     screens = [n_images, None] if n_images is not None and n_images < len(ev.images) else [None]
     for n in screens:  # cheap screening on the ranking images, then the full evaluation set
-        m = ev.evaluate(isolate(model, excluded), n)
+        m = ev.evaluate(isolate(model, excluded), precision, n)
         if nxt:  # the screened state, re-checked on more images
             table.loc[nxt - 1, ["cosine_after", "top1_agreement_after", "passes_after", "checked_on"]] = \
                 [m["cosine_mean"], m["top1_agreement"], m["passes"], m["n"]]
         while not m["passes"] and nxt < len(table):
             excluded += grouped[table.group[nxt]]
-            m = ev.evaluate(isolate(model, excluded), n)
+            m = ev.evaluate(isolate(model, excluded), precision, n)
             table.loc[nxt, ["excluded", "cosine_after", "top1_agreement_after", "passes_after", "checked_on"]] = \
                 [True, m["cosine_mean"], m["top1_agreement"], m["passes"], m["n"]]
             nxt += 1

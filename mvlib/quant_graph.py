@@ -34,7 +34,7 @@ def load(model: onnx.ModelProto | Path | str) -> onnx.ModelProto:
 def attention_nodes(model: onnx.ModelProto | Path | str) -> list[str]:
     """LayerNorm and Softmax nodes, and MatMuls with no constant operand (Q·Kᵀ, P·V), in graph order."""
     graph = load(model).graph
-    consts = {i.name for i in graph.initializer} | {o for n in graph.node if n.op_type == "Constant" for o in n.output}
+    consts = set(constant_tensors(graph))
     return [n.name for n in graph.node
             if n.op_type in HIGH_PRECISION_OPS or (n.op_type == "MatMul" and not any(i in consts for i in n.input))]
 
@@ -146,15 +146,29 @@ def _prune(graph: onnx.GraphProto) -> None:
 
 
 # ---------------------------------------------------------------- scales
+# A Constant node holds its value in one of these attributes (ONNX Constant-13); the numeric ones as their dtype.
+CONSTANT_VALUES = {"value_float": np.float32, "value_floats": np.float32, "value_int": np.int64,
+                   "value_ints": np.int64}
+
+
+def constant_tensors(graph: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Initializers and Constant nodes' values by tensor name, as TensorProtos: the one scan of a graph's constants."""
+    tensors = {i.name: i for i in graph.initializer}
+    for n in graph.node:
+        if n.op_type != "Constant":
+            continue
+        for a in n.attribute:
+            if a.name == "value":
+                tensors[n.output[0]] = a.t
+            elif a.name in CONSTANT_VALUES:
+                value = np.asarray(onnx.helper.get_attribute_value(a), dtype=CONSTANT_VALUES[a.name])
+                tensors[n.output[0]] = numpy_helper.from_array(value, n.output[0])
+    return tensors
+
+
 def constants(graph: onnx.GraphProto) -> dict[str, np.ndarray]:
     """Values of initializers and Constant nodes by tensor name."""
-    values = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
-    for n in graph.node:
-        if n.op_type == "Constant":
-            for a in n.attribute:
-                if a.name == "value":
-                    values[n.output[0]] = numpy_helper.to_array(a.t)
-    return values
+    return {name: numpy_helper.to_array(t) for name, t in constant_tensors(graph).items()}
 
 
 def activation_scales(model: onnx.ModelProto | Path | str) -> dict[str, np.ndarray]:

@@ -1,14 +1,22 @@
-"""Notebook 04's figures, drawn from its saved tables: accuracy per precision, policy and method; sensitivity."""
+"""Notebook 04's figures, drawn from its saved tables: accuracy per precision, policy and method; sensitivity.
+
+Thresholds are the criterion bounds of the precisions drawn (`quant_eval.criterion`); each function returns a
+pyplot-free Figure (`mvlib.figures`)."""
 import numpy as np
 import pandas as pd
 
+from mvlib import figures
 from mvlib.quant import chosen_name
-from mvlib.quant_eval import CRITERION
+from mvlib.quant_eval import criterion
+
+
+def _bounds(precisions, name: str) -> list[float]:
+    """The distinct values of one criterion bound over the precisions drawn (one line each)."""
+    return sorted({criterion(p)[name] for p in precisions})
 
 
 def plot_accuracy(table: pd.DataFrame, title: str = ""):
     """Error (1 - mean cosine) and top-1 agreement per policy, one bar per precision and method, with the thresholds."""
-    import matplotlib.pyplot as plt
     table = table.copy()
     # A chosen model can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
     chosen = table.file == table.precision.map(chosen_name)
@@ -16,7 +24,7 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     table["series"] = table.precision.str.upper() + " " + table.method
     labels = list(dict.fromkeys(table.label))
     series = list(dict.fromkeys(table.series))
-    fig, axes = plt.subplots(1, 2, figsize=(max(12, 1.6 * len(labels)), 4.6))
+    fig, axes = figures.new(1, 2, size=(max(12, 1.6 * len(labels)), 4.6))
     width = 0.8 / len(series)
     colors = {name: f"C{k}" for k, name in enumerate(series)}
     drawn = set()
@@ -33,10 +41,12 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
                 ax.bar(x, y, width, color=colors[name], label=None if name in drawn else name)
                 ax.text(x, y, text, ha="center", va="bottom", fontsize=5)
             drawn.add(name)
-    axes[0].axhline(1 - CRITERION["cosine_mean"], color="k", ls="--", lw=1, label="pass if below")
+    for k, bound in enumerate(_bounds(table.precision.unique(), "cosine_mean")):
+        axes[0].axhline(1 - bound, color="k", ls="--", lw=1, label=None if k else "pass if below")
     axes[0].set_yscale("log")
     axes[0].set_ylabel("1 - mean cosine vs FP32 (lower is better)")
-    axes[1].axhline(100 * CRITERION["top1_agreement"], color="k", ls="--", lw=1, label="pass if above")
+    for k, bound in enumerate(_bounds(table.precision.unique(), "top1_agreement")):
+        axes[1].axhline(100 * bound, color="k", ls="--", lw=1, label=None if k else "pass if above")
     axes[1].set_ylabel("top-1 agreement with FP32 (%)")
     axes[1].set_ylim(max(0, 100 * table.top1_agreement.min() - 5), 106)
     for ax in axes:
@@ -48,29 +58,29 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
 
 
 def plot_sensitivity(table: pd.DataFrame, title: str = ""):
-    """Error per group quantized alone (graph order, excluded groups in red) and the exclusion path."""
-    import matplotlib.pyplot as plt
-    precision = str(table.precision.iloc[0]).upper() if "precision" in table else "quantized"
+    """Error per group quantized alone (graph order, excluded groups in red) and the exclusion path (one precision)."""
+    precision = str(table.precision.iloc[0])
     by_order = table.sort_values("order")
     n = len(by_order)
-    fig, axes = plt.subplots(1, 2, figsize=(13, max(4.0, 0.22 * n + 1.5)), gridspec_kw={"width_ratios": [3, 2]})
+    fig, axes = figures.new(1, 2, size=(13, max(4.0, 0.22 * n + 1.5)), gridspec_kw={"width_ratios": [3, 2]})
     colors = ["tab:red" if e else "tab:blue" for e in by_order.excluded]
     axes[0].barh(range(n), np.maximum(by_order.error_alone, 1e-12), color=colors)
     axes[0].set_xscale("log")
     axes[0].set_yticks(range(n), [_short(g) for g in by_order.group], fontsize=7 if n < 40 else 5)
     axes[0].invert_yaxis()  # input at the top, output at the bottom
-    axes[0].set_xlabel(f"1 - mean cosine vs FP32 with only this group {precision}")
+    axes[0].set_xlabel(f"1 - mean cosine vs FP32 with only this group {precision.upper()}")
     axes[0].set_title("red: excluded by the sensitivity policy", fontsize=9)
     path = table[table.excluded].sort_values("rank")
     ax = axes[1]
     if len(path):
         ax.plot(path["rank"], np.maximum(1 - path.cosine_after, 1e-12), "o-", label="1 - mean cosine")
-        ax.axhline(1 - CRITERION["cosine_mean"], color="tab:blue", ls="--", lw=1, label="cosine threshold")
+        ax.axhline(1 - criterion(precision)["cosine_mean"], color="tab:blue", ls="--", lw=1, label="cosine threshold")
         ax.set_yscale("log")
         ax.set_xticks(list(path["rank"]))
         ax2 = ax.twinx()
         ax2.plot(path["rank"], 100 * path.top1_agreement_after, "s--", color="tab:green", label="top-1 agreement")
-        ax2.axhline(100 * CRITERION["top1_agreement"], color="tab:green", ls=":", lw=1, label="top-1 threshold")
+        ax2.axhline(100 * criterion(precision)["top1_agreement"], color="tab:green", ls=":", lw=1,
+                    label="top-1 threshold")
         ax2.set_ylim(min(90.0, 100 * path.top1_agreement_after.min() - 2), 100.5)
         ax2.set_ylabel("top-1 agreement with FP32 (%)")
         lines = ax.get_legend_handles_labels()

@@ -32,6 +32,14 @@ def test_roofline_points():
     assert pts.loc[("PyTorch CPU FP32", 1)].intensity == pytest.approx(1e9 / (4e6 + 1000 * 4))
 
 
+def test_roofline_weight_bytes_come_from_the_precision_table():
+    cost = pd.DataFrame([{"flops_per_image": 1e9, "params": 1_000_000, "input_elems": 1000, "output_elems": 0}])
+    fp8 = rows(("FP8 (Linear) + FP16", "torch.compile+cudagraphs", "fp8", 1, 9000, "mobilevit_s"))
+    assert ceilings.roofline_points(fp8, cost).intensity.iloc[0] == pytest.approx(1e9 / (1e6 + 1000 * 4))  # 1 byte
+    with pytest.raises(ValueError, match="unknown precision 'bf16'"):  # never a silent 4 bytes
+        ceilings.roofline_points(rows(("BF16", "x", "bf16", 1, 10, "mobilevit_s")), cost)
+
+
 def test_anchor_within_and_outside_the_tolerance():
     a = ceilings.anchor_check(compiled(11800), H200)
     assert a["verdict"] == "within" and a["ratio"] == pytest.approx(11800 / 11790) and a["throughput_ips"] == 11800

@@ -1,13 +1,12 @@
-"""FP8 beside INT8: the FP8 Q/DQ model, the opset it needs, ONNX Runtime on the CPU, FP8 targets and engines."""
+"""mvlib.fp8: FP8 beside INT8: the Q/DQ model, its opset, ONNX Runtime on the CPU, FP8 targets and engines."""
 import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from mvlib import data, env, fp8, paths, quant, quant_eval, quant_graph
+from mvlib import env, fp8, paths, quant, quant_graph
 from mvlib.export import Exported
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, flavours, shapes
@@ -17,25 +16,7 @@ needs_builder = pytest.mark.skipif(not flavours.builder_status("tensorrt_rtx")[0
                                    reason="TensorRT-RTX not installed: it builds FP8 engines ahead of time")
 
 
-@pytest.fixture(scope="module")
-def images(xxs):
-    """Shipped sample images: 4 to calibrate, 6 to evaluate (no network in tests)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # the fallback banner
-        return data.load(xxs[1], 256, calib_images=4, eval_images=6, seed=0, imagenette=False)
-
-
-@pytest.fixture(scope="module")
-def ev(xxs, images):
-    """FP32 reference logits of the evaluation images."""
-    return quant_eval.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
-
-
-@pytest.fixture(scope="module")
-def q_fp8(xxs, images, tmp_path_factory):
-    """mobilevit_xxs, policy `all`, max calibration, FP8."""
-    path = tmp_path_factory.mktemp("fp8") / "all.onnx"
-    return path, quant.quantize(xxs[0].onnx, path, images.calib, "max", precision="fp8")
+pytest_plugins = ["quant_models"]  # the shared fixtures: images, ev, q_fp8
 
 
 def test_onnxruntime_runs_fp8_qdq_on_the_cpu():
@@ -60,7 +41,7 @@ def test_fp8_model_is_e4m3_qdq_at_opset_19_and_unquantizing_it_gives_back_fp32(x
     plain = quant_graph.isolate(model, [n.name for n in model.graph.node])
     assert not any(n.op_type in quant_graph.QDQ for n in plain.graph.node)
     assert np.abs(ev.logits(plain) - ev.reference).max() < 1e-4
-    m = ev.evaluate(path)  # and the FP8 rounding itself does change the logits
+    m = ev.evaluate(path, "fp8")  # and the FP8 rounding itself does change the logits
     assert 0 < m["max_abs"] and m["cosine_mean"] > 0.99
 
 
@@ -207,6 +188,6 @@ def test_fp8_engine_accuracy(tmp_path, xxs, q_fp8, ev, monkeypatch):
                            "file": "model.fp8.all.max.onnx"}])
     engines = fp8.build_engines("04_int8", quant.engine_specs(exp, table, "fp8"), shapes.Profile(1, 2, 4))
     out = quant.engine_accuracy(exp, table, ev, engines, fp8.runnable).iloc[0]
-    onnxrt = ev.evaluate(exp.path("model.fp8.all.max.onnx"))  # the same Q/DQ graph on ONNX Runtime
+    onnxrt = ev.evaluate(exp.path("model.fp8.all.max.onnx"), "fp8")  # the same Q/DQ graph on ONNX Runtime
     assert out.precision == "fp8" and abs(out.cosine_mean - onnxrt["cosine_mean"]) < 0.01
     assert out.get("out_FP8", 0) > 0  # TensorRT really runs layers in FP8

@@ -1,4 +1,5 @@
-"""FP16 through ModelOpt AutoCast, the accuracy table's numbers, and notebook 03's smoke run."""
+"""mvlib.precision: FP16 through ModelOpt AutoCast, the accuracy table's numbers, and notebook 03's smoke run."""
+import logging
 import re
 import shutil
 
@@ -10,19 +11,17 @@ import pandas as pd
 import pytest
 import torch
 
-from mvlib import accuracy, io, metrics, paths, precision, tiers
-from mvlib.run import Run, StageSkipped
+from mvlib import accuracy, io, metrics, paths, precision, precisions, tiers
+from mvlib.run import Run
+from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours
 from mvlib.tensorrt import table as engines_table
-
-FP32 = precision.Tolerance(1e-4, 1e-3, 0.99999)
-FP16 = precision.Tolerance(5e-2, 5e-2, 0.999)
 
 
 @pytest.fixture(scope="module")
 def fp16_xxs(xxs, tmp_path_factory):
     """mobilevit_xxs converted once with AutoCast's default rules."""
-    dst = tmp_path_factory.mktemp("fp16") / precision.FP16_FILE
+    dst = tmp_path_factory.mktemp("fp16") / precisions.get("fp16").artifact
     return precision.convert_fp16(xxs[0].onnx, dst, seed=0)
 
 
@@ -81,7 +80,8 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
         calls.append(data_max)
         io.write_bytes(d, b"converted %d" % len(calls))
         return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]),
-                                   {"nodes_before": 1, "casts_added": len(calls)})
+                                   {"nodes_before": 1, "casts_added": len(calls), "autocast_fp16_nodes": 9,
+                                    "autocast_nodes": 10, "kept_fp32_by_rule": 1, "fp32_float_nodes": 1})
 
     monkeypatch.setattr(precision, "convert_fp16", fake_convert)
     first = precision.ensure_fp16(src)
@@ -91,9 +91,38 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
     assert list(precision.ensure_fp16(src).fp32_nodes["op_type"]) == ["Reshape"]
     precision.ensure_fp16(src, data_max=256.0)  # other settings
     assert len(calls) == 2
-    io.write_bytes(src.with_name(precision.FP16_FILE), b"tampered")  # the file no longer matches its record
+    io.write_bytes(src.with_name(precisions.get("fp16").artifact), b"tampered")  # the file no longer matches its record
     precision.ensure_fp16(src, data_max=256.0)
     assert len(calls) == 3
+
+
+def test_captured_logs_collect_a_library_s_messages_and_show_them_only_on_failure(capsys):
+    lib, root = logging.getLogger("mvlib-test-library"), logging.getLogger()
+    before = (lib.level, lib.propagate, root.level)
+    with precision.captured_logs("mvlib-test-library") as got:
+        lib.info("Skipping node a: out of range")
+        print("per-node chatter")
+    assert got.messages == [(logging.INFO, "Skipping node a: out of range")]
+    assert capsys.readouterr().out == ""  # nothing shown while the call succeeds
+    with pytest.raises(RuntimeError, match="boom"), precision.captured_logs("mvlib-test-library"):
+        lib.warning("careful: weights out of range")
+        print("per-node chatter")
+        raise RuntimeError("boom")
+    shown = capsys.readouterr().out
+    assert "careful: weights out of range" in shown and "per-node chatter" in shown  # the failure shows both
+    assert (lib.level, lib.propagate, root.level) == before
+
+
+def test_one_fp16_conversion_without_rules_turns_every_float_node_fp16(xxs, tmp_path):
+    """rules=False (notebook 04's Q/DQ models): no reference run, no node kept FP32, I/O FP32, canonical bytes."""
+    model, _ = precision.to_fp16(xxs[0].onnx, tmp_path / "a.onnx", rules=False)
+    precision.to_fp16(xxs[0].onnx, tmp_path / "b.onnx", rules=False)
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
+    assert precision.io_types(tmp_path / "a.onnx") == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
+    kept = precision.fp32_nodes(model, {})
+    assert (kept["float_tensors"] != "FP32").all() or set(kept["op_type"]) <= precision.MOVES_DATA
+    with pytest.raises(FileNotFoundError, match="export the FP32 model first"):
+        precision.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx")
 
 
 class _Shifted(torch.nn.Module):
@@ -114,9 +143,8 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
     runners = [accuracy.torch_runner(model, 256, "pytorch-fp32"), accuracy.onnxrt_runner(exported.onnx, "onnxrt-fp32"),
                accuracy.onnxrt_runner(fp16_xxs.path, "onnxrt-fp16"),
                accuracy.torch_runner(_Shifted(model, 0.01), 256, "shifted")]
-    tols = {"pytorch-fp32": FP32, "onnxrt-fp32": FP32, "onnxrt-fp16": FP16,
-            "shifted": precision.Tolerance(atol=1e-3, rtol=1e-3, min_cosine=0.9)}
-    table, errors = precision.compare_runners(runners, "pytorch-fp32", imgs, [1, 2], 3, tols)
+    judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", "onnxrt-fp16": "fp16", "shifted": "fp32"}
+    table, errors = precision.compare_runners(runners, "pytorch-fp32", imgs, [1, 2], 3, judged)
     row = table.set_index(["runner", "batch"])
     assert row.loc[("pytorch-fp32", 1), "status"] == "reference"
     assert row.loc[("pytorch-fp32", 2), "reference"] == "pytorch-fp32 (batch 1)"
@@ -130,19 +158,20 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
         assert shifted["mean_abs"] == pytest.approx(0.01, rel=1e-3)
         assert shifted["top1_agreement"] == 1.0 and shifted["samples_within_tol"] == 0
         assert not shifted["passed"] and shifted["status"] == "outside tolerance"
+        assert (shifted["atol"], shifted["rtol"], shifted["min_cosine"]) == (1e-4, 1e-3, 0.99999)  # fp32's bounds
+        assert (fp16["atol"], fp16["rtol"], fp16["min_cosine"]) == (5e-2, 5e-2, 0.999)
     # per-sample rows add up to the table's rows
     for (runner, batch), g in errors.groupby(["runner", "batch"]):
         assert g["max_abs"].max() == pytest.approx(row.loc[(runner, batch), "max_abs"])
         assert g["within_tol"].sum() == row.loc[(runner, batch), "samples_within_tol"]
-    # a looser tolerance passes the shifted runner: the verdict follows the stated tolerances
-    zeros, shifted_logits = np.zeros((2, 5)), np.full((2, 5), 0.01)
-    assert precision.polygraphy_check(zeros, shifted_logits, precision.Tolerance(0.02, 0, 0)) == [True, True]
-    assert precision.polygraphy_check(zeros, shifted_logits, precision.Tolerance(0.005, 0, 0)) == [False, False]
-    # the figure is drawn from the saved tables
+    # the figure is drawn from the saved tables, outside pyplot's global state
+    import matplotlib.pyplot as plt
     table.to_csv(tmp_path / "t.csv", index=False)
     errors.to_csv(tmp_path / "e.csv", index=False)
+    open_before = plt.get_fignums()
     fig = precision.error_figure(tmp_path / "e.csv", tmp_path / "t.csv")
     assert len(fig.axes) == 2 and len(fig.axes[0].get_yticklabels()) == errors.groupby(["runner", "batch"]).ngroups
+    assert plt.get_fignums() == open_before
 
 
 def test_skipped_rows_give_the_reason(monkeypatch):
@@ -183,9 +212,9 @@ def test_notebook_creates_the_files_it_lists(smoke_run):
     assert shared <= always
     expected = always - shared | (trt_only if tiers.detect() == "trt" else set())
     assert made == expected and trt_only and always
-    assert "`model.fp16.onnx`" in nb.cells[0].source and "`fp16.json`" in nb.cells[0].source
+    assert "`model.fp16.onnx`" in nb.cells[0].source and "`model.fp16.onnx.key.json`" in nb.cells[0].source
     model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
-    assert (model_dir / "model.fp16.onnx").exists() and (model_dir / "fp16.json").exists()
+    assert (model_dir / "model.fp16.onnx").exists() and io.key_path(model_dir / "model.fp16.onnx").exists()
     table = pd.read_csv(smoke_run / "results" / "03_accuracy.csv")
     cpu = table[table.runner.isin(["onnxrt-fp32", "onnxrt-fp16"])]
     assert set(cpu.batch) == {1, 4} and (cpu.status == "ok").all() and (cpu.n == 8).all()

@@ -33,13 +33,3 @@ def test_an_unknown_precision_is_an_error_naming_the_known_ones():
     with pytest.raises(ValueError, match="not a quantized precision: choose one of int8, fp8"):
         precisions.quantized("fp16")
 
-
-def test_one_criterion_judges_every_precision_by_its_own_bounds():
-    m = {"n": 4, "max_abs": 0.01, "mean_abs": 0.001, "cosine_mean": 0.9995, "cosine_min": 0.9985,
-         "top1_agreement": 1.0}
-    assert metrics.failures(m, precisions.get("int8").tolerance) == []  # mean cosine 0.9995 >= 0.999
-    fp16 = metrics.failures(m, precisions.get("fp16").tolerance, samples_within_tol=4)
-    assert fp16 == ["worst-image cosine 0.998500 < 0.999"]
-    assert metrics.failures(m, precisions.get("fp16").tolerance, samples_within_tol=3)[0].startswith("1 of 4 images")
-    with pytest.raises(ValueError, match="samples_within_tol"):
-        metrics.failures(m, precisions.get("fp32").tolerance)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from mvlib import metrics, precisions
 from mvlib.progress import progress
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, layers, runner, timing
@@ -172,10 +173,20 @@ def built_rows(engines: pd.DataFrame | None, stage: str = "engines") -> pd.DataF
 
 
 def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
-    """Per engine, its `accuracy` entry for the engines table, from an accuracy table's `trt-<engine>` rows."""
-    rows = table[table["runner"].str.startswith("trt-")]
-    return {runner[4:]: ("passed" if grp["passed"].all() else "FAILED") + f" (cosine_min {grp['cosine_min'].min():.6f})"
-            for runner, grp in rows.groupby("runner")}
+    """Per engine, its `accuracy` entry for the engines table, from an accuracy table's rows of that engine (an
+    `engine` column, else `trt-<engine>` runners): passed or FAILED by the one criterion, with the metrics its
+    precision's tolerance bounds (metrics.bounded; the worst-image cosine where the table names no precision)."""
+    if "engine" in table:
+        rows, names = table, table["engine"]
+    else:
+        rows = table[table["runner"].str.startswith("trt-")]
+        names = rows["runner"].str[4:]
+    passed = "passed" if "passed" in rows else "passes"
+    verdicts = {}
+    for engine, grp in rows.groupby(names):
+        tol = precisions.get(grp["precision"].iloc[0]).tolerance if "precision" in grp else None
+        verdicts[engine] = ("passed" if grp[passed].all() else "FAILED") + f" ({metrics.bounded(grp, tol)})"
+    return verdicts
 
 
 def int8_words(engine: str, summary) -> str:
