@@ -45,6 +45,11 @@ def test_engine_key_changes_with_everything_an_engine_depends_on(tmp_path):
     assert len({base, *variants}) == len(variants) + 1
 
 
+def test_a_missing_onnx_file_names_the_notebook_that_makes_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.int8.onnx does not exist; run notebook 04_int8 first"):
+        cache.build_engine(tmp_path / "model.int8.onnx", PROFILE, flavours.Flavour("tensorrt_rtx", "1.7"), "sm86")
+
+
 def test_missing_plugin_names_how_to_build_it(tmp_path):
     with pytest.raises(FileNotFoundError, match="silu_plugin"):
         cache.key_parts(models.conv(tmp_path / "m.onnx"), PROFILE, flavours.Flavour("tensorrt_rtx", "1.7"), "sm86",

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mvlib import env, io, paths
+from mvlib import env, io, paths, stages
 from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import Flavour, select
 from mvlib.tensorrt.shapes import Profile, onnx_input
@@ -155,7 +155,8 @@ def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = N
     (its build record names it)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
-        raise FileNotFoundError(f"ONNX file {onnx_path} does not exist; run the notebook that writes it first")
+        maker = stages.PRODUCERS.get(onnx_path.name, "that writes it")
+        raise FileNotFoundError(f"ONNX file {onnx_path} does not exist; run notebook {maker} first")
     if workspace_gb <= 0:
         raise ValueError(f"workspace_gb={workspace_gb}: give the builder a positive workspace, e.g. 4")
     fl = fl or select()
