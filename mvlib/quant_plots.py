@@ -5,8 +5,7 @@ pyplot-free Figure (`mvlib.figures`)."""
 import numpy as np
 import pandas as pd
 
-from mvlib import figures
-from mvlib.quant import chosen_name
+from mvlib import figures, precisions
 from mvlib.quant_eval import criterion
 
 
@@ -19,7 +18,7 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     """Error (1 - mean cosine) and top-1 agreement per policy, one bar per precision and method, with the thresholds."""
     table = table.copy()
     # A chosen model can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
-    chosen = table.file == table.precision.map(chosen_name)
+    chosen = table.file == table.precision.map(lambda p: precisions.quantized(p).artifact)
     table["label"] = table.policy + np.where(chosen, "\n" + table.file + "\n" + table.high_precision + " floats", "")
     table["series"] = table.precision.str.upper() + " " + table.method
     labels = list(dict.fromkeys(table.label))
