@@ -1,4 +1,4 @@
-"""Accuracy metrics against a reference and the study's one accuracy criterion (notebooks 03, 04, 05).
+"""Accuracy metrics against a reference and the study's one accuracy criterion (notebooks 01 and 03-06).
 
 Every precision's accuracy is judged by `failures(metrics, tolerance)`: the metrics of `compare` (plus the
 per-image polygraphy verdicts where per-logit bounds are set) against that precision's `Tolerance` in
