@@ -53,11 +53,11 @@ def failures(m: dict, tol: Tolerance, samples_within_tol: int | None = None) -> 
     """Why metrics `m` (from `compare`) miss `tol`, in words; empty when they pass.
 
     `samples_within_tol` is how many of the m["n"] images pass the per-logit atol/rtol check (required when
-    tol sets atol or rtol: that check needs the outputs, see precision.polygraphy_check)."""
+    tol sets atol or rtol: that check needs the outputs, see accuracy.judge)."""
     out = []
     if tol.atol is not None or tol.rtol is not None:
         if samples_within_tol is None:
-            raise ValueError("tolerance sets atol/rtol: pass samples_within_tol (precision.polygraphy_check)")
+            raise ValueError("tolerance sets atol/rtol: pass samples_within_tol (accuracy.judge counts them)")
         if samples_within_tol < m["n"]:
             out.append(f"{m['n'] - samples_within_tol} of {m['n']} images outside atol {tol.atol} / rtol {tol.rtol}")
     if tol.min_cosine is not None and m["cosine_min"] < tol.min_cosine:
