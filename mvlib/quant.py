@@ -132,7 +132,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
             raise RuntimeError(f"ModelOpt was asked for {precision} and made Q/DQ of {sorted(made)}")
         save(model, out)
 
-    io.cached(out_path, key, make, f"ModelOpt {precision.upper()} Q/DQ")
+    io.cached(out_path, key, make, f"ModelOpt {precisions.label(precision)} Q/DQ")
     return summary(out_path, excluded)
 
 
@@ -185,7 +185,7 @@ def compare_policies(exported, calib: np.ndarray, ev: Evaluator, policies: Seque
     order = sorted(policies, key=lambda p: p != "all")
     steps = [(p, m) for m in METHODS for p in order]
     rows = {(p, m): run_policy(exported, p, m, calib, ev, precision=precision)  # prints a line per step
-            for p, m in progress(steps, f"{precision.upper()} policies x calibration methods", unit="model",
+            for p, m in progress(steps, f"{precisions.label(precision)} policies x calibration methods", unit="model",
                                  lines=False)}
     return pd.DataFrame([rows[(p, m)] for p in policies for m in METHODS])
 
@@ -227,7 +227,7 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
         target.unlink(missing_ok=True)
         meta.update(passes=False, file=None, reason="no policy/method passes the criterion on the evaluation images")
         io.write_json(meta_path, meta)
-        print(f"NO {precision.upper()} POLICY PASSES: {meta['reason']}; {target.name} not written")
+        print(f"NO {precisions.label(precision)} POLICY PASSES: {meta['reason']}; {target.name} not written")
         return table, meta
     src = exported.path(best["file"])
     rows, note = [], ""

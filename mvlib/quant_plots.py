@@ -20,7 +20,7 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     # A chosen model can appear twice (FP16 floats, then the FP32-float fallback when FP16 fails): one label each.
     chosen = table.file == table.precision.map(lambda p: precisions.quantized(p).artifact)
     table["label"] = table.policy + np.where(chosen, "\n" + table.file + "\n" + table.high_precision + " floats", "")
-    table["series"] = table.precision.str.upper() + " " + table.method
+    table["series"] = table.precision.map(precisions.label) + " " + table.method
     labels = list(dict.fromkeys(table.label))
     series = list(dict.fromkeys(table.series))
     fig, axes = figures.new(1, 2, size=(max(12, 1.6 * len(labels)), 4.6))
@@ -67,7 +67,7 @@ def plot_sensitivity(table: pd.DataFrame, title: str = ""):
     axes[0].set_xscale("log")
     axes[0].set_yticks(range(n), [_short(g) for g in by_order.group], fontsize=7 if n < 40 else 5)
     axes[0].invert_yaxis()  # input at the top, output at the bottom
-    axes[0].set_xlabel(f"1 - mean cosine vs FP32 with only this group {precision.upper()}")
+    axes[0].set_xlabel(f"1 - mean cosine vs FP32 with only this group {precisions.label(precision)}")
     axes[0].set_title("red: excluded by the sensitivity policy", fontsize=9)
     path = table[table.excluded].sort_values("rank")
     ax = axes[1]
