@@ -91,8 +91,8 @@ def parser() -> argparse.ArgumentParser:
                     help="tier the run must reach; auto: this machine's")
     ap.add_argument("-p", "--param", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                     help="override one parameter (VALUE parsed as YAML: 32, [1, 8], mobilevit_xs)")
-    ap.add_argument("--only", default="", help="comma-separated notebook numbers to run, e.g. 01,02 (a run of its "
-                    "own: build/runs/<profile>_01-02)")
+    ap.add_argument("--only", default="", help="comma-separated notebooks to run, by name or the part before its "
+                    "first '_', e.g. 01,02 or 01_export (a run of its own: build/runs/<profile>_01-02)")
     ap.add_argument("--run-dir", default="", help="run folder (default build/runs/<profile>[_<variant>]"
                     "[_<notebooks>]): new, empty, or one the study made. The run is written to <run>.incomplete and "
                     "becomes <run> once complete; the complete run it replaces is kept as <run>.previous and "
