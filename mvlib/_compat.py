@@ -2,6 +2,8 @@
 
 They are quiet when they work: the details go to the `mvlib` logger at DEBUG level. Set
 MVLIB_VERBOSE=1 to see them as warnings.
+
+Serves: notebooks 01 to 06 and the driver (applied on `import mvlib`).
 """
 import logging
 import os

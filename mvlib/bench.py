@@ -12,6 +12,8 @@ CPU), outside the timed launches, giving each row's mean power and energy per im
 A backend whose launch returns logits is checked against the FP32 reference (`Reference`) after its windows, on
 the inputs it was timed on. What the rows are held against (the model's cost, measured ceilings, the published
 anchor) is mvlib.ceilings.
+
+Serves: notebooks 05 (the model-swap timing) and 06 (every benchmark row).
 """
 import copy
 import dataclasses

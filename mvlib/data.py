@@ -18,6 +18,8 @@ exactly timm's evaluation transform for the model (resize the shorter side to
 img_size / crop_pct, bicubic; centre crop; no normalisation for MobileViT).
 Calibration and evaluation never share a file (nor, for the shipped samples, a
 source picture).
+
+Serves: notebook 04 (calibration and evaluation images).
 """
 import os
 import shutil

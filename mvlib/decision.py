@@ -10,6 +10,8 @@ engine bytes and build seconds from engines.csv. A number no table holds is the 
 The best-throughput quantities (throughput, its batch, peak GPU memory, power, energy per image) all belong to the
 row's fastest batch. The Pareto front is over throughput and top-1 agreement with the FP32 reference: a row is on
 it when no other row is at least as fast and at least as accurate, and better in one.
+
+Serves: notebook 06 (its last section: 06_decision.csv and 06_decision.png).
 """
 import math
 import textwrap

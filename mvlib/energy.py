@@ -10,6 +10,8 @@
 A window reads the counter before and after a measurement; power is joules over the windows' seconds, energy
 per image joules over the images the windows processed. Both include the idle draw, which `idle_draw` measures
 once. Where no counter can be read the value is a text, "not measured: <why>", never 0 or blank.
+
+Serves: notebook 06 (the energy columns of every benchmark row, the idle draw in the manifest).
 """
 import contextlib
 import functools

@@ -1,6 +1,8 @@
 """What this machine has: the GPU and PyTorch's view of it, nvcc, the network, library versions.
 
 mvlib.tiers ranks them.
+
+Serves: notebooks 01 to 06 and the driver, through run, tiers and the TensorRT package.
 """
 import functools
 import importlib.metadata

@@ -1,4 +1,7 @@
-"""Export a timm MobileViT to ONNX with a dynamic batch axis, check it, and save reference I/O."""
+"""Export a timm MobileViT to ONNX with a dynamic batch axis, check it, and save reference I/O.
+
+Serves: notebooks 01 to 06 (glue.export is every notebook's first stage).
+"""
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -11,6 +11,8 @@ the GPU first and skips with the reason (`fp8.NoFP8`) on anything older.
 The row is `bench.pytorch_cuda` (FP16, channels_last, `torch.compile` with CUDA graphs) run on the quantized
 model, so FP8 and the FP16 row differ in the Linear layers only; accuracy comes from `bench.Reference` like every
 other row of notebook 06 (its `ACCURACY_COLUMNS`).
+
+Serves: notebook 06 (the torchao FP8 row).
 """
 import copy
 import dataclasses

@@ -2,6 +2,8 @@
 
 `export` is every notebook's first stage (the exported model, made or reused, and the weights in the manifest);
 `record_engines` is what notebooks 03, 04 and 05 do with the engines their build stages return.
+
+Serves: notebooks 01 to 06 (export); 03, 04 and 05 (record_engines).
 """
 from __future__ import annotations
 

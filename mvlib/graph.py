@@ -2,6 +2,8 @@
 
 No system binaries: the block is laid out here (layers by longest path) and drawn with networkx and
 matplotlib. Every figure is drawn from a table, so the census and block tables are the source of truth.
+
+Serves: notebook 02 (op census, block figure, netron).
 """
 import collections
 import re

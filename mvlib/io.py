@@ -3,6 +3,8 @@
 Written files get the permissions an ordinary `open(path, "w")` gives a new file (0666 less the umask:
 0644 under the usual umask 022), not `tempfile.mkstemp`'s 0600, so results, figures, engines and
 executed notebooks stay readable to other users, a web server or a container volume.
+
+Serves: notebooks 01 to 06 and the driver: every file the study writes goes through it.
 """
 import contextlib
 import hashlib

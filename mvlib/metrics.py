@@ -2,7 +2,10 @@
 
 Every precision's accuracy is judged by `failures(metrics, tolerance)`: the metrics of `compare` (plus the
 per-image polygraphy verdicts where per-logit bounds are set) against that precision's `Tolerance` in
-`mvlib.precisions.TABLE`. A bound left None is not checked."""
+`mvlib.precisions.TABLE`. A bound left None is not checked.
+
+Serves: notebooks 01 and 03 to 06 (every accuracy comparison).
+"""
 from dataclasses import dataclass
 
 import numpy as np

@@ -1,4 +1,7 @@
-"""Build a timm MobileViT with the requested weights: pretrained, seeded random, or a checkpoint."""
+"""Build a timm MobileViT with the requested weights: pretrained, seeded random, or a checkpoint.
+
+Serves: notebooks 01 to 06 through export, and the driver (the weights decision, once per run).
+"""
 import warnings
 from pathlib import Path
 

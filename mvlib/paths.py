@@ -1,4 +1,7 @@
-"""Every path the study uses, derived from the package's location (the one paths module)."""
+"""Every path the study uses, derived from the package's location (the one paths module).
+
+Serves: notebooks 01 to 06 and the driver (every path).
+"""
 import os
 from pathlib import Path
 

@@ -1,4 +1,7 @@
-"""Benchmark figures, each drawn from saved results tables only (Agg canvas, no pyplot state)."""
+"""Benchmark figures, each drawn from saved results tables only (Agg canvas, no pyplot state).
+
+Serves: notebook 06 (06_throughput, 06_latency_b1, 06_speedup and 06_roofline).
+"""
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure

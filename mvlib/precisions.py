@@ -3,7 +3,10 @@ weight, accuracy tolerance, minimum compute capability and label.
 
 Every reader of a precision fact asks `get(name)`; a precision is passed down by name, never guessed from a
 graph. An unknown name is an error naming the known ones, never a silent default. export.ARTIFACTS takes the
-model files' names from here."""
+model files' names from here.
+
+Serves: notebooks 01 and 03 to 06 (every reader of a precision fact).
+"""
 from dataclasses import dataclass
 
 from mvlib import metrics

@@ -11,6 +11,8 @@ How it shows depends on where the loop runs (MVLIB_PROGRESS overrides: bar, line
   papermill kernels): no bar, whose carriage returns would fill the log; instead one plain line
   `<desc>: k/n (elapsed s)` about every tenth of the loop, or nothing where the loop prints its own
   line per step (`lines=False`).
+
+Serves: notebooks 03 to 06 (engine builds, calibration, sensitivity, benchmark loops) and the driver's logs.
 """
 import math
 import os

@@ -1,7 +1,10 @@
 """Notebook 04's figures, drawn from its saved tables: accuracy per precision, policy and method; sensitivity.
 
 Thresholds are the criterion bounds of the precisions drawn (`quant_eval.criterion`); each function returns a
-pyplot-free Figure (`mvlib.figures`)."""
+pyplot-free Figure (`mvlib.figures`).
+
+Serves: notebook 04 (04_int8_accuracy, 04_sensitivity and 04_fp8_sensitivity).
+"""
 import numpy as np
 import pandas as pd
 

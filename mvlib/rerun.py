@@ -18,6 +18,8 @@ same parameters on the same GPU (otherwise "not compared" and why), or with a fo
   whether its pass/fail columns still agree (tables measured on freshly drawn
   random inputs differ in their error values by design), leaving out columns
   that are durations.
+
+Serves: the driver (a second run's comparison, `--compare-with`); no notebook.
 """
 from collections.abc import Iterable
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""A study run: its folder (marked as the study's), manifest, stage statuses and figure footers."""
+"""A study run: its folder (marked as the study's), manifest, stage statuses and figure footers.
+
+Serves: notebooks 01 to 06 (each makes a Run in its first code cell).
+"""
 import datetime as _dt
 import json
 import re

@@ -1,4 +1,7 @@
-"""Why a stage did not run: the one exception every stage raises to be recorded as skipped (a leaf module)."""
+"""Why a stage did not run: the one exception every stage raises to be recorded as skipped (a leaf module).
+
+Serves: notebooks 01 to 06 (every stage that cannot run raises it).
+"""
 
 
 class StageSkipped(Exception):

@@ -5,6 +5,8 @@ A stage that cannot run because an input is missing raises `StageSkipped(reason,
 needed artifact, so a run that left that notebook out (`--only`) reports the skip as the selection's doing.
 Artifacts are named by file name; notebooks by stem (notebooks/<stem>.ipynb), so a notebook is found by its
 name and never by a number in code.
+
+Serves: the driver (`--only`, what a skip needs) and notebooks 01 to 06 (a missing input names its notebook).
 """
 from pathlib import Path
 

@@ -13,6 +13,8 @@ two are compared. A failed, interrupted or partial run never displaces the last 
 only into folders it made (marked `.mvlib-run`); anything else is refused and left as it is. The committed
 results (`figures/`, `data/results/`) change only by a deliberate publish of a complete run (`--publish`,
 `--publish-from`), as a whole.
+
+Serves: the driver (`make study`, `python -m mvlib.study`), which runs notebooks 01 to 06.
 """
 import argparse
 import datetime as _dt

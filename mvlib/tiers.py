@@ -4,6 +4,8 @@ Above both `env` (the GPU, nvcc) and `mvlib.tensorrt.flavours` (whether the run'
 GPU), so neither of them imports the other's callers. The trt tier asks the run's own TensorRT decision
 (`flavours.decide`, the same one the driver hands every notebook), never "any installed flavour": with
 trt_flavour='tensorrt_rtx' on an H200 that also has full TensorRT, the tier is gpu, because RTX does not run there.
+
+Serves: notebooks 01 to 06 through run (which stages a machine reaches) and the driver (the tier check).
 """
 import functools
 

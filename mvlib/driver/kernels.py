@@ -1,4 +1,7 @@
-"""Executing the selected notebooks with papermill: kernels that log to the run, what failed in which cell."""
+"""Executing the selected notebooks with papermill: kernels that log to the run, what failed in which cell.
+
+Serves: the driver (each notebook of a run goes through it).
+"""
 import argparse
 import os
 import re

@@ -3,6 +3,8 @@
 SHARED is the one place where a parameter that several notebooks declare is explained: each notebook's
 `parameters` cell declares it with this default and this comment (tests/test_driver_params.py checks every
 cell against it), and the full profile gives it the same value.
+
+Serves: the driver, and notebooks 01 to 06 through their parameters cells (SHARED).
 """
 import ast
 import difflib

@@ -1,4 +1,7 @@
-"""Publishing: a complete run of the full profile becomes the committed figures/ and data/results/, as a whole."""
+"""Publishing: a complete run of the full profile becomes the committed figures/ and data/results/, as a whole.
+
+Serves: the driver (`make publish`, `--publish`).
+"""
 import os
 import shutil
 import sys

@@ -1,5 +1,8 @@
 """Run folders: where a run is written (`<run>.incomplete`), kept (`<run>.previous`) and which folders the driver
-refuses (anything the study did not make, committed results, a run inside a run)."""
+refuses (anything the study did not make, committed results, a run inside a run).
+
+Serves: the driver (every run folder).
+"""
 import shutil
 from pathlib import Path
 

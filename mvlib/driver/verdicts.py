@@ -1,4 +1,7 @@
-"""What a run's manifest says: stages that fail its tier, skips its notebook selection caused, how it ended."""
+"""What a run's manifest says: stages that fail its tier, skips its notebook selection caused, how it ended.
+
+Serves: the driver (the end of every run, `--compare-with`, publishing).
+"""
 from pathlib import Path
 
 from mvlib import io, stages, tiers

@@ -16,4 +16,6 @@ what differs between them is decided in `flavours`. Imports run downward only:
 
 This file imports none of them, so `python -m mvlib.tensorrt.X` and the Makefile's stdlib-only use of
 `cudainfo` stay cheap.
+
+Serves: notebooks 03 to 06 (engines built, run and timed) and `python -m mvlib.tensorrt`.
 """

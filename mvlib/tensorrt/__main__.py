@@ -1,4 +1,7 @@
-"""`python -m mvlib.tensorrt build|jit|libdir|cache|wheel ...`: the command line of the TensorRT package."""
+"""`python -m mvlib.tensorrt build|jit|libdir|cache|wheel ...`: the command line of the TensorRT package.
+
+Serves: notebooks 03 to 06 (the build and JIT children run through it) and `make lab` (libdir).
+"""
 import sys
 
 USAGE = """usage: python -m mvlib.tensorrt COMMAND

@@ -8,6 +8,8 @@ itself changes on every nvcc build, its code does not). So a
 rerun with nothing changed reuses every engine, and a changed input builds a new one; writing it removes the
 entries it supersedes (same ONNX file, profile, target and flavour), but only folders holding our build.json.
 Each build runs in a child process (`mvlib.tensorrt.child`), so a builder crash fails one engine, not the kernel.
+
+Serves: notebooks 03 to 06 (every engine is built or reused here).
 """
 from __future__ import annotations
 

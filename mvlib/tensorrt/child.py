@@ -6,6 +6,8 @@ file) and TF32 is off. The builder logs at VERBOSE severity so that its closing 
 type and data types) is kept: that is where it says what precision the convolutions and matmuls got.
 Inspection with the engine inspector is best effort: where the engine cannot be deserialized here (no GPU, an
 old driver, another GPU), the plan is kept and its layer information says `not inspected: <why>`.
+
+Serves: notebooks 03 to 06 (every engine build runs in it).
 """
 from __future__ import annotations
 

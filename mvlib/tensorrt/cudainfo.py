@@ -11,6 +11,8 @@ Makefile runs this file as a script before anything is installed into the virtua
 TensorRT-RTX 1.7 is on PyPI as a CUDA 12 and a CUDA 13 build; a CUDA 13 build needs a driver that supports
 CUDA 13 (R580 or newer) and fails with cudaError 35 on an R535-R570 driver. Without a driver (a CPU machine
 that only builds engines ahead of time) the CUDA 13 build is chosen: the builder needs no driver.
+
+Serves: notebooks 03 to 06 through flavours, and `make env` (which CUDA extra to install).
 """
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ and runs on compute capability 7.5 and newer. TensorRT-RTX (module `tensorrt_rtx
 for a named compute capability on any machine, GPU or not, and runs on the GPUs of its support matrix.
 Everything that differs between them is a property of `Flavour`. The driver calls `decide()` once per run
 and hands its concrete `trt_flavour` / `trt_target` to every notebook; `mvlib.tiers` asks the same decision.
+
+Serves: notebooks 03 to 06 and the driver (one flavour and target decision per run).
 """
 from __future__ import annotations
 

@@ -6,6 +6,8 @@ when it finishes ("Layers:" then one line per engine layer: name, type, inputs, 
 data types). The second is what the builder itself reports on any machine, so it says what precision each
 convolution and matrix multiplication really got, which is what "INT8" means for an engine: TensorRT-RTX
 documents INT8 only as weight-only GEMM and its builder converts some Q/DQ scales back to float.
+
+Serves: notebooks 03 to 05 (each engine's layers and their precisions).
 """
 from __future__ import annotations
 

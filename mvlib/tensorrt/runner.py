@@ -11,6 +11,8 @@ timing or a CUDA graph taken then holds whichever kernel was current, so the con
 provider does when CUDA graphs are on (onnxruntime/core/providers/nv_tensorrt_rtx/nv_execution_provider.cc),
 with the runtime cache beside the engine so the JIT's kernels survive the process. Buffers and streams come
 from PyTorch, which the trt tier has anyway.
+
+Serves: notebooks 03 to 06 (every engine that runs).
 """
 from __future__ import annotations
 

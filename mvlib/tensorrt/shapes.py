@@ -1,4 +1,7 @@
-"""The batch optimization profile of an engine, and the single image input of the model it is built from."""
+"""The batch optimization profile of an engine, and the single image input of the model it is built from.
+
+Serves: notebooks 03 to 06 (the profile of batch_min, batch_opt, batch_max).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -3,6 +3,8 @@
 Notebooks 03, 04 and 05 build their engines with `build_all` and `record` their rows; 03 to 06 `annotate`
 accuracy and timing. A row is never reported as run unless it ran here (`ran`). `compute_precision` is what
 the builder said the convolutions and matmuls got; an "int8" engine whose builder made none INT8 says so.
+
+Serves: notebooks 03 to 06.
 """
 from __future__ import annotations
 

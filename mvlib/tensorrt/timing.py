@@ -14,6 +14,8 @@ never the default one, on which enqueueV3 adds device synchronizations (NvInferR
 JIT (`jit`): each engine in two fresh processes, as a user meets it: cold (no runtime cache: RTX compiles every
 kernel when the context is created), then with the runtime cache the first one wrote beside the engine; each
 measures context creation and the first inference, the second also the warm steady state.
+
+Serves: notebook 06 (the TensorRT rows of 06_benchmark.csv and the JIT costs).
 """
 from __future__ import annotations
 
