@@ -14,7 +14,7 @@ only into folders it made (marked `.mvlib-run`); anything else is refused and le
 results (`figures/`, `data/results/`) change only by a deliberate publish of a complete run (`--publish`,
 `--publish-from`), as a whole.
 
-Serves: the driver (`make study`, `python -m mvlib.study`), which runs notebooks 01 to 06.
+Serves: the driver (`make study`, `python -m mvlib.study`); no notebook imports it.
 """
 import argparse
 import datetime as _dt

@@ -1,9 +1,15 @@
-"""mvlib as a package (__init__, _compat): it imports quietly and builds a wheel that holds its profiles."""
+"""mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, and the
+README's module -> notebook -> test map and figure table say what the modules, notebooks and tests hold."""
+import ast
+import fnmatch
+import importlib
 import os
+import re
 import shutil
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 from mvlib import paths
 
@@ -37,3 +43,82 @@ def test_the_profiles_are_declared_package_data(tmp_path):
     wheel = next((tmp_path / "dist").glob("mvlib-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"mvlib/profiles/full.yaml", "mvlib/profiles/smoke.yaml", "mvlib/progress.py"} <= set(names)
+
+
+# --- the README's map: module -> notebook -> test -----------------------------------------------------------
+README = (paths.ROOT / "README.md").read_text()
+MAP = README[README.index("### Module → notebook → test"):README.index("## JupyterLab")]
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of mvlib by its dotted name below mvlib ('mvlib' for the package itself)."""
+    found = {}
+    for path in (paths.ROOT / "mvlib").rglob("*.py"):
+        parts = list(path.relative_to(paths.ROOT / "mvlib").with_suffix("").parts)
+        parts = parts[:-1] if parts[-1] == "__init__" else parts
+        found[".".join(parts) or "mvlib"] = path
+    return found
+
+
+def _notebooks(text: str) -> tuple[set[str], bool]:
+    """Notebook numbers ('01-06', '03 to 05', '02, 05') named in `text`, and whether it names the driver."""
+    found = set(re.findall(r"\b(0[1-9])\b", text))
+    for first, last in re.findall(r"\b(0[1-9])\s*(?:-|to)\s*(0[1-9])\b", text):
+        found |= {f"{n:02d}" for n in range(int(first), int(last) + 1)}
+    return found, "driver" in text
+
+
+def _served(docstring: str) -> tuple[set[str], bool]:
+    """What a module docstring says it serves: its 'Serves' sentences, else its first line."""
+    flat = " ".join(docstring.split())
+    said = re.findall(r"[Ss]erves\b.*?(?:\.(?=\s|$)|$)", flat)
+    return _notebooks(" ".join(said) or docstring.strip().splitlines()[0])
+
+
+def _map_rows() -> dict[str, tuple[str, list[str]]]:
+    """module -> (its 'serves notebooks' cell, its test file patterns) from the README's map."""
+    rows = re.findall(r"^\| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|$", MAP, re.M)
+    return {name: (serves, re.findall(r"`([^`]+)`", tests)) for name, serves, tests in rows}
+
+
+def test_the_readme_map_has_every_module_its_notebooks_and_its_tests():
+    rows, modules = _map_rows(), _modules()
+    missing, stale = set(modules) - set(rows), set(rows) - set(modules)
+    assert not missing and not stale, f"README's map is missing {missing}, has stale {stale}"
+    for name, (serves, patterns) in rows.items():
+        doc = ast.get_docstring(ast.parse(modules[name].read_text())) or ""
+        assert _served(doc) == _notebooks(serves), f"{name}: its docstring and README's map serve different notebooks"
+        assert _served(doc) != (set(), False), f"{name}: the docstring says no notebook and not the driver"
+        for pattern in patterns:
+            files = sorted((paths.ROOT / "tests").glob(pattern))
+            assert files, f"{name}: no test file {pattern}"
+            assert any(name.split(".")[-1] in f.read_text() for f in files), f"{name}: {pattern} does not use it"
+
+
+def test_every_test_file_is_in_the_map():
+    named = re.findall(r"`(test_[\w*]+\.py)`", MAP)
+    unnamed = [f.name for f in (paths.ROOT / "tests").glob("test_*.py") if not any(fnmatch.fnmatch(f.name, n)
+                                                                                for n in named)]
+    assert not unnamed, f"add these to README's module -> notebook -> test map: {unnamed}"
+
+
+def test_the_map_reads_notebooks_as_written():
+    assert _notebooks("notebooks 01 and 03 to 06 and the driver") == ({"01", "03", "04", "05", "06"}, True)
+    assert _notebooks("02, 05, 06; 06_decision.csv") == ({"02", "05", "06"}, False)
+    assert _served("One line.\n\nServes: notebook 04 (calibration).\n") == ({"04"}, False)
+    assert _served("Tables for notebook 03 and 05.\n\nMore text.") == ({"03", "05"}, False)
+
+
+def test_every_figure_is_drawn_by_the_function_the_readme_names_and_its_notebook_calls_it():
+    section = README[README.index("## Figures"):README.index("## Method and anchors")]
+    rows = re.findall(r"^\| (`0\d_[^|]+) \| (0\d) \| ([^|]+) \|", section, re.M)
+    assert len(rows) >= 7
+    for figures_cell, notebook, drawn_by in rows:
+        (nb,) = paths.NOTEBOOKS.glob(f"{notebook}_*.ipynb")
+        for qualified in re.findall(r"`([\w.]+)`", drawn_by):
+            module, function = qualified.rsplit(".", 1)
+            assert callable(getattr(importlib.import_module(f"mvlib.{module}"), function)), qualified
+            assert f"{module.split('.')[-1]}.{function}(" in nb.read_text().replace('\\"', '"'), (qualified, nb.name)
+        for name in re.findall(r"`(0\d_\w+\.png)`", figures_cell):
+            assert f'"{name}"' in nb.read_text().replace('\\"', '"'), (name, nb.name)
+
