@@ -47,7 +47,7 @@ def test_each_precision_named_gets_its_plugin_model_or_a_row_saying_which_notebo
     assert (fp32.cpu_atol, fp32.cpu_rtol) == engines.onnx_rewrite.CPU_TOLERANCE["fp32"]
     for name in ("int8", "fp8"):
         prec = precisions.get(name)
-        assert table.loc[name, "status"] == f"skipped: {prec.artifact} not found (notebook {prec.notebook} writes it)"
+        assert table.loc[name, "status"] == f"skipped: {prec.artifact} not found (notebook 04_int8 makes it)"
         assert table.loc[name, "rewritten"] == prec.plugin_artifact
     with pytest.raises(ValueError, match="choose one of"):
         engines.rewrite_models(exp, ["bf16"], 256)
@@ -74,14 +74,14 @@ def test_fp8_engines_are_built_in_a_call_of_their_own():
 def test_a_missing_fp8_plugin_model_skips_its_engine_naming_the_file(tmp_path, xxs, monkeypatch):
     monkeypatch.setattr(build, "require_plugin", lambda **kw: {"plugin": True})
     monkeypatch.setattr(build, "plugin_library", lambda: tmp_path / "libmv_silu_plugin_dynamic.so")
-    with pytest.raises(StageSkipped, match="model.fp8.silu.onnx not found") as err:
+    with pytest.raises(StageSkipped, match=r"model.fp8.silu.onnx not found.*model.fp8.onnx \(notebook 04_int8") as err:
         engines.engine_specs(_exported(tmp_path, xxs), ["fp8"])
-    assert err.value.needs == ("model.fp8.silu.onnx",)
+    assert err.value.needs == ("model.fp8.onnx",)  # what a run without notebook 04 lacks
 
 
 def test_the_timed_backend_skips_without_the_plugin_library(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "PLUGIN_BUILD", tmp_path / "silu_plugin")
-    with pytest.raises(StageSkipped, match="SiLU plugin library is not built.*notebook 05") as err:
+    with pytest.raises(StageSkipped, match="SiLU plugin library is not built .notebook 05_silu_plugin makes it") as err:
         engines.timed(None, tmp_path / "model.silu.onnx", "fp32", shapes.Profile(1, 2, 4))
     assert err.value.needs == (build.PLUGIN_LIB_DYNAMIC,)
 

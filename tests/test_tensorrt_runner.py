@@ -218,8 +218,8 @@ def test_a_cuda_context_is_current_before_the_runtime_cache_is_read(plan, monkey
     order = []
     monkeypatch.setattr(runner, "runnable", lambda engine: engine)
     monkeypatch.setattr(runner, "cuda_context", lambda: order.append("context"))
-    monkeypatch.setattr(runner, "deserialize", lambda fl, plan, plugins: order.append("deserialize") or (None, None,
-                                                                                                         ["no GPU"]))
+    monkeypatch.setattr(runner, "deserialize",
+                        lambda fl, plan, plugins, check: order.append("deserialize") or (None, None, ["no GPU"]))
     with pytest.raises(RuntimeError, match="could not deserialize"):
         runner.Session(plan)
     assert order == ["context", "deserialize"]

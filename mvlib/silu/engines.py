@@ -14,13 +14,13 @@ import onnx
 import onnx_graphsurgeon as gs
 import pandas as pd
 
-from mvlib import accuracy, export, fp8, io, precisions
+from mvlib import accuracy, export, fp8, io, precisions, stages
 from mvlib.silu import build, onnx_rewrite
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, layers, runner, timing
 from mvlib.tensorrt import table as engines_table
 
-NOTEBOOK = "05_silu_plugin"  # the notebook whose rows of the engines table these engines are
+NOTEBOOK = stages.PLUGIN  # the notebook whose rows of the engines table these engines are
 
 
 # --- the plugin models ------------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ def rewrite_model(exported, precision: str, img_size: int, seed: int = 0, batch:
         from mvlib import precision as fp16_conversion
         fp16_conversion.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
     if not src.exists():
-        return {**row, "status": f"skipped: {src.name} not found (notebook {prec.notebook} writes it)"}
+        return {**row, "status": f"skipped: {src.name} not found ({stages.made_by(src.name)})"}
     try:
         report = onnx_rewrite.rewrite(src, dst)
     except onnx_rewrite.NoSiluPairs as why:
@@ -77,16 +77,17 @@ def onnxrt_reference(exported, model=None, batches: Sequence[int] = (1, 3), seed
 def engine_specs(exported, names: Sequence[str], trt_flavour: str | None = "auto") -> list:
     """One plugin engine per precision named, from its rewritten ONNX file, with our plugin library and ABI check.
 
-    A missing model.fp8.silu.onnx skips (notebook 04 writes model.fp8.onnx, rewrite_model the rest); a missing
+    A missing model.fp8.silu.onnx skips, needing model.fp8.onnx (notebook 04 may keep no FP8 model); a missing
     file of another precision is a row of its own in the engines table (build_all)."""
     build.require_plugin(trt_flavour=trt_flavour)
     lib = build.plugin_library()
     specs = []
     for name in names:
-        path = exported.path(precisions.get(name).plugin_artifact)
+        prec = precisions.get(name)
+        path = exported.path(prec.plugin_artifact)
         if name == "fp8" and not path.exists():
-            raise StageSkipped(f"{path.name} not found: notebook 04 writes model.fp8.onnx, then "
-                               "mvlib.silu.engines.rewrite_model rewrites it", needs=(path.name,))
+            raise StageSkipped(f"{path.name} not found: rewrite_models writes it from {prec.artifact} "
+                               f"({stages.made_by(prec.artifact)})", needs=(prec.artifact,))
         specs.append(engines_table.EngineSpec(f"plugin_{name}", path, (lib,), check=build.check_abi))
     return specs
 
@@ -182,7 +183,7 @@ def timed(settings, onnx_path: Path | str, precision: str, profile, trt_flavour:
     try:
         lib = build.plugin_library()
     except FileNotFoundError as err:
-        raise StageSkipped(f"the SiLU plugin library is not built (notebook 05 builds it): {err}",
-                           needs=(build.PLUGIN_LIB_DYNAMIC,)) from err
+        raise StageSkipped(f"the SiLU plugin library is not built ({stages.made_by(build.PLUGIN_LIB_DYNAMIC)}): "
+                           f"{err}", needs=(build.PLUGIN_LIB_DYNAMIC,)) from err
     return timing.tensorrt(settings, onnx_path, precision, profile, trt_flavour, trt_target, workspace_gb,
                            plugins=(lib,), check=build.check_abi, plugin_label="SiLU plugin")
