@@ -6,7 +6,7 @@ what differs between them is decided in `flavours`. Imports run downward only:
     cudainfo   the driver's CUDA version and the GPU's compute capability (cuda-python; stdlib fallbacks)
     flavours   which flavour, which target, whether it runs here: `decide()` (once per run, by the driver)
     shapes     the batch optimization profile and the model's input
-    plugins    plugin libraries: ABI check, loading, a digest that survives rebuilds, library paths
+    plugins    plugin libraries: the caller's check, loading, a digest that survives rebuilds, plugin nodes
     cache      the engine cache: keys, build records, the parent side of a build, superseded entries
     child      the build child (`python -m mvlib.tensorrt build SPEC RESULT`)
     runner     deserialization, per-plan validity, runtime config, Session, the polygraphy runner
