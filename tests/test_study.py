@@ -283,7 +283,10 @@ def test_ctrl_c_prints_one_line_records_it_and_keeps_the_complete_run(tmp_path):
     io.write_json(run / "manifest.json", manifest)
     proc = subprocess.Popen([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--only",
                              "01", "--run-dir", str(run)], cwd=paths.ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            # a shell's background job (CI under nohup or `&`) inherits SIGINT ignored: give the
+                            # driver the Ctrl-C a user's terminal sends
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     for line in proc.stdout:
         if line.startswith("--> 01_export"):
             break
@@ -345,6 +348,8 @@ def test_a_rebuilt_corrupt_engine_is_said_on_the_console(tmp_path, monkeypatch, 
 
 
 def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys):
+    import signal
+    before = signal.getsignal(signal.SIGINT)  # default_int_handler, or SIG_IGN in a background job
     run = tmp_path / "run"
     fake_notebooks(monkeypatch)
     assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
@@ -356,5 +361,4 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
     assert len(lines) == 1 and lines[0].startswith("study: interrupted in 03_fp32_fp16"), lines
     assert io.read_json(run / "manifest.json") == complete
     assert io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
-    import signal
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C works again afterwards
+    assert signal.getsignal(signal.SIGINT) is before  # the handler the process had is back afterwards
