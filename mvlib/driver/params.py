@@ -123,8 +123,7 @@ CHOICES = {"granularity": ("stage", "block", "layer"), "high_precision": ("fp16"
            "swap_dtypes": ("float32", "float16")}
 AT_LEAST = {"seed": 0, "n_images": 1, "calib_images": 1, "eval_images": 1, "sensitivity_images": 1,
             "bench_repeats": 2, "bandwidth_samples": 1, "block": 0, "warmup_s": 0.0}
-POSITIVE = ("bench_seconds", "workspace_gb", "data_max", "atol", "rtol", "silu_atol", "silu_rtol", "cosine_fp32",
-            "cosine_fp16", "cosine_int8")
+POSITIVE = ("bench_seconds", "workspace_gb", "data_max", "atol", "rtol", "silu_atol", "silu_rtol")
 BATCH_LISTS = ("cpu_batches", "gpu_batches", "swap_batches", "check_batches")
 
 

@@ -114,26 +114,22 @@ def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
     return built
 
 
-def plugin_accuracy(exported, engines: pd.DataFrame | None, tolerances: dict[str, float]) -> pd.DataFrame:
-    """Plugin engines against ONNX Runtime on the original model, on the same saved inputs
-    (cosine tolerance per precision)."""
-    built = _built(engines)
+def plugin_accuracy(exported, engines: pd.DataFrame | None) -> pd.DataFrame:
+    """Plugin engines against ONNX Runtime on the original model, on the same saved inputs, each judged by its
+    precision's one criterion (mvlib.precisions), through the one engine loop (accuracy.engine_runners)."""
     from polygraphy.comparator import RunResults
+    made = accuracy.engine_runners(engines, plugins=(build.plugin_library(),), stage="plugin_engines")
     inputs, _ = export.load_reference(exported)
     ref_path = exported.artifact("ort_reference")
     if not ref_path.exists():
         raise FileNotFoundError(f"{ref_path} not found: run engines.onnxrt_reference(exported) first (a cpu stage)")
     ref = RunResults.load(str(ref_path))
-    runners = [runner.runner(r.path, f"trt-{r.engine}", plugins=(build.plugin_library(),)) for r in built.itertuples()]
-    results = accuracy.run(runners, inputs)
+    results = accuracy.run([trt for _, _, trt in made], inputs)
     merged = RunResults()
     for name, iters in list(ref.items()) + list(results.items()):
         merged[name] = iters
-    table = accuracy.table(merged, reference="onnxrt-original")
-    table["precision"] = table["runner"].str.extract(r"trt-plugin_(\w+)", expand=False)
-    table["cosine_tolerance"] = table["precision"].map(tolerances)
-    table["passed"] = table["cosine_min"] >= table["cosine_tolerance"]
-    return table
+    judged = {f"trt-{r.engine}": precisions.get(r.engine.removeprefix("plugin_")).name for r, _, _ in made}
+    return accuracy.table(merged, reference="onnxrt-original", judged=judged)
 
 
 # --- the plugin layers ------------------------------------------------------------------------------------
