@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from mvlib import figures
 from mvlib.energy import NOT_MEASURED
@@ -358,16 +359,34 @@ def _short(line: str, width: int) -> str:
     return line if len(line) <= width else line[:width - 3] + "..."
 
 
-def _key(fig: Figure, d: pd.DataFrame, notes: list[str]) -> None:
-    """Under the panels: each number's row, then what the panels leave out and why."""
-    entries = [f"{r.key}  {r.label} ({r.pareto})" for r in d.itertuples()]
+LINE_IN = 0.13  # height of one 7-point text line, inches
+PANELS_IN = 5.2  # height of the two panels with their titles, inches
+AXIS_IN = 0.9  # room under the panels for the x-axis labels, inches
+FOOTER_IN = 0.35  # room for the run's provenance footer at the bottom, inches
+
+
+def _key_lines(d: pd.DataFrame, notes: list[str]) -> tuple[list[list[str]], str]:
+    """The key's columns (each number's row) and the wrapped notes (what the panels leave out and why)."""
+    entries = [_short(f"{r.key}  {r.label} ({r.pareto})", 80) for r in d.itertuples()]
     columns = [entries[i:i + KEY_ROWS] for i in range(0, len(entries), KEY_ROWS)]
+    text = "\n".join(textwrap.fill(n, 150, subsequent_indent="    ") for n in notes[:6])
+    return columns, text
+
+
+def _key(fig: Figure, columns: list[list[str]], notes: str) -> None:
+    """Under the panels, above the footer: each number's row, then the notes, placed in inches so they never
+    overlap the axis labels above or the footer below."""
+    height = fig.get_figheight()
+    top = (FOOTER_IN + LINE_IN * (_rows(columns) + notes.count("\n") + 2)) / height
     for c, lines in enumerate(columns):
-        fig.text(0.06 + c * 0.46, 0.25, "\n".join(_short(line, 80) for line in lines), fontsize=7, va="top",
-                 family="monospace")
+        fig.text(0.06 + c * 0.46, top, "\n".join(lines), fontsize=7, va="top", family="monospace")
     if notes:
-        text = "\n".join(textwrap.fill(n, 150, subsequent_indent="    ") for n in notes[:6])
-        fig.text(0.06, 0.25 - 0.018 * (min(len(entries), KEY_ROWS) + 1), text, fontsize=6.5, va="top", color="0.3")
+        fig.text(0.06, top - LINE_IN * (_rows(columns) + 1) / height, notes, fontsize=6.5, va="top", color="0.3")
+
+
+def _rows(columns: list[list[str]]) -> int:
+    """Lines of the key's longest column."""
+    return max((len(c) for c in columns), default=0)
 
 
 def _idle(manifest: dict) -> tuple[str, list[str]]:
@@ -422,16 +441,22 @@ def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
         ax2.set_xlabel("best throughput (images/s)")
         ax2.set_ylabel("J per image (board or package, idle included)")
         figures.plain_log(ax2.xaxis)
-        figures.plain_log(ax2.yaxis)
+        # joules per image span 0.01-1: plain decimals read better than LogFormatter's 9e-02
+        for fmt in (ax2.yaxis.set_major_formatter, ax2.yaxis.set_minor_formatter):
+            fmt(FuncFormatter(lambda v, _: f"{v:.3g}"))
         ax2.grid(True, which="both", alpha=0.3)
     else:
         lines = [textwrap.fill(r, 70) for r in _reasons(d, "j_per_image")]
         ax2.text(0.5, 0.5, "no energy measured in this run:\n" + "\n".join(lines),
                  ha="center", va="center", transform=ax2.transAxes, fontsize=7, color="0.3")
         ax2.set_axis_off()
-    fig.subplots_adjust(bottom=0.36, top=0.88, wspace=0.22, left=0.06, right=0.98)
     notes = [f"not on the left (no accuracy): {line}" for line in _reasons(d, "top1_agreement")]
     if len(measured):
         notes += [f"not on the right (no energy): {line}" for line in _reasons(d, "j_per_image")]
-    _key(fig, d, notes + idle_why)
+    columns, text = _key_lines(d, notes + idle_why)
+    below = FOOTER_IN + LINE_IN * (_rows(columns) + text.count("\n") + 3) + AXIS_IN  # inches under the panels
+    fig.set_figheight(PANELS_IN + below)
+    fig.subplots_adjust(bottom=below / fig.get_figheight(), top=1 - 0.75 / fig.get_figheight(), wspace=0.22,
+                        left=0.06, right=0.98)
+    _key(fig, columns, text)
     return fig
