@@ -51,7 +51,8 @@ def test_build_folder_is_ignored_by_git():
 def test_smoke_tests_are_slow_and_make_test_fast_leaves_them_out():
     """A test that uses the smoke_run fixture is marked slow without saying so; `make test-fast` deselects it."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-                           "-m", "not slow", "tests/test_study.py", "tests/test_rerun.py", "tests/test_notebooks.py"],
+                           "-m", "not slow", "tests/test_study.py", "tests/test_rerun.py", "tests/test_notebooks.py",
+                           "tests/test_driver_verdicts.py"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     collected = proc.stdout
@@ -59,7 +60,7 @@ def test_smoke_tests_are_slow_and_make_test_fast_leaves_them_out():
     assert "test_creates_cells_parse_with_their_conditions" in collected
     for slow in ("test_smoke_run_manifest", "test_notebook_01_smoke_run_exports_and_checks",
                  "test_each_notebook_creates_what_its_creates_cell_lists",
-                 "test_second_run_of_the_same_command_reuses_and_agrees"):
+                 "test_second_run_of_the_same_command_reuses_agrees_and_keeps_the_console_quiet"):
         assert slow not in collected, slow
     make = subprocess.run(["make", "-n", "-o", ".venv/.installed", "test-fast"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
