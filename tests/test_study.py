@@ -148,7 +148,10 @@ def test_smoke_run_manifest(smoke_run):
     assert manifest["run"]["weights"]["requested"] == manifest["run"]["weights"]["chosen"] == "random"
     assert {p["weights"] for p in manifest["params"].values()} == {"random"}  # one choice for every notebook
     assert sorted(manifest["params"]) == sorted(nb.stem for nb in NOTEBOOKS)
-    smoke = params.load_profile("smoke")  # what papermill injected is what the manifest records
+    smoke = params.load_profile("smoke")  # what papermill injected is what the manifest records: the profile, with
+    decided = manifest["run"]["tensorrt"]  # the flavour and target the driver decided once for every notebook
+    assert decided["trt_flavour"] in (None, *flavours.FLAVOUR_NAMES)
+    smoke |= {k: decided[k] for k in ("trt_flavour", "trt_target") if decided.get(k)}
     for nb, values in manifest["params"].items():
         declared = set(papermill.inspect_notebook(str(paths.NOTEBOOKS / f"{nb}.ipynb"))) - {"run_dir"}
         assert set(values) == declared

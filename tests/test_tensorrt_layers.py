@@ -84,7 +84,7 @@ def test_an_engine_built_where_it_could_not_run_is_inspected_where_it_runs(tmp_p
                              "Inputs": [{"Name": "input", "Datatype": "Float"}],
                              "Outputs": [{"Name": "logits", "Datatype": "Float"}]}], "Bindings": ["input", "logits"]}
     monkeypatch.setattr(runner, "runnable", lambda e: e)
-    monkeypatch.setattr(layers, "inspect_plan", lambda fl, plan, plugins=(): inspector)
+    monkeypatch.setattr(layers, "inspect_plan", lambda fl, plan, plugins=(), check=None: inspector)
     table = layers.layer_summary(engine.dir)
     assert list(table["name"]) == ["conv0 + relu0"] and list(table["onnx_nodes"]) == [2]
     assert io.read_json(engine.dir / cache.LAYERS)["inspected"] is True
