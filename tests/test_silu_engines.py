@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import env, paths, precisions, tiers
+from mvlib import env, io, paths, precisions, tiers
 from mvlib import run as run_mod
 from mvlib.export import Exported
 from mvlib.silu import build, engines
@@ -93,7 +93,7 @@ def _engine_dir(tmp_path: Path, name: str, onnx_path: Path, inspector_layers: li
     d.mkdir()
     (d / cache.PLAN).write_bytes(b"vtrt" + bytes(64))
     (d / cache.LAYERS).write_text(json.dumps({"inspected": True, "Layers": inspector_layers}))
-    (d / cache.BUILD_INFO).write_text(json.dumps({"onnx": str(onnx_path), "plan_sha256": cache.sha256(d / cache.PLAN),
+    (d / cache.BUILD_INFO).write_text(json.dumps({"onnx": str(onnx_path), "plan_sha256": io.sha256(d / cache.PLAN),
                                                   "plan_bytes": 68, "flavour": "tensorrt_rtx",
                                                   "flavour_version": "1.7.1.116", "profile": [1, 2, 4]}))
     return d

@@ -11,7 +11,7 @@ import lief
 import pytest
 import tensorrt_models as models
 
-from mvlib import env, paths
+from mvlib import env, io, paths
 from mvlib.silu import build
 from mvlib.tensorrt import cache, flavours, plugins, shapes
 
@@ -55,7 +55,7 @@ def test_plugin_engines_are_keyed_on_what_the_loader_maps(two_builds, tmp_path):
     renamed, recoded = tmp_path / "renamed.so", tmp_path / "recoded.so"
     _patch_section(a, renamed, ".strtab")
     _patch_section(a, recoded, ".text")
-    assert cache.sha256(renamed) != cache.sha256(a) and plugins.library_digest(renamed) == plugins.library_digest(a)
+    assert io.sha256(renamed) != io.sha256(a) and plugins.library_digest(renamed) == plugins.library_digest(a)
     assert plugins.library_digest(recoded) != plugins.library_digest(a)
     onnx_path = models.conv(tmp_path / "model.onnx")
     rtx = flavours.Flavour("tensorrt_rtx", "1.7.1.116")

@@ -47,8 +47,6 @@ class BuildFailed(RuntimeError):
         self.messages = messages
 
 
-sha256 = io.sha256  # callers not yet on mvlib.io
-
 
 def has_plan_header(path: Path | str, flavour: str) -> bool:
     """Whether a file starts like a serialized plan of that flavour."""
