@@ -1,5 +1,6 @@
 """Energy per window: RAPL counters read from a powercap tree laid out as Linux does (wraparound included), NVML's
 real answer on this machine, the reasons where no counter exists, and the benchmark rows' energy columns."""
+import os
 import threading
 import time
 from pathlib import Path
@@ -37,7 +38,11 @@ def powercap(root: Path, tree: dict = TREE) -> Path:
 def add_uj(root: Path, folder: str, uj: int) -> None:
     """Advance one counter by `uj`, wrapping past max_energy_range_uj as the kernel does."""
     f = root / folder / "energy_uj"
-    f.write_text(f"{(int(f.read_text()) + uj) % (MAX_RANGE + 1)}\n")
+    # A sysfs read never sees a half-written value; write_text truncates first, so a reader in another thread could
+    # read '' (it did, on CI). Replace the file whole instead, the way the kernel presents it.
+    tmp = f.with_name(f.name + ".new")
+    tmp.write_text(f"{(int(f.read_text()) + uj) % (MAX_RANGE + 1)}\n")
+    os.replace(tmp, f)
 
 
 def test_rapl_sums_package_domains_only(tmp_path):
