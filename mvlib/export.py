@@ -138,4 +138,4 @@ def describe(onnx_path: Path | str) -> dict:
             "inputs": {i.name: dims(i) for i in model.graph.input},
             "outputs": {o.name: dims(o) for o in model.graph.output},
             "nodes": len(model.graph.node), "parameters": n_params,
-            "size_mb": round(Path(onnx_path).stat().st_size / 2**20, 2)}
+            "size_mib": round(Path(onnx_path).stat().st_size / 2**20, 2)}

@@ -358,7 +358,7 @@ def engine_layers(engines: pd.DataFrame | None) -> tuple[pd.DataFrame, pd.DataFr
         layers = trt_layers.layer_summary(Path(r.path).parent)
         per_layer.append(layers.assign(engine=r.engine))
         totals.append({"engine": r.engine, **trt_layers.layer_totals(layers),
-                       "plan_mb": round(r.engine_bytes / 2**20, 2)})
+                       "plan_mib": round(r.engine_bytes / 2**20, 2)})
     return pd.concat(per_layer, ignore_index=True), pd.DataFrame(totals)
 
 

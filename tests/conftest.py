@@ -23,10 +23,45 @@ SMOKE_FIXTURE = "smoke_run"
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
 def pytest_collection_modifyitems(config, items):
-    """Every test that needs the end-to-end smoke run is `slow` (`make test-fast` leaves them out)."""
+    """Every test that needs the end-to-end smoke run is `slow` (`make test-fast` leaves them out), and runs last:
+    the run goes on in the background meanwhile."""
     for item in items:
         if SMOKE_FIXTURE in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+    items.sort(key=lambda item: SMOKE_FIXTURE in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+
+
+def pytest_collection_finish(session):
+    """Start the smoke run as soon as the tests are chosen, if any of them needs it (the fixture waits for it)."""
+    if session.config.option.collectonly or not any(SMOKE_FIXTURE in getattr(i, "fixturenames", ())
+                                                    for i in session.items):
+        return
+    import shutil
+
+    import smoke
+    for old in (smoke.RUN, smoke.RUN.with_name(smoke.RUN.name + ".incomplete"),
+                smoke.RUN.with_name(smoke.RUN.name + ".previous")):
+        shutil.rmtree(old, ignore_errors=True)  # the last session's run: this one must be made now, not compared
+    smoke.BUILD.mkdir(parents=True, exist_ok=True)
+    log = open(smoke.BUILD / "run.log", "w")  # noqa: SIM115 (closed by the fixture)
+    session.config.stash[_SMOKE] = (subprocess.Popen(
+        [sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--run-dir", str(smoke.RUN)],
+        cwd=ROOT, env={**os.environ, "MVLIB_BUILD": str(smoke.BUILD)}, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True), log)  # never publishes: that takes --publish (and the full profile)
+
+
+def pytest_sessionfinish(session):
+    """An interrupted or failed session stops the smoke run and the notebook kernels it started."""
+    proc, log = session.config.stash.get(_SMOKE, (None, None))
+    if proc is not None and proc.poll() is None:
+        import signal
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    if log is not None:
+        log.close()
+
+
+_SMOKE = pytest.StashKey[tuple]()
 
 
 @pytest.fixture(scope="session")
@@ -37,12 +72,16 @@ def xxs():
 
 
 @pytest.fixture(scope="session")
-def smoke_run(tmp_path_factory):
-    """Run every notebook once with the smoke profile through the papermill driver; the run folder."""
-    run = tmp_path_factory.mktemp("smoke") / "run"
-    proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu",
-                           "--run-dir", str(run)],  # never publishes: that takes --publish (and the full profile)
-                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+def smoke_run(request):
+    """Every notebook run once with the smoke profile through the papermill driver (started at collection, in its
+    own build folder, smoke.BUILD); the run folder."""
+    import smoke
+    proc, log = request.config.stash[_SMOKE]
+    try:
+        proc.wait(timeout=1500)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the smoke study ran past 25 min; see {log.name}")
     if proc.returncode != 0:
-        pytest.fail(f"smoke study failed ({proc.returncode}):\n{proc.stdout[-6000:]}\n{proc.stderr[-6000:]}")
-    return run
+        log.flush()
+        pytest.fail(f"smoke study failed ({proc.returncode}):\n{Path(log.name).read_text()[-12000:]}")
+    return smoke.RUN

@@ -35,6 +35,14 @@ def test_export_has_dynamic_batch_and_one_layernorm_op(xxs):
     assert ops.count("LayerNormalization") > 0 and "ReduceMean" not in ops
 
 
+def test_describe_names_the_batch_axis_and_sizes_in_mib(xxs):
+    """describe() reports the symbolic batch and the file size in MiB (2**20 bytes), under a key that says so."""
+    exported, _ = xxs
+    d = export.describe(exported.onnx)
+    assert d["inputs"]["input"][0] == "batch" and d["opset"] == 17
+    assert d["size_mib"] == round(exported.onnx.stat().st_size / 2**20, 2) and "size_mb" not in d
+
+
 def test_verify_saves_polygraphy_reference(xxs):
     """verify() passes with stated tolerances and saves inputs/outputs polygraphy can reload."""
     exported, model = xxs

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import onnx  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+import smoke  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 
@@ -123,7 +124,7 @@ def test_netron_serves_the_model(model_dir):
 
 
 def test_notebook_02_smoke_run_rewrites_and_checks_on_the_cpu(smoke_run):  # its files: test_notebooks
-    model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
+    model_dir = smoke.model_dir()  # the run builds in its own folder
     assert (model_dir / "model.silu.onnx").is_file()
     stages = {k: v for k, v in io.read_json(smoke_run / "manifest.json")["stages"].items() if k.startswith("02_graph/")}
     assert stages and all(v["status"] == "ok" and v["tier"] == "cpu" for v in stages.values()), stages

@@ -8,6 +8,7 @@ import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
+import smoke
 import torch
 
 from mvlib import accuracy, io, metrics, paths, precision, precisions, tiers
@@ -200,7 +201,7 @@ def test_notebook_03_smoke_run_judges_every_runner(smoke_run):
     """What notebook 03's smoke run wrote (its files are checked by tests/test_notebooks.py)."""
     nb = nbformat.read(paths.NOTEBOOKS / "03_fp32_fp16.ipynb", as_version=4)
     assert "`model.fp16.onnx`" in nb.cells[0].source and "`model.fp16.onnx.key.json`" in nb.cells[0].source
-    model_dir = paths.model_dir("mobilevit_xxs", "random-seed0", 256, 17)
+    model_dir = smoke.model_dir()  # the run builds in its own folder
     assert (model_dir / "model.fp16.onnx").exists() and io.key_path(model_dir / "model.fp16.onnx").exists()
     table = pd.read_csv(smoke_run / "results" / "03_accuracy.csv")
     for runner, name in (("onnxrt-fp32", "fp32"), ("onnxrt-fp16", "fp16")):  # the table's bounds, in every row

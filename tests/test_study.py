@@ -10,6 +10,7 @@ import nbformat
 import pandas as pd
 import papermill
 import pytest
+import smoke
 from driver_fakes import fake_notebooks
 
 from mvlib import io, paths, stages, study, tiers
@@ -62,7 +63,8 @@ def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(sm
     from mvlib import export
     manifest = io.read_json(smoke_run / "manifest.json")
     exported, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
-    read = [exported.model(p, plugin=k) for p in export.PRECISIONS for k in (False, True)]
+    # the names notebook 06 reads, in the folder where the run (in its own build folder) wrote them
+    read = [smoke.model_dir() / exported.model(p, plugin=k).name for p in export.PRECISIONS for k in (False, True)]
     missing = [p.name for p in read if not p.is_file()]
     assert not missing, f"notebook 06 reads files nothing wrote: {missing}"
     names = {f"plugin_{p}" if k else p for p in export.PRECISIONS for k in (False, True)}
