@@ -12,6 +12,7 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # The driver decides which (cuDriverGetVersion; a stdlib-only script, as nothing is installed yet): rtx-cu13 on an
 # R580+ driver or without a GPU, rtx-cu12 on an R525-R570 driver, where the CUDA 13 build would fail at run time.
 RTX_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra)
+TRT_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra trt)
 # The TensorRT flavour whose library folder `make lab` puts on the kernels' path (as in the study's parameters).
 TRT_FLAVOUR ?= auto
 ARCH := $(shell uname -m)
@@ -56,7 +57,7 @@ else
 	@echo "NOTE: TensorRT-RTX has no wheels for $(ARCH); engines are built only where TensorRT is installed."
 endif
 ifeq ($(HAS_GPU),1)
-	$(PY) -m pip install -q -e ".[trt]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 7.5, 8.6, 8.9 and 12.x."
+	$(PY) -m pip install -q -e ".[$(TRT_EXTRA)]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 7.5, 8.6, 8.9 and 12.x."
 endif
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@

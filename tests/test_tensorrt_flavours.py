@@ -73,6 +73,9 @@ def test_the_wheel_follows_the_driver():
     assert cudainfo.extra_for(12020) == "rtx-cu12" and cudainfo.extra_for(12080) == "rtx-cu12"
     assert cudainfo.extra_for(13000) == "rtx-cu13" and cudainfo.extra_for(None) == "rtx-cu13"
     assert cudainfo.extra_for(14010) == "rtx-cu13" and cudainfo.extra_for(11080) == "rtx-cu12"
+    assert cudainfo.extra_for(12020, "trt") == "trt-cu12" and cudainfo.extra_for(13000, "trt") == "trt-cu13"
+    with pytest.raises(ValueError, match="'rtx'.*'trt'"):
+        cudainfo.extra_for(13000, "tensorrt")
     banner = "| NVIDIA-SMI 535.183.01   Driver Version: 535.183.01   CUDA Version: 12.2     |"
     assert cudainfo.parse_nvidia_smi(banner) == 12020 and cudainfo.parse_nvidia_smi("no banner") is None
     version, how = cudainfo.driver_version()  # this machine: none, and every way it tried
@@ -91,13 +94,25 @@ def test_the_makefile_installs_the_extra_the_driver_asks_for():
         assert f"tensorrt-rtx-cu{cu}==" in " ".join(extras[f"rtx-cu{cu}"])
     make = (ROOT / "Makefile").read_text()
     assert "mvlib/tensorrt/cudainfo.py extra" in make and '".[rtx]"' not in make
+    full = subprocess.run([sys.executable, "-I", str(ROOT / "mvlib/tensorrt/cudainfo.py"), "extra", "trt"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    assert full in ("trt-cu12", "trt-cu13") and full in extras
+    assert "mvlib/tensorrt/cudainfo.py extra trt" in make and '".[trt]"' not in make
+    bad = subprocess.run([sys.executable, "-I", str(ROOT / "mvlib/tensorrt/cudainfo.py"), "extra", "cu13"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "usage" in bad.stderr and not bad.stdout
 
 
 def test_full_tensorrt_is_pinned_to_the_majors_it_was_checked_against():
-    """`tensorrt>=10` would install any future major."""
+    """`tensorrt>=10` would install any future major, and the bare `tensorrt` package the CUDA 13 build whatever
+    the driver: one extra per CUDA major, each its major's wheel and cuda-python."""
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    spec = next(r for r in extras["trt"] if re.match(r"tensorrt\b", r))
-    assert re.search(r"<\s*12\b", spec) and re.search(r">=\s*10", spec), spec
+    assert "trt" not in extras
+    for cu in (12, 13):
+        spec = next(r for r in extras[f"trt-cu{cu}"] if re.match(r"tensorrt\b", r))
+        assert spec.startswith(f"tensorrt-cu{cu}>=10.13") and re.search(r"<\s*12\b", spec), spec
+        cuda = next(r for r in extras[f"trt-cu{cu}"] if r.startswith("cuda-python"))
+        assert f"<{cu + 1}" in cuda, cuda
 
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")

@@ -7,6 +7,7 @@ the same call), then to `nvidia-smi`. Only the standard library is imported at m
 Makefile runs this file as a script before anything is installed into the virtual environment:
 
     python mvlib/tensorrt/cudainfo.py extra     # rtx-cu12 or rtx-cu13: the pip extra for this driver
+    python mvlib/tensorrt/cudainfo.py extra trt # trt-cu12 or trt-cu13: full TensorRT's, where a GPU is
 
 TensorRT-RTX 1.7 is on PyPI as a CUDA 12 and a CUDA 13 build; a CUDA 13 build needs a driver that supports
 CUDA 13 (R580 or newer) and fails with cudaError 35 on an R535-R570 driver. Without a driver (a CPU machine
@@ -96,9 +97,12 @@ def cuda_major_for(version: int | None) -> int:
     return max(OLDEST_CUDA_MAJOR, min(NEWEST_CUDA_MAJOR, version // 1000))
 
 
-def extra_for(version: int | None) -> str:
-    """The pip extra of the project for this driver: rtx-cu12 or rtx-cu13."""
-    return f"rtx-cu{cuda_major_for(version)}"
+def extra_for(version: int | None, flavour: str = "rtx") -> str:
+    """The pip extra of the project for this driver: rtx-cu12 or rtx-cu13 (TensorRT-RTX), trt-cu12 or trt-cu13
+    (full TensorRT, whose bare `tensorrt` package would pull the CUDA 13 build whatever the driver)."""
+    if flavour not in ("rtx", "trt"):
+        raise ValueError(f"flavour {flavour!r}: use 'rtx' (TensorRT-RTX) or 'trt' (full TensorRT)")
+    return f"{flavour}-cu{cuda_major_for(version)}"
 
 
 def device_capability(ordinal: int = 0) -> str | None:
@@ -120,15 +124,15 @@ def device_capability(ordinal: int = 0) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """`extra`: print the pip extra for this driver; `driver`: print the driver's CUDA version and its source."""
+    """`extra [rtx|trt]`: print the pip extra for this driver; `driver`: print its CUDA version and its source."""
     version, how = driver_version()
-    if argv == ["extra"]:
-        print(extra_for(version))
+    if argv[:1] == ["extra"] and len(argv) <= 2 and (argv[1:] or ["rtx"])[0] in ("rtx", "trt"):
+        print(extra_for(version, (argv[1:] or ["rtx"])[0]))
         return 0
     if argv == ["driver"]:
         print(f"{version_text(version)} ({how})" if version else f"none ({how})")
         return 0
-    print("usage: python mvlib/tensorrt/cudainfo.py extra|driver", file=sys.stderr)
+    print("usage: python mvlib/tensorrt/cudainfo.py extra [rtx|trt] | driver", file=sys.stderr)
     return 2
 
 
