@@ -21,26 +21,31 @@ if _early is not None and _early.BUILD != TEST_BUILD:
 SMOKE_FIXTURE = "smoke_run"
 
 
+def needs_smoke(item) -> bool:
+    """Whether a collected test uses the smoke_run fixture."""
+    return SMOKE_FIXTURE in getattr(item, "fixturenames", ())
+
+
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
 def pytest_collection_modifyitems(config, items):
     """Every test that needs the end-to-end smoke run is `slow` (`make test-fast` leaves them out), and runs last:
     the run goes on in the background meanwhile."""
     for item in items:
-        if SMOKE_FIXTURE in getattr(item, "fixturenames", ()):
+        if needs_smoke(item):
             item.add_marker(pytest.mark.slow)
-    items.sort(key=lambda item: SMOKE_FIXTURE in getattr(item, "fixturenames", ()))  # stable: order kept otherwise
+    items.sort(key=needs_smoke)  # stable: the order is kept otherwise
 
 
 def pytest_collection_finish(session):
     """Start the smoke run as soon as the tests are chosen, if any of them needs it (the fixture waits for it)."""
-    if session.config.option.collectonly or not any(SMOKE_FIXTURE in getattr(i, "fixturenames", ())
-                                                    for i in session.items):
+    if session.config.option.collectonly or not any(map(needs_smoke, session.items)):
         return
     import shutil
 
     import smoke
-    for old in (smoke.RUN, smoke.RUN.with_name(smoke.RUN.name + ".incomplete"),
-                smoke.RUN.with_name(smoke.RUN.name + ".previous")):
+
+    from mvlib.driver import runfolder
+    for old in (smoke.RUN, runfolder.incomplete_of(smoke.RUN), runfolder.previous_of(smoke.RUN)):
         shutil.rmtree(old, ignore_errors=True)  # the last session's run: this one must be made now, not compared
     smoke.BUILD.mkdir(parents=True, exist_ok=True)
     log = open(smoke.BUILD / "run.log", "w")  # noqa: SIM115 (closed by the fixture)

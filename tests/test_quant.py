@@ -316,8 +316,9 @@ def test_two_quantizations_in_two_processes_give_identical_bytes(xxs, images, q_
     np.save(tmp_path / "calib.npy", images.calib)
     # One side is this session's shared Q/DQ models (made by a pytest process) and FP16 conversions made here; the
     # other a child under a fresh hash seed, never the one this process may have been given.
-    seed = next(s for s in map(str, iter(lambda: random.randrange(1, 2**31), None))
-                if s != os.environ.get("PYTHONHASHSEED"))
+    seed = os.environ.get("PYTHONHASHSEED")
+    while seed == os.environ.get("PYTHONHASHSEED"):
+        seed = str(random.randrange(1, 2**31))
     child = subprocess.Popen([sys.executable, "-c", _CHILD, str(xxs[0].onnx), str(tmp_path / "calib.npy"),
                               str(tmp_path / "child")], env={**os.environ, "PYTHONHASHSEED": seed},
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -58,11 +58,11 @@ def test_the_authoring_helper_writes_the_installed_kernelspec(tmp_path):
     assert nbformat.read(tmp_path / "07_new.ipynb", as_version=4).metadata["kernelspec"] == installed_kernelspec()
 
 
-def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run):
+def test_every_model_file_notebook_06_reads_is_written_by_an_earlier_notebook(smoke_run, xxs):
     """06 times the FP32/FP16/INT8 models and their plugin rewrites: each exists after 01-05, and each was built."""
     from mvlib import export
     manifest = io.read_json(smoke_run / "manifest.json")
-    exported, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    exported, _ = xxs  # the same export as the run's (mobilevit_xxs, seeded random weights, 256 px, opset 17)
     # the names notebook 06 reads, in the folder where the run (in its own build folder) wrote them
     read = [smoke.model_dir() / exported.model(p, plugin=k).name for p in export.PRECISIONS for k in (False, True)]
     missing = [p.name for p in read if not p.is_file()]
