@@ -18,6 +18,7 @@ from mvlib import accuracy, export, fp8, io, precisions, stages
 from mvlib.silu import build, onnx_rewrite
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, layers, runner, timing
+from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt import table as engines_table
 
 NOTEBOOK = stages.PLUGIN  # the notebook whose rows of the engines table these engines are
@@ -142,9 +143,9 @@ def plugin_layers(engines: pd.DataFrame | None) -> pd.DataFrame:
 
 
 def plugin_node_names(onnx_path: Path | str) -> set[str]:
-    """Names of the nodes of the SiLU plugin's op type in an ONNX file (the parser names their layers after them)."""
-    name = onnx_rewrite.plugin_id().name
-    return {n.name for n in onnx.load(str(onnx_path), load_external_data=False).graph.node if n.op_type == name}
+    """Names of the plugin nodes of an ONNX file (the parser names their layers after them): the same nodes the
+    engines table counts in `plugin_nodes_in_onnx`."""
+    return set(plugin_libs.plugin_nodes(onnx_path))
 
 
 def count_plugin_layers(built: pd.DataFrame) -> pd.DataFrame:

@@ -193,7 +193,7 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
                                   env=plugin_libs.library_env(fl), capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as err:  # one engine fails; build_all records it and goes on
-            said = [ln for ln in output_text(err.stderr).splitlines() if ln.strip()][-8:]
+            said = output_tail(err.stderr, 8)
             raise BuildFailed(f"{fl.label} could not build {onnx_path.name} for {parts['target']}: the builder "
                               f"did not finish within {BUILD_TIMEOUT_S:g} s and was stopped", said) from None
         seconds = time.perf_counter() - start
@@ -202,7 +202,7 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     if proc.returncode != 0 or not result.get("ok"):
         died = ("the builder refused it" if result else
                 f"the builder process died ({exit_text(proc.returncode)}) before it could report")
-        tail = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-8:] if not messages else []
+        tail = output_tail(proc.stderr, 8) if not messages else []
         raise BuildFailed(f"{fl.label} could not build {onnx_path.name} for {parts['target']}: {died}",
                           messages + tail)
     plan = out / PLAN
@@ -218,6 +218,11 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
 def output_text(out: bytes | str | None) -> str:
     """A child's captured output as text (a TimeoutExpired holds bytes even under text=True)."""
     return out.decode(errors="replace") if isinstance(out, bytes) else out or ""
+
+
+def output_tail(out: bytes | str | None, lines: int) -> list[str]:
+    """The last `lines` non-blank lines of a child's captured output."""
+    return [ln for ln in output_text(out).splitlines() if ln.strip()][-lines:]
 
 
 def exit_text(code: int) -> str:

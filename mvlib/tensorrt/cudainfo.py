@@ -97,10 +97,13 @@ def cuda_major_for(version: int | None) -> int:
     return max(OLDEST_CUDA_MAJOR, min(NEWEST_CUDA_MAJOR, version // 1000))
 
 
+EXTRA_FLAVOURS = ("rtx", "trt")  # the project's extras per CUDA major: rtx-cu12/13, trt-cu12/13
+
+
 def extra_for(version: int | None, flavour: str = "rtx") -> str:
     """The pip extra of the project for this driver: rtx-cu12 or rtx-cu13 (TensorRT-RTX), trt-cu12 or trt-cu13
     (full TensorRT, whose bare `tensorrt` package would pull the CUDA 13 build whatever the driver)."""
-    if flavour not in ("rtx", "trt"):
+    if flavour not in EXTRA_FLAVOURS:
         raise ValueError(f"flavour {flavour!r}: use 'rtx' (TensorRT-RTX) or 'trt' (full TensorRT)")
     return f"{flavour}-cu{cuda_major_for(version)}"
 
@@ -126,8 +129,9 @@ def device_capability(ordinal: int = 0) -> str | None:
 def main(argv: list[str]) -> int:
     """`extra [rtx|trt]`: print the pip extra for this driver; `driver`: print its CUDA version and its source."""
     version, how = driver_version()
-    if argv[:1] == ["extra"] and len(argv) <= 2 and (argv[1:] or ["rtx"])[0] in ("rtx", "trt"):
-        print(extra_for(version, (argv[1:] or ["rtx"])[0]))
+    flavour = argv[1] if len(argv) == 2 else "rtx"
+    if argv[:1] == ["extra"] and len(argv) <= 2 and flavour in EXTRA_FLAVOURS:
+        print(extra_for(version, flavour))
         return 0
     if argv == ["driver"]:
         print(f"{version_text(version)} ({how})" if version else f"none ({how})")

@@ -125,11 +125,11 @@ class Flavour:
         if driver is None or wheel is None or driver // 1000 >= wheel[1]:
             return ""
         dist, major = wheel
-        ours = cudainfo.cuda_major_for(driver)
-        # `make env` picks TensorRT-RTX's wheel by the driver; full TensorRT's bare `tensorrt` package installs
-        # its CUDA 13 variant (TensorRT 11.4 pip guide), and its CUDA 12 variant is a package of its own
-        fix = (f"reinstall with `make env` (it installs the [{cudainfo.extra_for(driver)}] extra for this driver)"
-               if self.rtx else f"install TensorRT's CUDA {ours} wheel (pip install \"tensorrt-cu{ours}>=10.13,<12\")")
+        # `make env` picks either flavour's wheel by the driver (extras rtx-cuNN / trt-cuNN); full TensorRT's
+        # package is named too, since its bare `tensorrt` installs the CUDA 13 variant whatever the driver
+        extra = cudainfo.extra_for(driver, "rtx" if self.rtx else "trt")
+        package = "" if self.rtx else f": tensorrt-cu{cudainfo.cuda_major_for(driver)}"
+        fix = f"reinstall with `make env` (it installs the [{extra}] extra for this driver{package})"
         return (f"{self.label} is installed as {dist} (CUDA {major}), and this driver supports CUDA "
                 f"{cudainfo.version_text(driver)}: {fix} or update the driver (CUDA {major} needs "
                 f"R{580 if major == 13 else 525} or newer)")

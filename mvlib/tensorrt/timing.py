@@ -278,7 +278,7 @@ def _session_in_child(spec: dict, fl) -> dict:
         text = result_path.read_text() if result_path.stat().st_size else ""
     if text:
         return json.loads(text)
-    said = [ln for ln in (proc.stderr or "").splitlines() if ln.strip()][-3:]
+    said = cache.output_tail(proc.stderr, 3)
     return {"ok": False, "error": f"the measuring process died ({cache.exit_text(proc.returncode)}) before it "
                                   "reported" + (": " + " | ".join(said) if said else "")}
 
