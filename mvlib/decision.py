@@ -377,11 +377,16 @@ def _key(fig: Figure, columns: list[list[str]], notes: str) -> None:
     """Under the panels, above the footer: each number's row, then the notes, placed in inches so they never
     overlap the axis labels above or the footer below."""
     height = fig.get_figheight()
-    top = (FOOTER_IN + LINE_IN * (_rows(columns) + notes.count("\n") + 2)) / height
+    top = (FOOTER_IN + _key_height(columns, notes)) / height
     for c, lines in enumerate(columns):
         fig.text(0.06 + c * 0.46, top, "\n".join(lines), fontsize=7, va="top", family="monospace")
     if notes:
         fig.text(0.06, top - LINE_IN * (_rows(columns) + 1) / height, notes, fontsize=6.5, va="top", color="0.3")
+
+
+def _key_height(columns: list[list[str]], notes: str) -> float:
+    """Inches the key and its notes take (one blank line between, one spare)."""
+    return LINE_IN * (_rows(columns) + notes.count("\n") + 2)
 
 
 def _rows(columns: list[list[str]]) -> int:
@@ -454,7 +459,7 @@ def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
     if len(measured):
         notes += [f"not on the right (no energy): {line}" for line in _reasons(d, "j_per_image")]
     columns, text = _key_lines(d, notes + idle_why)
-    below = FOOTER_IN + LINE_IN * (_rows(columns) + text.count("\n") + 3) + AXIS_IN  # inches under the panels
+    below = FOOTER_IN + _key_height(columns, text) + LINE_IN + AXIS_IN  # inches under the panels
     fig.set_figheight(PANELS_IN + below)
     fig.subplots_adjust(bottom=below / fig.get_figheight(), top=1 - 0.75 / fig.get_figheight(), wspace=0.22,
                         left=0.06, right=0.98)

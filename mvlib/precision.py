@@ -22,6 +22,7 @@ import pandas as pd
 
 from mvlib import accuracy, figures, io, metrics, precisions, tiers
 from mvlib.quant_graph import canonical, constant_tensors
+from mvlib.quant_graph import save as save_canonical
 from mvlib.tensorrt import layers as trt_layers
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import table as trt_table
@@ -156,9 +157,9 @@ def to_fp16(src: Path | str, dst: Path | str, rules: bool = True, seed: int = 0,
                 providers=["cpu"], trt_plugins=[])  # fresh lists: AutoCast appends to `providers` in place
         else:
             model = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16", keep_io_types=True)
-    with io.atomic_path(dst) as tmp_path:
-        onnx.save(canonical(model), str(tmp_path))  # AutoCast's value_info order changes with the hash seed
-        onnx.checker.check_model(str(tmp_path), full_check=True)
+    # canonical: AutoCast's value_info order changes with the hash seed; checked before anything is written
+    onnx.checker.check_model(canonical(model), full_check=True)
+    save_canonical(model, dst)
     return model, log.messages
 
 
