@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mvlib import env, figures, io, paths, tiers
+from mvlib import env, io, paths, tiers
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours
 
@@ -67,7 +67,6 @@ def as_decided(manifest: dict, weights: dict) -> dict:
     if not decided.get("fallback") or (weights or {}).get("source") != "random" or "fallback_reason" in weights:
         return weights
     return weights | {"label": decided["label"], "fallback_reason": decided["reason"]}
-
 
 
 def declared_parameters(notebook: str) -> list[str] | None:
@@ -177,6 +176,7 @@ class Run:
 
     def save_figure(self, fig, name: str) -> Path:
         """Add the provenance footer to a figures.new Figure and save it under this run's figures/."""
+        from mvlib import figures  # here: the driver imports this module and draws nothing (matplotlib is slow)
         figures.footer(fig, self.footer_text())
         path = io.save_figure(fig, self.figure(name))
         print(f"figure: {path}")

@@ -176,9 +176,12 @@ def folder_problems(run: Path, default: Path, selected: list[Path]) -> list[str]
     if why:
         return [f"refusing the run folder: {why}"]
     held = runfolder.complete_run(run)
-    if held is None or verdicts.selection(held) == [nb.name for nb in selected]:
+    if held is None:
         return []
-    ran = ", ".join(stages.short(Path(n).stem) for n in verdicts.selection(held))
+    notebooks = verdicts.selection(held)
+    if notebooks == [nb.name for nb in selected]:
+        return []
+    ran = ", ".join(stages.short(Path(n).stem) for n in notebooks)
     return [f"{run} holds a complete run of notebooks {ran}, which a run of "
             f"{', '.join(stages.short(nb.stem) for nb in selected)} must not replace; "
             f"{runfolder.suggestion(run, default)}"]
@@ -283,7 +286,10 @@ def complete(plan: Plan, staging: Path, manifest: dict, cache, args: argparse.Na
     return OK
 
 
-def interrupted(plan: Plan, staging: Path, state: dict) -> int:
+NOT_STARTED = "interrupted before any notebook ran; nothing was written"
+
+
+def interrupted(plan: Plan, staging: Path | None, state: dict) -> int:
     """Stop the kernels, record the interruption, and say so in one line; exit code 130."""
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record short
     try:
@@ -294,12 +300,13 @@ def interrupted(plan: Plan, staging: Path, state: dict) -> int:
     return INTERRUPTED
 
 
-def record_interruption(plan: Plan, staging: Path, state: dict) -> str:
-    """Write the interruption into this run's manifest; the line that says where it stopped and what is kept."""
+def record_interruption(plan: Plan, staging: Path | None, state: dict) -> str:
+    """Write the interruption into this run's manifest (None: its folder was not opened yet); the line that says
+    where it stopped and what is kept."""
     where = state.get("notebook")
     seconds = time.perf_counter() - state.get("start", time.perf_counter())
-    if not state.get("opened"):  # before this run's folder existed: an older incomplete run is not this one
-        return "interrupted before any notebook ran; nothing was written"
+    if staging is None:  # before this run's folder existed: an older incomplete run is not this one
+        return NOT_STARTED
     if not staging.exists():  # stopped after the run was complete and in place
         return f"interrupted after the run was complete; it is {plan.run}"
     manifest = io.read_json(staging / "manifest.json")
@@ -316,11 +323,10 @@ def run_study(plan: Plan, args: argparse.Namespace) -> int:
     info = {"profile": args.profile, "expected_tier": plan.tier, "params": plan.params, "weights": plan.weights,
             "tensorrt": plan.tensorrt, "notebooks": [nb.name for nb in plan.selected], "folder": plan.run.name}
     state: dict = {"notebook": None}
-    staging = runfolder.incomplete_of(plan.run)
+    staging = None
     try:
         before = rerun.snapshot()
         staging = runfolder.open_incomplete(plan.run, plan.have, info)
-        state["opened"] = True
         tensorrt = plan.tensorrt.get("label") or "none"
         print(f"study: profile {args.profile}, expected tier {plan.tier} (machine: {plan.have}), TensorRT {tensorrt}"
               + (f" for {plan.tensorrt['trt_target']}" if plan.tensorrt.get("trt_target") else "")
@@ -347,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         print("study: " + str(err).replace("\n", "\nstudy: ") + "\n(nothing was run or written)", file=sys.stderr)
         return BAD_INPUT
     except KeyboardInterrupt:
-        print("\nstudy: interrupted before any notebook ran; nothing was written", file=sys.stderr)
+        print("\nstudy: " + NOT_STARTED, file=sys.stderr)
         return INTERRUPTED
     return run_study(plan, args)
 

@@ -28,7 +28,7 @@ def maker(need: str) -> str:
     Manifests written before needs named artifacts hold notebook numbers ("04"): those name the notebook itself.
     """
     if need in stages.PRODUCERS:
-        return stages.producer(need)
+        return stages.PRODUCERS[need]
     return next((nb.stem for nb in stages.all_notebooks() if stages.short(nb.stem) == need), "")
 
 
