@@ -13,6 +13,9 @@ HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # R580+ driver or without a GPU, rtx-cu12 on an R525-R570 driver, where the CUDA 13 build would fail at run time.
 RTX_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra)
 TRT_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra trt)
+# ONNX Runtime: onnxruntime-gpu of the driver's CUDA major where a driver is, else onnxruntime (ort-cu13/ort-cu12/ort-cpu).
+ORT_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra ort)
+ORT_UNWANTED = $$($(PY) mvlib/tensorrt/cudainfo.py unwanted ort)
 # The TensorRT flavour whose library folder `make lab` puts on the kernels' path (as in the study's parameters).
 TRT_FLAVOUR ?= auto
 ARCH := $(shell uname -m)
@@ -50,7 +53,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev]" "$(TORCH_SPEC)"
+# onnxruntime and onnxruntime-gpu share their files: where the other one is installed, both go, then one comes back
+	if $(PY) -m pip show -q $(ORT_UNWANTED) >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
+	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"
 ifeq ($(RTX_WHEELS),1)
 	$(PY) -m pip install -q -e ".[$(RTX_EXTRA)]" "$(TORCH_SPEC)"
 else

@@ -24,9 +24,11 @@ def feeds(batches: Iterable[int], img_size: int, seed: int | None = None) -> lis
 
 
 def onnxrt_runner(onnx_path: Path | str, name: str):
-    """Polygraphy ONNX Runtime runner on the CPU."""
+    """Polygraphy ONNX Runtime runner: on the CUDA EP where it runs, else the CPU (mvlib.ort_gpu)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=["CPUExecutionProvider"]), name=name)
+
+    from mvlib import ort_gpu
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=ort_gpu.providers_for_judging()), name=name)
 
 
 def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):

@@ -235,7 +235,10 @@ def build(t: Tables, best: pd.Series) -> dict:
         why = NOT_MEASURED + "06_benchmark.csv has no setup_s / prime_s for it"
         return {"build_s": why, "build_what": why}
     what = {"torch.compile": "torch.compile", "torch.compile+cudagraphs": "torch.compile and CUDA-graph capture",
-            "onnxruntime": "ONNX Runtime session (graph optimisation)"}.get(best["backend"], "setup")
+            "onnxruntime": "ONNX Runtime session (graph optimisation)",
+            **dict.fromkeys(("onnxruntime-cuda", "onnxruntime-trt", "onnxruntime-trtrtx"),
+                            "ONNX Runtime GPU session of this batch (graph optimisation; the TensorRT EPs build their "
+                            "engine) and its CUDA-graph capture")}.get(best["backend"], "setup")
     return {"build_s": sum(parts), "build_what": f"{what}: backend made, then its first call at batch "
                                                  f"{int(best['batch'])} (setup_s + prime_s)"}
 

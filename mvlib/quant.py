@@ -30,7 +30,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, fp8, io, precisions
+from mvlib import accuracy, fp8, io, ort_gpu, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import ARTIFACTS
 from mvlib.precision import captured_logs, to_fp16
@@ -88,7 +88,8 @@ def variant_path(exported, policy: str, method: str, precision: str = "int8") ->
 def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str = "entropy",
              exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
              scales_from: Path | str | None = None, precision: str = "int8") -> dict:
-    """ModelOpt PTQ to `precision` (int8, fp8) with explicit Q/DQ, calibrated on the CPU; excluded nodes read floats.
+    """ModelOpt PTQ to `precision` (int8, fp8) with explicit Q/DQ, calibrated on the CUDA EP where it runs, else the
+    CPU (mvlib.ort_gpu.calibration_eps); excluded nodes read floats.
 
     The non-quantized parts stay FP32 here (`high_precision_dtype="fp32"`) so that ONNX
     Runtime measures the quantization's own error; `write_chosen` makes the deployable FP16 variant.
@@ -109,7 +110,9 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     if calib.ndim != 4 or len(calib) == 0:
         raise ValueError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {calib.shape}")
     excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
-    key = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from)
+    eps = ort_gpu.calibration_eps()  # the CUDA EP where it runs: its scales differ slightly, so it is in the key
+    key = {**_quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from),
+           **({"calibration_eps": eps} if eps != ["cpu"] else {})}
 
     def make(out: Path) -> None:
         from modelopt.onnx.quantization import quantize as modelopt_quantize
@@ -119,7 +122,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
             with captured_logs():
                 modelopt_quantize(str(src), quantize_mode=precision,
                                   calibration_data={INPUT: calib[:1] if scales_from else calib},
-                                  calibration_method=method, calibration_eps=["cpu"],
+                                  calibration_method=method, calibration_eps=eps,
                                   nodes_to_exclude=[re.escape(n) + "$" for n in excluded] or None,
                                   op_types_to_exclude=list(exclude_op_types) or None,
                                   high_precision_dtype="fp32", output_path=str(dst), log_level="ERROR")

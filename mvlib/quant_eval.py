@@ -38,8 +38,11 @@ class Evaluator:
         return ev
 
     def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
-        """Logits of a model (proto or path) on the first `n` evaluation images, ONNX Runtime on the CPU."""
+        """Logits of a model (proto or path) on the first `n` evaluation images, ONNX Runtime on the CUDA EP where
+        it runs, else the CPU (mvlib.ort_gpu)."""
         import onnxruntime as ort
+
+        from mvlib import ort_gpu
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         opts = ort.SessionOptions()
         # Basic optimizations only: Q/DQ pairs run as written (the ONNX semantics of the file, which TensorRT
@@ -47,7 +50,7 @@ class Evaluator:
         # can saturate on CPUs without VNNI and would measure ONNX Runtime rather than the model.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.log_severity_level = 3  # constant-folding notes about FP16 nodes are not our concern
-        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(src, opts, providers=ort_gpu.providers_for_judging())
         x = self.images[:n]
         return np.concatenate([sess.run([OUTPUT], {INPUT: x[i:i + self.batch]})[0]
                                for i in range(0, len(x), self.batch)]).astype(np.float32)

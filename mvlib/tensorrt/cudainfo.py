@@ -8,10 +8,17 @@ Makefile runs this file as a script before anything is installed into the virtua
 
     python mvlib/tensorrt/cudainfo.py extra     # rtx-cu12 or rtx-cu13: the pip extra for this driver
     python mvlib/tensorrt/cudainfo.py extra trt # trt-cu12 or trt-cu13: full TensorRT's, where a GPU is
+    python mvlib/tensorrt/cudainfo.py extra ort # ort-cpu, ort-cu12 or ort-cu13: ONNX Runtime's build
+    python mvlib/tensorrt/cudainfo.py unwanted ort # the ONNX Runtime package that must not be installed beside it
 
 TensorRT-RTX 1.7 is on PyPI as a CUDA 12 and a CUDA 13 build; a CUDA 13 build needs a driver that supports
 CUDA 13 (R580 or newer) and fails with cudaError 35 on an R535-R570 driver. Without a driver (a CPU machine
 that only builds engines ahead of time) the CUDA 13 build is chosen: the builder needs no driver.
+
+ONNX Runtime is one package or the other, never both (`onnxruntime` and `onnxruntime-gpu` install the same module):
+the CPU build without a driver (or one older than CUDA 12, which no current onnxruntime-gpu serves), else the GPU
+build of the driver's CUDA major. PyPI's onnxruntime-gpu is a CUDA 12 build from 1.19 to 1.26 and a CUDA 13 build
+from 1.27 on (its wheels' metadata: nvidia-*-cu12 against nvidia-*-cu13 / nvidia-* ~=13 requirements).
 
 Serves: notebooks 03 to 06 through flavours, and `make env` (which CUDA extra to install).
 """
@@ -97,15 +104,25 @@ def cuda_major_for(version: int | None) -> int:
     return max(OLDEST_CUDA_MAJOR, min(NEWEST_CUDA_MAJOR, version // 1000))
 
 
-EXTRA_FLAVOURS = ("rtx", "trt")  # the project's extras per CUDA major: rtx-cu12/13, trt-cu12/13
+EXTRA_FLAVOURS = ("rtx", "trt", "ort")  # the project's extras per CUDA major: rtx-cu12/13, trt-cu12/13, ort-*
+ORT_PACKAGES = {"ort-cpu": "onnxruntime", "ort-cu12": "onnxruntime-gpu", "ort-cu13": "onnxruntime-gpu"}
 
 
 def extra_for(version: int | None, flavour: str = "rtx") -> str:
     """The pip extra of the project for this driver: rtx-cu12 or rtx-cu13 (TensorRT-RTX), trt-cu12 or trt-cu13
-    (full TensorRT, whose bare `tensorrt` package would pull the CUDA 13 build whatever the driver)."""
+    (full TensorRT, whose bare `tensorrt` package would pull the CUDA 13 build whatever the driver), ort-cpu,
+    ort-cu12 or ort-cu13 (ONNX Runtime: the CPU build where no driver of CUDA 12 or newer is)."""
     if flavour not in EXTRA_FLAVOURS:
-        raise ValueError(f"flavour {flavour!r}: use 'rtx' (TensorRT-RTX) or 'trt' (full TensorRT)")
+        raise ValueError(f"flavour {flavour!r}: use 'rtx' (TensorRT-RTX), 'trt' (full TensorRT) or 'ort' "
+                         "(ONNX Runtime)")
+    if flavour == "ort" and (version is None or version // 1000 < OLDEST_CUDA_MAJOR):
+        return "ort-cpu"
     return f"{flavour}-cu{cuda_major_for(version)}"
+
+
+def unwanted_ort(extra: str) -> str:
+    """The ONNX Runtime package that must not sit beside `extra`'s (both install the module `onnxruntime`)."""
+    return "onnxruntime-gpu" if ORT_PACKAGES[extra] == "onnxruntime" else "onnxruntime"
 
 
 def device_capability(ordinal: int = 0) -> str | None:
@@ -127,16 +144,20 @@ def device_capability(ordinal: int = 0) -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    """`extra [rtx|trt]`: print the pip extra for this driver; `driver`: print its CUDA version and its source."""
+    """`extra [rtx|trt|ort]`: print the pip extra for this driver; `unwanted ort`: the ONNX Runtime package that
+    extra replaces; `driver`: print the driver's CUDA version and its source."""
     version, how = driver_version()
     flavour = argv[1] if len(argv) == 2 else "rtx"
     if argv[:1] == ["extra"] and len(argv) <= 2 and flavour in EXTRA_FLAVOURS:
         print(extra_for(version, flavour))
         return 0
+    if argv == ["unwanted", "ort"]:
+        print(unwanted_ort(extra_for(version, "ort")))
+        return 0
     if argv == ["driver"]:
         print(f"{version_text(version)} ({how})" if version else f"none ({how})")
         return 0
-    print("usage: python mvlib/tensorrt/cudainfo.py extra [rtx|trt] | driver", file=sys.stderr)
+    print("usage: python mvlib/tensorrt/cudainfo.py extra [rtx|trt|ort] | unwanted ort | driver", file=sys.stderr)
     return 2
 
 

@@ -1,0 +1,369 @@
+"""ONNX Runtime on the GPU: whether its CUDA execution provider runs here, the judge's providers and ModelOpt's
+calibration providers, and the benchmark rows of the CUDA, TensorRT and TensorRT-RTX execution providers.
+
+The CUDA EP comes with `onnxruntime-gpu` (`make` installs it where an NVIDIA driver is: mvlib/tensorrt/cudainfo.py
+`extra ort`); it loads its CUDA and cuDNN libraries from the `nvidia-*` wheels after `onnxruntime.preload_dlls()`.
+`cuda_status` asks for it once: listed by `get_available_providers()`, and a session on a one-node model really on
+it (ONNX Runtime falls back to the CPU, with only a log line, when a library is missing).
+
+Judging (notebooks 01 to 05: `providers_for_judging`) and ModelOpt's calibration (`calibration_eps`) use the CUDA EP
+where it runs, the CPU elsewhere; `on_cpu()` asks for the CPU, the reference whose verdicts the GPU's must match.
+
+Benchmark rows (`onnxruntime_cuda`, `onnxruntime_tensorrt`): per batch a session on a copy of the model whose batch
+dimension is fixed to that batch (`fixed_batch`), so ONNX Runtime folds the shape arithmetic that a dynamic batch
+leaves on the CPU (the Memcpy nodes that refuse a CUDA-graph capture); inputs and outputs bound on the device
+(`run_with_iobinding` on OrtValues on cuda); the EP's CUDA graph where it captures, else plain runs, the row's
+`timing` says which and why. The EP runs on a stream of its own (`user_compute_stream`) ordered after and before the
+stream the timer's CUDA events are recorded on, without a host synchronization per run, so two runs are in flight
+as for every other GPU row (mvlib.bench).
+
+Serves: notebooks 01 to 05 (judging, calibration) and 06 (the ONNX Runtime GPU rows).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io as _io
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from mvlib import bench, precisions, stages
+from mvlib.skips import StageSkipped
+
+CPU_EP = "CPUExecutionProvider"
+CUDA_EP = "CUDAExecutionProvider"
+TRT_EP = "TensorrtExecutionProvider"
+RTX_EP = "NvTensorRTRTXExecutionProvider"
+RTX_PLUGIN_PACKAGE = "onnxruntime-ep-nv-tensorrt-rtx-cu13"  # the RTX EP as a plugin library (EP ABI), on PyPI
+# What each EP's own CUDA-graph switch is called (provider options)
+GRAPH_OPTION = {CUDA_EP: "enable_cuda_graph", TRT_EP: "trt_cuda_graph_enable", RTX_EP: "enable_cuda_graph"}
+GRAPH_TIMING = ("CUDA events around each run_with_iobinding replaying the EP's CUDA graph (batch fixed in the model), "
+                f"{bench.IN_FLIGHT} in flight")
+PLAIN_TIMING = ("CUDA events around each run_with_iobinding (batch fixed in the model; no CUDA graph: {why}), "
+                f"{bench.IN_FLIGHT} in flight")
+
+CAPTURE_RUNS = 3  # runs before the timing: ONNX Runtime captures its CUDA graph after a warm-up run or two
+PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # the ONNX files the study writes (export.ARTIFACTS), all timed here
+TENSORRT_EPS = {TRT_EP: "trt", RTX_EP: "trtrtx"}  # ONNX Runtime's TensorRT EPs and their stages' short names
+_CPU_ONLY = {"on": False}  # on_cpu(): the judge and the calibration on the CPU whatever the machine has
+
+
+class NoProvider(StageSkipped):
+    """ONNX Runtime cannot load a TensorRT execution provider here (TensorRT's libraries, or a GPU it runs on, are
+    the machine's to have: as a missing builder, the skip does not fail the run's tier)."""
+    no_builder = True
+
+
+# --- is the CUDA EP here ----------------------------------------------------------------------------------------
+def _probe_model() -> bytes:
+    """A one-node model (Relu on [1, 8]) at IR 8, which every ONNX Runtime from 1.14 loads."""
+    from onnx import TensorProto, helper
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # onnx 1.23's make_model stamps IR 14, which ONNX Runtime 1.30 refuses
+    return model.SerializeToString()
+
+
+def preload() -> str:
+    """onnxruntime.preload_dlls() (CUDA and cuDNN from the nvidia-* wheels), once; what it printed."""
+    import onnxruntime as ort
+    if not hasattr(ort, "preload_dlls"):
+        return "onnxruntime has no preload_dlls (older than 1.21): the CUDA libraries must be on LD_LIBRARY_PATH"
+    out = _io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            ort.preload_dlls()
+        except Exception as err:  # reported by cuda_status through the probe session, which is the real test
+            print(f"preload_dlls: {type(err).__name__}: {err}")
+    return out.getvalue().strip()
+
+
+def _install_hint() -> str:
+    """Which extra `make env` would install here, and what that gives."""
+    from mvlib.tensorrt import cudainfo
+    version, how = cudainfo.driver_version()
+    if version is None:
+        return "no NVIDIA driver here, so `make env` installs the CPU build (extra ort-cpu)"
+    extra = cudainfo.extra_for(version, "ort")
+    return (f"the driver supports CUDA {cudainfo.version_text(version)}: `make env` installs onnxruntime-gpu "
+            f"(extra {extra}) in place of onnxruntime")
+
+
+@functools.cache
+def cuda_status() -> tuple[bool, str]:
+    """Whether ONNX Runtime's CUDA EP runs here (listed, and a probe session is really on it), and why not."""
+    import onnxruntime as ort
+    version = ort.__version__
+    if CUDA_EP not in ort.get_available_providers():
+        return False, f"onnxruntime {version} has no CUDAExecutionProvider (a CPU build); {_install_hint()}"
+    said = preload()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(_probe_model(), opts, providers=[CUDA_EP, CPU_EP])
+    except Exception as err:
+        return False, f"onnxruntime {version}: a CUDA EP session failed ({type(err).__name__}: {err})"
+    if sess.get_providers()[0] != CUDA_EP:
+        return False, (f"onnxruntime {version} lists the CUDA EP but a session fell back to the CPU: its CUDA / cuDNN "
+                       "libraries did not load (`pip install onnxruntime-gpu[cuda,cudnn]` brings them)"
+                       + (f"; preload_dlls said: {said[:300]}" if said else ""))
+    return True, f"onnxruntime {version} CUDA EP"
+
+
+@contextlib.contextmanager
+def on_cpu() -> Iterator[None]:
+    """Within: judging and calibration on the CPU (the reference the GPU's verdicts are held against)."""
+    before = _CPU_ONLY["on"]
+    _CPU_ONLY["on"] = True
+    try:
+        yield
+    finally:
+        _CPU_ONLY["on"] = before
+
+
+def judge_on_gpu() -> bool:
+    """Whether judging and calibration go to the CUDA EP now."""
+    return not _CPU_ONLY["on"] and cuda_status()[0]
+
+
+def providers_for_judging() -> list[str]:
+    """ONNX Runtime providers for the accuracy verdicts: the CUDA EP (then the CPU for what it lacks) where it runs."""
+    return [CUDA_EP, CPU_EP] if judge_on_gpu() else [CPU_EP]
+
+
+def calibration_eps() -> list[str]:
+    """ModelOpt's `calibration_eps`: the CUDA EP where it runs (the CPU for what it lacks), else the CPU."""
+    return ["cuda:0", "cpu"] if judge_on_gpu() else ["cpu"]
+
+
+def judge_text() -> str:
+    """Where the verdicts are computed, in words (for the notebooks' output)."""
+    if judge_on_gpu():
+        return f"ONNX Runtime CUDA EP ({cuda_status()[1]})"
+    return "ONNX Runtime on the CPU" + ("" if _CPU_ONLY["on"] else f" (no CUDA EP: {cuda_status()[1]})")
+
+
+# --- a model whose batch is fixed ------------------------------------------------------------------------------
+def fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
+    """A copy of `model` with the first dimension of every graph input and output set to `batch`, and the inner
+    shapes dropped (ONNX Runtime infers them again), so its optimizer folds the shape arithmetic into constants."""
+    if batch < 1:
+        raise ValueError(f"batch {batch}: must be at least 1")
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in list(fixed.graph.input) + list(fixed.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if dims:
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    del fixed.graph.value_info[:]
+    return fixed
+
+
+def io_spec(model: onnx.ModelProto) -> tuple[str, np.dtype, str, list[int], np.dtype]:
+    """Input name and dtype, output name, static shape and dtype of a fixed-batch model."""
+    from onnx.helper import tensor_dtype_to_np_dtype
+    inp, out = model.graph.input[0], model.graph.output[0]
+    shape = [d.dim_value for d in out.type.tensor_type.shape.dim]
+    if not shape or not all(shape):
+        raise ValueError(f"output {out.name} has no static shape ({shape}): fix the batch first (fixed_batch)")
+    return (inp.name, tensor_dtype_to_np_dtype(inp.type.tensor_type.elem_type), out.name, shape,
+            tensor_dtype_to_np_dtype(out.type.tensor_type.elem_type))
+
+
+def cpu_nodes(model: onnx.ModelProto, providers: list) -> int:
+    """How many nodes of the optimized `model` a session on `providers` leaves to the CPU or to Memcpy (a CUDA graph
+    needs none), counted in the graph ONNX Runtime writes after optimizing (ORT_ENABLE_ALL)."""
+    import tempfile
+
+    import onnxruntime as ort
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        opts.log_severity_level = 3
+        ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        optimized = onnx.load(opts.optimized_model_filepath)
+    return sum(n.op_type in ("Shape", "MemcpyToHost", "MemcpyFromHost") for n in optimized.graph.node)
+
+
+# --- benchmark rows -------------------------------------------------------------------------------------------
+def _ep_options(ep: str, stream: int, graphs: bool) -> dict:
+    """Provider options: device 0, the given compute stream, the EP's CUDA graph switch."""
+    opts = {"device_id": "0", "user_compute_stream": str(stream), GRAPH_OPTION[ep]: "1" if graphs else "0"}
+    if ep in (CUDA_EP, TRT_EP):
+        opts["has_user_compute_stream"] = "1"
+    return opts
+
+
+class _Batch:
+    """One batch's session on the fixed-batch model, its bound device buffers and its launch."""
+
+    def __init__(self, model: onnx.ModelProto, ep: str, stream, x: np.ndarray, graphs: bool, ort_module):
+        ort = ort_module
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        providers = [(ep, _ep_options(ep, stream.cuda_stream, graphs))] + ([] if graphs else [CPU_EP])
+        self.sess = ort.InferenceSession(model.SerializeToString(), opts, providers=providers)
+        if self.sess.get_providers()[0] != ep:
+            raise RuntimeError(f"{ep} did not load (the session is on {self.sess.get_providers()})")
+        name, dtype, out_name, shape, out_dtype = io_spec(model)
+        self.x = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(x, dtype=dtype), "cuda", 0)
+        self.y = ort.OrtValue.ortvalue_from_shape_and_type(shape, out_dtype, "cuda", 0)
+        self.binding = self.sess.io_binding()
+        self.binding.bind_ortvalue_input(name, self.x)
+        self.binding.bind_ortvalue_output(out_name, self.y)
+        self.run_options = ort.RunOptions()
+        # no host synchronization at the end of each run: the timer's events order the runs, as for every GPU row
+        self.run_options.add_run_config_entry("disable_synchronize_execution_providers", "1")
+
+    def run(self) -> Any:
+        """One run on the bound buffers; the output OrtValue."""
+        self.sess.run_with_iobinding(self.binding, self.run_options)
+        return self.y
+
+
+def _ordered(stream, run: Callable[[], Any]) -> Callable[[], Any]:
+    """`run` on the EP's `stream`, after and before the current stream the timer's events are recorded on."""
+    import torch
+
+    def launch() -> Any:
+        timer_stream = torch.cuda.current_stream()
+        stream.wait_stream(timer_stream)
+        out = run()
+        timer_stream.wait_stream(stream)
+        return out
+    return launch
+
+
+def _first_line(err: BaseException) -> str:
+    """An exception's first line, without ONNX Runtime's '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
+    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return text.split(" : ")[-1][:300]
+
+
+def _ep_backend(settings: bench.Settings, onnx_path: Path | str, precision: str, ep: str, backend: str,
+                label: str, notes: str, graphs: bool = True) -> bench.Backend:
+    """A benchmark backend on execution provider `ep`: per batch a fixed-batch session, bound device buffers, the
+    EP's CUDA graph where it captures (else plain runs, the reason in `timing`)."""
+    import onnxruntime as ort
+    import torch
+    model = onnx.load(str(onnx_path))
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    free_before = torch.cuda.mem_get_info()[0]
+    stream = torch.cuda.Stream()
+    state: dict = {}
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        state.clear()  # the previous batch's session and buffers go before this batch's peak is taken
+        torch.cuda.synchronize()
+        fixed = fixed_batch(model, batch)
+        x = bench.images(batch, settings)
+        why = "not asked for"
+        if graphs:
+            try:
+                one = _Batch(fixed, ep, stream, x, True, ort)
+                launch = _ordered(stream, one.run)
+                for _ in range(CAPTURE_RUNS):  # the EP captures in its first runs: a refusal shows here, not later
+                    launch()
+                torch.cuda.synchronize()
+                state["batch"], result.timing = one, GRAPH_TIMING
+                return launch
+            except Exception as err:  # noqa: BLE001 (the row says why and times plain runs instead)
+                why = f"{GRAPH_OPTION[ep]} refused: {_first_line(err)}"
+                state.clear()
+                torch.cuda.synchronize()
+        one = _Batch(fixed, ep, stream, x, False, ort)
+        state["batch"], result.timing = one, PLAIN_TIMING.format(why=why)
+        return _ordered(stream, one.run)
+
+    def taken_mib() -> float:
+        torch.cuda.synchronize()
+        return (free_before - torch.cuda.mem_get_info()[0]) / bench.MIB
+
+    def logits(out) -> np.ndarray:
+        torch.cuda.synchronize()  # the run was not synchronized: wait before reading its output
+        return np.asarray(out.numpy(), dtype=np.float32)
+
+    path = Path(onnx_path)
+    result = bench.Backend(backend, "cuda", precision, label, prepare, GRAPH_TIMING,
+                           notes=f"onnxruntime {ort.__version__}, {path.name}, I/O bound on the GPU, {notes}; peak = "
+                                 "device memory taken by sessions, buffers and graph (cudaMemGetInfo)",
+                           peak_mem_mib=taken_mib, keep=[stream, state], artifact=path.name,
+                           artifact_bytes=float(path.stat().st_size), logits=logits)
+    return result
+
+
+def _model_or_skip(onnx_path: Path | str) -> Path:
+    """The ONNX file, or the skip that names the notebook that writes it."""
+    onnx_path = Path(onnx_path)
+    if not onnx_path.exists():
+        raise stages.missing(onnx_path, f"looked in {onnx_path.parent}")
+    return onnx_path
+
+
+def _fp8_or_skip(precision: str) -> None:
+    """Nothing, unless `precision` is FP8 and this GPU has no FP8 tensor cores (fp8.NoFP8, the hardware's skip)."""
+    if precision == "fp8":
+        from mvlib import fp8
+        from mvlib.tensorrt import flavours
+        ok, why = fp8.has_fp8(flavours.capability_here())
+        if not ok:
+            raise fp8.NoFP8(f"FP8 Q/DQ on ONNX Runtime's GPU providers: {why}")
+
+
+def onnxruntime_cuda(settings: bench.Settings, onnx_path: Path | str, precision: str = "fp32",
+                     graphs: bool = True) -> bench.Backend:
+    """ONNX Runtime's CUDA EP on an ONNX file of the study (FP32, FP16, the INT8 or FP8 Q/DQ model)."""
+    path = _model_or_skip(onnx_path)
+    ok, why = cuda_status()
+    if not ok:
+        raise StageSkipped(why)
+    _fp8_or_skip(precision)
+    return _ep_backend(settings, path, precision, CUDA_EP, "onnxruntime-cuda",
+                       f"ONNX Runtime CUDA EP {precisions.label(precision)}", "cuDNN conv algorithm search default",
+                       graphs)
+
+
+def tensorrt_ep_status(ep: str) -> tuple[bool, str]:
+    """Whether ONNX Runtime's TensorRT (`TRT_EP`) or TensorRT-RTX (`RTX_EP`) EP loads here, and why not."""
+    import onnxruntime as ort
+    ok, why = cuda_status()
+    if not ok:
+        return False, why
+    if ep not in ort.get_available_providers():
+        plugin = (f"; NVIDIA ships it for ONNX Runtime as the plugin package {RTX_PLUGIN_PACKAGE}, which this study "
+                  "does not drive yet") if ep == RTX_EP else ""
+        return False, f"onnxruntime {ort.__version__} was built without {ep}{plugin}"
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the EP's own 'library not found' error is our reason below
+    try:
+        sess = ort.InferenceSession(_probe_model(), opts, providers=[ep, CPU_EP])
+    except Exception as err:  # noqa: BLE001
+        return False, f"{ep} failed to make a session: {_first_line(err)}"
+    if sess.get_providers()[0] != ep:
+        lib = "libnvinfer.so.10 (full TensorRT 10)" if ep == TRT_EP else "libtensorrt_rtx.so"
+        return False, f"{ep} is in this onnxruntime but did not load: it needs {lib}, not found here"
+    return True, ep
+
+
+def onnxruntime_tensorrt(settings: bench.Settings, onnx_path: Path | str, precision: str = "fp32",
+                         ep: str = TRT_EP) -> bench.Backend:
+    """ONNX Runtime's TensorRT or TensorRT-RTX EP on an ONNX file of the study, where that EP loads here."""
+    path = _model_or_skip(onnx_path)
+    ok, why = tensorrt_ep_status(ep)
+    if not ok:
+        raise NoProvider(why)
+    _fp8_or_skip(precision)
+    name = "TensorRT" if ep == TRT_EP else "TensorRT-RTX"
+    return _ep_backend(settings, path, precision, ep, "onnxruntime-trt" if ep == TRT_EP else "onnxruntime-trtrtx",
+                       f"ONNX Runtime {name} EP {precisions.label(precision)}",
+                       f"{name} engine built by the EP in the priming run")
