@@ -160,7 +160,8 @@ def test_the_cuda_ep_is_listed_and_runs():
     ort_gpu.preload()
     assert ort_gpu.CUDA_EP in ort.get_available_providers(), (ort.__version__, ort.get_available_providers())
     assert CUDA_EP_HERE, WHY_NOT
-    assert ort_gpu.providers_for_judging()[0] == ort_gpu.CUDA_EP and ort_gpu.calibration_eps()[0] == "cuda:0"
+    assert ort_gpu.providers_for_judging()[0] == (ort_gpu.CUDA_EP, {"use_tf32": "0"})
+    assert ort_gpu.calibration_eps()[0] == "cuda:0"
     with ort_gpu.on_cpu():
         assert ort_gpu.providers_for_judging() == [ort_gpu.CPU_EP] and ort_gpu.calibration_eps() == ["cpu"]
 
@@ -243,11 +244,15 @@ def test_notebook_04s_verdicts_on_the_gpu_match_the_cpus(xxs, images, prec):
 @pytest.mark.gpu
 @needs_cuda_ep
 def test_notebook_03s_onnx_runtime_runner_runs_on_the_cuda_ep(xxs):
-    """The polygraphy runner notebooks 01 to 05 judge with is on the CUDA EP (and on the CPU within on_cpu())."""
+    """The polygraphy runner notebooks 01 to 05 judge with is on the CUDA EP (and on the CPU within on_cpu()), and in
+    full FP32: notebook 01's export check (atol 1e-4, rtol 1e-3 against PyTorch FP32 on the CPU) passes on it."""
     from mvlib import accuracy
     runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
         assert runner.sess.get_providers()[0] == ort_gpu.CUDA_EP
+    results = accuracy.run([accuracy.torch_runner(xxs[1].float().cpu().eval(), 256), runner],
+                           accuracy.feeds((1, 3), 256, seed=0))
+    assert accuracy.check(results, atol=1e-4, rtol=1e-3)
     with ort_gpu.on_cpu():
         runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
