@@ -283,9 +283,17 @@ def _ep_backend(settings: bench.Settings, onnx_path: Path | str, precision: str,
                 why = f"{GRAPH_OPTION[ep]} refused: {_first_line(err)}"
                 state.clear()
                 torch.cuda.synchronize()
-        one = _Batch(fixed, ep, stream, x, False, ort)
-        state["batch"], result.timing = one, PLAIN_TIMING.format(why=why)
-        return _ordered(stream, one.run)
+        plain = torch.cuda.Stream() if graphs else stream  # a stream no failed capture has touched
+        try:
+            one = _Batch(fixed, ep, plain, x, False, ort)
+        except Exception as err:
+            if ep == CUDA_EP:
+                raise
+            # a TensorRT EP that loads may still refuse this model or batch (its builder): the row says so
+            raise bench.BatchSkipped(f"{ep}: {_first_line(err)}") from err
+        state.update(batch=one, stream=plain)
+        result.timing = PLAIN_TIMING.format(why=why)
+        return _ordered(plain, one.run)
 
     def taken_mib() -> float:
         torch.cuda.synchronize()
