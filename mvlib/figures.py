@@ -22,11 +22,53 @@ def new(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (6.4, 4.8), 
 
 def footer(fig: Figure, text: str) -> None:
     """Write `text` small in the bottom-left corner and keep the axes above it."""
-    fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
+    note = fig.text(0.01, 0.005, text, fontsize=7, color="0.35", ha="left", va="bottom")
     fig.subplots_adjust(bottom=max(fig.subplotpars.bottom, FOOTER_BOTTOM))
+    # FOOTER_BOTTOM is a floor: a short figure with tick labels and an axis label below its axes needs more, else
+    # the footer sits on them. Raise the axes by what the drawn layout lacks.
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    lowest = min((ax.get_tightbbox(renderer).y0 for ax in fig.axes), default=None)
+    short = note.get_window_extent(renderer).y1 + 4 - lowest if lowest is not None else 0
+    if short > 0:
+        fig.subplots_adjust(bottom=fig.subplotpars.bottom + short / fig.bbox.height)
 
 
 def plain_log(axis) -> None:
     """Log-axis tick labels as plain numbers (0.02, 300, 1e+04), minor ones only where they fit."""
     axis.set_major_formatter(LogFormatter(labelOnlyBase=False))
     axis.set_minor_formatter(LogFormatter(labelOnlyBase=False, minor_thresholds=(1.2, 0.6)))
+
+
+def _drawn_texts(fig: Figure) -> list:
+    """Every non-empty visible text a saved figure shows: figure texts, titles, axis labels, the tick labels drawn
+    (major and minor), legend entries and annotations."""
+    out = list(fig.texts) + ([fig._suptitle] if fig._suptitle else [])
+    for ax in fig.axes:
+        out += [ax.title, ax._left_title, ax._right_title, ax.xaxis.label, ax.yaxis.label, *ax.texts]
+        for axis in (ax.xaxis, ax.yaxis):
+            for tick in axis._update_ticks():  # the ticks inside the view, the ones drawn
+                out += [t for t in (tick.label1, tick.label2) if t.get_visible()]
+        legend = ax.get_legend()
+        out += list(legend.get_texts()) + [legend.get_title()] if legend else []
+    legends = getattr(fig, "legends", [])
+    out += [t for leg in legends for t in leg.get_texts()]
+    unique = list({id(t): t for t in out}.values())  # the suptitle is one of fig.texts too
+    return [t for t in unique if t.get_visible() and t.get_text().strip()]
+
+
+def label_overlaps(fig: Figure, slack_px: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of texts whose boxes overlap on the drawn figure (as matplotlib's renderer lays them out): each pair's
+    two strings. Boxes that only touch (within `slack_px` pixels) do not count."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = [(t.get_text(), t.get_window_extent(renderer).expanded(1, 1)) for t in _drawn_texts(fig)]
+    boxes = [(s, b) for s, b in boxes if b.width > 0 and b.height > 0]
+    pairs = []
+    for i, (s1, b1) in enumerate(boxes):
+        for s2, b2 in boxes[i + 1:]:
+            dx = min(b1.x1, b2.x1) - max(b1.x0, b2.x0)
+            dy = min(b1.y1, b2.y1) - max(b1.y0, b2.y0)
+            if dx > slack_px and dy > slack_px:
+                pairs.append((s1, s2))
+    return pairs
