@@ -99,18 +99,21 @@ def _accuracy_table():
 
 
 def _committed_figures():
-    """Notebooks 03-06's figures, each a function drawing it from the committed tables (04's accuracy table
-    completed as a full run has it)."""
+    """Notebooks 02-06's figures (06_decision aside), each a function drawing it from the committed tables (04's
+    accuracy table completed as a full run has it)."""
     import pandas as pd
 
-    from mvlib import precision, quant_plots
+    from mvlib import graph, precision, quant_plots
     from mvlib.silu import gpu_checks
     title = ("mobilevit_s, INT8 and FP8 vs FP32 on 256 evaluation images: shipped sample images "
              "(10 public-domain/CC0 pictures + variations)")
     from mvlib import plots
     bench = pd.read_csv(RESULTS / "06_benchmark.csv")
     sensitivity = pd.read_csv(RESULTS / "04_sensitivity.csv")
-    return {"03_errors": lambda: precision.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
+    return {"02_op_census": lambda: graph.census_heatmap(pd.read_csv(RESULTS / "02_op_census.csv")),
+            "02_block_before_after": lambda: graph.block_before_after(pd.read_csv(RESULTS / "02_block_nodes.csv"),
+                                                                      pd.read_csv(RESULTS / "02_block_edges.csv")),
+            "03_errors": lambda: precision.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
             "04_int8_accuracy": lambda: quant_plots.plot_accuracy(_accuracy_table(), title),
             "04_sensitivity": lambda: quant_plots.plot_sensitivity(
                 sensitivity if "precision" in sensitivity else sensitivity.assign(precision="int8"), "sensitivity"),
@@ -136,8 +139,11 @@ def test_the_overlap_check_sees_texts_that_collide():
     assert figures.label_overlaps(fig) == []
 
 
-@pytest.mark.parametrize("name", ["03_errors", "04_int8_accuracy", "04_sensitivity", "05_kernel_bandwidth",
-                                  "06_throughput", "06_latency_b1", "06_speedup", "06_roofline"])
+FIGURES = ["02_op_census", "02_block_before_after", "03_errors", "04_int8_accuracy", "04_sensitivity",
+           "05_kernel_bandwidth", "06_throughput", "06_latency_b1", "06_speedup", "06_roofline"]
+
+
+@pytest.mark.parametrize("name", FIGURES)
 def test_no_two_labels_of_a_figure_overlap_with_its_footer(name, tmp_path):
     """Tick labels, axis labels, titles, legends, values and the footer: no two boxes overlap as drawn (a rotated
     label by its slanted outline)."""
