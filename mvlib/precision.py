@@ -382,7 +382,7 @@ def error_figure(errors_csv: Path | str, table_csv: Path | str):
                 ax.scatter(v, np.full(len(v), i) + np.random.default_rng(i).uniform(-0.15, 0.15, len(v)),
                            s=8, alpha=0.5, color="tab:blue")
         ax.set_xscale("log")
-        ax.set_xlabel(f"{label} (log scale; values below {FLOOR:g} drawn at {FLOOR:g})")
+        ax.set_xlabel(f"{label} (log scale)")  # short: the two panels' labels sit side by side
         ax.grid(True, axis="x", alpha=0.3)
     if "atol" in table:
         for atol in sorted(table["atol"].dropna().unique()):
@@ -390,6 +390,7 @@ def error_figure(errors_csv: Path | str, table_csv: Path | str):
             axes[0].text(atol, 0.45, f" atol {atol:g}", color="tab:red", fontsize=7, va="bottom")
     axes[0].set_yticks(range(1, len(groups) + 1), [g[0] for g in groups], fontsize=8)
     axes[0].invert_yaxis()
-    fig.suptitle("Logit errors per image against the reference (same images at every batch size)")
+    fig.suptitle("Logit errors per image against the reference (same images at every batch size; "
+                 f"values below {FLOOR:g} drawn at {FLOOR:g})")
     fig.tight_layout()
     return fig

@@ -26,7 +26,10 @@ def plot_accuracy(table: pd.DataFrame, title: str = ""):
     table["series"] = table.precision.map(precisions.label) + " " + table.method
     labels = list(dict.fromkeys(table.label))
     series = list(dict.fromkeys(table.series))
-    fig, axes = figures.new(1, 2, size=(max(12, 1.6 * len(labels)), 4.6))
+    # Each label's group of bars is wide enough for its tick label (a file name at 7 pt) and for one value per
+    # bar side by side (5 pt); the two panels are stacked, so each has the figure's width.
+    group_in = max(1.1, 0.38 * len(series))
+    fig, axes = figures.new(2, 1, size=(max(10, group_in * len(labels) + 1.2), 8))
     width = 0.8 / len(series)
     colors = {name: f"C{k}" for k, name in enumerate(series)}
     drawn = set()

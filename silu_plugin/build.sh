@@ -123,10 +123,20 @@ if [[ -n "$trt_inc" ]]; then
         [[ "$variant" == dynamic ]] && defs=(-DMV_SILU_NO_STATIC_REGISTRATION)
         "$nvcc" "${common[@]}" "${defs[@]}" -isystem "$trt_inc" -I "$here" -c "$here/silu_plugin.cpp" -o "$tmp/silu_plugin_$variant.o"
     done
+    # nvcc splits -Xlinker values at spaces (it quotes only file names), so a library path with a space cannot go
+    # through -Xlinker: the library goes in as an input file, through a link named *.so (nvcc takes a file by its
+    # suffix, and ld records the library's SONAME, not the link's name), and its folder as rpath through
+    # LD_RUN_PATH, which ld reads when no -rpath is given.
     libs=()
-    [[ -n "$trt_lib" ]] && libs=(-Xlinker "$trt_lib" -Xlinker "-rpath=$(dirname "$trt_lib")")  # ld takes a versioned .so.N by path
-    "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_static.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin.so"
-    "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_dynamic.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin_dynamic.so"
+    run_path=()
+    if [[ -n "$trt_lib" ]]; then
+        mkdir "$tmp/link"  # not "$tmp"/*.so: the outputs
+        ln -s "$(realpath "$trt_lib")" "$tmp/link/tensorrt_core.so"
+        libs=("$tmp/link/tensorrt_core.so")
+        run_path=("LD_RUN_PATH=$(dirname "$trt_lib")")
+    fi
+    env "${run_path[@]}" "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_static.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin.so"
+    env "${run_path[@]}" "$nvcc" "${common[@]}" "${link[@]}" "$tmp/silu_kernel.o" "$tmp/silu_plugin_dynamic.o" "${libs[@]}" -o "$tmp/libmv_silu_plugin_dynamic.so"
     # The interface check drives the plugin through TensorRT's interfaces without libnvinfer.
     "$nvcc" "${common[@]}" -isystem "$trt_inc" -I "$here" -c "$here/plugin_check.cpp" -o "$tmp/plugin_check.o"
     "$nvcc" "${common[@]}" "$tmp/plugin_check.o" "$tmp/silu_plugin_dynamic.o" "$tmp/silu_kernel.o" -o "$tmp/mv_silu_plugin_check"
@@ -143,20 +153,27 @@ fi
 install_output() { if ! cmp -s "$1" "$2"; then mv -f "$1" "$2"; fi; }
 for f in "$tmp"/*.so "$tmp"/mv_silu_plugin_check; do [[ -e "$f" ]] && install_output "$f" "$out/$(basename "$f")"; done
 if [[ "$plugin" == no ]]; then rm -f "$out/libmv_silu_plugin.so" "$out/libmv_silu_plugin_dynamic.so" "$out/mv_silu_plugin_check"; fi
+# JSON strings: a path may hold any character, a quote or a backslash included.
+json() { local s="${1//\\/\\\\}"; s="${s//\"/\\\"}"; printf '"%s"' "$s"; }
+json_or_null() { if [[ -n "$1" ]]; then json "$1"; else echo null; fi; }
+plugin_lib="" plugin_dyn="" plugin_chk=""
+if [[ "$plugin" == yes ]]; then
+    plugin_lib="$out/libmv_silu_plugin.so" plugin_dyn="$out/libmv_silu_plugin_dynamic.so" plugin_chk="$out/mv_silu_plugin_check"
+fi
 cat > "$tmp/build_info.json" <<EOF
 {
-  "kernel_library": "$out/libmv_silu.so",
+  "kernel_library": $(json "$out/libmv_silu.so"),
   "plugin": $([[ "$plugin" == yes ]] && echo true || echo false),
-  "plugin_library": $([[ "$plugin" == yes ]] && echo "\"$out/libmv_silu_plugin.so\"" || echo null),
-  "plugin_library_dynamic": $([[ "$plugin" == yes ]] && echo "\"$out/libmv_silu_plugin_dynamic.so\"" || echo null),
-  "plugin_check": $([[ "$plugin" == yes ]] && echo "\"$out/mv_silu_plugin_check\"" || echo null),
-  "tensorrt_include": $([[ -n "$trt_inc" ]] && echo "\"$trt_inc\"" || echo null),
-  "tensorrt_headers_version": $([[ -n "$trt_version" ]] && echo "\"$trt_version\"" || echo null),
+  "plugin_library": $(json_or_null "$plugin_lib"),
+  "plugin_library_dynamic": $(json_or_null "$plugin_dyn"),
+  "plugin_check": $(json_or_null "$plugin_chk"),
+  "tensorrt_include": $(json_or_null "$trt_inc"),
+  "tensorrt_headers_version": $(json_or_null "$trt_version"),
   "tensorrt_headers_major": $([[ -n "$trt_version" ]] && echo "${trt_version%%.*}" || echo null),
-  "tensorrt_library": $([[ -n "$trt_lib" ]] && echo "\"$trt_lib\"" || echo null),
-  "note": "$why",
+  "tensorrt_library": $(json_or_null "$trt_lib"),
+  "note": $(json "$why"),
   "nvcc": "$("$nvcc" --version | grep -o 'release [0-9.]*' | cut -d' ' -f2)",
-  "targets": "$archs"
+  "targets": $(json "$archs")
 }
 EOF
 install_output "$tmp/build_info.json" "$out/build_info.json"

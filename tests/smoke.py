@@ -2,13 +2,14 @@
 
 The smoke run has a build folder of its own because it runs in the background while the other tests run (two
 cores: the run's notebooks on one, the rest of the suite on the other). Tests that prune the engine cache or break
-the plugin build on purpose then never touch what the run is using.
+the plugin build on purpose then never touch what the run is using. Its name has a space, as a user's folders may:
+every path the study hands to a shell, nvcc or a notebook is then tried with one (issue 26, row 1).
 """
 from pathlib import Path
 
 from mvlib import paths
 
-BUILD = paths.ROOT / "build" / "tests-smoke"
+BUILD = paths.ROOT / "build" / "tests smoke"
 RUN = BUILD / "run"
 
 

@@ -284,3 +284,31 @@ def test_a_rebuild_with_nothing_changed_leaves_the_outputs_untouched(two_builds)
     _one_target_build(first.parent, headers)
     after = {p.name: p.stat().st_mtime_ns for p in first.iterdir() if p.is_file()}
     assert after == before  # not even rewritten with the same bytes: the rerun record says "unchanged"
+
+
+# --- paths with spaces ---------------------------------------------------------------------------------------
+@needs_nvcc
+def test_the_plugin_builds_from_a_source_tree_and_against_a_tensorrt_library_whose_paths_have_spaces(tmp_path):
+    """A clone in 'My Projects/', a build folder and a TensorRT install with spaces: nvcc splits -Xlinker values at
+    spaces, so a library path given that way never reached ld (issue 26, row 1)."""
+    lib = build.build_env().get("TRT_LIB") or os.environ.get("TRT_LIB")
+    if not HEADERS or not lib:
+        pytest.skip("needs TensorRT headers and a TensorRT runtime library to link the plugin against")
+    src = tmp_path / "My Projects" / "mobile vit"
+    shutil.copytree(paths.PLUGIN_SRC, src / "silu_plugin")
+    headers = shutil.copytree(HEADERS_11 or HEADERS[-1], tmp_path / "Tensor RT" / "include")
+    libdir = tmp_path / "Tensor RT" / "lib dir"
+    libdir.mkdir()
+    (libdir / Path(lib).name).symlink_to(Path(lib).resolve())
+    out = tmp_path / "build here" / "silu_plugin"
+    proc = subprocess.run(["bash", str(src / "silu_plugin" / "build.sh")], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "MVLIB_BUILD": str(out.parent), "TRT_INCLUDE": str(headers),
+                               "TRT_LIB": str(libdir / Path(lib).name), "TRT_MAJOR": "",
+                               "SILU_ARCHS": "-gencode=arch=compute_86,code=sm_86"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    info = build.build_record(out.parent)  # valid JSON, whatever the paths hold
+    assert info["plugin"] and info["tensorrt_library"] == str(libdir / Path(lib).name)
+    assert Path(info["plugin_library"]) == out / build.PLUGIN_LIB
+    dynamic = subprocess.run(["readelf", "-d", str(out / build.PLUGIN_LIB)], capture_output=True, text=True).stdout
+    assert f"[{libdir}]" in dynamic  # the runtime is found where it lies, spaces and all
+    assert "tensorrt_core" not in dynamic  # ld records the library by its SONAME, not by the link build.sh made

@@ -32,7 +32,7 @@ class Param:
 
 SHARED = {
     "run_dir": Param("", "run folder; empty means build/runs/latest (the driver sets it)"),
-    "variant": Param("mobilevit_s", "timm MobileViT variant (mobilevit_xxs/xs/s, mobilevitv2_*)"),
+    "variant": Param("mobilevit_s", "timm MobileViT variant: mobilevit_xxs, mobilevit_xs or mobilevit_s"),
     "weights": Param("auto", "auto (hub weights, else seeded random), pretrained, random, or a checkpoint path"),
     "seed": Param(0, "seed of random weights, random inputs and image choices"),
     "img_size": Param(256, "input height and width, a multiple of 32"),
