@@ -16,14 +16,16 @@ same machinery (calibration images, policies, sensitivity, criterion, choice, ca
 Q/DQ needs ONNX opset 19 for FP8 (and for FP16 scales); ModelOpt raises an older model to 19 with
 `onnx.version_converter` before quantizing (`mvlib.fp8.opset_check` shows the FP32 graph is unchanged by it).
 """
+import contextlib
 import hashlib
 import importlib.metadata
 import re
 import shutil
 import tempfile
 import time
+import traceback
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +253,34 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     print(f"wrote {target} ({best['policy']}, {best['method']}, float parts {written['high_precision']}): "
           + ("passes" if m["passes"] else f"FAILS ({m['fails']})"))
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True), meta
+
+
+# ---------------------------------------------------------------- one precision's failure
+@contextlib.contextmanager
+def contained(run, name: str, failures: list[str], stale: Sequence[Path] = ()) -> Iterator[None]:
+    """A block of one precision's stages whose failure must not cost the other's results: recorded, then passed.
+
+    An exception inside is recorded in the manifest as failed stage `name` (unless a `run.stage` inside already
+    recorded its own failure), appended to `failures` and printed; the notebook goes on, so INT8's tables,
+    figures and engines are still written when FP8 fails. The files `stale` (the block's chosen model and JSON,
+    maybe an earlier run's) are removed on failure, so no later notebook takes them for this run's. The driver
+    still reads the failed stage and fails the run (exit 1). KeyboardInterrupt and other BaseExceptions pass.
+    """
+    def failed() -> set[str]:
+        return {k for k, st in run.manifest()["stages"].items() if st["status"] == "failed"}
+
+    before = failed()
+    try:
+        yield
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}"
+        if not failed() - before:  # the failure happened outside a recorded stage
+            run.record(name, "cpu", "failed", reason, traceback=traceback.format_exc(limit=5))
+        failures.append(f"{name}: {reason}")
+        for path in stale:
+            Path(path).unlink(missing_ok=True)
+        print(f"[{name}] FAILED: {reason}\n    recorded; the other precision's results are still written, and the "
+              "run will be marked failed")
 
 
 # ---------------------------------------------------------------- TensorRT
