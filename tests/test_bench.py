@@ -86,6 +86,76 @@ def test_time_host_honours_window_and_minimum_launches():
     assert slow.launches == 10  # at least 10 launches even when the window is shorter
 
 
+# the stopping rule, on realistic streams of launch latencies (ms) --------------------------------------------
+def _stream(kind: str, seed: int, n: int = 20000) -> np.ndarray:
+    """Latencies of a window's launches around 1 ms: steady, noisy (a busy CPU), drifting 10 % over 3 s (clocks,
+    heat), 10 % slow launches (interrupts), alternating 0.4 s blocks 10 % apart (clock states), two equal modes."""
+    r = np.random.default_rng(seed)
+    jitter = r.lognormal(0, 0.01, n)
+    return {"steady": r.lognormal(0, 0.02, n), "noisy": r.lognormal(0, 0.5, n),
+            "drifting": np.minimum(1.0 + np.arange(n) / 30000, 1.1) * jitter,
+            "slow tail": np.where(r.random(n) < 0.1, 1.5, 1.0) * jitter,
+            "alternating": np.where(np.arange(n) // 400 % 2 == 0, 1.0, 1.1) * jitter,
+            "two modes": np.where(r.random(n) < 0.5, 1.3, 1.0) * jitter}[kind]
+
+
+def _window(lat: np.ndarray, seconds: float, rule) -> tuple[int, float, bool]:
+    """Feed a stream to a Window as a timer would (elapsed = the launches' sum): (launches, seconds, early)."""
+    window, elapsed = bench.Window(seconds, bench.MIN_ITERS, rule), 0.0
+    for i, ms in enumerate(lat):
+        elapsed += ms / 1e3
+        if window.done(lat[:i + 1], elapsed):
+            return i + 1, elapsed, window.stopped_early
+    raise AssertionError("the stream ran out before the window's cap")
+
+
+@pytest.mark.parametrize("kind", ["steady", "slow tail", "alternating"])
+def test_a_window_stops_early_once_its_median_is_known(kind):
+    for seed in range(5):
+        lat = _stream(kind, seed)
+        n, elapsed, early = _window(lat, 3.0, bench.StopRule())
+        fixed, _, _ = _window(lat, 3.0, None)  # the old fixed window: the whole 3 s
+        assert early and elapsed < 1.5 and n >= bench.MIN_ITERS
+        assert np.median(lat[:n]) == pytest.approx(np.median(lat[:fixed]), rel=0.01)  # the same answer, sooner
+
+
+@pytest.mark.parametrize("kind", ["noisy", "drifting"])
+def test_a_window_whose_median_is_not_known_runs_to_its_cap(kind):
+    for seed in range(5):
+        n, elapsed, early = _window(_stream(kind, seed), 3.0, bench.StopRule())
+        assert not early and elapsed >= 3.0
+
+
+def test_the_rule_needs_its_minimum_launches_and_seconds_and_a_cap_wins():
+    rule = bench.StopRule()
+    flat = np.ones(5000)
+    assert rule.settled(flat, 0.5) and not rule.settled(flat, 0.49) and not rule.settled(flat[:9], 10.0)
+    n, elapsed, early = _window(flat, 0.2, rule)  # a cap under min_s: the fixed window (the smoke profile's)
+    assert not early and elapsed == pytest.approx(0.2, abs=0.002)
+    slow = np.full(100, 200.0)  # 200 ms launches: the 10 launches take 2 s, past the 0.5 s minimum
+    assert _window(slow, 3.0, rule)[0] == bench.MIN_ITERS
+
+
+def test_median_noise_sees_two_modes_that_a_spread_within_each_would_hide():
+    lat = _stream("two modes", 0)[:1000]
+    mad_noise = 100 * 1.2533 * 1.4826 * np.median(np.abs(lat - np.median(lat))) / np.sqrt(lat.size) / np.median(lat)
+    assert bench.median_noise_pct(lat) > 5 > 0.5 > bench.median_noise_pct(_stream("steady", 0)[:1000])
+    assert bench.halves_drift_pct(np.r_[np.ones(500), np.full(500, 1.02)]) == pytest.approx(2.0 / 1.01)
+    assert mad_noise < 5  # the textbook MAD estimate would call this median known within a few percent
+    assert math.isnan(bench.median_noise_pct([1.0]))
+
+
+def test_rows_state_their_window_rule():
+    lenient = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.05)  # settled as soon as allowed
+    s = bench.Settings(seconds=5.0, repeats=2, warmup_s=0.0, rule=lenient)
+    df = bench.measure_all(lambda settings: bench.Backend("fake", "cpu", "fp32", "fake", lambda b: lambda: None,
+                                                          "perf_counter around each call"), [1], s)
+    assert df.window.iloc[0] == s.describe_window() + "; 2 of 2 stopped early"
+    assert df.wall_s.iloc[0] < 1.0 and "95% CI" in df.window.iloc[0] and "at most 5 s" in df.window.iloc[0]
+    fixed = bench.Settings(seconds=0.05, repeats=2, rule=None)
+    assert fixed.describe_window() == "fixed: every window runs 0.05 s (and >= 10 launches)"
+
+
 def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     def prepare(batch):
         trt_timing.within(shapes.Profile(1, 1, 2), batch)
