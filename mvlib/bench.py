@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import energy, metrics, precisions, stages
+from mvlib import energy, metrics, paths, precisions, stages
 from mvlib.progress import progress
 from mvlib.skips import StageSkipped
 
@@ -507,6 +508,21 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
                    logits=lambda out: np.asarray(out[0]))
 
 
+def compile_caches() -> dict[str, str]:
+    """Inductor's and Triton's on-disk caches under build/cache/torch (set before torch.compile runs), so a rerun
+    of the same model, shape and mode reuses its compiled kernels instead of compiling again; a folder the user
+    chose is kept. Torch writes its default (a temp folder) into the environment on first use, so that value is
+    replaced too."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    root = paths.CACHE / "torch"
+    wanted = {"TORCHINDUCTOR_CACHE_DIR": (root / "inductor", default_cache_dir()),
+              "TRITON_CACHE_DIR": (root / "triton", None)}
+    for name, (folder, default) in wanted.items():
+        if os.environ.get(name) in (None, "", default):
+            os.environ[name] = str(folder)
+    return {name: os.environ[name] for name in wanted}
+
+
 def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_last: bool = False,
                  compile_mode: str | None = None) -> Backend:
     """PyTorch on the GPU: eager, or torch.compile ('default', or 'reduce-overhead' for CUDA graphs)."""
@@ -517,6 +533,8 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(model).to("cuda", dtype).to(memory_format=fmt).eval()
     graphs = compile_mode == "reduce-overhead"
+    if compile_mode:
+        compile_caches()
 
     def prepare(batch: int) -> Callable[[], Any]:
         x = torch.from_numpy(images(batch, settings)).to("cuda", dtype).contiguous(memory_format=fmt)

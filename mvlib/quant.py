@@ -19,6 +19,9 @@ Q/DQ needs ONNX opset 19 for FP8 (and for FP16 scales); ModelOpt raises an older
 import contextlib
 import hashlib
 import importlib.metadata
+import json
+import multiprocessing
+import os
 import re
 import shutil
 import tempfile
@@ -26,6 +29,7 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +150,85 @@ def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precisi
             "excluded": sorted(excluded), "op_types": sorted(op_types),
             "scales_sha256": io.sha256(scales_from) if scales_from else None,
             "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
+
+
+def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str) -> bool:
+    """Whether `quantize` would reuse `out_path` for policy `all` (no exclusions) instead of calibrating."""
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    try:
+        saved = io.read_json(io.key_path(out_path))
+    except (OSError, ValueError):
+        return False
+    want = _quantize_key(onnx_path, calib, method, precision, (), (), None)
+    want = json.loads(json.dumps(want, sort_keys=True, default=str))  # as io.cached stores it
+    return Path(out_path).is_file() and saved.get("key") == want and saved.get("sha256") == io.sha256(out_path)
+
+
+# ---------------------------------------------------------------- the calibrations, side by side
+def calibrate_all(exported, calib: np.ndarray, precisions_: Sequence[str] = PRECISIONS,
+                  methods: Sequence[str] = METHODS, workers: int | None = None) -> pd.DataFrame:
+    """Make the `all` model of every precision and method (the only calibrations: every other policy reuses their
+    scales) side by side, one process per calibration up to the cores this process may use, each with its share
+    of them as ONNX Runtime threads. The results are `quantize`'s own files and cache, so the policies that follow
+    find them made; a failed calibration is only reported here (its precision's own stage meets it again, so one
+    precision's failure never costs the other's). One row per calibration: made, reused or failed, and seconds.
+    """
+    jobs = [(p, m, variant_path(exported, "all", m, p)) for p in precisions_ for m in methods]
+    todo = [(p, m, out) for p, m, out in jobs if not reusable(exported.onnx, out, calib, m, p)]
+    cores = len(os.sched_getaffinity(0))
+    workers = max(1, min(len(todo), workers or cores))
+    rows = [{"precision": p, "method": m, "file": out.name, "status": "reused", "seconds": 0.0, "error": ""}
+            for p, m, out in jobs if (p, m, out) not in todo]
+    if not todo:
+        return pd.DataFrame(rows)
+    threads = max(1, cores // workers)
+    print(f"{len(todo)} calibrations in {workers} process(es), {threads} thread(s) each")
+    with tempfile.TemporaryDirectory(prefix="mvlib-calib-") as tmp:
+        images = Path(tmp) / "calib.npy"  # each process maps the images instead of receiving a pickled copy
+        np.save(images, np.ascontiguousarray(calib, dtype=np.float32))
+        args = [(str(exported.onnx), str(out), str(images), m, p) for p, m, out in todo]
+        if workers == 1:  # one core or one calibration: no process to start
+            results = [_attempt(_calibrate, *a) for a in args]
+        else:
+            ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked ONNX Runtime thread pools
+            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_limit_threads,
+                                     initargs=(threads,)) as pool:
+                results = [_attempt(fut.result) for fut in [pool.submit(_calibrate, *a) for a in args]]
+    for (p, m, out), (seconds, error) in zip(todo, results, strict=True):
+        rows.append({"precision": p, "method": m, "file": out.name, "status": "failed" if error else "made",
+                     "seconds": round(seconds, 1), "error": error})
+        if error:
+            print(f"calibration {p} {m} failed here ({error}); its precision's own stage meets it again")
+    return pd.DataFrame(rows)
+
+
+def _attempt(fn, *args) -> tuple[float, str]:
+    """(fn(*args), '') or (NaN, the error): a calibration's failure is reported, not raised, here."""
+    try:
+        return fn(*args), ""
+    except Exception as err:  # noqa: BLE001 (its precision's own stage raises it again, contained there)
+        return float("nan"), f"{type(err).__name__}: {err}"
+
+
+def _limit_threads(threads: int) -> None:
+    """In a calibration process: ONNX Runtime sessions (ModelOpt's and its calibrators') use `threads` threads."""
+    import onnxruntime as ort
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+    class Limited(ort.SessionOptions):
+        """SessionOptions with this process's share of the cores."""
+
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = threads
+    ort.SessionOptions = Limited
+
+
+def _calibrate(src: str, out: str, images: str, method: str, precision: str) -> float:
+    """One calibration in a worker process (policy `all`); its seconds."""
+    start = time.perf_counter()
+    quantize(src, out, np.load(images), method, precision=precision)
+    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------- policies

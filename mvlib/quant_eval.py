@@ -37,8 +37,8 @@ class Evaluator:
         ev.reference = ev.logits(onnx_path)
         return ev
 
-    def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
-        """Logits of a model (proto or path) on the first `n` evaluation images, ONNX Runtime on the CPU."""
+    def session(self, model: onnx.ModelProto | Path | str):
+        """The ONNX Runtime session every model is judged in (the one place its provider is chosen): the CPU."""
         import onnxruntime as ort
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         opts = ort.SessionOptions()
@@ -47,7 +47,11 @@ class Evaluator:
         # can saturate on CPUs without VNNI and would measure ONNX Runtime rather than the model.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.log_severity_level = 3  # constant-folding notes about FP16 nodes are not our concern
-        sess = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+
+    def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
+        """Logits of a model (proto or path) on the first `n` evaluation images, in `session`."""
+        sess = self.session(model)
         x = self.images[:n]
         return np.concatenate([sess.run([OUTPUT], {INPUT: x[i:i + self.batch]})[0]
                                for i in range(0, len(x), self.batch)]).astype(np.float32)
