@@ -454,6 +454,54 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
+AGREEMENT_PCT = 2.0  # issue 29: the early-stopping windows must give the fixed windows' throughput within 2 %
+AGREEMENT_COLUMNS = ["label", "backend", "device", "precision", "batch", "fixed_ips", "rule_ips", "diff_pct",
+                     "fixed_spread_pct", "rule_spread_pct", "fixed_wall_s", "rule_wall_s", "rule_stopped_early",
+                     "agrees", "rule", "fixed"]
+
+
+def agreement(factory: Callable[..., Backend], batches: Iterable[int], settings: Settings, *args: Any,
+              **kwargs: Any) -> pd.DataFrame:
+    """Each batch of one backend timed both ways on the same warm launch, windows interleaved (fixed, rule, fixed,
+    rule...), so drift hits both alike: the stopping rule's throughput against the fixed `bench_seconds` window's,
+    agreeing within AGREEMENT_PCT. One AGREEMENT_COLUMNS row per batch; batches it cannot run are left out."""
+    rule = settings if settings.rule else dataclasses.replace(settings, rule=StopRule())
+    fixed = dataclasses.replace(settings, rule=None)
+    backend = factory(settings, *args, **kwargs)
+    cuda = backend.device == "cuda"
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    if cuda:
+        import torch
+        sync = torch.cuda.synchronize
+    timer = time_cuda if cuda else time_host
+    rows = []
+    for batch in batches:
+        try:
+            launch = backend.prepare(int(batch))
+        except BatchSkipped as why:
+            print(f"{backend.label} batch {batch}: skipped ({why})")
+            continue
+        warm_up(launch, settings.warmup_s, sync)
+        got: dict[str, list[Timing]] = {"fixed": [], "rule": []}
+        early = 0
+        for _ in range(settings.repeats):
+            for name, s in (("fixed", fixed), ("rule", rule)):
+                window = s.window()
+                got[name].append(timer(launch, int(batch), window))
+                early += window.stopped_early
+        a, b = summarize(got["fixed"]), summarize(got["rule"])
+        diff = 100 * (b["throughput_ips"] / a["throughput_ips"] - 1)
+        rows.append({"label": backend.label, "backend": backend.backend, "device": backend.device,
+                     "precision": backend.precision, "batch": int(batch), "fixed_ips": a["throughput_ips"],
+                     "rule_ips": b["throughput_ips"], "diff_pct": diff, "fixed_spread_pct": a["spread_pct"],
+                     "rule_spread_pct": b["spread_pct"], "fixed_wall_s": a["wall_s"], "rule_wall_s": b["wall_s"],
+                     "rule_stopped_early": f"{early} of {settings.repeats}", "agrees": abs(diff) <= AGREEMENT_PCT,
+                     "rule": rule.describe_window(), "fixed": fixed.describe_window()})
+        print(f"{backend.label:42s} batch {batch:4d}: fixed {a['throughput_ips']:10.1f} img/s in {a['wall_s']:.1f} s, "
+              f"rule {b['throughput_ips']:10.1f} img/s in {b['wall_s']:.1f} s ({diff:+.2f}%)")
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
+
+
 def images(batch: int, settings: Settings) -> np.ndarray:
     """Fresh random inputs in [0, 1], seeded by the run's seed and the batch size."""
     return metrics.random_images(batch, settings.img_size, seed=settings.seed * 1000 + batch)

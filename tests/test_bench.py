@@ -157,6 +157,25 @@ def test_rows_state_their_window_rule():
     assert fixed.describe_window() == "fixed: every window runs 0.05 s (and >= 10 launches)"
 
 
+def test_agreement_times_each_batch_both_ways_on_one_backend():
+    """The table the lead's GPU check writes (tools/window_agreement.py): fixed and rule windows, interleaved."""
+    made = []
+
+    def factory(settings):
+        made.append(settings)
+        return bench.Backend("fake", "cpu", "fp32", "fake", lambda b: (lambda: time.sleep(0.001)), "perf_counter")
+
+    quick = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)
+    s = bench.Settings(seconds=0.3, repeats=2, warmup_s=0.0, rule=quick)
+    df = bench.agreement(factory, [1, 2], s)
+    assert len(made) == 1 and list(df.columns) == bench.AGREEMENT_COLUMNS and list(df.batch) == [1, 2]
+    assert (df.rule_wall_s < df.fixed_wall_s / 3).all() and (df.fixed_wall_s >= 2 * 0.3).all()
+    assert (df.rule_stopped_early == "2 of 2").all() and (df.rule == s.describe_window()).all()
+    assert (df.fixed == bench.FIXED.format(cap=0.3, n=bench.MIN_ITERS)).all()
+    assert df.diff_pct.tolist() == pytest.approx((100 * (df.rule_ips / df.fixed_ips - 1)).tolist())
+    assert (df.agrees == (df.diff_pct.abs() <= bench.AGREEMENT_PCT)).all()
+
+
 def test_measure_all_leaves_out_batches_a_backend_cannot_run():
     def prepare(batch):
         trt_timing.within(shapes.Profile(1, 1, 2), batch)
