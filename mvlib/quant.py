@@ -152,53 +152,79 @@ def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precisi
             "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
 
 
-def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str) -> bool:
-    """Whether `quantize` would reuse `out_path` for policy `all` (no exclusions) instead of calibrating."""
+def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str,
+             exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
+             scales_from: Path | str | None = None) -> bool:
+    """Whether `quantize` with these arguments would reuse `out_path` instead of running ModelOpt."""
     calib = np.ascontiguousarray(calib, dtype=np.float32)
     try:
         saved = io.read_json(io.key_path(out_path))
     except (OSError, ValueError):
         return False
-    want = _quantize_key(onnx_path, calib, method, precision, (), (), None)
+    excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
+    want = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from)
     want = json.loads(json.dumps(want, sort_keys=True, default=str))  # as io.cached stores it
     return Path(out_path).is_file() and saved.get("key") == want and saved.get("sha256") == io.sha256(out_path)
 
 
+def policy_args(exported, policy: str, method: str, precision: str) -> tuple[list[str], tuple, Path | None]:
+    """What `quantize` is given for a fixed policy: excluded nodes, excluded op types, and the model whose scales
+    it reuses (the `all` model of the same method and precision, once it exists)."""
+    if policy not in ("all", "fp_attention"):
+        raise ValueError(f"{policy!r} is not a fixed policy (all, fp_attention)")
+    base = variant_path(exported, "all", method, precision)
+    if policy == "all":
+        return [], (), None
+    return attention_matmuls(exported.onnx), tuple(HIGH_PRECISION_OPS), base if base.exists() else None
+
+
 # ---------------------------------------------------------------- the calibrations, side by side
 def calibrate_all(exported, calib: np.ndarray, precisions_: Sequence[str] = PRECISIONS,
-                  methods: Sequence[str] = METHODS, workers: int | None = None) -> pd.DataFrame:
-    """Make the `all` model of every precision and method (the only calibrations: every other policy reuses their
-    scales) side by side, one process per calibration up to the cores this process may use, each with its share
-    of them as ONNX Runtime threads. The results are `quantize`'s own files and cache, so the policies that follow
-    find them made; a failed calibration is only reported here (its precision's own stage meets it again, so one
-    precision's failure never costs the other's). One row per calibration: made, reused or failed, and seconds.
+                  methods: Sequence[str] = METHODS, policies: Sequence[str] = ("all", "fp_attention"),
+                  workers: int | None = None) -> pd.DataFrame:
+    """Make the fixed policies' models of every precision and method side by side: first the `all` models (the
+    only calibrations), then the policies that reuse their scales; one process per model up to the cores this
+    process may use, each with its share of them as ONNX Runtime threads. The results are `quantize`'s own files
+    and cache, so the policy steps that follow find them made, byte for byte what they would make. A failure is
+    only reported here (its precision's own stage meets it again, so one precision's failure never costs the
+    other's). One row per model: made, reused or failed, and seconds.
     """
-    jobs = [(p, m, variant_path(exported, "all", m, p)) for p in precisions_ for m in methods]
-    todo = [(p, m, out) for p, m, out in jobs if not reusable(exported.onnx, out, calib, m, p)]
     cores = len(os.sched_getaffinity(0))
-    workers = max(1, min(len(todo), workers or cores))
-    rows = [{"precision": p, "method": m, "file": out.name, "status": "reused", "seconds": 0.0, "error": ""}
-            for p, m, out in jobs if (p, m, out) not in todo]
-    if not todo:
-        return pd.DataFrame(rows)
-    threads = max(1, cores // workers)
-    print(f"{len(todo)} calibrations in {workers} process(es), {threads} thread(s) each")
-    with tempfile.TemporaryDirectory(prefix="mvlib-calib-") as tmp:
+    waves = [[p for p in policies if p == "all"], [p for p in policies if p != "all"]]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mvlib-calib-") as tmp, contextlib.ExitStack() as stack:
         images = Path(tmp) / "calib.npy"  # each process maps the images instead of receiving a pickled copy
         np.save(images, np.ascontiguousarray(calib, dtype=np.float32))
-        args = [(str(exported.onnx), str(out), str(images), m, p) for p, m, out in todo]
-        if workers == 1:  # one core or one calibration: no process to start
-            results = [_attempt(_calibrate, *a) for a in args]
-        else:
-            ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked ONNX Runtime thread pools
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_limit_threads,
-                                     initargs=(threads,)) as pool:
-                results = [_attempt(fut.result) for fut in [pool.submit(_calibrate, *a) for a in args]]
-    for (p, m, out), (seconds, error) in zip(todo, results, strict=True):
-        rows.append({"precision": p, "method": m, "file": out.name, "status": "failed" if error else "made",
-                     "seconds": round(seconds, 1), "error": error})
-        if error:
-            print(f"calibration {p} {m} failed here ({error}); its precision's own stage meets it again")
+        pool = None
+        for wave in waves:
+            jobs = [(pol, p, m) for pol in wave for p in precisions_ for m in methods]
+            todo = []
+            for pol, p, m in jobs:
+                out, args = variant_path(exported, pol, m, p), policy_args(exported, pol, m, p)
+                if reusable(exported.onnx, out, calib, m, p, *args):
+                    rows.append({"policy": pol, "precision": p, "method": m, "file": out.name, "status": "reused",
+                                 "seconds": 0.0, "error": ""})
+                else:
+                    todo.append((pol, p, m, out, args))
+            if not todo:
+                continue
+            n = max(1, min(len(todo), workers or cores))
+            if pool is None and n > 1:
+                threads = max(1, cores // n)
+                print(f"quantizing side by side: {n} processes, {threads} ONNX Runtime thread(s) each")
+                ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked ONNX Runtime threads
+                pool = stack.enter_context(ProcessPoolExecutor(n, mp_context=ctx, initializer=_limit_threads,
+                                                               initargs=(threads,)))
+            calls = [(str(exported.onnx), str(out), str(images), m, p, *args) for _, p, m, out, args in todo]
+            if pool is None:  # one core or one model: no process to start
+                results = [_attempt(_calibrate, *c) for c in calls]
+            else:
+                results = [_attempt(f.result) for f in [pool.submit(_calibrate, *c) for c in calls]]
+            for (pol, p, m, out, _), (seconds, error) in zip(todo, results, strict=True):
+                rows.append({"policy": pol, "precision": p, "method": m, "file": out.name,
+                             "status": "failed" if error else "made", "seconds": round(seconds, 1), "error": error})
+                if error:
+                    print(f"{p} {pol} {m} failed here ({error}); its precision's own stage meets it again")
     return pd.DataFrame(rows)
 
 
@@ -224,10 +250,11 @@ def _limit_threads(threads: int) -> None:
     ort.SessionOptions = Limited
 
 
-def _calibrate(src: str, out: str, images: str, method: str, precision: str) -> float:
-    """One calibration in a worker process (policy `all`); its seconds."""
+def _calibrate(src: str, out: str, images: str, method: str, precision: str, exclude_nodes: Sequence[str],
+               exclude_op_types: Sequence[str], scales_from: Path | None) -> float:
+    """One `quantize` in a worker process; its seconds."""
     start = time.perf_counter()
-    quantize(src, out, np.load(images), method, precision=precision)
+    quantize(src, out, np.load(images), method, exclude_nodes, exclude_op_types, scales_from, precision)
     return time.perf_counter() - start
 
 
@@ -242,10 +269,10 @@ def run_policy(exported, policy: str, method: str, calib: np.ndarray, ev: Evalua
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     op_types: Sequence[str] = ()
-    if policy == "fp_attention":
-        exclude_nodes, op_types = attention_matmuls(exported.onnx), HIGH_PRECISION_OPS
     base = variant_path(exported, "all", method, precision)
     scales_from = base if policy != "all" and base.exists() else None
+    if policy != "sensitivity":
+        exclude_nodes, op_types, scales_from = policy_args(exported, policy, method, precision)
     path = variant_path(exported, policy, method, precision)
     start = time.perf_counter()
     info = quantize(exported.onnx, path, calib, method, exclude_nodes, op_types, scales_from, precision)

@@ -428,7 +428,7 @@ def _notebook_04_choice(folder, src, images, ev, side_by_side: bool) -> dict:
     exp = _fake_exported(folder, src)
     if side_by_side:
         made = quant.calibrate_all(exp, images.calib, workers=2)
-        assert set(made.status) == {"made"} and len(made) == len(quant.PRECISIONS) * len(quant.METHODS)
+        assert set(made.status) == {"made"} and len(made) == 2 * len(quant.PRECISIONS) * len(quant.METHODS)
     chosen = {}
     for prec in quant.PRECISIONS:
         table = quant.compare_policies(exp, images.calib, ev, ["all", "fp_attention"], precision=prec)
