@@ -1,11 +1,14 @@
 """Benchmarks measured the trtexec way: warm-up, per-launch timing, percentiles, throughput, repeats and their spread.
 
 Method (trtexec's; README, "Method and anchors"): each (backend, batch) is warmed up for at least
-`warmup_s` (200 ms), then measured `repeats` times; one measurement launches back to back for at
-least `seconds` and at least `min_iters` launches. CPU launches are timed with `perf_counter`
-around each call; GPU launches with CUDA events recorded on the stream around each launch (or
-CUDA-graph replay), with at most two launches in flight, so an event pair measures the GPU time
-of one launch. Throughput = launches / wall time x batch. Inputs are made once per batch and
+`warmup_s` (200 ms), then measured `repeats` times; one measurement (a window) launches back to back for at least
+`min_iters` launches and stops at `seconds` at the latest, or earlier once its answer is known (`StopRule`, with
+nvbench's bounds: the median's 95 % confidence interval within +-0.5 % after at least 10 launches and 0.5 s, and the
+medians of the window's two halves within 0.5 %, so drift or alternating modes run to `seconds`; the host's own
+checks are left out of the window's wall time). Each row's `window` column states the rule and how many of its
+windows stopped early. CPU launches are timed with `perf_counter` around each call; GPU launches with CUDA events
+recorded on the stream around each launch (or CUDA-graph replay), with at most two launches in flight, so an event
+pair measures the GPU time of one launch. Throughput = launches / wall time x batch. Inputs are made once per batch and
 already sit where the backend reads them: host-device transfers are excluded, and every row says so.
 Around every measurement window the device's energy counter is read (mvlib.energy: NVML on the GPU, RAPL on the
 CPU), outside the timed launches, giving each row's mean power and energy per image, or the reason there is none.
@@ -19,6 +22,7 @@ import copy
 import dataclasses
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -27,7 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mvlib import energy, metrics, precisions, stages
+from mvlib import energy, metrics, paths, precisions, stages
 from mvlib.progress import progress
 from mvlib.skips import StageSkipped
 
@@ -45,10 +49,11 @@ COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "
            "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mib", "notes",
            "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
            "variant", "img_size", "power_w", "energy_j_per_image", "setup_s", "prime_s", "artifact",
-           "artifact_bytes"]
+           "artifact_bytes", "window"]
 # power_w, energy_j_per_image: over the timed windows (mvlib.energy), or "not measured: <why>"; setup_s: making the
 # backend (loading, graph optimisation, engine build or reuse); prime_s: this batch's inputs and first call
-# (compilation, CUDA-graph capture); artifact, artifact_bytes: what the backend runs from (ONNX file, engine, weights).
+# (compilation, CUDA-graph capture); artifact, artifact_bytes: what the backend runs from (ONNX file, engine, weights);
+# window: the stopping rule of its timing windows and how many stopped before `bench_seconds` (StopRule.describe).
 # The accuracy table's schema (results/06_accuracy.csv): each checked backend and batch against the FP32 reference.
 ACCURACY_COLUMNS = ["label", "backend", "device", "precision", "batch", "reference", "n", "max_abs", "mean_abs",
                     "cosine_mean", "cosine_min", "top1_agreement", "variant", "img_size"]
@@ -139,10 +144,93 @@ def verdict(a: dict | pd.Series, b: dict | pd.Series) -> str:
     return compare_throughput(a, b)["verdict"]
 
 
+# when a window has its answer ----------------------------------------------------------------------
+def median_noise_pct(values: Sequence[float]) -> float:
+    """The median's relative noise, in percent: the half-width of its distribution-free 95 % confidence interval
+    (the order statistics 1.96 sqrt(n)/2 ranks either side of it) over the median. Two modes of equal weight give
+    about the gap between them, not the small spread within each. NaN for fewer than two values."""
+    x = np.asarray(values, dtype=np.float64)
+    n = x.size
+    if n < 2:
+        return float("nan")
+    d = 0.98 * math.sqrt(n)  # the sample median's rank has a standard error of sqrt(n)/2; 1.96 of them
+    lo, hi = max(0, math.floor((n - 1) / 2 - d)), min(n - 1, math.ceil((n - 1) / 2 + d))
+    part = np.partition(x, [lo, hi])
+    return float(100 * (part[hi] - part[lo]) / 2 / np.median(x))
+
+
+def halves_drift_pct(values: Sequence[float]) -> float:
+    """How far the medians of a window's first and second halves are apart, in percent of the whole median."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.size < 2:
+        return float("nan")
+    half = x.size // 2
+    return float(100 * abs(np.median(x[:half]) - np.median(x[half:])) / np.median(x))
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRule:
+    """When a timing window has its answer (nvbench's bounds: 0.5 %, at least 10 samples and 0.5 s).
+
+    A window may stop once it has `min_samples` launches and `min_s` seconds, the median's 95 % confidence
+    interval is within +-`max_noise_pct` of it (`median_noise_pct`) and its halves' medians are within
+    `max_drift_pct` (`halves_drift_pct`: clocks still settling, or modes that alternate, keep it going).
+    `bench_seconds` caps it.
+    """
+    max_noise_pct: float = 0.5
+    min_samples: int = 10
+    min_s: float = 0.5
+    max_drift_pct: float = 0.5
+
+    def settled(self, latencies_ms: Sequence[float], elapsed_s: float) -> bool:
+        """Whether a window with these launch latencies after `elapsed_s` seconds has its answer (a pure function)."""
+        if len(latencies_ms) < self.min_samples or elapsed_s < self.min_s:
+            return False
+        return (median_noise_pct(latencies_ms) <= self.max_noise_pct
+                and halves_drift_pct(latencies_ms) <= self.max_drift_pct)
+
+    def describe(self, cap_s: float) -> str:
+        """The rule in words, as every row's `window` column and the README's method state it."""
+        return (f"stops when the median's 95% CI is within +-{self.max_noise_pct:g}% and its halves agree within "
+                f"{self.max_drift_pct:g}%, after >= {self.min_samples} launches and {self.min_s:g} s; "
+                f"at most {cap_s:g} s")
+
+
+FIXED = "fixed: every window runs {cap:g} s (and >= {n} launches)"
+CHECK_GROWTH = 1.25  # the rule is checked at 0.5 s, then each time the window is 25 % older: a handful of checks
+
+
+class Window:
+    """One timing window's stop decision: at least `min_iters` launches, at most `seconds`, earlier once `rule`
+    says settled (None: a fixed window). The rule is checked only at a few times (`CHECK_GROWTH`), so the
+    host's statistics take well under 0.2 % of a window; `stopped_early` says how it ended."""
+
+    def __init__(self, seconds: float, min_iters: int = 10, rule: StopRule | None = None):
+        self.seconds, self.min_iters, self.rule = seconds, min_iters, rule
+        self.next_check = rule.min_s if rule else math.inf
+        self.stopped_early = False
+        self.check_s = 0.0  # host seconds spent deciding: the timers leave them out of the wall time
+
+    def done(self, latencies_ms: Sequence[float], elapsed_s: float) -> bool:
+        """Whether to stop after these launches, `elapsed_s` seconds into the window."""
+        if len(latencies_ms) < self.min_iters:
+            return False
+        if elapsed_s >= self.seconds:
+            return True
+        if elapsed_s < self.next_check:
+            return False
+        t0 = time.perf_counter()
+        self.next_check = elapsed_s * CHECK_GROWTH
+        self.stopped_early = self.rule.settled(latencies_ms, elapsed_s)
+        self.check_s += time.perf_counter() - t0
+        return self.stopped_early
+
+
 # timing loops -------------------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """How to measure: input size and seed, timing window, repeats, warm-up and minimum launches."""
+    """How to measure: input size and seed, timing window (its cap and stopping rule; None: fixed), repeats,
+    warm-up and minimum launches."""
     img_size: int = 256
     seconds: float = 3.0
     repeats: int = 3
@@ -150,6 +238,15 @@ class Settings:
     warmup_s: float = WARMUP_S
     min_iters: int = MIN_ITERS
     variant: str = ""
+    rule: StopRule | None = StopRule()
+
+    def window(self) -> Window:
+        """A fresh window of these settings."""
+        return Window(self.seconds, self.min_iters, self.rule)
+
+    def describe_window(self) -> str:
+        """The rule every window of these settings follows, in words."""
+        return self.rule.describe(self.seconds) if self.rule else FIXED.format(cap=self.seconds, n=self.min_iters)
 
     def __post_init__(self):
         if self.repeats < 2:
@@ -160,8 +257,10 @@ class Settings:
                              f"and min_iters >= 1 (got {self.min_iters})")
 
 
-def time_host(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int = MIN_ITERS) -> Timing:
-    """Launch `fn` back to back for >= `seconds` and >= `min_iters` calls, perf_counter around each call."""
+def time_host(fn: Callable[[], Any], batch: int, seconds: float | Window, min_iters: int = MIN_ITERS) -> Timing:
+    """Launch `fn` back to back, perf_counter around each call, until the window is done (`seconds`: a fixed
+    window of >= `seconds` and >= `min_iters` calls; a Window: its rule)."""
+    window = seconds if isinstance(seconds, Window) else Window(seconds, min_iters)
     clock = time.perf_counter
     lat: list[float] = []
     start = clock()
@@ -170,15 +269,17 @@ def time_host(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int 
         fn()
         t1 = clock()
         lat.append((t1 - t0) * 1e3)
-        if t1 - start >= seconds and len(lat) >= min_iters:
+        if window.done(lat, t1 - start - window.check_s):
             break
-    return Timing(np.asarray(lat), t1 - start, batch)
+    return Timing(np.asarray(lat), t1 - start - window.check_s, batch)
 
 
-def time_cuda(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int = MIN_ITERS,
+def time_cuda(fn: Callable[[], Any], batch: int, seconds: float | Window, min_iters: int = MIN_ITERS,
               in_flight: int = IN_FLIGHT) -> Timing:
-    """Launch `fn` on the current stream with CUDA events around each launch, `in_flight` launches queued at most."""
+    """Launch `fn` on the current stream with CUDA events around each launch, `in_flight` launches queued at most,
+    until the window is done (as `time_host`; the rule sees the launches collected so far)."""
     import torch
+    window = seconds if isinstance(seconds, Window) else Window(seconds, min_iters)
     stream = torch.cuda.current_stream()
     slots = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(in_flight)]
     busy = [False] * in_flight
@@ -201,10 +302,10 @@ def time_cuda(fn: Callable[[], Any], batch: int, seconds: float, min_iters: int 
         slots[k][1].record(stream)
         busy[k] = True
         n += 1
-        if n >= min_iters and time.perf_counter() - start >= seconds:
+        if n >= window.min_iters and window.done(lat, time.perf_counter() - start - window.check_s):
             break
     torch.cuda.synchronize()
-    wall = time.perf_counter() - start
+    wall = time.perf_counter() - start - window.check_s
     for k in range(in_flight):
         collect(k)
     return Timing(np.asarray(lat), wall, batch)
@@ -300,10 +401,12 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
     launch = backend.prepare(batch)
     prime_s = time.perf_counter() - t0 + warm_up(launch, settings.warmup_s, sync)
     timer = time_cuda if cuda else time_host
-    windows, timings = energy.Windows(meter), []
+    windows, timings, early = energy.Windows(meter), [], 0
     for _ in range(settings.repeats):
+        window = settings.window()
         with windows.window():  # counter reads outside the timer: its launches and wall time are untouched
-            timings.append(timer(launch, batch, settings.seconds, settings.min_iters))
+            timings.append(timer(launch, batch, window))
+        early += window.stopped_early
     if cuda:
         peak = backend.peak_mem_mib() if backend.peak_mem_mib else torch.cuda.max_memory_allocated() / MIB
     else:
@@ -314,7 +417,8 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
            "timing": backend.timing, "transfers": GPU_TRANSFERS if cuda else CPU_TRANSFERS,
            "variant": settings.variant, "img_size": settings.img_size,
            **windows.columns(summary["iterations"] * batch), "setup_s": backend.setup_s, "prime_s": prime_s,
-           "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes}
+           "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes,
+           "window": f"{settings.describe_window()}; {early} of {settings.repeats} stopped early"}
     if reference is not None and backend.logits is not None:
         reference.check(backend, batch, backend.logits(launch()))
     return {c: row[c] for c in COLUMNS}
@@ -348,6 +452,54 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
     if not rows:
         raise StageSkipped(f"{backend.label}: no batch could run ({'; '.join(skipped)})")
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+AGREEMENT_PCT = 2.0  # issue 29: the early-stopping windows must give the fixed windows' throughput within 2 %
+AGREEMENT_COLUMNS = ["label", "backend", "device", "precision", "batch", "fixed_ips", "rule_ips", "diff_pct",
+                     "fixed_spread_pct", "rule_spread_pct", "fixed_wall_s", "rule_wall_s", "rule_stopped_early",
+                     "agrees", "rule", "fixed"]
+
+
+def agreement(factory: Callable[..., Backend], batches: Iterable[int], settings: Settings, *args: Any,
+              **kwargs: Any) -> pd.DataFrame:
+    """Each batch of one backend timed both ways on the same warm launch, windows interleaved (fixed, rule, fixed,
+    rule...), so drift hits both alike: the stopping rule's throughput against the fixed `bench_seconds` window's,
+    agreeing within AGREEMENT_PCT. One AGREEMENT_COLUMNS row per batch; batches it cannot run are left out."""
+    rule = settings if settings.rule else dataclasses.replace(settings, rule=StopRule())
+    fixed = dataclasses.replace(settings, rule=None)
+    backend = factory(settings, *args, **kwargs)
+    cuda = backend.device == "cuda"
+    sync: Callable[[], None] = lambda: None  # noqa: E731
+    if cuda:
+        import torch
+        sync = torch.cuda.synchronize
+    timer = time_cuda if cuda else time_host
+    rows = []
+    for batch in batches:
+        try:
+            launch = backend.prepare(int(batch))
+        except BatchSkipped as why:
+            print(f"{backend.label} batch {batch}: skipped ({why})")
+            continue
+        warm_up(launch, settings.warmup_s, sync)
+        got: dict[str, list[Timing]] = {"fixed": [], "rule": []}
+        early = 0
+        for _ in range(settings.repeats):
+            for name, s in (("fixed", fixed), ("rule", rule)):
+                window = s.window()
+                got[name].append(timer(launch, int(batch), window))
+                early += window.stopped_early
+        a, b = summarize(got["fixed"]), summarize(got["rule"])
+        diff = 100 * (b["throughput_ips"] / a["throughput_ips"] - 1)
+        rows.append({"label": backend.label, "backend": backend.backend, "device": backend.device,
+                     "precision": backend.precision, "batch": int(batch), "fixed_ips": a["throughput_ips"],
+                     "rule_ips": b["throughput_ips"], "diff_pct": diff, "fixed_spread_pct": a["spread_pct"],
+                     "rule_spread_pct": b["spread_pct"], "fixed_wall_s": a["wall_s"], "rule_wall_s": b["wall_s"],
+                     "rule_stopped_early": f"{early} of {settings.repeats}", "agrees": abs(diff) <= AGREEMENT_PCT,
+                     "rule": rule.describe_window(), "fixed": fixed.describe_window()})
+        print(f"{backend.label:42s} batch {batch:4d}: fixed {a['throughput_ips']:10.1f} img/s in {a['wall_s']:.1f} s, "
+              f"rule {b['throughput_ips']:10.1f} img/s in {b['wall_s']:.1f} s ({diff:+.2f}%)")
+    return pd.DataFrame(rows, columns=AGREEMENT_COLUMNS)
 
 
 def images(batch: int, settings: Settings) -> np.ndarray:
@@ -404,6 +556,21 @@ def onnxruntime_cpu(settings: Settings, onnx_path: Path | str, precision: str = 
                    logits=lambda out: np.asarray(out[0]))
 
 
+def compile_caches() -> dict[str, str]:
+    """Inductor's and Triton's on-disk caches under build/cache/torch (set before torch.compile runs), so a rerun
+    of the same model, shape and mode reuses its compiled kernels instead of compiling again; a folder the user
+    chose is kept. Torch writes its default (a temp folder) into the environment on first use, so that value is
+    replaced too."""
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    root = paths.CACHE / "torch"
+    wanted = {"TORCHINDUCTOR_CACHE_DIR": (root / "inductor", default_cache_dir()),
+              "TRITON_CACHE_DIR": (root / "triton", None)}
+    for name, (folder, default) in wanted.items():
+        if os.environ.get(name) in (None, "", default):
+            os.environ[name] = str(folder)
+    return {name: os.environ[name] for name in wanted}
+
+
 def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_last: bool = False,
                  compile_mode: str | None = None) -> Backend:
     """PyTorch on the GPU: eager, or torch.compile ('default', or 'reduce-overhead' for CUDA graphs)."""
@@ -414,6 +581,8 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(model).to("cuda", dtype).to(memory_format=fmt).eval()
     graphs = compile_mode == "reduce-overhead"
+    if compile_mode:
+        compile_caches()
 
     def prepare(batch: int) -> Callable[[], Any]:
         x = torch.from_numpy(images(batch, settings)).to("cuda", dtype).contiguous(memory_format=fmt)

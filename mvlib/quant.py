@@ -16,14 +16,20 @@ same machinery (calibration images, policies, sensitivity, criterion, choice, ca
 Q/DQ needs ONNX opset 19 for FP8 (and for FP16 scales); ModelOpt raises an older model to 19 with
 `onnx.version_converter` before quantizing (`mvlib.fp8.opset_check` shows the FP32 graph is unchanged by it).
 """
+import contextlib
 import hashlib
 import importlib.metadata
+import json
+import multiprocessing
+import os
 import re
 import shutil
 import tempfile
 import time
+import traceback
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +155,112 @@ def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precisi
             "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
 
 
+def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str,
+             exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
+             scales_from: Path | str | None = None) -> bool:
+    """Whether `quantize` with these arguments would reuse `out_path` instead of running ModelOpt."""
+    calib = np.ascontiguousarray(calib, dtype=np.float32)
+    try:
+        saved = io.read_json(io.key_path(out_path))
+    except (OSError, ValueError):
+        return False
+    excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
+    want = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from)
+    want = json.loads(json.dumps(want, sort_keys=True, default=str))  # as io.cached stores it
+    return Path(out_path).is_file() and saved.get("key") == want and saved.get("sha256") == io.sha256(out_path)
+
+
+def policy_args(exported, policy: str, method: str, precision: str) -> tuple[list[str], tuple, Path | None]:
+    """What `quantize` is given for a fixed policy: excluded nodes, excluded op types, and the model whose scales
+    it reuses (the `all` model of the same method and precision, once it exists)."""
+    if policy not in ("all", "fp_attention"):
+        raise ValueError(f"{policy!r} is not a fixed policy (all, fp_attention)")
+    base = variant_path(exported, "all", method, precision)
+    if policy == "all":
+        return [], (), None
+    return attention_matmuls(exported.onnx), tuple(HIGH_PRECISION_OPS), base if base.exists() else None
+
+
+# ---------------------------------------------------------------- the calibrations, side by side
+def calibrate_all(exported, calib: np.ndarray, precisions_: Sequence[str] = PRECISIONS,
+                  methods: Sequence[str] = METHODS, policies: Sequence[str] = ("all", "fp_attention"),
+                  workers: int | None = None) -> pd.DataFrame:
+    """Make the fixed policies' models of every precision and method side by side: first the `all` models (the
+    only calibrations), then the policies that reuse their scales; one process per model up to the cores this
+    process may use, each with its share of them as ONNX Runtime threads. The results are `quantize`'s own files
+    and cache, so the policy steps that follow find them made, byte for byte what they would make. A failure is
+    only reported here (its precision's own stage meets it again, so one precision's failure never costs the
+    other's). One row per model: made, reused or failed, and seconds.
+    """
+    cores = len(os.sched_getaffinity(0))
+    waves = [[p for p in policies if p == "all"], [p for p in policies if p != "all"]]
+    rows: list[dict] = []
+    with tempfile.TemporaryDirectory(prefix="mvlib-calib-") as tmp, contextlib.ExitStack() as stack:
+        images = Path(tmp) / "calib.npy"  # each process maps the images instead of receiving a pickled copy
+        np.save(images, np.ascontiguousarray(calib, dtype=np.float32))
+        pool = None
+        for wave in waves:
+            jobs = [(pol, p, m) for pol in wave for p in precisions_ for m in methods]
+            todo = []
+            for pol, p, m in jobs:
+                out, args = variant_path(exported, pol, m, p), policy_args(exported, pol, m, p)
+                if reusable(exported.onnx, out, calib, m, p, *args):
+                    rows.append({"policy": pol, "precision": p, "method": m, "file": out.name, "status": "reused",
+                                 "seconds": 0.0, "error": ""})
+                else:
+                    todo.append((pol, p, m, out, args))
+            if not todo:
+                continue
+            n = max(1, min(len(todo), workers or cores))
+            if pool is None and n > 1:
+                threads = max(1, cores // n)
+                print(f"quantizing side by side: {n} processes, {threads} ONNX Runtime thread(s) each")
+                ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked ONNX Runtime threads
+                pool = stack.enter_context(ProcessPoolExecutor(n, mp_context=ctx, initializer=_limit_threads,
+                                                               initargs=(threads,)))
+            calls = [(str(exported.onnx), str(out), str(images), m, p, *args) for _, p, m, out, args in todo]
+            if pool is None:  # one core or one model: no process to start
+                results = [_attempt(_calibrate, *c) for c in calls]
+            else:
+                results = [_attempt(f.result) for f in [pool.submit(_calibrate, *c) for c in calls]]
+            for (pol, p, m, out, _), (seconds, error) in zip(todo, results, strict=True):
+                rows.append({"policy": pol, "precision": p, "method": m, "file": out.name,
+                             "status": "failed" if error else "made", "seconds": round(seconds, 1), "error": error})
+                if error:
+                    print(f"{p} {pol} {m} failed here ({error}); its precision's own stage meets it again")
+    return pd.DataFrame(rows)
+
+
+def _attempt(fn, *args) -> tuple[float, str]:
+    """(fn(*args), '') or (NaN, the error): a calibration's failure is reported, not raised, here."""
+    try:
+        return fn(*args), ""
+    except Exception as err:  # noqa: BLE001 (its precision's own stage raises it again, contained there)
+        return float("nan"), f"{type(err).__name__}: {err}"
+
+
+def _limit_threads(threads: int) -> None:
+    """In a calibration process: ONNX Runtime sessions (ModelOpt's and its calibrators') use `threads` threads."""
+    import onnxruntime as ort
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+
+    class Limited(ort.SessionOptions):
+        """SessionOptions with this process's share of the cores."""
+
+        def __init__(self):
+            super().__init__()
+            self.intra_op_num_threads = threads
+    ort.SessionOptions = Limited
+
+
+def _calibrate(src: str, out: str, images: str, method: str, precision: str, exclude_nodes: Sequence[str],
+               exclude_op_types: Sequence[str], scales_from: Path | None) -> float:
+    """One `quantize` in a worker process; its seconds."""
+    start = time.perf_counter()
+    quantize(src, out, np.load(images), method, exclude_nodes, exclude_op_types, scales_from, precision)
+    return time.perf_counter() - start
+
+
 # ---------------------------------------------------------------- policies
 def run_policy(exported, policy: str, method: str, calib: np.ndarray, ev: Evaluator,
                exclude_nodes: Sequence[str] = (), precision: str = "int8") -> dict:
@@ -160,10 +272,10 @@ def run_policy(exported, policy: str, method: str, calib: np.ndarray, ev: Evalua
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
     op_types: Sequence[str] = ()
-    if policy == "fp_attention":
-        exclude_nodes, op_types = attention_matmuls(exported.onnx), HIGH_PRECISION_OPS
     base = variant_path(exported, "all", method, precision)
     scales_from = base if policy != "all" and base.exists() else None
+    if policy != "sensitivity":
+        exclude_nodes, op_types, scales_from = policy_args(exported, policy, method, precision)
     path = variant_path(exported, policy, method, precision)
     start = time.perf_counter()
     info = quantize(exported.onnx, path, calib, method, exclude_nodes, op_types, scales_from, precision)
@@ -254,6 +366,34 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     print(f"wrote {target} ({best['policy']}, {best['method']}, float parts {written['high_precision']}): "
           + ("passes" if m["passes"] else f"FAILS ({m['fails']})"))
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True), meta
+
+
+# ---------------------------------------------------------------- one precision's failure
+@contextlib.contextmanager
+def contained(run, name: str, failures: list[str], stale: Sequence[Path] = ()) -> Iterator[None]:
+    """A block of one precision's stages whose failure must not cost the other's results: recorded, then passed.
+
+    An exception inside is recorded in the manifest as failed stage `name` (unless a `run.stage` inside already
+    recorded its own failure), appended to `failures` and printed; the notebook goes on, so INT8's tables,
+    figures and engines are still written when FP8 fails. The files `stale` (the block's chosen model and JSON,
+    maybe an earlier run's) are removed on failure, so no later notebook takes them for this run's. The driver
+    still reads the failed stage and fails the run (exit 1). KeyboardInterrupt and other BaseExceptions pass.
+    """
+    def failed() -> set[str]:
+        return {k for k, st in run.manifest()["stages"].items() if st["status"] == "failed"}
+
+    before = failed()
+    try:
+        yield
+    except Exception as err:
+        reason = f"{type(err).__name__}: {err}"
+        if not failed() - before:  # the failure happened outside a recorded stage
+            run.record(name, "cpu", "failed", reason, traceback=traceback.format_exc(limit=5))
+        failures.append(f"{name}: {reason}")
+        for path in stale:
+            Path(path).unlink(missing_ok=True)
+        print(f"[{name}] FAILED: {reason}\n    recorded; the other precision's results are still written, and the "
+              "run will be marked failed")
 
 
 # ---------------------------------------------------------------- TensorRT

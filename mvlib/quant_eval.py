@@ -37,9 +37,9 @@ class Evaluator:
         ev.reference = ev.logits(onnx_path)
         return ev
 
-    def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
-        """Logits of a model (proto or path) on the first `n` evaluation images, ONNX Runtime on the CUDA EP where
-        it runs, else the CPU (mvlib.ort_gpu)."""
+    def session(self, model: onnx.ModelProto | Path | str):
+        """The ONNX Runtime session every model is judged in (the one place its provider is chosen): the CUDA EP
+        where it runs, else the CPU (mvlib.ort_gpu)."""
         import onnxruntime as ort
 
         from mvlib import ort_gpu
@@ -50,7 +50,11 @@ class Evaluator:
         # can saturate on CPUs without VNNI and would measure ONNX Runtime rather than the model.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.log_severity_level = 3  # constant-folding notes about FP16 nodes are not our concern
-        sess = ort.InferenceSession(src, opts, providers=ort_gpu.providers_for_judging())
+        return ort.InferenceSession(src, opts, providers=ort_gpu.providers_for_judging())
+
+    def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
+        """Logits of a model (proto or path) on the first `n` evaluation images, in `session`."""
+        sess = self.session(model)
         x = self.images[:n]
         return np.concatenate([sess.run([OUTPUT], {INPUT: x[i:i + self.batch]})[0]
                                for i in range(0, len(x), self.batch)]).astype(np.float32)

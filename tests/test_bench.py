@@ -4,13 +4,14 @@ import json
 import math
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from bench_tables import synthetic_table
 
-from mvlib import bench, energy
+from mvlib import bench, energy, paths
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import timing as trt_timing
@@ -84,6 +85,95 @@ def test_time_host_honours_window_and_minimum_launches():
     assert t.throughput == pytest.approx(t.launches / t.wall_s * 2)
     slow = bench.time_host(lambda: time.sleep(0.01), 1, seconds=0.001)
     assert slow.launches == 10  # at least 10 launches even when the window is shorter
+
+
+# the stopping rule, on realistic streams of launch latencies (ms) --------------------------------------------
+def _stream(kind: str, seed: int, n: int = 20000) -> np.ndarray:
+    """Latencies of a window's launches around 1 ms: steady, noisy (a busy CPU), drifting 10 % over 3 s (clocks,
+    heat), 10 % slow launches (interrupts), alternating 0.4 s blocks 10 % apart (clock states), two equal modes."""
+    r = np.random.default_rng(seed)
+    jitter = r.lognormal(0, 0.01, n)
+    return {"steady": r.lognormal(0, 0.02, n), "noisy": r.lognormal(0, 0.5, n),
+            "drifting": np.minimum(1.0 + np.arange(n) / 30000, 1.1) * jitter,
+            "slow tail": np.where(r.random(n) < 0.1, 1.5, 1.0) * jitter,
+            "alternating": np.where(np.arange(n) // 400 % 2 == 0, 1.0, 1.1) * jitter,
+            "two modes": np.where(r.random(n) < 0.5, 1.3, 1.0) * jitter}[kind]
+
+
+def _window(lat: np.ndarray, seconds: float, rule) -> tuple[int, float, bool]:
+    """Feed a stream to a Window as a timer would (elapsed = the launches' sum): (launches, seconds, early)."""
+    window, elapsed = bench.Window(seconds, bench.MIN_ITERS, rule), 0.0
+    for i, ms in enumerate(lat):
+        elapsed += ms / 1e3
+        if window.done(lat[:i + 1], elapsed):
+            return i + 1, elapsed, window.stopped_early
+    raise AssertionError("the stream ran out before the window's cap")
+
+
+@pytest.mark.parametrize("kind", ["steady", "slow tail", "alternating"])
+def test_a_window_stops_early_once_its_median_is_known(kind):
+    for seed in range(5):
+        lat = _stream(kind, seed)
+        n, elapsed, early = _window(lat, 3.0, bench.StopRule())
+        fixed, _, _ = _window(lat, 3.0, None)  # the old fixed window: the whole 3 s
+        assert early and elapsed < 1.5 and n >= bench.MIN_ITERS
+        assert np.median(lat[:n]) == pytest.approx(np.median(lat[:fixed]), rel=0.01)  # the same answer, sooner
+
+
+@pytest.mark.parametrize("kind", ["noisy", "drifting"])
+def test_a_window_whose_median_is_not_known_runs_to_its_cap(kind):
+    for seed in range(5):
+        n, elapsed, early = _window(_stream(kind, seed), 3.0, bench.StopRule())
+        assert not early and elapsed >= 3.0
+
+
+def test_the_rule_needs_its_minimum_launches_and_seconds_and_a_cap_wins():
+    rule = bench.StopRule()
+    flat = np.ones(5000)
+    assert rule.settled(flat, 0.5) and not rule.settled(flat, 0.49) and not rule.settled(flat[:9], 10.0)
+    n, elapsed, early = _window(flat, 0.2, rule)  # a cap under min_s: the fixed window (the smoke profile's)
+    assert not early and elapsed == pytest.approx(0.2, abs=0.002)
+    slow = np.full(100, 200.0)  # 200 ms launches: the 10 launches take 2 s, past the 0.5 s minimum
+    assert _window(slow, 3.0, rule)[0] == bench.MIN_ITERS
+
+
+def test_median_noise_sees_two_modes_that_a_spread_within_each_would_hide():
+    lat = _stream("two modes", 0)[:1000]
+    mad_noise = 100 * 1.2533 * 1.4826 * np.median(np.abs(lat - np.median(lat))) / np.sqrt(lat.size) / np.median(lat)
+    assert bench.median_noise_pct(lat) > 5 > 0.5 > bench.median_noise_pct(_stream("steady", 0)[:1000])
+    assert bench.halves_drift_pct(np.r_[np.ones(500), np.full(500, 1.02)]) == pytest.approx(2.0 / 1.01)
+    assert mad_noise < 5  # the textbook MAD estimate would call this median known within a few percent
+    assert math.isnan(bench.median_noise_pct([1.0]))
+
+
+def test_rows_state_their_window_rule():
+    lenient = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.05)  # settled as soon as allowed
+    s = bench.Settings(seconds=5.0, repeats=2, warmup_s=0.0, rule=lenient)
+    df = bench.measure_all(lambda settings: bench.Backend("fake", "cpu", "fp32", "fake", lambda b: lambda: None,
+                                                          "perf_counter around each call"), [1], s)
+    assert df.window.iloc[0] == s.describe_window() + "; 2 of 2 stopped early"
+    assert df.wall_s.iloc[0] < 1.0 and "95% CI" in df.window.iloc[0] and "at most 5 s" in df.window.iloc[0]
+    fixed = bench.Settings(seconds=0.05, repeats=2, rule=None)
+    assert fixed.describe_window() == "fixed: every window runs 0.05 s (and >= 10 launches)"
+
+
+def test_agreement_times_each_batch_both_ways_on_one_backend():
+    """The table the lead's GPU check writes (tools/window_agreement.py): fixed and rule windows, interleaved."""
+    made = []
+
+    def factory(settings):
+        made.append(settings)
+        return bench.Backend("fake", "cpu", "fp32", "fake", lambda b: (lambda: time.sleep(0.001)), "perf_counter")
+
+    quick = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)
+    s = bench.Settings(seconds=0.3, repeats=2, warmup_s=0.0, rule=quick)
+    df = bench.agreement(factory, [1, 2], s)
+    assert len(made) == 1 and list(df.columns) == bench.AGREEMENT_COLUMNS and list(df.batch) == [1, 2]
+    assert (df.rule_wall_s < df.fixed_wall_s / 3).all() and (df.fixed_wall_s >= 2 * 0.3).all()
+    assert (df.rule_stopped_early == "2 of 2").all() and (df.rule == s.describe_window()).all()
+    assert (df.fixed == bench.FIXED.format(cap=0.3, n=bench.MIN_ITERS)).all()
+    assert df.diff_pct.tolist() == pytest.approx((100 * (df.rule_ips / df.fixed_ips - 1)).tolist())
+    assert (df.agrees == (df.diff_pct.abs() <= bench.AGREEMENT_PCT)).all()
 
 
 def test_measure_all_leaves_out_batches_a_backend_cannot_run():
@@ -223,3 +313,51 @@ def test_notebook_06_smoke_run_tables(smoke_run):
     for name in ("pytorch_cuda_fp32", "torch_compile_cudagraphs_fp16", "tensorrt_fp16", "gpu_ceilings"):
         st = stages[f"06_benchmark/{name}"]
         assert st["status"] in ("ok", "skipped") and (st["status"] == "ok" or st["reason"])
+
+
+# torch.compile's caches ------------------------------------------------------------------------------------
+_COMPILE = """
+import mvlib  # noqa: F401
+import torch
+from torch._dynamo.utils import counters
+from mvlib import bench
+print(bench.compile_caches()["TORCHINDUCTOR_CACHE_DIR"])
+torch.manual_seed(0)
+fn = torch.compile(torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.SiLU()).eval(), dynamic=False)
+with torch.inference_mode():
+    fn(torch.ones(2, 16))
+print(counters["inductor"]["fxgraph_cache_hit"], counters["inductor"]["fxgraph_cache_miss"])
+"""
+
+
+@pytest.mark.slow  # two cold imports of torch and a CPU compile each: minutes on a busy 2-core machine
+def test_a_second_process_compiles_nothing_the_first_compiled(tmp_path):
+    """Issue 29: Inductor's caches live under build/cache/torch (not a temp folder), so a rerun of notebook 06 finds
+    every graph compiled (a real torch.compile on the CPU, in two fresh processes)."""
+    import os
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k not in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")}
+    env["MVLIB_BUILD"] = str(tmp_path / "build")
+
+    def child() -> tuple[str, int, int]:
+        out = subprocess.run([sys.executable, "-c", _COMPILE], env=env, capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-3000:]
+        folder, counts = out.stdout.strip().splitlines()[-2:]
+        hit, miss = map(int, counts.split())
+        return folder, hit, miss
+
+    folder, hit, miss = child()
+    assert folder == str(tmp_path / "build" / "cache" / "torch" / "inductor") and (hit, miss) == (0, 1)
+    assert any(Path(folder).rglob("*")), "the compiled graph was written under build/"
+    assert child() == (folder, 1, 0), "the second process compiled again"
+
+
+def test_compile_caches_keep_a_folder_the_user_chose(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", default_cache_dir())  # not torch's value for Triton: a user's choice
+    chosen = bench.compile_caches()
+    assert chosen == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine"), "TRITON_CACHE_DIR": default_cache_dir()}
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes on first use
+    assert bench.compile_caches()["TORCHINDUCTOR_CACHE_DIR"] == str(paths.CACHE / "torch" / "inductor")

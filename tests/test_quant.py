@@ -334,3 +334,123 @@ def test_two_quantizations_in_two_processes_give_identical_bytes(xxs, images, q_
                 f"{suffix}: two quantizations of the same inputs differ"
         names = [v.name for v in onnx.load(str(tmp_path / f"child.{prec}.fp16.onnx")).graph.value_info]
         assert names == sorted(names)
+
+
+def _stage_fails():
+    raise RuntimeError("ONNX Runtime cannot run FP8 Q/DQ here")
+
+
+def test_a_contained_failure_is_recorded_and_the_notebook_goes_on(tmp_path):
+    """Issue 25: FP8's failure in notebook 04 must not stop INT8's tables and engines; the run still fails."""
+    from mvlib.driver import verdicts
+    from mvlib.run import Run
+    run = Run(tmp_path / "run", "04_int8")
+    failures: list[str] = []
+    stale = tmp_path / "model.fp8.onnx"
+    stale.write_bytes(b"an earlier run's FP8 model")
+    with quant.contained(run, "fp8", failures, stale=[stale]):
+        run.stage("fp8_policies", "cpu", _stage_fails)  # records its own failure
+    with quant.contained(run, "fp8_engines", failures):
+        raise ValueError("outside any stage")
+    with quant.contained(run, "trt_int8_engines", failures):
+        assert run.stage("int8_after", "cpu", lambda: 42) == 42  # the other precision's later stage still runs
+    stages = run.manifest()["stages"]
+    assert stages["04_int8/fp8_policies"]["status"] == "failed" and "04_int8/fp8" not in stages
+    assert stages["04_int8/fp8_engines"]["status"] == "failed" and "outside any stage" in stages[
+        "04_int8/fp8_engines"]["reason"]
+    assert stages["04_int8/int8_after"]["status"] == "ok"
+    assert len(failures) == 2 and not stale.exists(), "a failed block leaves no earlier model for notebooks 05/06"
+    problems = verdicts.stage_problems(run.manifest(), "cpu")
+    assert any(p.startswith("04_int8/fp8_policies: failed") for p in problems)  # the driver fails the run
+    with pytest.raises(KeyboardInterrupt), quant.contained(run, "fp8", failures):
+        raise KeyboardInterrupt
+
+
+_FAIL_FP8 = """
+import mvlib.fp8
+
+
+def _refuse():
+    raise RuntimeError("forced by the test: this ONNX Runtime refuses FP8 Q/DQ")
+
+
+mvlib.fp8.require_onnxruntime = _refuse
+"""
+
+
+def test_notebook_04_keeps_int8_when_fp8_fails(smoke_run, tmp_path):
+    """Issue 25 item 3 end to end: notebook 04 alone (`--only 04`, the smoke run's models and engines reused) with
+    FP8's ONNX Runtime check made to fail in the kernel: INT8's model, JSON, tables, figures and engines are still
+    written, no FP8 model is left, and the run is marked failed with exit code 1."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    from mvlib.driver import runfolder
+    build = tmp_path / "build"
+    for sub in ("models", "engines"):  # hard links: nothing is calibrated or built again, the originals untouched
+        if (smoke.BUILD / sub).exists():
+            shutil.copytree(smoke.BUILD / sub, build / sub, copy_function=os.link)
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(_FAIL_FP8)  # the driver's papermill kernel loads it too
+    env = {**os.environ, "MVLIB_BUILD": str(build),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path / "hook"), str(paths.ROOT)])}
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--only", "04",
+                           "--run-dir", str(run)], cwd=paths.ROOT, env=env, capture_output=True, text=True,
+                          timeout=1500)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    folder = runfolder.incomplete_of(run)
+    manifest = io.read_json(folder / "manifest.json")
+    stages = manifest["stages"]
+    assert manifest["outcome"]["status"] == "failed"
+    assert stages["04_int8/fp8_policies"]["status"] == "failed" and "forced by the test" in stages[
+        "04_int8/fp8_policies"]["reason"]
+    assert all(stages[f"04_int8/{s}"]["status"] == "ok" for s in ("policies", "sensitivity", "choose"))
+    acc = pd.read_csv(folder / "results" / "04_int8_accuracy.csv")
+    assert set(acc.precision) == {"int8"} and set(acc.policy) == set(quant.POLICIES)
+    assert set(pd.read_csv(folder / "results" / "04_sensitivity.csv").precision) == {"int8"}
+    assert all((folder / "figures" / f).exists() for f in ("04_int8_accuracy.png", "04_sensitivity.png"))
+    models = build / smoke.model_dir().relative_to(smoke.BUILD)
+    assert io.read_json(models / "model.int8.json")["precision"] == "int8"
+    assert not (models / "model.fp8.onnx").exists() and not (models / "model.fp8.json").exists()
+    if flavours.builder_status()[0]:  # INT8's engines were still built (reused) and recorded
+        assert stages["04_int8/engines"]["status"] == "ok"
+        engines = pd.read_csv(folder / "results" / engines_table.ENGINES_TABLE)
+        assert set(engines[engines.notebook == "04_int8"].onnx) == set(acc.file)
+
+
+def _notebook_04_choice(folder, src, images, ev, side_by_side: bool) -> dict:
+    """Notebook 04's INT8 and FP8 flow on a fresh copy of `src` in `folder` (policies, sensitivity, choice), with
+    the calibrations made side by side first or, the slow path, each by its own policy step; chosen bytes."""
+    folder.mkdir()
+    exp = _fake_exported(folder, src)
+    if side_by_side:
+        made = quant.calibrate_all(exp, images.calib, workers=2)
+        assert set(made.status) == {"made"} and len(made) == 2 * len(quant.PRECISIONS) * len(quant.METHODS)
+    chosen = {}
+    for prec in quant.PRECISIONS:
+        table = quant.compare_policies(exp, images.calib, ev, ["all", "fp_attention"], precision=prec)
+        _, excluded = quant_eval.sensitivity(quant.variant_path(exp, "all", quant.best_method(table), prec), ev,
+                                             "block", precision=prec)
+        rows = [quant.run_policy(exp, "sensitivity", m, images.calib, ev, excluded, precision=prec)
+                for m in quant.METHODS]
+        _, meta = quant.write_chosen(exp, pd.concat([table, pd.DataFrame(rows)], ignore_index=True), ev, "fp16",
+                                     precision=prec)
+        assert meta["passes"], f"{prec}: no policy passed, so no chosen model to compare"
+        chosen[prec] = quant.chosen_path(exp, prec).read_bytes()
+        chosen |= {f.name: f.read_bytes() for f in exp.dir.glob(f"model.{prec}.*.onnx")}
+    return chosen
+
+
+@pytest.mark.slow
+def test_calibrations_side_by_side_give_the_slow_paths_models_byte_for_byte(xxs, images, ev, tmp_path):
+    """Issue 29: the calibrations run in parallel processes (fewer ONNX Runtime threads each) and the policies that
+    reuse them give the very files of the sequential path: chosen INT8 and FP8 models and every variant."""
+    slow = _notebook_04_choice(tmp_path / "slow", xxs[0].onnx, images, ev, side_by_side=False)
+    fast = _notebook_04_choice(tmp_path / "fast", xxs[0].onnx, images, ev, side_by_side=True)
+    assert slow.keys() == fast.keys() and {"int8", "fp8"} <= slow.keys()
+    assert [k for k in slow if slow[k] != fast[k]] == []
+    exp = _fake_exported(tmp_path / "fast", xxs[0].onnx)  # a second time: every calibration is found made
+    assert set(quant.calibrate_all(exp, images.calib).status) == {"reused"}
