@@ -45,7 +45,10 @@ COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "
            "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mib", "notes",
            "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
            "variant", "img_size", "power_w", "energy_j_per_image", "setup_s", "prime_s", "artifact",
-           "artifact_bytes"]
+           "artifact_bytes", "engine_mem_mib"]
+# peak_mem_mib: PyTorch's allocator peak (torch.cuda.max_memory_allocated) of a PyTorch backend; engine_mem_mib: a
+# TensorRT engine's execution-context device memory (device_memory_size_v2, as trtexec reports it). Two measures,
+# so two columns: an engine row leaves peak_mem_mib empty and a PyTorch row engine_mem_mib.
 # power_w, energy_j_per_image: over the timed windows (mvlib.energy), or "not measured: <why>"; setup_s: making the
 # backend (loading, graph optimisation, engine build or reuse); prime_s: this batch's inputs and first call
 # (compilation, CUDA-graph capture); artifact, artifact_bytes: what the backend runs from (ONNX file, engine, weights).
@@ -237,7 +240,7 @@ class Backend:
     prepare: Callable[[int], Callable[[], Any]]
     timing: str       # what one timed launch is, and the clock
     notes: str = ""
-    peak_mem_mib: Callable[[], float] | None = None  # device memory after a measurement, where readable
+    engine_mem_mib: Callable[[], float] | None = None  # a TensorRT engine's own device memory (engine_mem_mib)
     keep: list = dataclasses.field(default_factory=list)  # objects that must outlive the launches
     artifact: str = ""                # what it runs from: an ONNX file, an engine, weights in memory
     artifact_bytes: float = math.nan  # that artifact's size
@@ -304,17 +307,18 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
     for _ in range(settings.repeats):
         with windows.window():  # counter reads outside the timer: its launches and wall time are untouched
             timings.append(timer(launch, batch, settings.seconds, settings.min_iters))
-    if cuda:
-        peak = backend.peak_mem_mib() if backend.peak_mem_mib else torch.cuda.max_memory_allocated() / MIB
-    else:
-        peak = float("nan")  # process-wide RSS would mix backends: not reported
+    peak = engine_mem = float("nan")  # on the CPU, a process-wide RSS would mix backends: not reported
+    if cuda and backend.engine_mem_mib is not None:
+        engine_mem = backend.engine_mem_mib()
+    elif cuda:
+        peak = torch.cuda.max_memory_allocated() / MIB
     summary = summarize(timings)
     row = {"backend": backend.backend, "device": backend.device, "precision": backend.precision,
            **summary, "peak_mem_mib": float(peak), "notes": backend.notes, "label": backend.label,
            "timing": backend.timing, "transfers": GPU_TRANSFERS if cuda else CPU_TRANSFERS,
            "variant": settings.variant, "img_size": settings.img_size,
            **windows.columns(summary["iterations"] * batch), "setup_s": backend.setup_s, "prime_s": prime_s,
-           "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes}
+           "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes, "engine_mem_mib": float(engine_mem)}
     if reference is not None and backend.logits is not None:
         reference.check(backend, batch, backend.logits(launch()))
     return {c: row[c] for c in COLUMNS}
@@ -342,6 +346,7 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
         print(f"{backend.label:42s} batch {row['batch']:4d}: {row['throughput_ips']:10.1f} img/s, median "
               f"{row['median_ms']:8.3f} ms, p99 {row['p99_ms']:8.3f} ms, spread {row['spread_pct']:5.1f}%"
               + (f", peak {row['peak_mem_mib']:.0f} MiB" if not math.isnan(row["peak_mem_mib"]) else "")
+              + (f", engine {row['engine_mem_mib']:.0f} MiB" if not math.isnan(row["engine_mem_mib"]) else "")
               + (f", {row['power_w']:.0f} W" if not isinstance(row["power_w"], str) else ""))
     for s in skipped:
         print(f"{backend.label}: skipped {s}")
