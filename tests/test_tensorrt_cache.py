@@ -99,8 +99,10 @@ def test_the_cache_report_and_prune(tmp_path, flavour, engines_dir):
     text = cache.report()
     assert f"{gone.dir.name}  [gone.onnx is gone]" in text and "3 entries" in text and "MiB" in text
     assert "someone-elses  [no build record" in text
+    assert f"{kept.dir.name}  {tmp_path.name}/kept.onnx" in text  # the export folder names the variant
     pruned = cache.report(prune=True)
     assert "removed (gone.onnx is gone)" in pruned and "freed" in pruned
+    assert ": 2 entries," in pruned.splitlines()[0] and "(1 removed," in pruned  # counts what remains
     assert not gone.dir.exists() and kept.dir.exists() and (engines_dir / "someone-elses").exists()
 
 
