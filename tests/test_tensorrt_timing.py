@@ -241,3 +241,28 @@ def test_an_engine_row_reports_the_engines_own_memory_and_a_pytorch_row_its_allo
     assert e_row["engine_mem_mib"] == 42.0 and np.isnan(e_row["peak_mem_mib"])
     assert p_row["peak_mem_mib"] == 300.0 and np.isnan(p_row["engine_mem_mib"])
     assert {"peak_mem_mib", "engine_mem_mib"} <= set(bench.COLUMNS)
+
+
+def test_on_a_gpu_an_enqueue_that_raises_under_a_real_capture_leaves_the_stream_usable():
+    """The same clean-up with the real cuda-python on a real stream (a GPU machine; skipped elsewhere): after an
+    enqueue that raised mid-capture, the stream is no longer capturing and runs work again."""
+    torch = pytest.importorskip("torch")
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (PyTorch CUDA)")
+    stream = torch.cuda.Stream()
+    x = torch.ones(1024, device="cuda")
+
+    def enqueue(handle):
+        with torch.cuda.stream(stream):
+            x.mul_(2)  # captured work, then the failure
+        raise RuntimeError("TensorRT refused mid-capture")
+    with pytest.raises(RuntimeError, match="mid-capture"):
+        timing.cuda_graph_capture(enqueue, stream.cuda_stream, lambda: stream.cuda_stream)
+    err, status = runtime.cudaStreamIsCapturing(stream.cuda_stream)
+    assert err == runtime.cudaError_t.cudaSuccess
+    assert status == runtime.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
+    with torch.cuda.stream(stream):
+        x.add_(1)
+    stream.synchronize()
+    assert float(x[0]) == 2.0  # the captured multiply never ran; the add after the clean-up did
