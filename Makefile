@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.*
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # TensorRT-RTX builds every engine, GPU or not; PyPI has it for x86_64 Linux as a CUDA 12 and a CUDA 13 build.
 # The driver decides which (cuDriverGetVersion; a stdlib-only script, as nothing is installed yet): rtx-cu13 on an
-# R580+ driver or without a GPU, rtx-cu12 on an R525-R570 driver, where the CUDA 13 build would fail at run time.
+# R580+ driver or without a GPU, rtx-cu12 on an R535-R570 driver, where the CUDA 13 build would fail at run time.
 RTX_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra)
 TRT_EXTRA = $$($(PY) mvlib/tensorrt/cudainfo.py extra trt)
 # ONNX Runtime: onnxruntime-gpu of the driver's CUDA major where a driver is, else onnxruntime (ort-cu13/ort-cu12/ort-cpu).

@@ -49,7 +49,11 @@ COLUMNS = ["backend", "device", "precision", "batch", "repeats", "iterations", "
            "p90_ms", "p95_ms", "p99_ms", "throughput_ips", "spread_pct", "peak_mem_mib", "notes",
            "label", "throughput_min_ips", "throughput_max_ips", "wall_s", "timing", "transfers",
            "variant", "img_size", "power_w", "energy_j_per_image", "setup_s", "prime_s", "artifact",
-           "artifact_bytes", "window"]
+           "artifact_bytes", "window", "engine_mem_mib", "device_mem_mib"]
+# peak_mem_mib: PyTorch's allocator peak (torch.cuda.max_memory_allocated) of a PyTorch backend; engine_mem_mib: a
+# TensorRT engine's execution-context device memory (device_memory_size_v2, as trtexec reports it); device_mem_mib:
+# the device memory a backend that allocates outside PyTorch (ONNX Runtime's CUDA EP) took while it ran, a
+# device-wide cudaMemGetInfo delta. Three measures, so three columns: each row fills one and leaves the others empty.
 # power_w, energy_j_per_image: over the timed windows (mvlib.energy), or "not measured: <why>"; setup_s: making the
 # backend (loading, graph optimisation, engine build or reuse); prime_s: this batch's inputs and first call
 # (compilation, CUDA-graph capture); artifact, artifact_bytes: what the backend runs from (ONNX file, engine, weights);
@@ -338,7 +342,8 @@ class Backend:
     prepare: Callable[[int], Callable[[], Any]]
     timing: str       # what one timed launch is, and the clock
     notes: str = ""
-    peak_mem_mib: Callable[[], float] | None = None  # device memory after a measurement, where readable
+    engine_mem_mib: Callable[[], float] | None = None  # a TensorRT engine's own device memory (engine_mem_mib)
+    device_mem_mib: Callable[[], float] | None = None  # device memory taken outside PyTorch (device_mem_mib)
     keep: list = dataclasses.field(default_factory=list)  # objects that must outlive the launches
     artifact: str = ""                # what it runs from: an ONNX file, an engine, weights in memory
     artifact_bytes: float = math.nan  # that artifact's size
@@ -407,10 +412,13 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
         with windows.window():  # counter reads outside the timer: its launches and wall time are untouched
             timings.append(timer(launch, batch, window))
         early += window.stopped_early
-    if cuda:
-        peak = backend.peak_mem_mib() if backend.peak_mem_mib else torch.cuda.max_memory_allocated() / MIB
-    else:
-        peak = float("nan")  # process-wide RSS would mix backends: not reported
+    peak = engine_mem = device_mem = float("nan")  # on the CPU, a process-wide RSS would mix backends: not reported
+    if cuda and backend.engine_mem_mib is not None:
+        engine_mem = backend.engine_mem_mib()
+    elif cuda and backend.device_mem_mib is not None:
+        device_mem = backend.device_mem_mib()
+    elif cuda:
+        peak = torch.cuda.max_memory_allocated() / MIB
     summary = summarize(timings)
     row = {"backend": backend.backend, "device": backend.device, "precision": backend.precision,
            **summary, "peak_mem_mib": float(peak), "notes": backend.notes, "label": backend.label,
@@ -418,7 +426,8 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
            "variant": settings.variant, "img_size": settings.img_size,
            **windows.columns(summary["iterations"] * batch), "setup_s": backend.setup_s, "prime_s": prime_s,
            "artifact": backend.artifact, "artifact_bytes": backend.artifact_bytes,
-           "window": f"{settings.describe_window()}; {early} of {settings.repeats} stopped early"}
+           "window": f"{settings.describe_window()}; {early} of {settings.repeats} stopped early",
+           "engine_mem_mib": float(engine_mem), "device_mem_mib": float(device_mem)}
     if reference is not None and backend.logits is not None:
         reference.check(backend, batch, backend.logits(launch()))
     return {c: row[c] for c in COLUMNS}
@@ -446,6 +455,8 @@ def measure_all(factory: Callable[..., Backend], batches: Iterable[int], setting
         print(f"{backend.label:42s} batch {row['batch']:4d}: {row['throughput_ips']:10.1f} img/s, median "
               f"{row['median_ms']:8.3f} ms, p99 {row['p99_ms']:8.3f} ms, spread {row['spread_pct']:5.1f}%"
               + (f", peak {row['peak_mem_mib']:.0f} MiB" if not math.isnan(row["peak_mem_mib"]) else "")
+              + (f", engine {row['engine_mem_mib']:.0f} MiB" if not math.isnan(row["engine_mem_mib"]) else "")
+              + (f", taken {row['device_mem_mib']:.0f} MiB" if not math.isnan(row["device_mem_mib"]) else "")
               + (f", {row['power_w']:.0f} W" if not isinstance(row["power_w"], str) else ""))
     for s in skipped:
         print(f"{backend.label}: skipped {s}")

@@ -30,8 +30,8 @@ from mvlib.precisions import QUANTIZED  # notebook 04's precisions: their accura
 
 COLUMNS = ["label", "backend", "device", "precision", "accuracy_reference", "cosine_mean", "cosine_min",
            "top1_agreement", "top1_labels", "accuracy_source", "latency_b1_p50_ms", "latency_b1_p99_ms",
-           "best_throughput_ips", "best_batch", "peak_gpu_mem_mib", "artifact", "artifact_bytes", "build_s",
-           "build_what", "power_w", "j_per_image", "pareto"]
+           "best_throughput_ips", "best_batch", "timing_method", "peak_gpu_mem_mib", "engine_mem_mib", "artifact",
+           "artifact_bytes", "build_s", "build_what", "power_w", "j_per_image", "pareto"]
 ACCURACY = ("cosine_mean", "cosine_min", "top1_agreement")
 REFERENCE = ("pytorch", "cpu", "fp32")  # the row that is the FP32 reference itself
 EAGER = ("pytorch", "pytorch-eager")    # backends with no build or compile step
@@ -250,23 +250,60 @@ def _energy(best: pd.Series) -> dict:
             "j_per_image": _text_or_number(best.get("energy_j_per_image"), missing)}
 
 
+GPU_METHODS = ("CUDA graph", "RTX graph mode", "plain launches")  # the ways a GPU row's launches were timed
+
+
+def timing_method(device: str, timing) -> str:
+    """How a benchmark row's launches were timed, in two words, from its `timing` text (06_benchmark.csv):
+    'CUDA graph' (our replay of a captured graph), 'RTX graph mode' (TensorRT-RTX capturing its own), 'plain
+    launches' (each launch enqueued, no graph), 'host clock' (a CPU backend)."""
+    text = str(timing) if isinstance(timing, str) else ""
+    if device != "cuda":
+        return "host clock"
+    if "own CUDA-graph mode" in text:
+        return "RTX graph mode"
+    if "CUDA-graph replay" in text:
+        return "CUDA graph"
+    if "plain execute_async_v3" in text or "around each launch" in text:
+        return "plain launches"
+    return "not recorded"
+
+
+def _memory(best: pd.Series) -> dict:
+    """GPU memory at the best batch: an allocator peak for PyTorch rows, an engine's own device memory for
+    TensorRT rows (two measures, never one column: bench.COLUMNS)."""
+    if best["device"] != "cuda":
+        cpu = NOT_MEASURED + "CPU backend (a process-wide RSS would mix backends)"
+        return {"peak_gpu_mem_mib": cpu, "engine_mem_mib": cpu}
+    if str(best["backend"]).startswith("tensorrt"):
+        return {"peak_gpu_mem_mib": NOT_MEASURED + "an engine's memory is engine_mem_mib (TensorRT allocates it, "
+                                                   "not PyTorch's allocator)",
+                "engine_mem_mib": _text_or_number(best.get("engine_mem_mib"), "06_benchmark.csv has no "
+                                                  "engine_mem_mib (written before engines reported their own)")}
+    if str(best["backend"]).startswith("onnxruntime"):
+        return {"peak_gpu_mem_mib": NOT_MEASURED + "ONNX Runtime allocates outside PyTorch's allocator (06_benchmark"
+                                                   ".csv's device_mem_mib holds the device-wide memory it took)",
+                "engine_mem_mib": NOT_MEASURED + "not an engine"}
+    return {"peak_gpu_mem_mib": _text_or_number(best["peak_mem_mib"], "no peak memory recorded"),
+            "engine_mem_mib": NOT_MEASURED + "not an engine (its memory is peak_gpu_mem_mib)"}
+
+
 def _timing(rows: pd.DataFrame) -> dict:
-    """Batch-1 latency, best throughput and its batch, and peak GPU memory there."""
+    """Batch-1 latency, best throughput, its batch and how it was timed, and GPU memory there."""
     best = rows.loc[rows["throughput_ips"].astype(float).idxmax()]
     b1 = rows[rows["batch"] == 1]
     no_b1 = NOT_MEASURED + f"batch 1 was not timed (batches {sorted(int(b) for b in rows['batch'])})"
-    if best["device"] != "cuda":
-        peak = NOT_MEASURED + "CPU backend (a process-wide RSS would mix backends)"
-    else:
-        peak = _text_or_number(best["peak_mem_mib"], "no peak memory recorded")
     return {"latency_b1_p50_ms": float(b1["median_ms"].iloc[0]) if len(b1) else no_b1,
             "latency_b1_p99_ms": float(b1["p99_ms"].iloc[0]) if len(b1) else no_b1,
             "best_throughput_ips": float(best["throughput_ips"]), "best_batch": int(best["batch"]),
-            "peak_gpu_mem_mib": peak}
+            "timing_method": timing_method(best["device"], best.get("timing")), **_memory(best)}
 
 
-def pareto(throughput: list[float | None], accuracy: list[float | None], labels: list[str]) -> list[str]:
-    """Per row: on the front, dominated by which row, or not placed (no accuracy)."""
+def pareto(throughput: list[float | None], accuracy: list[float | None], labels: list[str],
+           methods: list[str] | None = None) -> list[str]:
+    """Per row: on the front, dominated by which row, or not placed (no accuracy). Where the dominating row was
+    timed another way (`methods`: timing_method per row, e.g. a CUDA graph against plain launches), it says so:
+    part of the difference is the launch method, not the backend."""
     out = []
     for i, (x, y) in enumerate(zip(throughput, accuracy, strict=True)):
         if x is None or y is None:
@@ -274,8 +311,13 @@ def pareto(throughput: list[float | None], accuracy: list[float | None], labels:
             continue
         better = [j for j, (x2, y2) in enumerate(zip(throughput, accuracy, strict=True))
                   if j != i and x2 is not None and y2 is not None and x2 >= x and y2 >= y and (x2 > x or y2 > y)]
-        out.append(FRONT if not better else "dominated by " + max((labels[j] for j in better),
-                                                                  key=lambda lab: throughput[labels.index(lab)]))
+        if not better:
+            out.append(FRONT)
+            continue
+        j = max(better, key=lambda k: throughput[k])
+        differ = methods and methods[j] != methods[i] and {methods[i], methods[j]} <= set(GPU_METHODS)
+        out.append(f"dominated by {labels[j]}" + (f" (timed by {methods[j]}, this row by {methods[i]})"
+                                                  if differ else ""))
     return out
 
 
@@ -298,7 +340,7 @@ def table(results: Path, manifest: dict) -> pd.DataFrame:
                      **timing, **artifact(t, best), **build(t, best), **_energy(best)})
     out = pd.DataFrame(rows)
     out["pareto"] = pareto([number(x) for x in out["best_throughput_ips"]],
-                           [number(y) for y in out["top1_agreement"]], list(out["label"]))
+                           [number(y) for y in out["top1_agreement"]], list(out["label"]), list(out["timing_method"]))
     return out.reindex(columns=COLUMNS)
 
 

@@ -305,9 +305,9 @@ def _ep_backend(settings: bench.Settings, onnx_path: Path | str, precision: str,
 
     path = Path(onnx_path)
     result = bench.Backend(backend, "cuda", precision, label, prepare, GRAPH_TIMING,
-                           notes=f"onnxruntime {ort.__version__}, {path.name}, I/O bound on the GPU, {notes}; peak = "
-                                 "device memory taken by sessions, buffers and graph (cudaMemGetInfo)",
-                           peak_mem_mib=taken_mib, keep=[stream, state], artifact=path.name,
+                           notes=f"onnxruntime {ort.__version__}, {path.name}, I/O bound on the GPU, {notes}; "
+                                 "device_mem_mib = memory taken by sessions, buffers and graph (cudaMemGetInfo)",
+                           device_mem_mib=taken_mib, keep=[stream, state], artifact=path.name,
                            artifact_bytes=float(path.stat().st_size), logits=logits)
     return result
 

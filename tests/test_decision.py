@@ -197,6 +197,37 @@ def test_pareto_front_over_throughput_and_top1(tmp_path):
     assert decision.pareto([2.0, 2.0], [1.0, 1.0], ["a", "b"]) == [decision.FRONT, decision.FRONT]  # ties
 
 
+def test_each_row_says_how_it_was_timed_and_a_plain_row_is_not_ranked_silently_against_a_graph_row(tmp_path):
+    """The timing text of each 06_benchmark row (the texts mvlib.tensorrt.timing and bench write) in two words; a
+    row dominated by one timed another way on the GPU says so (part of the gap is the launch method); engine rows
+    carry the engine's own memory, PyTorch rows their allocator peak, each in its own column."""
+    from mvlib.tensorrt import timing
+    why = "TensorRT-RTX 1.7.1.116: the execution context is not stream-capturable"
+    assert decision.timing_method("cuda", timing.GRAPH_TIMING) == "CUDA graph"
+    assert decision.timing_method("cuda", timing.RTX_GRAPH_TIMING.format(why=why)) == "RTX graph mode"
+    assert decision.timing_method("cuda", timing.PLAIN_TIMING.format(why=why)) == "plain launches"
+    assert decision.timing_method("cuda", "CUDA events around each launch, 2 in flight") == "plain launches"
+    assert decision.timing_method("cuda", "CUDA events around each CUDA-graph replay") == "CUDA graph"
+    assert decision.timing_method("cpu", "perf_counter around each call") == "host clock"
+    run, manifest = a10_run(tmp_path)
+    b = pd.read_csv(run.table("06_benchmark.csv"))
+    texts = {"TensorRT-RTX FP16": timing.GRAPH_TIMING, "TensorRT-RTX FP16 + SiLU plugin": timing.PLAIN_TIMING,
+             "TensorRT-RTX INT8": timing.RTX_GRAPH_TIMING}
+    other = {"cpu": "perf_counter around each call", "cuda": "CUDA events around each CUDA-graph replay"}
+    b["timing"] = [texts.get(label, other[dev]) for label, dev in zip(b.label, b.device, strict=True)]
+    trt = b.backend.str.startswith("tensorrt")
+    b.loc[trt, "engine_mem_mib"], b.loc[trt, "peak_mem_mib"] = 12.5, np.nan
+    run.save_table(b, "06_benchmark.csv")
+    d = decision.table(run.results, manifest).set_index("label")
+    plugin = d.loc["TensorRT-RTX FP16 + SiLU plugin"]
+    assert plugin.timing_method == "plain launches" and d.loc["TensorRT-RTX INT8"].timing_method == "RTX graph mode"
+    assert plugin.pareto == "dominated by TensorRT-RTX FP16 (timed by CUDA graph, this row by plain launches)"
+    assert d.loc["ONNX Runtime CPU INT8", "pareto"] == "dominated by TensorRT-RTX FP16"  # CPU against GPU: plain
+    assert plugin.engine_mem_mib == 12.5 and plugin.peak_gpu_mem_mib.startswith("not measured: an engine's memory")
+    tc = d.loc["torch.compile FP16 + CUDA graphs"]
+    assert tc.peak_gpu_mem_mib == 40.0 * 32 and tc.engine_mem_mib.startswith("not measured: not an engine")
+
+
 def test_unlabelled_images_and_missing_tables_give_reasons(tmp_path):
     run, manifest = a10_run(tmp_path, labelled=False)
     for name in ("06_accuracy.csv", "03_accuracy.csv", "engines.csv"):

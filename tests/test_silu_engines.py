@@ -120,6 +120,24 @@ def test_plugin_layers_are_counted_by_type_or_exact_name_and_every_engine_counts
     assert engines.plugin_node_names(onnx_path) == set(names) and engines.onnx_rewrite.plugin_id().name == "MvSiLU"
 
 
+def test_rtx_plugin_layers_are_counted_by_their_onnx_layer_metadata(tmp_path):
+    """TensorRT-RTX 1.7 names a plugin layer '<node>_myl0_<k>', type custom_layer (its builder's DETAILED listing
+    of the project's plugin); the metadata '[ONNX Layer: <node>]' names the node. A fused layer that merely covers
+    a plugin node among others, and a reformat carrying the node's metadata, are not plugin layers."""
+    names = ["/stem/bn/act/MvSiLU", "/final_conv/bn/act/MvSiLU"]
+    onnx_path = models.plugin_graph(tmp_path / "model.silu.onnx", names)
+    rtx = [{"Name": f"{names[0]}_myl0_4", "LayerType": "custom_layer", "Metadata": f"[ONNX Layer: {names[0]}]"},
+           {"Name": "/stem/conv/Conv_myl0_3", "LayerType": "correlation", "Metadata": "[ONNX Layer: /stem/conv/Conv]"},
+           {"Name": f"Reformatting CopyNode for Input Tensor 0 to {names[1]}_myl0_242", "LayerType": "Reformat",
+            "Metadata": f"[ONNX Layer: {names[1]}]"},
+           {"Name": f"{names[1]}_myl0_242", "LayerType": "custom_layer", "Metadata": f"[ONNX Layer: {names[1]}]"},
+           {"Name": "fused", "LayerType": "kgen", "Metadata": f"[ONNX Layer: /a]\x1f[ONNX Layer: {names[0]}]"}]
+    d = _engine_dir(tmp_path, "rtx", onnx_path, rtx)
+    built = pd.DataFrame([{"engine": "plugin_fp32", "path": str(d / cache.PLAN), "plugin_nodes_in_onnx": 2}])
+    counted = engines.count_plugin_layers(built)
+    assert list(counted["name"]) == [f"{names[0]}_myl0_4", f"{names[1]}_myl0_242"]
+
+
 # --- the plugin inside a real TensorRT registry (TensorRT-RTX here) --------------------------------------
 def _plugin_of_major(tmp_path_factory, major: str) -> Path:
     """The dynamic plugin library built against TensorRT `major`.x headers, for one architecture."""
@@ -220,6 +238,19 @@ def test_plugin_engine_has_one_plugin_layer_per_node_and_records_its_check(plugi
     table = engines_table.build_all("05_silu_plugin", [spec], shapes.Profile(1, 2, 4), workspace_gb=1)
     row = engines_table.require_built(table).iloc[0]
     assert row.plugin_layers == row.plugin_nodes_in_onnx == nodes
+    # The plugin layers as the engine's own layers name them: the builder's DETAILED listing (what the engine
+    # inspector reports where it runs, same fields) put where layer_summary reads the inspector's, then counted.
+    listing = cache.load(row.path).layers()["builder_layers"]
+    assert listing and all(layer.get("Metadata") is not None for layer in listing)
+    inspected = tmp_path / "inspected"
+    inspected.mkdir()
+    for f in (cache.PLAN, cache.BUILD_INFO):
+        (inspected / f).write_bytes((Path(row.path).parent / f).read_bytes())
+    (inspected / cache.LAYERS).write_text(json.dumps({"inspected": True, "Layers": listing}))
+    counted = engines.count_plugin_layers(pd.DataFrame([{"engine": row.engine, "path": str(inspected / cache.PLAN),
+                                                         "plugin_nodes_in_onnx": row.plugin_nodes_in_onnx}]))
+    assert len(counted) == nodes and set(counted["metadata"]) == {f"[ONNX Layer: {n}]"
+                                                                  for n in engines.plugin_node_names(dst)}
     assert cache.has_plan_header(row.path, fl.name) and b"MvSiLU" in Path(row.path).read_bytes()
     # every later load of this engine's plugins (Session, inspection) runs the check its build recorded
     assert cache.load(row.path).info["plugin_check"] == "mvlib.silu.build:check_abi"

@@ -97,10 +97,13 @@ def test_the_cache_report_and_prune(tmp_path, flavour, engines_dir):
     (tmp_path / "gone.onnx").unlink()
     (engines_dir / "someone-elses").mkdir()
     text = cache.report()
-    assert f"{gone.dir.name}  [gone.onnx is gone]" in text and "3 entries" in text and "MiB" in text
+    assert f"{gone.dir.name}  {tmp_path.name}/gone.onnx  [gone.onnx is gone]" in text and "MiB" in text
+    assert ": 3 entries," in text.splitlines()[0]
     assert "someone-elses  [no build record" in text
+    assert f"{kept.dir.name}  {tmp_path.name}/kept.onnx" in text  # the export folder names the variant
     pruned = cache.report(prune=True)
     assert "removed (gone.onnx is gone)" in pruned and "freed" in pruned
+    assert ": 2 entries," in pruned.splitlines()[0] and "(1 removed," in pruned  # counts what remains
     assert not gone.dir.exists() and kept.dir.exists() and (engines_dir / "someone-elses").exists()
 
 
@@ -172,3 +175,65 @@ def test_a_build_that_hangs_fails_that_engine_not_the_notebook(tmp_path, flavour
     with pytest.raises(cache.BuildFailed, match="did not finish within"):
         cache.build_engine(models.conv(tmp_path / "model.onnx"), PROFILE, flavour, "sm86", workspace_gb=1)
     assert not any(engines_dir.glob("*/" + cache.BUILD_INFO))
+
+
+def test_engine_key_has_the_wheels_cuda_major_and_full_tensorrts_gpu_model(tmp_path, monkeypatch):
+    """An RTX plan of the cu13 wheel is INVALID under the cu12 wheel: the CUDA major is in the key. Full TensorRT
+    times tactics on its GPU: an A10's plan is not an A40's (same sm86); RTX builds for the compute capability."""
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    wheel, gpu = [("tensorrt-rtx-cu13", 13)], ["NVIDIA A10"]
+    monkeypatch.setattr(flavours.Flavour, "wheel", lambda self: wheel[0])
+    monkeypatch.setattr(cache.env, "gpu_info", lambda: {"gpu": gpu[0]})
+
+    def key(fl):
+        return cache.engine_key(onnx_path, cache.key_parts(onnx_path, PROFILE, fl, "sm86"))
+
+    rtx, full = flavours.Flavour("tensorrt_rtx", "1.7.1.116"), flavours.Flavour("tensorrt", "10.16.0")
+    rtx13, full_a10 = key(rtx), key(full)
+    assert cache.key_parts(onnx_path, PROFILE, rtx, "sm86")["cuda_major"] == 13
+    wheel[0] = ("tensorrt-rtx-cu12", 12)
+    assert key(rtx) != rtx13
+    wheel[0] = ("tensorrt-rtx-cu13", 13)
+    gpu[0] = "NVIDIA A40"
+    assert key(full) != full_a10 and key(rtx) == rtx13
+    assert cache.key_parts(onnx_path, PROFILE, full, "sm86")["gpu"] == "NVIDIA A40"
+
+
+def _runs_here(monkeypatch, verdicts):
+    """A GPU the support matrix takes (8.6), the runtime's verdicts in order, and no inspection or JIT (the engine
+    cannot really run here): what build_all does with the verdicts is the subject."""
+    from mvlib.tensorrt import layers, runner, timing
+    for mod in (flavours, runner):
+        monkeypatch.setattr(mod, "capability_here", lambda: "8.6")
+    monkeypatch.setattr(runner.cudainfo, "driver_version", lambda: (13000, "test"))
+    answers = iter(verdicts)
+    monkeypatch.setattr(runner, "plan_validity", lambda fl, plan: next(answers))
+    monkeypatch.setattr(layers, "ensure_inspected", lambda eng: True)
+    monkeypatch.setattr(timing, "jit", lambda eng, plugins: {"jit": "measured"})
+
+
+@needs_builder
+def test_an_invalid_cached_plan_is_rebuilt_and_a_suboptimal_one_says_so(tmp_path, flavour, engines_dir,
+                                                                         monkeypatch, capsys):
+    """RTX's docs: an INVALID plan is rebuilt (here: VERSION_MISMATCH), not left "built, not run"; the rebuilt
+    engine is the row, status rebuilt with the runtime's words. A SUBOPTIMAL verdict runs, and the row says it."""
+    if not flavour.rtx:
+        pytest.skip("the runtime's verdict on a plan is TensorRT-RTX's (get_engine_validity)")
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    spec = [table.EngineSpec("fp32", onnx_path)]
+    first = table.build_all("03_fp32_fp16", spec, PROFILE, flavour.name, "sm86", workspace_gb=1).iloc[0]
+    assert first.status == "built" and first.jit.startswith("skipped")  # no GPU here: not run
+    built_bytes = (engines_dir / first.path.split("/")[-2] / cache.BUILD_INFO).read_text()
+    invalid = (False, "TensorRT-RTX 1.7.1.116 says the engine is INVALID: VERSION_MISMATCH (built by another "
+                      "TensorRT-RTX version: rebuild it)", True)
+    _runs_here(monkeypatch, [invalid, (True, "", False)])
+    row = table.build_all("03_fp32_fp16", spec, PROFILE, flavour.name, "sm86", workspace_gb=1).iloc[0]
+    assert row.status == "rebuilt" and row.messages.startswith(f"rebuilt: {invalid[1]}")
+    assert row.validity == "VALID" and row.jit == "measured" and row.path == first.path
+    assert (engines_dir / first.path.split("/")[-2] / cache.BUILD_INFO).read_text() != built_bytes
+    assert "03_fp32_fp16: engine fp32: the cached engine could not be used" in capsys.readouterr().out
+    subopt = "TensorRT-RTX 1.7.1.116 says the engine is SUBOPTIMAL: no diagnostic given"
+    _runs_here(monkeypatch, [(True, subopt, False)])
+    rows = table.build_all("03_fp32_fp16", spec, PROFILE, flavour.name, "sm86", workspace_gb=1)
+    assert rows.iloc[0].status == "reused" and rows.iloc[0].validity == subopt
+    assert subopt in table.describe(rows)

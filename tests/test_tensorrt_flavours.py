@@ -176,3 +176,13 @@ def test_full_tensorrt_on_an_old_driver_names_its_own_cuda12_wheel(monkeypatch):
     assert not ok and "tensorrt-cu12" in why and "rtx" not in why and "R580" in why
     ok, why = RTX.runs_on("8.6", driver=12020)
     assert not ok and "[rtx-cu12]" in why
+
+
+def test_a_cuda12_wheel_needs_r535_not_r525(monkeypatch):
+    """TensorRT's prerequisites: CUDA 12 wheels need R535 (CUDA 12.2); an R525 driver (CUDA 12.0) is refused with
+    the driver to install, and R535 runs."""
+    monkeypatch.setattr(flavours.Flavour, "wheel", lambda self: ("tensorrt-rtx-cu12", 12))
+    ok, why = RTX.runs_on("8.6", driver=12000)
+    assert not ok and "R535" in why and "CUDA 12.0" in why and "R525" not in why
+    assert RTX.runs_on("8.6", driver=12020) == (True, "")
+    assert flavours.MIN_DRIVER[12] == (12020, 535) and flavours.MIN_DRIVER[13] == (13000, 580)

@@ -4,13 +4,16 @@ No engine runs here (no GPU; RTX's runtime refuses the H200 too). What can be re
 tensorrt_rtx's names and enums, a plan built here and the runtime's own verdict on it. The execution context is
 made through a small stand-in engine of ours that records what the runner asks for.
 """
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tensorrt_models as models
 
 from mvlib import paths
 from mvlib.skips import StageSkipped
-from mvlib.tensorrt import cache, flavours, runner, shapes
+from mvlib.tensorrt import cache, flavours, runner, shapes, timing
 
 HAS_RTX = flavours.installed("tensorrt_rtx")[0] is not None
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="needs the installed TensorRT-RTX")
@@ -41,6 +44,15 @@ def test_every_rtx_runtime_name_the_run_path_uses_exists(rtx):
         for name in names:
             assert hasattr(getattr(trt, cls), name), f"{cls}.{name}"
     assert set(runner.DIAGNOSTICS) == set(trt.EngineInvalidityDiagnostics.__members__)
+    assert set(runner.REBUILD_FIXES) <= set(trt.EngineInvalidityDiagnostics.__members__)
+    # every `trt.<Class>.<member>` the run path spells out, against the installed bindings
+    for module in (runner, timing):
+        for cls, name in re.findall(r"\btrt\.(\w+)\.(\w+)", Path(module.__file__).read_text()):
+            assert hasattr(getattr(trt, cls), name), f"{module.__name__}: trt.{cls}.{name}"
+    # the attributes set or read on RTX objects by name
+    for cls, name in (("IRuntimeConfig", "cuda_graph_strategy"), ("ICudaEngine", "device_memory_size_v2"),
+                      ("CudaGraphStrategy", "WHOLE_GRAPH_CAPTURE"), ("IRuntimeConfig", "set_runtime_cache")):
+        assert name in runner.RTX_RUNTIME_API[cls]
     # Full TensorRT's bindings (NVIDIA/TensorRT python/src/infer/pyCore.cpp, release/10.13 and v11.1) have
     # IRuntimeConfig with the allocation strategy only, and no get_engine_validity or is_stream_capturable:
     # the runner asks hasattr for those, and create_context makes a plain context for full TensorRT.
@@ -49,9 +61,9 @@ def test_every_rtx_runtime_name_the_run_path_uses_exists(rtx):
 class Recorder:
     """Our stand-in for an ICudaEngine / IRuntimeConfig / IRuntimeCache: records what the runner asks for."""
 
-    def __init__(self, accept=True):
-        self.calls, self.accept = [], accept
-        self.dynamic_shapes_kernel_specialization_strategy = None
+    def __init__(self, accept=True, cache_made=True, cache_set=True):
+        self.calls, self.accept, self.cache_made, self.cache_set = [], accept, cache_made, cache_set
+        self.dynamic_shapes_kernel_specialization_strategy = self.cuda_graph_strategy = None
 
     def create_runtime_config(self):
         self.calls.append("create_runtime_config")
@@ -59,7 +71,10 @@ class Recorder:
 
     def create_runtime_cache(self):
         self.calls.append("create_runtime_cache")
-        return self
+        return self if self.cache_made else None
+
+    def serialize(self):
+        return b"kernels"
 
     def deserialize(self, blob):
         self.calls.append(("deserialize", blob))
@@ -67,7 +82,7 @@ class Recorder:
 
     def set_runtime_cache(self, cache_):
         self.calls.append("set_runtime_cache")
-        return True
+        return self.cache_set
 
     def create_execution_context(self, config=None):
         self.calls.append(("create_execution_context", config))
@@ -112,8 +127,8 @@ def test_only_rtx_says_whether_a_capture_is_allowed():
 def test_the_runtime_judges_a_real_plan(plan, rtx):
     """Runtime.get_engine_validity called for real on a plan built here. Measured with 1.7.1.116 on this
     CPU machine: (INVALID, 0) after "Error reading CUDA GPU properties ... cudaError 35"."""
-    verdict, why = runner.plan_validity(rtx, plan.plan.read_bytes())
-    assert verdict is False and "INVALID" in why and "cudaError 35" in why
+    verdict, why, rebuild = runner.plan_validity(rtx, plan.plan.read_bytes())
+    assert verdict is False and "INVALID" in why and "cudaError 35" in why and rebuild is False  # no GPU: no rebuild
 
 
 @needs_rtx
@@ -234,3 +249,84 @@ def test_an_old_driver_is_named_as_the_reason_with_its_fix(plan, monkeypatch):
     dist, major = plan.flavour.wheel()
     with pytest.raises(StageSkipped, match=f"installed as {dist}.*CUDA 12.2.*make env.*cudaError 35"):
         runner.runnable(plan)
+
+
+@needs_rtx
+def test_a_runtime_cache_that_cannot_be_made_or_set_is_an_error_not_a_silent_cold_compile(rtx):
+    """create_runtime_cache() may return None and set_runtime_cache() False (the bindings' documented answers);
+    either would make every "cached" JIT number a cold compile."""
+    with pytest.raises(RuntimeError, match=r"create_runtime_cache\(\) returned None"):
+        runner.create_context(Recorder(cache_made=False), rtx, b"blob")
+    with pytest.raises(RuntimeError, match=r"set_runtime_cache\(\) was refused"):
+        runner.create_context(Recorder(cache_set=False), rtx, b"blob")
+    assert runner.create_context(Recorder(cache_made=False), rtx, None, use_cache=False)[0] == "context"
+
+
+@needs_rtx
+def test_rtxs_own_graph_mode_makes_the_context_anew_with_whole_graph_capture(rtx):
+    """Session.use_rtx_graphs: a new context from a runtime config with cuda_graph_strategy WHOLE_GRAPH_CAPTURE (and
+    EAGER, and the JIT's kernels carried over in the runtime cache); no capture of ours is tried on it after."""
+    trt = rtx.module()
+    engine = Recorder()
+    session = runner.Session.__new__(runner.Session)
+    session.engine = cache.Engine(paths.ENGINES / "x" / cache.PLAN, {"flavour": "tensorrt_rtx",
+                                                                      "flavour_version": rtx.version})
+    session.cuda_engine, session.rt_cache, session.runtime_cache, session.keep = engine, Recorder(), "c", ["x"]
+    session.context, session.rtx_graphs = "old context", False
+    assert session.use_rtx_graphs() == "" and session.rtx_graphs and session.keep == []
+    assert engine.cuda_graph_strategy == trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
+    assert engine.dynamic_shapes_kernel_specialization_strategy == trt.DynamicShapesKernelSpecializationStrategy.EAGER
+    assert ("deserialize", b"kernels") in engine.calls and session.context == "context"
+    assert session.capturable(7)[0] is False and session.use_rtx_graphs() == ""  # once is enough
+    plain = Recorder()
+    runner.create_context(plain, rtx)
+    assert plain.cuda_graph_strategy is None  # our own capture is tried first: RTX's graphs only where refused
+
+
+@needs_rtx
+def test_the_runtimes_verdict_suboptimal_runs_and_says_so_invalid_rebuilds_where_that_fixes_it(rtx):
+    """judge() on the installed enums: VALID runs; SUBOPTIMAL runs with its words; INVALID for another RTX version,
+    CUDA runtime or a malformed plan is rebuilt (RTX's docs); for another compute capability or an old driver not."""
+    trt = rtx.module()
+    v, d = trt.EngineValidity, trt.EngineInvalidityDiagnostics
+    assert runner.judge(rtx, v.VALID, 0, []) == (True, "", False)
+    runs, why, rebuild = runner.judge(rtx, v.SUBOPTIMAL, 0, ["WARNING: tuned for another GPU"])
+    assert runs and not rebuild and "SUBOPTIMAL" in why and "tuned for another GPU" in why
+    for flag, fixes in (("VERSION_MISMATCH", True), ("OLD_CUDA_RUNTIME", True), ("MALFORMED_ENGINE", True),
+                        ("UNSUPPORTED_CC", False), ("OLD_CUDA_DRIVER", False), ("CUDA_ERROR", False)):
+        runs, why, rebuild = runner.judge(rtx, v.INVALID, int(getattr(d, flag)), [])
+        assert not runs and flag in why and rebuild is fixes, flag
+
+
+def _gpu_here(monkeypatch, verdicts):
+    """A GPU the matrix accepts (8.6), and the runtime's verdicts on the plans it is asked about, in order."""
+    monkeypatch.setattr(flavours, "capability_here", lambda: "8.6")
+    monkeypatch.setattr(runner, "capability_here", lambda: "8.6")
+    monkeypatch.setattr(runner.cudainfo, "driver_version", lambda: (13000, "test"))
+    answers = iter(verdicts)
+    monkeypatch.setattr(runner, "plan_validity", lambda fl, plan: next(answers))
+
+
+@needs_rtx
+def test_a_suboptimal_engine_runs_and_keeps_the_verdict(plan, monkeypatch):
+    _gpu_here(monkeypatch, [(True, "TensorRT-RTX 1.7.1.116 says the engine is SUBOPTIMAL: no diagnostic given",
+                             False)])
+    engine = cache.Engine(plan.plan, plan.info)
+    assert runner.runnable(engine) is engine and engine.validity.endswith("SUBOPTIMAL: no diagnostic given")
+
+
+@needs_rtx
+def test_an_invalid_cached_plan_is_rebuilt_once_and_judged_again(plan, monkeypatch, capsys):
+    """A reused engine the runtime calls INVALID for a reason a rebuild fixes is built again (with why), judged
+    again; a fresh build, or a reason a rebuild does not fix, stays "built, not run"."""
+    invalid = (False, "TensorRT-RTX says the engine is INVALID: VERSION_MISMATCH (built by another ...)", True)
+    _gpu_here(monkeypatch, [invalid, (True, "", False)])
+    reused, rebuilt, asked = cache.Engine(plan.plan, plan.info, reused=True), cache.Engine(plan.plan, plan.info), []
+    assert runner.usable(reused, lambda why: asked.append(why) or rebuilt) is rebuilt and rebuilt.validity == "VALID"
+    assert asked == [invalid[1]] and "rebuilding it" in capsys.readouterr().out
+    _gpu_here(monkeypatch, [invalid])
+    with pytest.raises(runner.NotRunnable, match="VERSION_MISMATCH"):  # just built: building again changes nothing
+        runner.usable(cache.Engine(plan.plan, plan.info), lambda why: pytest.fail("rebuilt twice"))
+    _gpu_here(monkeypatch, [(False, "INVALID: UNSUPPORTED_CC", False)])
+    with pytest.raises(runner.NotRunnable, match="UNSUPPORTED_CC"):
+        runner.usable(reused, lambda why: pytest.fail("a rebuild does not fix it"))

@@ -3,8 +3,10 @@
 The decisions are tested with small stand-ins of our own (a capture that fails, a context that refuses); the
 timed runs themselves need a GPU the flavour runs on (`make study TIER=trt`).
 """
+import os
 import re
 
+import numpy as np
 import pytest
 
 from mvlib import bench
@@ -144,3 +146,123 @@ def test_every_cuda_python_call_of_the_capture_exists():
     src = open(timing.__file__).read()
     called = set(re.findall(r"cudart\.(cuda[A-Z]\w+)\(", src))
     assert called <= set(timing.CUDART_CALLS), called - set(timing.CUDART_CALLS)
+
+
+def test_the_jit_children_start_with_the_drivers_compute_cache_disabled(monkeypatch, tmp_path):
+    """RTX's JIT compiles into the CUDA driver's compute cache, which honours CUDA_CACHE_DISABLE: both measuring
+    children get CUDA_CACHE_DISABLE=1 whatever the parent has, beside the flavour's library path."""
+    import subprocess
+    monkeypatch.setenv("CUDA_CACHE_DISABLE", "0")
+    fl = flavours.Flavour("tensorrt_rtx", "1.7.1.116")
+    seen = []
+
+    def run(cmd, **kw):  # our seam: the child's command line and environment, recorded
+        seen.append((cmd, kw["env"]))
+        return subprocess.CompletedProcess(cmd, 1, "", "no GPU")
+    monkeypatch.setattr(timing.subprocess, "run", run)
+    spec = {"plan": str(tmp_path / "engine.plan"), "plugins": [], "batch": 1, "img_size": 16, "runtime_cache": None}
+    result = timing._session_in_child(spec, fl)
+    assert result["ok"] is False and "no GPU" in result["error"]
+    (cmd, env), = seen
+    assert cmd[-3] == "jit" and env["CUDA_CACHE_DISABLE"] == "1"
+    assert env["LD_LIBRARY_PATH"] == timing.plugin_libs.library_env(fl)["LD_LIBRARY_PATH"]
+    assert env["MVLIB_PARENT_PID"] == str(os.getpid())  # the child dies with this process
+
+
+def test_a_refused_capture_tries_rtxs_own_graph_mode_before_plain_enqueues():
+    """A plugin engine ("Found non-capturable custom layer op"): the context is made anew in RTX's graph mode and
+    its enqueues timed, and the text says so; where that is refused too, plain enqueues with both reasons."""
+    switched = []
+    launch, how = timing.choose_launch((False, "TensorRT-RTX 1.7: the execution context is not stream-capturable"),
+                                       lambda: (Graph(), ""), plain, lambda: switched.append(1) or "")
+    assert launch() == "enqueued" and switched == [1]
+    assert how.startswith("CUDA events around each execute_async_v3 of a context in TensorRT-RTX's own CUDA-graph")
+    assert "WHOLE_GRAPH_CAPTURE" in how and "not stream-capturable" in how
+    launch, how = timing.choose_launch((None, ""), lambda: (None, "the capture failed (cudaErrorX)"), plain,
+                                       lambda: "no graph mode today")
+    assert how.startswith("CUDA events around each plain execute_async_v3") and "cudaErrorX" in how
+    assert "no graph mode today" in how
+    launch, how = timing.choose_launch((True, ""), lambda: (Graph(), ""), plain, lambda: pytest.fail("not asked"))
+    assert how == timing.GRAPH_TIMING
+
+
+class Cudart:
+    """Our stand-in for cuda-python's runtime: answers every call with success, records each."""
+
+    class cudaError_t:
+        cudaSuccess = 0
+
+    class cudaStreamCaptureMode:
+        cudaStreamCaptureModeThreadLocal = 2
+
+    def __init__(self):
+        self.calls = []
+
+    def __getattr__(self, name):
+        def call(*args):
+            self.calls.append((name, *args))
+            return {"cudaStreamEndCapture": (0, "graph"), "cudaGraphInstantiate": (0, "exec"),
+                    "cudaGetErrorName": (0, b"cudaSuccess")}.get(name, (0,))
+        return call
+
+
+def test_an_enqueue_that_raises_under_capture_ends_the_capture_and_destroys_its_graph():
+    """trtexec's endCaptureOnError: the capture is ended, the graph it made destroyed, the error cleared, and the
+    enqueue's exception goes on to the caller."""
+    cudart = Cudart()
+
+    def enqueue(handle):
+        raise RuntimeError("TensorRT refused mid-capture")
+    with pytest.raises(RuntimeError, match="mid-capture"):
+        timing.cuda_graph_capture(enqueue, 7, lambda: 0, cudart=cudart)
+    assert [c[0] for c in cudart.calls] == ["cudaStreamBeginCapture", "cudaStreamEndCapture", "cudaGraphDestroy",
+                                            "cudaGetLastError"]
+    assert cudart.calls[2] == ("cudaGraphDestroy", "graph")
+    ok = Cudart()
+    graph, why = timing.cuda_graph_capture(lambda handle: True, 7, lambda: 0, cudart=ok)
+    assert why == "" and graph.graph_exec == "exec" and ("cudaGraphDestroy", "graph") in ok.calls
+    graph.graph_exec = None  # the stand-in's graph needs no destroying
+
+
+def test_an_engine_row_reports_the_engines_own_memory_and_a_pytorch_row_its_allocators_peak(monkeypatch):
+    """Two measures, two columns: an engine's execution-context memory (device_memory_size_v2, as trtexec reports
+    it) in engine_mem_mib, PyTorch's max_memory_allocated in peak_mem_mib; neither fills the other's."""
+    import torch
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: None)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: 300 * bench.MIB)
+    monkeypatch.setattr(bench, "time_cuda", bench.time_host)  # no GPU here: the host clock stands in
+    s = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
+    meter = timing.bench.energy.NoMeter("test")
+    engine = bench.Backend("tensorrt", "cuda", "fp16", "TensorRT-RTX FP16", lambda b: lambda: None, "t",
+                           engine_mem_mib=lambda: 42.0)
+    eager = bench.Backend("pytorch-eager", "cuda", "fp16", "PyTorch eager FP16", lambda b: lambda: None, "t")
+    e_row, p_row = (bench.measure(b, 1, s, meter=meter) for b in (engine, eager))
+    assert e_row["engine_mem_mib"] == 42.0 and np.isnan(e_row["peak_mem_mib"])
+    assert p_row["peak_mem_mib"] == 300.0 and np.isnan(p_row["engine_mem_mib"])
+    assert {"peak_mem_mib", "engine_mem_mib"} <= set(bench.COLUMNS)
+
+
+def test_on_a_gpu_an_enqueue_that_raises_under_a_real_capture_leaves_the_stream_usable():
+    """The same clean-up with the real cuda-python on a real stream (a GPU machine; skipped elsewhere): after an
+    enqueue that raised mid-capture, the stream is no longer capturing and runs work again."""
+    torch = pytest.importorskip("torch")
+    runtime = pytest.importorskip("cuda.bindings.runtime")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU (PyTorch CUDA)")
+    stream = torch.cuda.Stream()
+    x = torch.ones(1024, device="cuda")
+
+    def enqueue(handle):
+        with torch.cuda.stream(stream):
+            x.mul_(2)  # captured work, then the failure
+        raise RuntimeError("TensorRT refused mid-capture")
+    with pytest.raises(RuntimeError, match="mid-capture"):
+        timing.cuda_graph_capture(enqueue, stream.cuda_stream, lambda: stream.cuda_stream)
+    err, status = runtime.cudaStreamIsCapturing(stream.cuda_stream)
+    assert err == runtime.cudaError_t.cudaSuccess
+    assert status == runtime.cudaStreamCaptureStatus.cudaStreamCaptureStatusNone
+    with torch.cuda.stream(stream):
+        x.add_(1)
+    stream.synchronize()
+    assert float(x[0]) == 2.0  # the captured multiply never ran; the add after the clean-up did

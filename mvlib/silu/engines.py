@@ -134,7 +134,8 @@ def plugin_accuracy(exported, engines: pd.DataFrame | None) -> pd.DataFrame:
 
 
 # --- the plugin layers ------------------------------------------------------------------------------------
-PLUGIN_TYPE = re.compile(r"^plugin", re.I)  # the inspector's LayerType of a plugin layer: PluginV2, PluginV3, ...
+PLUGIN_TYPE = re.compile(r"^(plugin|custom_layer)", re.I)  # PluginV2, PluginV3 (TensorRT); custom_layer (RTX)
+REFORMAT = re.compile(r"reformat", re.I)  # the copies TensorRT puts around a plugin of another format
 
 
 def plugin_layers(engines: pd.DataFrame | None) -> pd.DataFrame:
@@ -148,18 +149,30 @@ def plugin_node_names(onnx_path: Path | str) -> set[str]:
     return set(plugin_libs.plugin_nodes(onnx_path))
 
 
-def count_plugin_layers(built: pd.DataFrame) -> pd.DataFrame:
-    """Per built engine, its plugin layers: a layer whose type is a plugin, or whose name is a plugin node's name.
+def is_plugin_layer(layer_table: pd.DataFrame, nodes: set[str]) -> pd.Series:
+    """Which engine layers are plugin layers: a layer whose metadata names exactly one plugin node ('[ONNX Layer:
+    <node>]'), else (a listing without metadata) whose type is a plugin's or whose name is a plugin node's.
 
-    A name that merely contains the op's name is not one: TensorRT names the reformat it puts before a
-    linear-format plugin "Reformatting CopyNode for Input Tensor 0 to <plugin layer>". Every engine is counted,
-    one without any plugin layer too; AssertionError if an engine's count differs from its ONNX file's nodes."""
+    RTX names a plugin layer '<node>_myl0_<k>', type custom_layer; TensorRT names it after the node, type
+    PluginV3. A reformat is never one: TensorRT names the copy it puts before a linear-format plugin
+    "Reformatting CopyNode for Input Tensor 0 to <plugin layer>"."""
+    named = layer_table["metadata"].fillna("").map(layers.onnx_layers) if "metadata" in layer_table \
+        else pd.Series([[]] * len(layer_table), index=layer_table.index)
+    by_meta = named.map(lambda found: len(found) == 1 and found[0] in nodes)
+    by_kind = layer_table["type"].astype(str).str.match(PLUGIN_TYPE) | layer_table["name"].isin(nodes)
+    reformat = layer_table["type"].astype(str).str.contains(REFORMAT) | \
+        layer_table["name"].astype(str).str.startswith("Reformatting")
+    return (by_meta.where(named.map(bool), by_kind)) & ~reformat
+
+
+def count_plugin_layers(built: pd.DataFrame) -> pd.DataFrame:
+    """Per built engine, its plugin layers (`is_plugin_layer`). Every engine is counted, one without any plugin
+    layer too; AssertionError if an engine's count differs from its ONNX file's plugin nodes."""
     frames, counts = [], []
     for r in built.itertuples():
         layer_table = layers.layer_summary(Path(r.path).parent)
         nodes = plugin_node_names(cache.load(r.path).info["onnx"])
-        is_plugin = layer_table["type"].astype(str).str.match(PLUGIN_TYPE) | layer_table["name"].isin(nodes)
-        found = layer_table[is_plugin].copy()
+        found = layer_table[is_plugin_layer(layer_table, nodes)].copy()
         found.insert(0, "engine", r.engine)
         found["engine_layers"] = len(layer_table)
         found["plugin_nodes_in_onnx"] = r.plugin_nodes_in_onnx

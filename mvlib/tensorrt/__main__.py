@@ -2,7 +2,13 @@
 
 Serves: notebooks 03 to 06 (the build and JIT children run through it) and `make lab` (libdir).
 """
+import ctypes
+import os
+import signal
 import sys
+
+PARENT_ENV = "MVLIB_PARENT_PID"  # set by the study for the children it starts (cache.build, timing.jit_env)
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 USAGE = """usage: python -m mvlib.tensorrt COMMAND
   build SPEC.json RESULT.json    build one engine (the child process the study starts)
@@ -12,9 +18,27 @@ USAGE = """usage: python -m mvlib.tensorrt COMMAND
   wheel                          the pip extra for this machine's driver (rtx-cu12 or rtx-cu13)"""
 
 
+def die_with_parent(environ=os.environ) -> None:
+    """A child the study started (build, jit) dies with it: Linux sends it SIGKILL when its parent dies (prctl
+    PR_SET_PDEATHSIG), and a parent already gone before that call ends it at once. So a `kill -9` of the driver
+    or the kernel never leaves a build running on its own."""
+    parent = environ.get(PARENT_ENV)
+    if not parent:
+        return  # started by hand: nobody to die with
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the parent's timeout still bounds the child
+        return
+    if os.getppid() != int(parent):
+        print(f"mvlib.tensorrt: the process that started this one ({parent}) is gone; stopping", file=sys.stderr)
+        os._exit(1)
+
+
 def main(argv: list[str]) -> int:
     """Dispatch one command; 2 with the usage for anything else."""
     cmd, rest = (argv[0], argv[1:]) if argv else ("", [])
+    if cmd in ("build", "jit"):
+        die_with_parent()
     if cmd == "build" and len(rest) == 2:
         from mvlib.tensorrt import child
         return child.main(rest[0], rest[1])

@@ -14,6 +14,7 @@ Serves: notebooks 03 to 06 (every engine is built or reused here).
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import Flavour, select
 from mvlib.tensorrt.shapes import Profile, onnx_input
 
-RECIPE = 3  # bump when the build settings or records change, so older engines are not reused
+RECIPE = 4  # bump when the build settings or records change, so older engines are not reused
 PLAN = "engine.plan"
 BUILD_INFO = "build.json"
 LAYERS = "layers.json"
@@ -56,9 +57,18 @@ def has_plan_header(path: Path | str, flavour: str) -> bool:
 
 def key_parts(onnx_path: Path | str, profile: Profile, fl: Flavour, target: str, plugins: Sequence[Path | str] = (),
               workspace_gb: float = 4) -> dict:
-    """Everything an engine depends on: ONNX bytes, flavour and version, target, profile, plugins, workspace, recipe."""
+    """Everything an engine depends on: ONNX bytes, flavour and version, the wheel's CUDA major, target (and for
+    full TensorRT the GPU model), profile, plugins, workspace, recipe.
+
+    The CUDA major: an RTX plan records the CUDA runtime that built it, and one built by the cu13 wheel is INVALID
+    under the cu12 wheel. The GPU model: full TensorRT times tactics on the GPU it builds on, and warns that a plan
+    used on another model of the same compute capability (an A10's on an A40) "is likely to affect performance or
+    even cause errors"; RTX builds for a compute capability, whatever the GPU."""
     name, shape = onnx_input(onnx_path)
-    return {"onnx_sha256": io.sha256(onnx_path), "flavour": fl.name, "flavour_version": fl.version, "target": target,
+    wheel = fl.wheel()
+    return {"onnx_sha256": io.sha256(onnx_path), "flavour": fl.name, "flavour_version": fl.version,
+            "cuda_major": wheel[1] if wheel else None, "target": target,
+            **({} if fl.rtx else {"gpu": env.gpu_info().get("gpu")}),
             "input": name, "shape": list(shape), "profile": profile.as_list(), "workspace_gb": float(workspace_gb),
             "plugins_digest": [plugin_libs.library_digest(p) for p in plugin_libs.check_plugins(plugins)],
             "recipe": RECIPE}
@@ -88,6 +98,7 @@ class Engine:
     info: dict
     reused: bool = False
     rebuilt: str = ""  # why a cached engine in the same folder could not be used and was built again
+    validity: str = ""  # the runtime's verdict where it ran: VALID, SUBOPTIMAL: <why>, or the support matrix's
 
     @property
     def dir(self) -> Path:
@@ -147,9 +158,10 @@ def load(engine_path: Path | str) -> Engine:
 
 def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = None, target: str = "auto",
                  plugins: Sequence[Path | str] = (), workspace_gb: float = 4,
-                 check: plugin_libs.Check | None = None) -> Engine:
+                 check: plugin_libs.Check | None = None, force: str = "") -> Engine:
     """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one;
-    BuildFailed with the builder's words.
+    BuildFailed with the builder's words. `force`: why a cached engine must be built again although its files
+    are whole (the runtime called its plan INVALID: runner.usable).
 
     `check` runs on each plugin library before TensorRT loads it, here and wherever the engine is loaded later
     (its build record names it)."""
@@ -164,6 +176,8 @@ def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = N
     parts = key_parts(onnx_path, profile, fl, target, plugins, workspace_gb)
     out = paths.ENGINES / engine_key(onnx_path, parts)
     problem = cache_problem(out)
+    if problem is None and force:
+        problem = force
     if problem is None:
         print(f"reusing engine {out.name}")
         return Engine(out / PLAN, io.read_json(out / BUILD_INFO), reused=True)
@@ -190,7 +204,7 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
         start = time.perf_counter()
         try:
             proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
-                                  env=plugin_libs.library_env(fl), capture_output=True, text=True,
+                                  env=child_env(fl), capture_output=True, text=True,
                                   timeout=BUILD_TIMEOUT_S)
         except subprocess.TimeoutExpired as err:  # one engine fails; build_all records it and goes on
             said = output_tail(err.stderr, 8)
@@ -213,6 +227,13 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
     print(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
           + (f" ({len(messages)} builder messages)" if messages else ""))
     return Engine(plan, io.read_json(out / BUILD_INFO))
+
+
+def child_env(fl: Flavour) -> dict:
+    """The environment of a child the study starts (build, jit): the flavour's library path, and this process as
+    the parent it dies with (mvlib.tensorrt.__main__.die_with_parent; set here, never inherited, since the driver's
+    own pid is not a kernel's)."""
+    return {**plugin_libs.library_env(fl), "MVLIB_PARENT_PID": str(os.getpid())}
 
 
 def output_text(out: bytes | str | None) -> str:
@@ -284,19 +305,54 @@ def _size(d: Path) -> int:
     return sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
 
 
+# The files the study writes into an engine's folder (build, child, layers, JIT children, runtime caches) and
+# io.atomic_path's temporary names for them ('.spec.json.1a2b3c4d.tmp.json'), which an interrupted build leaves.
+OURS = re.compile(r"(engine\.plan|build\.json|layers\.json|spec\.json|result\.json|jit_spec\.json|jit\.json"
+                  r"|runtime-[A-Za-z0-9.-]+\.cache)")
+LEFTOVER = re.compile(r"\.(" + OURS.pattern + r")\.[0-9a-f]{8}\.tmp(\.\w+)?")
+KEYED = re.compile(r".+-[0-9a-f]{16}")  # engine_key's folder names
+
+
+def leftovers(d: Path, info: dict | None) -> list[Path]:
+    """What an interrupted build or measurement left in engine folder `d`: its temporary files and, in a folder
+    without a build record, the whole folder, but only where every file in it is one the study writes (OURS,
+    LEFTOVER) and the folder has our key's name; [] for anything else (not ours: left alone)."""
+    files = list(d.iterdir())
+    temps = [f for f in files if f.is_file() and LEFTOVER.fullmatch(f.name)]
+    if info is not None:
+        return temps
+    ours = all(f.is_file() and (OURS.fullmatch(f.name) or LEFTOVER.fullmatch(f.name)) for f in files)
+    return [d] if ours and KEYED.fullmatch(d.name) else []
+
+
+def what_of(info: dict | None) -> str:
+    """'mobilevit_xxs_random-seed0_s256_op17/model.int8.onnx': the export folder (variant, weights, size, opset)
+    and ONNX file an entry was built from, from its build record ('' without one)."""
+    onnx = Path(str((info or {}).get("onnx", "")))
+    return f"{onnx.parent.name}/{onnx.name}" if info and onnx.name else ""
+
+
 def report(prune: bool = False, root: Path | None = None) -> str:
-    """The engine cache by entry (MiB, ONNX file, and stale or not); `prune` removes the stale entries we made."""
-    lines, total, freed = [], 0, 0
+    """The engine cache by entry (MiB, what it was built from, and stale or not); `prune` removes the stale
+    entries we made and what interrupted builds left (`leftovers`). The header counts what remains."""
+    lines, total, freed, removed = [], 0, 0, 0
     for d, info in entries(root):
         size = _size(d)
-        why = "no build record: not the study's, or an interrupted build (left alone)" if info is None else stale(info)
-        if prune and info is not None and why:
+        left = leftovers(d, info)
+        why = ("interrupted: no build record, only the study's files" if left == [d] else
+               "no build record: not the study's (left alone)" if info is None else stale(info))
+        if prune and (left == [d] or (info is not None and why)):
             shutil.rmtree(d, ignore_errors=True)
-            freed += size
-            why = f"removed ({why})"
+            freed, removed, why = freed + size, removed + 1, f"removed ({why})"
         else:
-            total += size
-        lines.append(f"{size / 2**20:9.1f} MiB  {d.name}" + (f"  [{why}]" if why else ""))
+            if prune and left:  # an entry in use keeps its files; only the temporary ones go
+                freed += sum(f.stat().st_size for f in left)
+                for f in left:
+                    f.unlink(missing_ok=True)
+                why = "; ".join(w for w in (why, f"{len(left)} temporary files removed") if w)
+            total += _size(d)
+        lines.append(f"{size / 2**20:9.1f} MiB  {d.name}" + (f"  {what_of(info)}" if info else "")
+                     + (f"  [{why}]" if why else ""))
     root = Path(root or paths.ENGINES)
-    head = f"engine cache {root}: {len(lines)} entries, {total / 2**20:.1f} MiB"
-    return "\n".join([head + (f" ({freed / 2**20:.1f} MiB freed)" if prune else ""), *lines])
+    head = f"engine cache {root}: {len(lines) - removed} entries, {total / 2**20:.1f} MiB"
+    return "\n".join([head + (f" ({removed} removed, {freed / 2**20:.1f} MiB freed)" if prune else ""), *lines])

@@ -30,6 +30,9 @@ DEFAULT_TARGET = "sm86"  # the seed's A10: where no GPU here runs the flavour, e
 # runtime can judge a plan (Runtime.get_engine_validity), runner.runnable asks it instead of this table.
 RTX_MATRIX = {(1, 0): ("7.5", "8.6", "8.9", "12.0"), (1, 5): ("7.5", "8.6", "8.9", "12.0", "12.1")}
 FULL_MIN_CAPABILITY = (7, 5)  # TensorRT 10/11 support matrices: Turing and newer
+# The oldest driver each wheel's CUDA major runs on: (its cuDriverGetVersion, the release). TensorRT's prerequisites:
+# CUDA 12 wheels need R535 (CUDA 12.2), not R525 (12.0); CUDA 13 wheels need R580.
+MIN_DRIVER = {12: (12020, 535), 13: (13000, 580)}
 RTX_INSTALL = "pip install tensorrt-rtx-cu13 (tensorrt-rtx-cu12 for a driver older than R580; `make env` picks)"
 
 
@@ -122,17 +125,23 @@ class Flavour:
     def driver_problem(self, driver: int | None) -> str:
         """Why this machine's driver cannot run this wheel (a CUDA 13 wheel on a CUDA 12 driver), else ''."""
         wheel = self.wheel()
-        if driver is None or wheel is None or driver // 1000 >= wheel[1]:
+        if driver is None or wheel is None:
             return ""
         dist, major = wheel
+        oldest, release = MIN_DRIVER.get(major, (major * 1000, None))
+        if driver >= oldest:
+            return ""
+        needs = f"CUDA {major} needs R{release} or newer" if release else f"CUDA {major} needs a newer driver"
+        if driver // 1000 >= major:  # the wheel the driver's major asks for, on too old a driver of that major
+            return (f"{self.label} is installed as {dist} (CUDA {major}), and this driver supports CUDA "
+                    f"{cudainfo.version_text(driver)}: update the driver ({needs}, TensorRT's prerequisites)")
         # `make env` picks either flavour's wheel by the driver (extras rtx-cuNN / trt-cuNN); full TensorRT's
         # package is named too, since its bare `tensorrt` installs the CUDA 13 variant whatever the driver
         extra = cudainfo.extra_for(driver, "rtx" if self.rtx else "trt")
         package = "" if self.rtx else f": tensorrt-cu{cudainfo.cuda_major_for(driver)}"
         fix = f"reinstall with `make env` (it installs the [{extra}] extra for this driver{package})"
         return (f"{self.label} is installed as {dist} (CUDA {major}), and this driver supports CUDA "
-                f"{cudainfo.version_text(driver)}: {fix} or update the driver (CUDA {major} needs "
-                f"R{580 if major == 13 else 525} or newer)")
+                f"{cudainfo.version_text(driver)}: {fix} or update the driver ({needs})")
 
     def runs_on(self, capability: str | None, driver: int | None = None) -> tuple[bool, str]:
         """Whether this flavour's runtime runs engines on a GPU of `capability` ('8.6') with a driver of CUDA

@@ -153,10 +153,19 @@ def layer_summary(engine_dir: Path | str) -> pd.DataFrame:
             "onnx_nodes": n_nodes, "fused": bool(n_nodes > 1 or myelin),
             "input_precision": "/".join(sorted({precision(t) for t in layer.get("Inputs", [])})) or "-",
             "output_precision": "/".join(sorted({precision(t) for t in layer.get("Outputs", [])})) or "-",
-            "tactic": layer.get("TacticName", layer.get("TacticValue", "")),
+            "tactic": layer.get("TacticName", layer.get("TacticValue", "")), "metadata": meta,
         })
     return pd.DataFrame(rows, columns=["index", "name", "type", "onnx_nodes", "fused", "input_precision",
-                                       "output_precision", "tactic"])
+                                       "output_precision", "tactic", "metadata"])
+
+
+ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
+
+
+def onnx_layers(metadata: str) -> list[str]:
+    """The ONNX node names a layer's metadata names ('[ONNX Layer: /act/MvSiLU]', one entry per fused node; the
+    parser writes them for both flavours, in the inspector's JSON and the builder's DETAILED listing)."""
+    return ONNX_LAYER.findall(str(metadata or ""))
 
 
 def layer_totals(layers: pd.DataFrame) -> dict:

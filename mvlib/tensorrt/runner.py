@@ -31,7 +31,7 @@ from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import Flavour, capability_here
 
 # RTX-only names the run path uses (tests assert each against the installed tensorrt_rtx with hasattr).
-RTX_RUNTIME_API = {"ICudaEngine": ("create_runtime_config", "create_execution_context"),
+RTX_RUNTIME_API = {"ICudaEngine": ("create_runtime_config", "create_execution_context", "device_memory_size_v2"),
                    "IRuntimeConfig": ("dynamic_shapes_kernel_specialization_strategy", "cuda_graph_strategy",
                                       "create_runtime_cache", "set_runtime_cache", "get_runtime_cache"),
                    "IRuntimeCache": ("serialize", "deserialize"),
@@ -80,38 +80,81 @@ def diagnosis(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> s
             (logged[-1] if logged else "no diagnostic given")))
 
 
-def plan_validity(fl: Flavour, plan: bytes) -> tuple[bool | None, str]:
+# INVALID for these reasons is fixed by building the plan again here (RTX's docs: on invalidity, rebuild); the
+# others (no GPU, an old driver, another compute capability, too little memory) are not.
+REBUILD_FIXES = ("VERSION_MISMATCH", "MALFORMED_ENGINE", "OLD_CUDA_RUNTIME")
+
+
+class NotRunnable(StageSkipped):
+    """A built engine that does not run here; `rebuild`: building it again here fixes that."""
+
+    def __init__(self, why: str, rebuild: bool = False):
+        super().__init__(f"built, not run: {why}")
+        self.rebuild = rebuild
+
+
+def judge(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> tuple[bool, str, bool]:
+    """(runs, what to say, whether a rebuild fixes it) from Runtime.get_engine_validity's answer: VALID runs;
+    SUBOPTIMAL runs and says so with its diagnostics; INVALID does not, and is rebuilt for REBUILD_FIXES."""
+    trt = fl.module()
+    if validity == trt.EngineValidity.VALID:
+        return True, "", False
+    why = diagnosis(fl, validity, diagnostics, said)
+    if validity == trt.EngineValidity.SUBOPTIMAL:
+        return True, why, False
+    flags = {name for name, member in trt.EngineInvalidityDiagnostics.__members__.items()
+             if int(diagnostics) & int(member)}
+    return False, why, bool(flags & set(REBUILD_FIXES))
+
+
+def plan_validity(fl: Flavour, plan: bytes) -> tuple[bool | None, str, bool]:
     """Whether this flavour's runtime says `plan` runs here (Runtime.get_engine_validity; TensorRT-RTX has it,
-    TensorRT 10.13 / 11.1 bindings do not), and why not; None where the runtime cannot tell."""
+    TensorRT 10.13 / 11.1 bindings do not), what it said (a SUBOPTIMAL verdict too), and whether a rebuild fixes a
+    refusal; None where the runtime cannot tell."""
     trt = fl.module()
     if not hasattr(trt.Runtime, "get_engine_validity"):
-        return None, ""
+        return None, "", False
     said: list[str] = []
     runtime = trt.Runtime(logger(fl, said))
     validity, diagnostics = runtime.get_engine_validity(plan)
-    if validity in (trt.EngineValidity.VALID, trt.EngineValidity.SUBOPTIMAL):
-        return True, ""
-    return False, diagnosis(fl, validity, diagnostics, said)
+    return judge(fl, validity, diagnostics, said)
 
 
 def runnable(engine: cache.Engine) -> cache.Engine:
-    """`engine` if it runs on this GPU; StageSkipped naming why not (a built engine is never reported as run).
+    """`engine` if it runs on this GPU; NotRunnable (a StageSkipped) naming why not (a built engine is never
+    reported as run). A SUBOPTIMAL verdict runs, and is kept in `engine.validity` for its rows to say.
 
     Without a GPU nothing is asked. Where the runtime can judge a plan it decides (an sm86 plan on an sm89 GPU,
     a version mismatch, an old driver); elsewhere the flavour's documented support matrix and the driver do."""
     fl = engine.flavour
     if not capability_here():
-        raise StageSkipped(f"built, not run: {fl.runs_on(None)[1]}")
-    verdict, why = plan_validity(fl, engine.plan.read_bytes())
+        raise NotRunnable(fl.runs_on(None)[1])
+    verdict, why, rebuild = plan_validity(fl, engine.plan.read_bytes())
     if verdict is None:
         verdict, why = fl.runs_here()
-    elif not verdict:
+        if not verdict:
+            raise NotRunnable(why)
+        engine.validity = f"not judged: {fl.label}'s runtime has no get_engine_validity"
+        return engine
+    if not verdict:
         # an old driver makes the runtime say only "cudaError 35": name the driver and the fix first
         driver = fl.driver_problem(cudainfo.driver_version()[0])
-        why = f"{driver} ({why})" if driver else why
-    if not verdict:
-        raise StageSkipped(f"built, not run: {why}")
+        raise NotRunnable(f"{driver} ({why})" if driver else why, rebuild=rebuild and not driver)
+    engine.validity = why or "VALID"
     return engine
+
+
+def usable(engine: cache.Engine, rebuild) -> cache.Engine:
+    """`engine` if it runs here; where the runtime says building it again here fixes it (an INVALID cached plan:
+    another RTX version or CUDA runtime, a malformed plan), `rebuild(why)` builds it again, judged once more."""
+    try:
+        return runnable(engine)
+    except NotRunnable as err:
+        if not (err.rebuild and engine.reused):
+            raise
+        why = str(err).removeprefix("built, not run: ")
+        print(f"engine {engine.dir.name}: the cached plan does not run here ({why}); rebuilding it")
+        return runnable(rebuild(why))
 
 
 def cuda_context() -> None:
@@ -139,22 +182,31 @@ def runtime_cache_path(engine: cache.Engine) -> Path:
     return engine.dir / f"runtime-{tag.strip('-')}.cache"
 
 
-def create_context(cuda_engine, fl: Flavour, runtime_cache: bytes | None = None, use_cache: bool = True):
+def create_context(cuda_engine, fl: Flavour, runtime_cache: bytes | None = None, use_cache: bool = True,
+                   graphs: bool = False):
     """(execution context, runtime config, runtime cache, whether the cached blob was accepted).
 
     TensorRT-RTX: from a runtime config with EAGER shape specialization (never timing a fallback kernel) and a
-    runtime cache, loaded from `runtime_cache` where given and accepted. Full TensorRT: a plain context."""
+    runtime cache, loaded from `runtime_cache` where given and accepted; `graphs`: RTX's own CUDA graphs
+    (cuda_graph_strategy WHOLE_GRAPH_CAPTURE). Full TensorRT: a plain context."""
     if not fl.rtx:
         return cuda_engine.create_execution_context(), None, None, False
     trt = fl.module()
     config = cuda_engine.create_runtime_config()
     config.dynamic_shapes_kernel_specialization_strategy = trt.DynamicShapesKernelSpecializationStrategy.EAGER
+    if graphs:  # RTX captures each enqueue in a CUDA graph of its own and replays it (NVIDIA's RTX samples)
+        config.cuda_graph_strategy = trt.CudaGraphStrategy.WHOLE_GRAPH_CAPTURE
     rt_cache, accepted = None, False
     if use_cache:
+        # both answers are checked, as the RTX samples do: an unchecked failure would make every "cached" JIT
+        # number a cold compile
         rt_cache = config.create_runtime_cache()
+        if rt_cache is None:
+            raise RuntimeError(f"{fl.label}: IRuntimeConfig.create_runtime_cache() returned None (see its log)")
         if runtime_cache:
             accepted = bool(rt_cache.deserialize(runtime_cache))  # False: another GPU/driver/version; recompiles
-        config.set_runtime_cache(rt_cache)
+        if not config.set_runtime_cache(rt_cache):
+            raise RuntimeError(f"{fl.label}: IRuntimeConfig.set_runtime_cache() was refused (see its log)")
     return cuda_engine.create_execution_context(config), config, rt_cache, accepted
 
 
@@ -180,6 +232,7 @@ class Session:
     plugins: Sequence[Path | str] = ()
     runtime_cache: Path | str | None = "auto"
     keep: list = field(default_factory=list)
+    rtx_graphs: bool = False  # the context runs in TensorRT-RTX's own CUDA-graph mode (use_rtx_graphs)
 
     def __post_init__(self):
         runnable(self.engine)
@@ -242,11 +295,33 @@ class Session:
 
     def capturable(self, stream_handle: int) -> tuple[bool | None, str]:
         """Whether TensorRT allows a CUDA-graph capture of an enqueue on this stream (RTX answers; full TensorRT
-        cannot tell before trying: None)."""
+        cannot tell before trying: None). Never in RTX's own graph mode: RTX captures there itself."""
+        if self.rtx_graphs:
+            return False, f"{self.engine.flavour.label}: the context captures its own CUDA graphs"
         if not hasattr(self.context, "is_stream_capturable"):
             return None, ""
         ok = bool(self.context.is_stream_capturable(stream_handle))
         return ok, "" if ok else f"{self.engine.flavour.label}: the execution context is not stream-capturable"
+
+    def use_rtx_graphs(self) -> str:
+        """Make the context anew in TensorRT-RTX's own CUDA-graph mode (cuda_graph_strategy WHOLE_GRAPH_CAPTURE, as
+        NVIDIA's RTX samples run), its JIT kernels kept through the runtime cache; '' when done, else why not.
+        Its tensors must be bound again."""
+        fl = self.engine.flavour
+        if self.rtx_graphs:
+            return ""
+        if not fl.rtx:
+            return f"{fl.label} has no CUDA-graph mode of its own"
+        blob = bytes(self.rt_cache.serialize() or b"") if self.rt_cache is not None else None
+        self.context = self.config = None  # the old context's device memory goes first
+        self.keep = []
+        self.context, self.config, self.rt_cache, _ = create_context(self.cuda_engine, fl, blob,
+                                                                     use_cache=blob is not None, graphs=True)
+        if self.context is None:
+            raise RuntimeError(f"{fl.label} could not create an execution context in its CUDA-graph mode for "
+                               f"{self.engine.plan}")
+        self.rtx_graphs = True
+        return ""
 
     def save_runtime_cache(self) -> Path | None:
         """Write the runtime cache (RTX's JIT-compiled kernels) beside the engine, atomically; its path."""

@@ -26,8 +26,8 @@ from mvlib.tensorrt.shapes import Profile
 ENGINES_TABLE = "engines.csv"
 ENGINE_COLUMNS = ["notebook", "engine", "onnx", "flavour", "flavour_version", "target", "status", "messages",
                   "build_seconds", "engine_bytes", "network_layers", "layers_by_type", "plugin_layers",
-                  "plugin_nodes_in_onnx", "compute_precision", "ran", "accuracy", "timing", *timing.JIT_COLUMNS,
-                  "path"]
+                  "plugin_nodes_in_onnx", "compute_precision", "validity", "ran", "accuracy", "timing",
+                  *timing.JIT_COLUMNS, "path"]
 BUILT = ("built", "reused", "rebuilt")  # the statuses of an engines-table row that holds a usable engine
 
 
@@ -64,14 +64,31 @@ def _row(spec: EngineSpec, eng: cache.Engine, base: dict) -> dict:
             "path": str(eng.plan)}
 
 
-def _run_here(eng: cache.Engine, plugins: Sequence[Path | str]) -> dict:
-    """Where the engine runs here: inspect it if it was built elsewhere, and measure its JIT; else say why not."""
+def _run_here(eng: cache.Engine, plugins: Sequence[Path | str], rebuild) -> tuple[cache.Engine, dict]:
+    """(the engine, its columns) where it runs here: rebuilt where the runtime calls the cached plan INVALID for a
+    reason a rebuild fixes, inspected if it was built elsewhere, the runtime's verdict, its JIT measured; else the
+    engine and why it does not run."""
     try:
-        runner.runnable(eng)
+        eng = runner.usable(eng, rebuild)
     except StageSkipped as why:
-        return {"jit": f"skipped: {str(why).removeprefix('built, not run: ')}"}
+        return eng, {"jit": f"skipped: {str(why).removeprefix('built, not run: ')}"}
     layers.ensure_inspected(eng)
-    return timing.jit(eng, plugins)
+    return eng, {"validity": eng.validity, **timing.jit(eng, plugins)}
+
+
+def _built_row(notebook: str, spec: EngineSpec, base: dict, make) -> dict:
+    """The engines-table row of one spec: built (or reused, or rebuilt) and, where it runs here, judged and timed;
+    failed with the builder's words."""
+    try:
+        eng, ran = _run_here(make(""), spec.plugins, make)
+    except cache.BuildFailed as err:
+        return {**base, "status": "failed", "messages": " | ".join(err.messages) or str(err)}
+    if eng.rebuilt:
+        line = rebuilt_line(notebook, spec.name, eng.rebuilt)
+        print(line)
+        if sys.__stderr__ is not None and sys.__stderr__ is not sys.stderr:  # in a kernel: the driver's console
+            print(line, file=sys.__stderr__, flush=True)
+    return {**_row(spec, eng, base), **ran}
 
 
 def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str | None = "auto",
@@ -88,20 +105,14 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
         if not Path(spec.onnx).is_file():
             rows.append({**base, "status": "skipped", "messages": f"{Path(spec.onnx).name} not found"})
             continue
-        try:
-            eng = cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb, check=spec.check)
-        except cache.BuildFailed as err:
-            rows.append({**base, "status": "failed", "messages": " | ".join(err.messages) or str(err)})
-            continue
-        if eng.rebuilt:
-            line = rebuilt_line(notebook, spec.name, eng.rebuilt)
-            print(line)
-            if sys.__stderr__ is not None and sys.__stderr__ is not sys.stderr:  # in a kernel: the driver's console
-                print(line, file=sys.__stderr__, flush=True)
-        rows.append({**_row(spec, eng, base), **_run_here(eng, spec.plugins)})
+
+        def make(why: str, spec=spec) -> cache.Engine:
+            return cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb, check=spec.check,
+                                      force=why)
+        rows.append(_built_row(notebook, spec, base, make))
     table = pd.DataFrame(rows).reindex(columns=ENGINE_COLUMNS)
     runs, why = fl.runs_here()
-    for column in ("accuracy", "timing", "jit"):
+    for column in ("accuracy", "timing", "jit", "validity"):
         table[column] = table[column].astype(object)
     if not runs:
         table.loc[table["status"].isin(BUILT), ["accuracy", "timing"]] = f"skipped: {why}"
@@ -134,7 +145,8 @@ def read(run) -> pd.DataFrame:
     table = pd.read_csv(path, dtype={"notebook": str, "engine": str, "onnx": str}) if path.exists() \
         else pd.DataFrame(columns=ENGINE_COLUMNS)
     return table.reindex(columns=ENGINE_COLUMNS).astype({c: object for c in ("accuracy", "timing", "messages",
-                                                                              "ran", "jit", "compute_precision")})
+                                                                              "ran", "jit", "compute_precision",
+                                                                              "validity")})
 
 
 def record(run, table: pd.DataFrame) -> pd.DataFrame:
@@ -220,6 +232,8 @@ def describe(table: pd.DataFrame) -> str:
         words = int8_words(str(r.engine), r.compute_precision)
         if words:
             lines.append(f"    - {words}")
+        if isinstance(r.validity, str) and "SUBOPTIMAL" in r.validity:
+            lines.append(f"    - runs, but {r.validity}")
         if isinstance(r.accuracy, str) and r.accuracy.startswith("skipped"):
             lines.append(f"    - not run: {r.accuracy.removeprefix('skipped: ')}")
     return "\n".join(lines)

@@ -7,13 +7,17 @@ TrtCudaGraph does (samples/common/sampleDevice.h: thread-local capture mode, end
 error), not with torch.cuda.graph, whose exit leaves its capture stream current when the capture fails. Where a
 graph is not allowed, it times plain enqueues instead, as trtexec does when a capture fails
 (samples/common/sampleInference.cpp: `endCaptureOnError` then "inference will be launched without using CUDA
-graph"); TensorRT-RTX is asked first with `is_stream_capturable`. Plain enqueues go to the engine's own stream,
-never the default one, on which enqueueV3 adds device synchronizations (NvInferRuntime.h, enqueueV3). The row's
-`timing` column says which way each batch was timed.
+graph"); TensorRT-RTX is asked first with `is_stream_capturable`, and where it refuses (a plugin engine: "Found
+non-capturable custom layer op") the context is made anew in RTX's own graph mode (cuda_graph_strategy
+WHOLE_GRAPH_CAPTURE, as NVIDIA's RTX samples run) before falling back to plain enqueues. Plain enqueues go to
+the engine's own stream, never the default one, on which enqueueV3 adds device synchronizations
+(NvInferRuntime.h, enqueueV3). The row's `timing` column says which way each batch was timed. Memory: an
+engine row reports the engine's own device memory (`engine_mem_mib`), never an allocator peak.
 
 JIT (`jit`): each engine in two fresh processes, as a user meets it: cold (no runtime cache: RTX compiles every
 kernel when the context is created), then with the runtime cache the first one wrote beside the engine; each
-measures context creation and the first inference, the second also the warm steady state.
+measures context creation and the first inference, the second also the warm steady state. Both start with
+CUDA_CACHE_DISABLE=1 (`jit_env`), so the driver's own compute cache never makes "cold" warm.
 
 Serves: notebook 06 (the TensorRT rows of 06_benchmark.csv and the JIT costs).
 """
@@ -34,6 +38,9 @@ from mvlib.tensorrt import plugins as plugin_libs
 from mvlib.tensorrt.flavours import select
 
 GRAPH_TIMING = f"CUDA events around each CUDA-graph replay of execute_async_v3, {bench.IN_FLIGHT} in flight"
+RTX_GRAPH_TIMING = ("CUDA events around each execute_async_v3 of a context in TensorRT-RTX's own CUDA-graph mode "
+                    "(cuda_graph_strategy WHOLE_GRAPH_CAPTURE: RTX captures and replays; our capture was refused: "
+                    "{why}), " f"{bench.IN_FLIGHT} in flight")
 PLAIN_TIMING = ("CUDA events around each plain execute_async_v3 on the engine's own stream (no CUDA graph: {why}), "
                 f"{bench.IN_FLIGHT} in flight")
 # the cuda-python runtime calls the capture makes (a test asserts each against the installed cuda-python)
@@ -54,13 +61,21 @@ def within(profile, batch: int) -> int:
 
 
 def choose_launch(capturable: tuple[bool | None, str], capture: Callable[[], tuple[Any, str]],
-                  plain: Callable[[], Any]) -> tuple[Callable[[], Any], str]:
-    """(launch, timing text): a graph's replay where TensorRT allows a capture and it succeeds, else plain enqueues."""
+                  plain: Callable[[], Any],
+                  rtx_graphs: Callable[[], str] | None = None) -> tuple[Callable[[], Any], str]:
+    """(launch, timing text): a graph's replay where TensorRT allows a capture and it succeeds; else, where
+    `rtx_graphs` switches the context to TensorRT-RTX's own graph mode ('' when it did, else why not), its enqueues;
+    else plain enqueues. The text says which, and why."""
     ok, why = capturable
     if ok is not False:
         graph, why = capture()
         if graph is not None:
             return graph.replay, GRAPH_TIMING
+    if rtx_graphs is not None:
+        refused = rtx_graphs()
+        if not refused:
+            return plain, RTX_GRAPH_TIMING.format(why=why)
+        why = f"{why}; RTX's graph mode: {refused}"
     return plain, PLAIN_TIMING.format(why=why)
 
 
@@ -93,23 +108,26 @@ def cuda_error(cudart, err) -> str:
 
 
 def cuda_graph_capture(enqueue: Callable[[int], bool], stream_handle: int,
-                       current: Callable[[], int]) -> tuple[CudaGraph | None, str]:
+                       current: Callable[[], int], cudart=None) -> tuple[CudaGraph | None, str]:
     """A CUDA graph of one `enqueue(stream_handle)`, or None and why: trtexec's TrtCudaGraph sequence (begin in
-    thread-local mode, enqueue, end; on failure end the capture, destroy what it made and clear the error)."""
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        return None, "cuda-python, which captures the graph, is not installed (`make env` installs it)"
+    thread-local mode, enqueue, end; on failure end the capture, destroy what it made and clear the error). An
+    enqueue that raises is re-raised after the same clean-up (trtexec's endCaptureOnError)."""
+    if cudart is None:
+        try:
+            from cuda.bindings import runtime as cudart
+        except ImportError:
+            return None, "cuda-python, which captures the graph, is not installed (`make env` installs it)"
     ok = cudart.cudaError_t.cudaSuccess
     err, = cudart.cudaStreamBeginCapture(stream_handle, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal)
     if err != ok:
         cudart.cudaGetLastError()
         return None, f"cudaStreamBeginCapture: {cuda_error(cudart, err)}"
-    enqueued = False
     try:
         enqueued = enqueue(stream_handle)
-    finally:  # the capture is always ended, also when the enqueue raised
-        err, graph = cudart.cudaStreamEndCapture(stream_handle)
+    except BaseException:
+        end_capture_on_error(cudart, stream_handle)
+        raise
+    err, graph = cudart.cudaStreamEndCapture(stream_handle)
     if err != ok or not enqueued:
         if err == ok and graph:
             cudart.cudaGraphDestroy(graph)
@@ -122,6 +140,15 @@ def cuda_graph_capture(enqueue: Callable[[int], bool], stream_handle: int,
         cudart.cudaGetLastError()
         return None, f"cudaGraphInstantiate: {cuda_error(cudart, err)}"
     return CudaGraph(graph_exec, cudart, current), ""
+
+
+def end_capture_on_error(cudart, stream_handle: int) -> None:
+    """End a capture an exception interrupted, destroy the graph it made, clear the error (trtexec's
+    endCaptureOnError), so the stream is usable again and nothing leaks."""
+    err, graph = cudart.cudaStreamEndCapture(stream_handle)
+    if err == cudart.cudaError_t.cudaSuccess and graph:
+        cudart.cudaGraphDestroy(graph)
+    cudart.cudaGetLastError()
 
 
 def plain_launch(session: runner.Session, stream, current: Callable[[], Any]) -> Callable[[], None]:
@@ -149,12 +176,12 @@ def release(state: dict, session: runner.Session, empty_cache: Callable[[], None
 def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str,
                     plugin_libs: Sequence[Path | str] = (), backend: str = "tensorrt",
                     notes: str = "") -> bench.Backend:
-    """A built engine run through execute_async_v3, captured once per batch in a CUDA graph where allowed."""
+    """A built engine run through execute_async_v3, captured once per batch in a CUDA graph where allowed, else in
+    TensorRT-RTX's own graph mode where that is on offer, else plain; the row's `timing` says which."""
     import torch
     engine = engine if isinstance(engine, cache.Engine) else cache.load(engine)
     torch.cuda.synchronize()
     torch.cuda.empty_cache()
-    free_before = torch.cuda.mem_get_info()[0]
     session = runner.Session(engine, plugin_libs)
     profile = engine.profile
     stream = torch.cuda.Stream()
@@ -167,41 +194,52 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
     def current_handle() -> int:
         return torch.cuda.current_stream().cuda_stream
 
-    def prepare(batch: int) -> Callable[[], Any]:
-        within(profile, batch)
-        release(state, session, empty_cache)
-        # the same fresh random images bench gives every backend (seeded by the run's seed and the batch)
-        x = torch.from_numpy(bench.images(batch, settings))
-        x = x.to("cuda")
+    def bind_and_enqueue(x) -> None:
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
-            buffers = session.bind(x)
+            session.bind(x)
             # One plain enqueue after a shape change, before capture: TensorRT does its deferred
             # shape-dependent setup there, which must not land inside the graph.
             session.execute(stream.cuda_stream)
         stream.synchronize()
+
+    def prepare(batch: int) -> Callable[[], Any]:
+        within(profile, batch)
+        release(state, session, empty_cache)
+        # the same fresh random images bench gives every backend (seeded by the run's seed and the batch)
+        x = torch.from_numpy(bench.images(batch, settings)).to("cuda")
+        bind_and_enqueue(x)
 
         def capture():
             graph, why = cuda_graph_capture(session.enqueue, stream.cuda_stream, current_handle)
             state["graph"] = graph
             return graph, why
 
+        def rtx_graphs() -> str:
+            refused = session.use_rtx_graphs()
+            if not refused:
+                bind_and_enqueue(x)  # a new context: bound again; RTX captures at its first enqueue
+            return refused
+
         launch, result.timing = choose_launch(session.capturable(stream.cuda_stream), capture,
-                                              plain_launch(session, stream, torch.cuda.current_stream))
-        state.update(launch=launch, buffers=buffers, bound=list(session.keep))
+                                              plain_launch(session, stream, torch.cuda.current_stream),
+                                              rtx_graphs if engine.flavour.rtx else None)
+        state.update(launch=launch, bound=list(session.keep))
         return launch
 
-    def taken_mib() -> float:
-        torch.cuda.synchronize()
-        return (free_before - torch.cuda.mem_get_info()[0]) / bench.MIB
+    def engine_mib() -> float:
+        return session.cuda_engine.device_memory_size_v2 / bench.MIB
 
+    validity = engine.validity if "SUBOPTIMAL" in engine.validity else ""
     result = bench.Backend(backend, "cuda", precision, label, prepare, GRAPH_TIMING,
                            notes=(f"{engine.flavour.label}, target {engine.info['target']}, "
                                   f"profile {profile.min}..{profile.max}"
                                   + ("; EAGER shape specialization" if engine.flavour.rtx else "")
-                                  + "; peak = device memory taken by engine, context, I/O and graph (cudaMemGetInfo)"
+                                  + (f"; {validity}" if validity else "")
+                                  + "; engine_mem = the execution context's device memory (device_memory_size_v2, "
+                                    "as trtexec reports it; weights are the plan's bytes)"
                                   + (f"; {notes}" if notes else "")),
-                           peak_mem_mib=taken_mib, keep=[session, stream, state])
+                           engine_mem_mib=engine_mib, keep=[session, stream, state])
     return result
 
 
@@ -215,8 +253,11 @@ def tensorrt(settings: bench.Settings, onnx_path: Path | str, precision: str, pr
     onnx_path = Path(onnx_path)
     if not onnx_path.exists():
         raise StageSkipped(f"{onnx_path.name} not found in {onnx_path.parent}: notebooks 01 to 05 write it")
-    engine = runner.runnable(cache.build_engine(onnx_path, profile, select(trt_flavour), trt_target, plugins,
-                                                workspace_gb, check=check))
+    fl = select(trt_flavour)
+
+    def make(why: str) -> cache.Engine:
+        return cache.build_engine(onnx_path, profile, fl, trt_target, plugins, workspace_gb, check=check, force=why)
+    engine = runner.usable(make(""), make)
     label = f"{engine.flavour.label.split()[0]} {precision.upper()}" + (f" + {plugin_label}" if plugins else "")
     return tensorrt_engine(settings, engine, precision, label, plugin_libs=plugins,
                            backend="tensorrt+plugin" if plugins else "tensorrt", notes=onnx_path.name)
@@ -264,6 +305,14 @@ def jit_child(spec_path: str, result_path: str) -> int:
     return 0 if result["ok"] else 1
 
 
+def jit_env(fl) -> dict:
+    """The measuring children's environment: the flavour's library path, and CUDA_CACHE_DISABLE=1. RTX's JIT
+    compiles through NVRTC into the CUDA driver's compute cache, which honours that variable (RTX's library:
+    "[nvrtc cache] ENV: CUDA_CACHE_DISABLE"): without it "cold" is cold only on a machine's first run, and the
+    "cached" columns would measure the driver's cache beside RTX's runtime cache."""
+    return {**cache.child_env(fl), "CUDA_CACHE_DISABLE": "1"}
+
+
 def _session_in_child(spec: dict, fl) -> dict:
     """Run measure_session in a fresh process (a cold JIT is a new process's), its result."""
     folder = Path(spec["plan"]).parent
@@ -271,8 +320,7 @@ def _session_in_child(spec: dict, fl) -> dict:
         spec_path.write_text(json.dumps(spec))
         try:
             proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "jit", str(spec_path), str(result_path)],
-                                  env=plugin_libs.library_env(fl), capture_output=True, text=True,
-                                  timeout=JIT_TIMEOUT_S)
+                                  env=jit_env(fl), capture_output=True, text=True, timeout=JIT_TIMEOUT_S)
         except subprocess.TimeoutExpired:  # a measurement, not the study: the jit column says so
             return {"ok": False, "error": f"the measuring process did not finish within {JIT_TIMEOUT_S:g} s"}
         text = result_path.read_text() if result_path.stat().st_size else ""
