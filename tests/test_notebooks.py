@@ -289,15 +289,25 @@ def test_the_prose_types_no_measured_number(notebook):
 
 # --- every cell twice in one kernel, for real --------------------------------------------------------------------
 def doubled(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The notebook with each code cell followed by a copy of itself (untagged: one `parameters` cell stays)."""
+    """The notebook with each code cell run twice in a row: a copy follows it, untagged. The `parameters` cell's copy
+    goes before it, as papermill puts the injected parameters right after the tagged cell."""
     cells = []
     for cell in notebook.cells:
-        cells.append(cell)
-        if cell.cell_type == "code":
-            again = nbformat.v4.new_code_cell(cell.source)
-            again["id"] = f"{cell.get('id', len(cells))}-again"
-            cells.append(again)
+        again = nbformat.v4.new_code_cell(cell.source)
+        again["id"] = f"{cell.get('id', len(cells))}-again"
+        tagged = "parameters" in cell.get("metadata", {}).get("tags", [])
+        cells += ([again, cell] if tagged else [cell, again]) if cell.cell_type == "code" else [cell]
     return nbformat.v4.new_notebook(cells=cells, metadata=notebook.metadata)
+
+
+def test_doubled_runs_each_code_cell_twice_and_keeps_the_parameters_last():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("y = x")])
+    nb.cells[1].metadata["tags"] = ["parameters"]
+    cells = doubled(nb).cells
+    assert [c.source for c in cells] == ["# t", "x = 1", "x = 1", "y = x", "y = x"]
+    assert [c.metadata.get("tags") for c in cells[1:3]] == [None, ["parameters"]]  # papermill injects after this
+    assert len({c.id for c in cells}) == 5
 
 
 @pytest.fixture(scope="module")
