@@ -1,15 +1,20 @@
-"""The notebooks as a whole: each creates exactly the run-folder files its **Creates** cell lists.
+"""The notebooks as a whole: each creates exactly the run-folder files its **Creates** cell lists, every cell can be
+run twice in one kernel (a name it reads is never one it rebinds; on the smoke run, for real), and no measured
+number is typed into their prose.
 
 A Creates cell lists files as `results/NN_x.csv` or `figures/NN_x.png`. A file listed after a condition
 (`` `trt` tier ``, "wherever a builder is installed", ...) is expected only where the condition holds; a
 condition holds to the end of its paragraph or bullet, and the conditions met there add up.
 """
+import ast
 import os
 import re
 import shutil
 import subprocess
+import time
 
 import nbformat
+import pandas as pd
 import pytest
 
 from mvlib import fp8, io, paths, stages, tiers
@@ -138,3 +143,215 @@ def test_make_hooks_strips_outputs_on_git_add(tmp_path):
     staged = _git(repo, "show", ":notebooks/01_export.ipynb").stdout
     assert staged == committed  # outputs and execution count gone, cell ids kept
     assert "saved from the UI" in nb_path.read_text()  # the working copy keeps them
+
+
+# --- a cell run again in JupyterLab does what it did the first time --------------------------------------------
+MUTATORS = {"append", "extend", "insert", "update", "setdefault", "add", "pop", "remove", "clear"}
+
+
+class _Names(ast.NodeVisitor):
+    """The top-level names a cell reads and binds, in the order Python evaluates them."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str]] = []  # ("load" | "store" | "mutate", name)
+        self.local: set[str] = set()  # comprehension and lambda variables, which are not the cell's
+
+    def visit_Name(self, node):
+        if node.id not in self.local:
+            self.events.append(("load" if isinstance(node.ctx, ast.Load) else "store", node.id))
+
+    def visit_Assign(self, node):
+        self.visit(node.value)  # the value first: `x = f(x)` reads x before it binds it
+        for target in node.targets:
+            self.visit(target)
+
+    def visit_AugAssign(self, node):
+        self.visit(node.value)
+        if isinstance(node.target, ast.Name):
+            self.events.append(("load", node.target.id))
+        self.visit(node.target)
+
+    def visit_Import(self, node):
+        self.events += [("store", (a.asname or a.name).split(".")[0]) for a in node.names]
+
+    visit_ImportFrom = visit_Import
+
+    def visit_Call(self, node):
+        self.generic_visit(node)
+        f = node.func
+        if isinstance(f, ast.Attribute) and f.attr in MUTATORS and isinstance(f.value, ast.Name):
+            self.events.append(("mutate", f.value.id))
+
+    def visit_Lambda(self, node):
+        self._scoped({a.arg for a in node.args.args}, [node.body])
+
+    def _comprehension(self, node):
+        self.visit(node.generators[0].iter)  # evaluated outside the comprehension's scope
+        targets = {n.id for g in node.generators for n in ast.walk(g.target) if isinstance(n, ast.Name)}
+        inner = [c for g in node.generators for c in g.ifs] + [g.iter for g in node.generators[1:]]
+        inner += [node.key, node.value] if isinstance(node, ast.DictComp) else [node.elt]
+        self._scoped(targets, inner)
+
+    visit_ListComp = visit_SetComp = visit_GeneratorExp = visit_DictComp = _comprehension
+
+    def _scoped(self, names, nodes):
+        saved, self.local = self.local, self.local | names
+        for n in nodes:
+            self.visit(n)
+        self.local = saved
+
+
+def rerun_hazards(source: str) -> list[str]:
+    """Names a cell takes from earlier cells and then rebinds or grows: running it again reads its own result."""
+    code = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+    names = _Names()
+    for statement in ast.parse(code).body:
+        names.visit(statement)
+    bound, from_before, changed = set(), set(), set()
+    for kind, name in names.events:
+        if kind == "load" and name not in bound:
+            from_before.add(name)
+        elif kind == "store":
+            bound.add(name)
+        elif kind == "mutate" and name not in bound:
+            changed.add(name)
+    return sorted((from_before & bound) | changed)
+
+
+def code_cells(notebook: str) -> list[tuple[int, str]]:
+    """(index, source) of each Python code cell of a notebook (`%%bash` cells are not Python)."""
+    nb = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
+    return [(i, c.source) for i, c in enumerate(nb.cells) if c.cell_type == "code" and not c.source.startswith("%%")]
+
+
+def test_rerun_hazards_are_found():
+    assert rerun_hazards("from mvlib.tensorrt import table as trt_table") == []
+    assert rerun_hazards("spec = trt_table.EngineSpec()\ntrt_table, errors = f(spec)") == ["trt_table"]
+    assert rerun_hazards("table = pd.concat([table, pd.DataFrame(rows)])") == ["table"]
+    assert rerun_hazards("tables += [f(x)]") == ["tables"]
+    assert rerun_hazards("tables.append(f(x))") == ["tables"]
+    assert rerun_hazards("rows = []\nrows.append(1)\ntables['gpu'] = rows") == []  # made anew, then set
+    assert rerun_hazards("d = {k: v.get(k) for k in keys}\nk = 1") == []  # a comprehension's k is its own
+    assert rerun_hazards("%%time\nx = f(y)") == []
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_a_cell_run_again_does_not_read_its_own_result(notebook):
+    """Re-running a cell in JupyterLab must not find its own earlier result in a name it reads (a module name bound
+    to a table, a table that grows each time); make a new name instead."""
+    hazards = {i: names for i, src in code_cells(notebook) if (names := rerun_hazards(src))}
+    assert not hazards, f"{notebook}: cells (by index) that rebind or grow a name they read: {hazards}"
+
+
+# --- measured numbers in the prose come from the run's tables ---------------------------------------------------
+MEASURED = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)\s?(?:%|×|x\b)"  # 99.2 %, 7×, 51x
+                      r"|(?<![\w.])(\d+) of (\d+)\b"  # 62 of 89
+                      r"|(?<![\w.-])(0\.\d{3,}|\d+\.\d+(?=\s?(?:img/s|ms|MB|MiB|GB/s|s\b|W\b|J\b)))")  # 0.983, 14.8 MB
+
+
+def _numbers(source: str) -> set[float]:
+    """Every number written as a literal in Python source."""
+    return {float(n.value) for n in ast.walk(ast.parse(source))
+            if isinstance(n, ast.Constant) and isinstance(n.value, int | float) and not isinstance(n.value, bool)}
+
+
+def typed_measurements(text: str, allowed: set[float]) -> list[str]:
+    """Numbers in prose that look measured (a percentage, a ratio, 'N of M', a cosine, a value with its unit) and
+    are neither a constant of the code nor a published anchor."""
+    def known(v: float) -> bool:
+        return v in allowed or v / 100 in allowed
+    return [m.group(0) for m in MEASURED.finditer(text)
+            if not all(known(float(g)) for g in m.groups() if g is not None)]
+
+
+def test_typed_measurements_are_found():
+    allowed = {0.999, 0.99, 11790.0}
+    assert typed_measurements("62 of 89 stay INT8 and pass: 0.99982, 99.2 % (max)", allowed) == [
+        "62 of 89", "0.99982", "99.2 %"]
+    assert typed_measurements("cosine at least 0.999 and top-1 agreement of at least 99 %; 11790 img/s", allowed) == []
+    assert typed_measurements("Plans: 14.8 MB, 7× smaller; opset 17, TensorRT 10.13", allowed) == ["14.8", "7×"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_the_prose_types_no_measured_number(notebook):
+    """A measured number in a markdown cell goes stale with the next run: a cell prints it from the run's tables,
+    and dated findings live in docs/findings.md. Constants of the code and the anchors of docs/method.md may be
+    quoted."""
+    allowed = set().union(*(_numbers(p.read_text()) for p in (paths.ROOT / "mvlib").rglob("*.py")))
+    allowed |= set().union(*(_numbers(src) for _, src in code_cells(notebook)))
+    anchors = (paths.ROOT / "docs" / "method.md").read_text()
+    allowed |= {float(n) for n in re.findall(r"(?<![\w.])\d+(?:\.\d+)?", anchors.replace(",", ""))}
+    nb = nbformat.read(paths.NOTEBOOKS / f"{notebook}.ipynb", as_version=4)
+    typed = {i: found for i, c in enumerate(nb.cells)
+             if c.cell_type == "markdown" and (found := typed_measurements(c.source, allowed))}
+    assert not typed, f"{notebook}: markdown cells (by index) with typed measured numbers: {typed}"
+
+
+# --- every cell twice in one kernel, for real --------------------------------------------------------------------
+def doubled(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """The notebook with each code cell run twice in a row: a copy follows it, untagged. The `parameters` cell's copy
+    goes before it, as papermill puts the injected parameters right after the tagged cell."""
+    cells = []
+    for cell in notebook.cells:
+        again = nbformat.v4.new_code_cell(cell.source)
+        again["id"] = f"{cell.get('id', len(cells))}-again"
+        tagged = "parameters" in cell.get("metadata", {}).get("tags", [])
+        cells += ([again, cell] if tagged else [cell, again]) if cell.cell_type == "code" else [cell]
+    return nbformat.v4.new_notebook(cells=cells, metadata=notebook.metadata)
+
+
+def test_doubled_runs_each_code_cell_twice_and_keeps_the_parameters_last():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x = 1"),
+                                         nbformat.v4.new_code_cell("y = x")])
+    nb.cells[1].metadata["tags"] = ["parameters"]
+    cells = doubled(nb).cells
+    assert [c.source for c in cells] == ["# t", "x = 1", "x = 1", "y = x", "y = x"]
+    assert [c.metadata.get("tags") for c in cells[1:3]] == [None, ["parameters"]]  # papermill injects after this
+    assert len({c.id for c in cells}) == 5
+
+
+@pytest.fixture(scope="module")
+def twice_run(smoke_run, tmp_path_factory):
+    """The smoke run's notebooks executed again in order, one kernel each, every code cell twice in a row, with the
+    smoke run's parameters and build folder (its models and engines are reused) into a run folder of its own:
+    (the run folder, {notebook: error})."""
+    import papermill
+    import smoke
+    work = tmp_path_factory.mktemp("twice")
+    run, errors, seconds = work / "run", {}, {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MVLIB_BUILD", str(smoke.BUILD))  # the kernels' build folder: the smoke run's
+        for name in NOTEBOOKS:
+            executed = nbformat.read(smoke_run / "notebooks" / f"{name}.ipynb", as_version=4)
+            params = dict(executed.metadata.papermill.parameters) | {"run_dir": str(run)}
+            source = work / f"{name}.ipynb"
+            nbformat.write(doubled(nbformat.read(paths.NOTEBOOKS / f"{name}.ipynb", as_version=4)), source)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(str(source), str(work / f"{name}.out.ipynb"), parameters=params,
+                                           cwd=str(paths.NOTEBOOKS), kernel_name="python3", progress_bar=False,
+                                           execution_timeout=900)
+            except Exception as err:  # a cell that fails the second time, a dead kernel
+                errors[name] = f"{type(err).__name__}: {err}"[-3000:]
+            seconds[name] = round(time.perf_counter() - start)
+    print(f"every cell twice, seconds per notebook: {seconds}")
+    return run, errors
+
+
+def _run_files(run, notebook: str) -> dict[str, tuple[list[str], int] | None]:
+    """A notebook's own run-folder files: a table's columns and row count, None for a figure."""
+    own = stages.short(notebook) + "_"
+    files = {f"figures/{p.name}": None for p in (run / "figures").glob(f"{own}*")}
+    for p in (run / "results").glob(f"{own}*"):
+        table = pd.read_csv(p)
+        files[f"results/{p.name}"] = (list(table.columns), len(table))
+    return files
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_every_cell_runs_twice_in_one_kernel(twice_run, smoke_run, notebook):
+    """As a user re-running cells in JupyterLab: no cell fails the second time, and the notebook writes the same
+    tables (columns and rows) and figures as the smoke run, where each cell ran once."""
+    run, errors = twice_run
+    assert notebook not in errors, errors[notebook]
+    assert _run_files(run, notebook) == _run_files(smoke_run, notebook)

@@ -1,5 +1,6 @@
 """mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, and the
-README's module -> notebook -> test map and figure table say what the modules, notebooks and tests hold."""
+module -> notebook -> test map and the figure table of docs/package.md say what the modules, notebooks and tests
+hold."""
 import ast
 import fnmatch
 import importlib
@@ -45,9 +46,9 @@ def test_the_profiles_are_declared_package_data(tmp_path):
     assert {"mvlib/profiles/full.yaml", "mvlib/profiles/smoke.yaml", "mvlib/progress.py"} <= set(names)
 
 
-# --- the README's map: module -> notebook -> test -----------------------------------------------------------
-README = (paths.ROOT / "README.md").read_text()
-MAP = README[README.index("### Module → notebook → test"):README.index("## JupyterLab")]
+# --- docs/package.md's map: module -> notebook -> test ------------------------------------------------------
+PACKAGE = (paths.ROOT / "docs" / "package.md").read_text()
+MAP = PACKAGE[PACKAGE.index("## Module → notebook → test"):PACKAGE.index("## Figures")]
 
 
 def _modules() -> dict[str, Path]:
@@ -76,18 +77,18 @@ def _served(docstring: str) -> tuple[set[str], bool]:
 
 
 def _map_rows() -> dict[str, tuple[str, list[str]]]:
-    """module -> (its 'serves notebooks' cell, its test file patterns) from the README's map."""
+    """module -> (its 'serves notebooks' cell, its test file patterns) from docs/package.md's map."""
     rows = re.findall(r"^\| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|$", MAP, re.M)
     return {name: (serves, re.findall(r"`([^`]+)`", tests)) for name, serves, tests in rows}
 
 
-def test_the_readme_map_has_every_module_its_notebooks_and_its_tests():
+def test_the_map_has_every_module_its_notebooks_and_its_tests():
     rows, modules = _map_rows(), _modules()
     missing, stale = set(modules) - set(rows), set(rows) - set(modules)
-    assert not missing and not stale, f"README's map is missing {missing}, has stale {stale}"
+    assert not missing and not stale, f"docs/package.md's map is missing {missing}, has stale {stale}"
     for name, (serves, patterns) in rows.items():
         doc = ast.get_docstring(ast.parse(modules[name].read_text())) or ""
-        assert _served(doc) == _notebooks(serves), f"{name}: its docstring and README's map serve different notebooks"
+        assert _served(doc) == _notebooks(serves), f"{name}: its docstring and the map serve different notebooks"
         assert _served(doc) != (set(), False), f"{name}: the docstring says no notebook and not the driver"
         for pattern in patterns:
             files = sorted((paths.ROOT / "tests").glob(pattern))
@@ -99,7 +100,7 @@ def test_every_test_file_is_in_the_map():
     named = re.findall(r"`(test_[\w*]+\.py)`", MAP)
     unnamed = [f.name for f in (paths.ROOT / "tests").glob("test_*.py") if not any(fnmatch.fnmatch(f.name, n)
                                                                                 for n in named)]
-    assert not unnamed, f"add these to README's module -> notebook -> test map: {unnamed}"
+    assert not unnamed, f"add these to docs/package.md's module -> notebook -> test map: {unnamed}"
 
 
 def test_the_map_reads_notebooks_as_written():
@@ -109,8 +110,8 @@ def test_the_map_reads_notebooks_as_written():
     assert _served("Tables for notebook 03 and 05.\n\nMore text.") == ({"03", "05"}, False)
 
 
-def test_every_figure_is_drawn_by_the_function_the_readme_names_and_its_notebook_calls_it():
-    section = README[README.index("## Figures"):README.index("## Method and anchors")]
+def test_every_figure_is_drawn_by_the_function_the_docs_name_and_its_notebook_calls_it():
+    section = PACKAGE[PACKAGE.index("## Figures"):]
     rows = re.findall(r"^\| (`0\d_[^|]+) \| (0\d) \| ([^|]+) \|", section, re.M)
     assert len(rows) >= 7
     for figures_cell, notebook, drawn_by in rows:
