@@ -16,7 +16,7 @@ CUDA 13 (R580 or newer) and fails with cudaError 35 on an R535-R570 driver. With
 that only builds engines ahead of time) the CUDA 13 build is chosen: the builder needs no driver.
 
 ONNX Runtime is one package or the other, never both (`onnxruntime` and `onnxruntime-gpu` install the same module):
-the CPU build without a driver (or one older than CUDA 12, which no current onnxruntime-gpu serves), else the GPU
+the CPU build without a driver (or one older than CUDA 12, for which no current onnxruntime-gpu is built), else the GPU
 build of the driver's CUDA major. PyPI's onnxruntime-gpu is a CUDA 12 build from 1.19 to 1.26 and a CUDA 13 build
 from 1.27 on (its wheels' metadata: nvidia-*-cu12 against nvidia-*-cu13 / nvidia-* ~=13 requirements).
 
