@@ -33,7 +33,7 @@ import pandas as pd
 from mvlib import accuracy, fp8, io, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import ARTIFACTS
-from mvlib.precision import captured_logs, to_fp16
+from mvlib.autocast import captured_logs, to_fp16
 from mvlib.progress import progress
 from mvlib.quant_eval import Evaluator, criterion
 from mvlib.quant_graph import (

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, decision, metrics, precision
+from mvlib import autocast, bench, decision, metrics
 from mvlib.run import Run
 from mvlib.tensorrt import table as engines_table
 
@@ -80,7 +80,7 @@ def _accuracy_03() -> pd.DataFrame:
                          **metrics.compare(ref, out)})
     rows += [{"runner": "trt-fp32", "reference": "onnxrt-fp32", "batch": b, "status": "skipped: no runtime here"}
              for b in (1, 32)]
-    return precision.combine(pd.DataFrame(rows), columns=precision.COLUMNS)
+    return autocast.combine(pd.DataFrame(rows), columns=autocast.COLUMNS)
 
 
 def _int8_04(labelled: bool) -> pd.DataFrame:

@@ -31,8 +31,8 @@ def rewrite_model(exported, precision: str, img_size: int, seed: int = 0, batch:
     src, dst = exported.path(prec.artifact), exported.path(prec.plugin_artifact)
     row = {"precision": prec.name, "source": src.name, "rewritten": dst.name}
     if prec.name == "fp16" and not src.exists():
-        from mvlib import precision as fp16_conversion
-        fp16_conversion.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
+        from mvlib import autocast
+        autocast.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
     if not src.exists():
         return {**row, "status": f"skipped: {src.name} not found ({stages.made_by(src.name)})"}
     try:

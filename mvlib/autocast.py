@@ -1,7 +1,8 @@
-"""FP16 through NVIDIA ModelOpt AutoCast, and FP32 / FP16 accuracy through polygraphy's Comparator (notebook 03).
+"""Models converted to a lower float type (FP16) by NVIDIA ModelOpt AutoCast, and their accuracy through
+polygraphy's Comparator (notebook 03).
 
-Also serves notebook 04 (`to_fp16` makes the deployable FP16-float variant of a Q/DQ model) and notebook 05
-(`ensure_fp16` reuses notebook 03's conversion). Precision is decided in the ONNX graph (TensorRT 11 has no
+Serves: notebooks 03 to 05 (03: the conversion and its accuracy; 04: `to_fp16` makes the deployable FP16-float
+variant of a Q/DQ model; 05: `ensure_fp16` reuses notebook 03's conversion). Precision is decided in the ONNX graph (TensorRT 11 has no
 FP16 builder flag): AutoCast rewrites the FP32 model into FP16 with Casts, keeps the graph's inputs and outputs
 FP32, and keeps in FP32 the nodes its rules flag. Every variant stays an ONNX file that ONNX Runtime runs on the
 CPU, so its accuracy is measured here as well as in TensorRT, by the one criterion of `mvlib.precisions`.
