@@ -32,8 +32,8 @@ import pandas as pd
 
 from mvlib import accuracy, fp8, io, precisions
 from mvlib.accuracy import INPUT, OUTPUT
-from mvlib.export import ARTIFACTS
 from mvlib.autocast import captured_logs, to_fp16
+from mvlib.export import ARTIFACTS
 from mvlib.progress import progress
 from mvlib.quant_eval import Evaluator, criterion
 from mvlib.quant_graph import (

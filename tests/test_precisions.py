@@ -27,9 +27,9 @@ def test_every_model_file_is_made_by_the_notebook_the_registry_names():
         assert p.criterion == metrics.CRITERION
 
 
-def test_an_unknown_precision_is_an_error_naming_the_known_ones():
+def test_an_unknown_precision_is_an_error_naming_the_known_ones(unknown_precision):
     with pytest.raises(ValueError, match="fp32, fp16, int8, fp8"):
-        precisions.get("bf16")
+        precisions.get(unknown_precision)
     with pytest.raises(ValueError, match="not a quantized precision: choose one of int8, fp8"):
         precisions.quantized("fp16")
 
