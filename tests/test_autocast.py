@@ -76,7 +76,7 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
     shutil.copyfile(xxs[0].onnx, src)
     calls = []
 
-    def fake_convert(s, d, seed=0, data_max=autocast.DATA_MAX):  # stands in for the 10-second AutoCast run
+    def fake_convert(s, d, seed=0, data_max=autocast.DATA_MAX, precision="fp16"):  # stands in for 10 s of AutoCast
         calls.append(data_max)
         io.write_bytes(d, b"converted %d" % len(calls))
         return autocast.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]),
@@ -123,6 +123,20 @@ def test_one_fp16_conversion_without_rules_turns_every_float_node_fp16(xxs, tmp_
     assert (kept["float_tensors"] != "FP32").all() or set(kept["op_type"]) <= autocast.MOVES_DATA
     with pytest.raises(FileNotFoundError, match="export the FP32 model first"):
         autocast.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx")
+
+
+def test_the_conversion_makes_the_lower_float_type_of_the_precision_passed_down(xxs, tmp_path, monkeypatch):
+    """A precision added to the table in bfloat16 is converted by the same call, its type from the precision;
+    a precision that is no lower float type is refused before anything is read."""
+    import dataclasses
+    monkeypatch.setitem(precisions.TABLE, "bf16", dataclasses.replace(
+        precisions.get("fp16"), name="bf16", label="BF16", torch_dtype="bfloat16", numpy_dtype="bfloat16"))
+    model, _ = autocast.to_fp16(xxs[0].onnx, tmp_path / "bf16.onnx", rules=False, precision="bf16")
+    types = {t.data_type for t in model.graph.initializer}
+    assert onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT16 not in types
+    for name in ("fp32", "int8"):
+        with pytest.raises(ValueError, match=f"{precisions.label(name)} is not one"):
+            autocast.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx", precision=name)
 
 
 class _Shifted(torch.nn.Module):

@@ -223,3 +223,12 @@ def test_notebook_06_smoke_run_tables(smoke_run):
     for name in ("pytorch_cuda_fp32", "torch_compile_cudagraphs_fp16", "tensorrt_fp16", "gpu_ceilings"):
         st = stages[f"06_benchmark/{name}"]
         assert st["status"] in ("ok", "skipped") and (st["status"] == "ok" or st["reason"])
+
+
+def test_pytorch_on_the_gpu_runs_only_the_precisions_the_table_gives_a_torch_type(unknown_precision):
+    """The torch type comes from the table of precisions: INT8 is refused naming the fix (no GPU touched)."""
+    settings = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
+    with pytest.raises(ValueError, match="PyTorch does not run INT8 here: it runs fp32, fp16"):
+        bench.pytorch_cuda(settings, None, precision="int8")
+    with pytest.raises(ValueError, match=f"unknown precision '{unknown_precision}'"):
+        bench.pytorch_cuda(settings, None, precision=unknown_precision)

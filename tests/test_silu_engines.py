@@ -54,6 +54,14 @@ def test_each_precision_named_gets_its_plugin_model_or_a_row_saying_which_notebo
         engines.rewrite_models(exp, [unknown_precision], 256)
 
 
+def test_a_precision_without_a_plugin_model_gets_a_row_saying_so(tmp_path, xxs, monkeypatch):
+    import dataclasses
+    bare = dataclasses.replace(precisions.get("int8"), plugin_artifact=None, rewrite_tolerance=None)
+    monkeypatch.setitem(precisions.TABLE, "int8", bare)
+    row = engines.rewrite_model(_exported(tmp_path, xxs), "int8", 256)
+    assert row["status"] == "skipped: INT8 has no plugin model (plugin_artifact in mvlib/precisions.py)"
+
+
 def test_a_rewritten_graph_that_differs_from_its_source_fails_the_stage(tmp_path, xxs, monkeypatch):
     exp = _exported(tmp_path, xxs)
     checked = []
