@@ -222,11 +222,12 @@ def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX, prec
         made = convert_fp16(src, tmp, seed=seed, data_max=data_max, precision=precision)
         return {"summary": list(made.summary.items()), "fp32_nodes": made.fp32_nodes.to_dict(orient="records")}
 
-    _, reused = io.cached(dst, key, make, "AutoCast FP16")
+    _, reused = io.cached(dst, key, make, f"AutoCast {precisions.label(precision)}")
     record = io.stored_record(dst)
     result = Fp16Model(dst, pd.DataFrame(record["fp32_nodes"], columns=NODE_COLUMNS), dict(record["summary"]))
     if not reused:
-        print(f"{dst.name}: {result.summary['autocast_fp16_nodes']}/{result.summary['autocast_nodes']} nodes FP16, "
+        print(f"{dst.name}: {result.summary['autocast_fp16_nodes']}/{result.summary['autocast_nodes']} nodes "
+              f"{precisions.label(precision)}, "
               f"{result.summary['kept_fp32_by_rule']} kept FP32 by a rule, {result.summary['fp32_float_nodes']} "
               "still touch FP32 data")
     return result
