@@ -588,7 +588,7 @@ def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_la
     import torch
     if compile_mode not in (None, "default", "reduce-overhead"):
         raise ValueError(f"compile_mode {compile_mode!r}: use None (eager), 'default' or 'reduce-overhead'")
-    dtype = {"fp32": torch.float32, "fp16": torch.float16}[precision]
+    dtype = precisions.torch_dtype(precision)  # ValueError for a precision PyTorch does not run
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = copy.deepcopy(model).to("cuda", dtype).to(memory_format=fmt).eval()
     graphs = compile_mode == "reduce-overhead"

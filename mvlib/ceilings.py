@@ -108,11 +108,11 @@ def gpu_ceilings(copy_elems: int = 2 ** 28, matmul_n: int = 8192, reps: int = 20
 def roofline_points(df: pd.DataFrame, cost: pd.DataFrame) -> pd.DataFrame:
     """Each row's achieved FLOP/s and its compulsory arithmetic intensity (FLOPs per byte that must move:
     weights once per launch, at the bytes per weight of the row's precision (mvlib.precisions), plus each image's
-    input and output), the x axis of a roofline."""
+    input and output, at its io_bytes), the x axis of a roofline."""
     c = cost.iloc[0]
     out = df[["label", "device", "precision", "batch", "throughput_ips"]].copy()
     wbytes = out.precision.map(lambda p: precisions.get(p).bytes_per_weight)  # an unknown precision is an error
-    iobytes = np.where(out.precision == "fp16", 2, 4)
+    iobytes = out.precision.map(lambda p: precisions.get(p).io_bytes)
     bytes_per_launch = c.params * wbytes + out.batch * (c.input_elems + c.output_elems) * iobytes
     out["flops_per_s"] = out.throughput_ips * c.flops_per_image
     out["intensity"] = out.batch * c.flops_per_image / bytes_per_launch

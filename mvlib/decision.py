@@ -23,7 +23,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
-from mvlib import figures
+from mvlib import figures, precisions
 from mvlib.energy import NOT_MEASURED
 from mvlib.export import ARTIFACTS
 from mvlib.precisions import QUANTIZED  # notebook 04's precisions: their accuracy is in its tables
@@ -150,8 +150,8 @@ def accuracy(t: Tables, label: str, backend: str, device: str, precision: str) -
     own = t.get("06_accuracy.csv")
     if own is not None and (own["label"] == label).any():
         return pooled(own[own["label"] == label], "06_accuracy.csv")
-    if backend == "onnxruntime" and precision in ("fp32", "fp16"):
-        rows, why = _runner_rows(t, "03_accuracy.csv", f"onnxrt-{precision}")
+    if backend == "onnxruntime" and precisions.get(precision).cpu_judge == precisions.FLOAT_JUDGE:
+        rows, why = _runner_rows(t, precisions.FLOAT_JUDGE, f"onnxrt-{precision}")
         if rows is None and precision == "fp32":
             rows, why01 = _runner_rows(t, "01_export_accuracy.csv", "onnxrt-fp32")
             why = f"{why}; {why01}"
@@ -345,7 +345,6 @@ def table(results: Path, manifest: dict) -> pd.DataFrame:
 
 
 # --- the figure -------------------------------------------------------------------------------------------
-MARKERS = {"fp32": "o", "fp16": "s", "int8": "^", "fp8": "D"}
 COLOURS = {"cpu": "tab:blue", "cuda": "tab:orange"}
 KEY_ROWS = 8  # lines per column of the key under the panels
 
@@ -382,7 +381,7 @@ def _points(ax, d: pd.DataFrame, y: str, scale: float | None) -> None:
         size = 45 if scale is None else (30 + 400 * j / scale if j is not None else 45)
         hollow = scale is not None and j is None
         colour = COLOURS.get(r.device, "0.5")
-        ax.scatter(r.best_throughput_ips, getattr(r, y), s=size, marker=MARKERS.get(r.precision, "o"),
+        ax.scatter(r.best_throughput_ips, getattr(r, y), s=size, marker=precisions.get(r.precision).marker,
                    facecolors="none" if hollow else colour, edgecolors=colour, alpha=0.85, zorder=3)
         # neighbours at the same height get their numbers staggered, so clusters stay readable
         ax.annotate(str(r.key), (r.best_throughput_ips, getattr(r, y)), xytext=(5, 4 + 8 * (k % 3)),

@@ -25,7 +25,8 @@ ARTIFACTS = {
     "reference_outputs": "reference_outputs.json",          # notebook 01 (polygraphy --load-outputs)
     **{f"{name}_record": p.artifact.removesuffix(".onnx") + ".json"   # notebook 04: why that policy, or why none
        for name, p in precisions.TABLE.items() if p.quantized},
-    **{f"plugin_{name}": p.plugin_artifact for name, p in precisions.TABLE.items()},  # notebooks 02 and 05
+    **{f"plugin_{name}": p.plugin_artifact for name, p in precisions.TABLE.items()  # notebooks 02 and 05
+       if p.plugin_artifact},
     "ort_reference": "onnxrt_reference_outputs.json",       # notebook 05 (ONNX Runtime on model.onnx)
 }
 PRECISIONS = precisions.EVERY_GPU  # what every GPU runs; FP8 (8.9 and newer) has stages of its own

@@ -25,9 +25,7 @@ from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, runner
 from mvlib.tensorrt import table as engines_table
 
-MIN_CAPABILITY = precisions.get("fp8").capability  # (8, 9)
 DEFAULT_TARGET = "sm89"  # L4 / RTX 40xx: the oldest FP8 architecture, and one TensorRT-RTX targets
-GPUS = "L4 / RTX 40xx (8.9), H100 / H200 (9.0), B200 (10.0), RTX 50xx (12.0)"
 OPSET = 19  # FP8 types in QuantizeLinear/DequantizeLinear
 
 
@@ -41,33 +39,13 @@ class NoFP8(StageSkipped):
 
 
 # ---------------------------------------------------------------- which GPUs
-def _capability(cap: str | tuple[int, int] | None) -> tuple[int, int] | None:
-    """(major, minor) from '8.9', 'sm89', 'sm120' or a tuple; None for no GPU."""
-    if cap is None or cap == "":
-        return None
-    if isinstance(cap, tuple):
-        return int(cap[0]), int(cap[1])
-    if cap.startswith("sm"):
-        digits = cap[2:]
-        return int(digits[:-1]), int(digits[-1])
-    major, minor = cap.split(".")
-    return int(major), int(minor)
-
-
-def _fp8_from() -> str:
-    """The lowest compute capability with FP8 tensor cores, as written ('8.9')."""
-    return precisions.get("fp8").min_capability
-
-
 def has_fp8(capability: str | tuple[int, int] | None) -> tuple[bool, str]:
-    """Whether a GPU of `capability` ('8.9', 'sm89' or (8, 9)) has FP8 tensor cores, and why not."""
-    cc = _capability(capability)
-    if cc is None:
-        return False, f"no NVIDIA GPU here; FP8 needs compute capability {_fp8_from()} or newer ({GPUS})"
-    if cc < MIN_CAPABILITY:
-        return False, (f"compute capability {cc[0]}.{cc[1]} has no FP8 tensor cores; FP8 needs {_fp8_from()} or newer "
-                       f"({GPUS}); INT8 runs from {precisions.get('int8').min_capability} on")
-    return True, ""
+    """Whether a GPU of `capability` ('8.9', 'sm89' or (8, 9)) has FP8 tensor cores, and why not (the table's gate,
+    precisions.runs_on, plus where INT8 runs instead)."""
+    ok, why = precisions.runs_on("fp8", capability)
+    if ok or capability is None or capability == "":
+        return ok, why
+    return False, f"{why}; INT8 runs from {precisions.get('int8').min_capability} on"
 
 
 # ---------------------------------------------------------------- engines

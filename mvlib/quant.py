@@ -38,8 +38,8 @@ import pandas as pd
 
 from mvlib import accuracy, fp8, io, ort_gpu, precisions
 from mvlib.accuracy import INPUT, OUTPUT
+from mvlib.autocast import captured_logs, to_fp16
 from mvlib.export import ARTIFACTS
-from mvlib.precision import captured_logs, to_fp16
 from mvlib.progress import progress
 from mvlib.quant_eval import Evaluator, criterion
 from mvlib.quant_graph import (

@@ -21,7 +21,7 @@ EXPORT, GRAPH, FP32_FP16, QUANTIZED, PLUGIN, BENCHMARK = (
 # SiLU-plugin rewrite come from the table of precisions, so a new precision needs no line here.
 PRODUCERS: dict[str, str] = {
     **{p.artifact: p.notebook for p in precisions.TABLE.values()},
-    **{p.plugin_artifact: PLUGIN for p in precisions.TABLE.values()},
+    **{p.plugin_artifact: PLUGIN for p in precisions.TABLE.values() if p.plugin_artifact},
     "model.silu.onnx": GRAPH,  # notebook 05 makes it too, where 02 did not run
     "reference_inputs.json": EXPORT, "reference_outputs.json": EXPORT, "01_export_accuracy.csv": EXPORT,
     "03_accuracy.csv": FP32_FP16,

@@ -69,6 +69,15 @@ def pytest_sessionfinish(session):
 _SMOKE = pytest.StashKey[tuple]()
 
 
+UNKNOWN_PRECISION = "no-such-precision"  # obviously no precision of mvlib.precisions
+
+
+@pytest.fixture
+def unknown_precision() -> str:
+    """The one test value for an unknown precision: obviously not a real one (bf16 could become one)."""
+    return UNKNOWN_PRECISION
+
+
 @pytest.fixture(scope="session")
 def xxs():
     """mobilevit_xxs with seeded random weights, exported once per session: (Exported, torch model)."""

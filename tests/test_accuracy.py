@@ -25,7 +25,7 @@ def test_polygraphy_check_follows_the_stated_tolerances():
         accuracy.polygraphy_check(zeros, shifted[:1], 0.02, 0)
 
 
-def test_judge_applies_the_precision_s_criterion():
+def test_judge_applies_the_precision_s_criterion(unknown_precision):
     rng = np.random.default_rng(7)
     ref = rng.normal(0, 3, size=(8, 100)).astype(np.float32)
     near = ref + rng.normal(0, 1e-3, size=ref.shape).astype(np.float32)  # FP16-like rounding noise
@@ -37,7 +37,7 @@ def test_judge_applies_the_precision_s_criterion():
     fails, within = accuracy.judge(ref, near, m, "int8")  # a quantized precision bounds no logit: no per-image check
     assert fails == [] and within is None
     with pytest.raises(ValueError, match="unknown precision"):
-        accuracy.judge(ref, near, m, "bf16")
+        accuracy.judge(ref, near, m, unknown_precision)
 
 
 def test_table_judges_the_named_runners():

@@ -361,3 +361,12 @@ def test_compile_caches_keep_a_folder_the_user_chose(monkeypatch, tmp_path):
     assert chosen == {"TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "mine"), "TRITON_CACHE_DIR": default_cache_dir()}
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch writes on first use
     assert bench.compile_caches()["TORCHINDUCTOR_CACHE_DIR"] == str(paths.CACHE / "torch" / "inductor")
+
+
+def test_pytorch_on_the_gpu_runs_only_the_precisions_the_table_gives_a_torch_type(unknown_precision):
+    """The torch type comes from the table of precisions: INT8 is refused naming the fix (no GPU touched)."""
+    settings = bench.Settings(seconds=0.01, repeats=2, warmup_s=0.0)
+    with pytest.raises(ValueError, match="PyTorch does not run INT8 here: it runs fp32, fp16"):
+        bench.pytorch_cuda(settings, None, precision="int8")
+    with pytest.raises(ValueError, match=f"unknown precision '{unknown_precision}'"):
+        bench.pytorch_cuda(settings, None, precision=unknown_precision)

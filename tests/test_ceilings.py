@@ -1,8 +1,10 @@
 """What the measurements are held against: the roofline's points, the host's ceilings, the anchor's verdict."""
+import dataclasses
+
 import pandas as pd
 import pytest
 
-from mvlib import ceilings
+from mvlib import ceilings, precisions
 
 H200 = "NVIDIA H200"
 COLUMNS = ["label", "backend", "device", "precision", "batch", "throughput_ips", "variant", "img_size"]
@@ -32,12 +34,21 @@ def test_roofline_points():
     assert pts.loc[("PyTorch CPU FP32", 1)].intensity == pytest.approx(1e9 / (4e6 + 1000 * 4))
 
 
-def test_roofline_weight_bytes_come_from_the_precision_table():
+def test_roofline_weight_bytes_come_from_the_precision_table(unknown_precision):
     cost = pd.DataFrame([{"flops_per_image": 1e9, "params": 1_000_000, "input_elems": 1000, "output_elems": 0}])
     fp8 = rows(("FP8 (Linear) + FP16", "torch.compile+cudagraphs", "fp8", 1, 9000, "mobilevit_s"))
     assert ceilings.roofline_points(fp8, cost).intensity.iloc[0] == pytest.approx(1e9 / (1e6 + 1000 * 4))  # 1 byte
-    with pytest.raises(ValueError, match="unknown precision 'bf16'"):  # never a silent 4 bytes
-        ceilings.roofline_points(rows(("BF16", "x", "bf16", 1, 10, "mobilevit_s")), cost)
+    with pytest.raises(ValueError, match=f"unknown precision '{unknown_precision}'"):  # never a silent 4 bytes
+        ceilings.roofline_points(rows(("?", "x", unknown_precision, 1, 10, "mobilevit_s")), cost)
+
+
+def test_roofline_io_bytes_come_from_the_precision_table(monkeypatch):
+    """An input or output element costs the bytes of the precision's numpy_dtype, not a 4-byte default."""
+    cost = pd.DataFrame([{"flops_per_image": 1e9, "params": 1_000_000, "input_elems": 1000, "output_elems": 0}])
+    int8 = rows(("TensorRT INT8", "tensorrt", "int8", 1, 9000, "mobilevit_s"))
+    assert ceilings.roofline_points(int8, cost).intensity.iloc[0] == pytest.approx(1e9 / (1e6 + 1000 * 4))
+    monkeypatch.setitem(precisions.TABLE, "int8", dataclasses.replace(precisions.get("int8"), numpy_dtype="float16"))
+    assert ceilings.roofline_points(int8, cost).intensity.iloc[0] == pytest.approx(1e9 / (1e6 + 1000 * 2))
 
 
 def test_anchor_within_and_outside_the_tolerance():

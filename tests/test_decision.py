@@ -1,5 +1,6 @@
 """The decision table: every number read from the table that measured it, a reason wherever none did, the Pareto
 front, and the figure; on a run shaped like an A10 run with engines, and on a CPU-only run."""
+import dataclasses
 import json
 import math
 import shutil
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import bench, decision, metrics, precision
+from mvlib import autocast, bench, decision, metrics, precisions
 from mvlib.run import Run
 from mvlib.tensorrt import table as engines_table
 
@@ -80,7 +81,7 @@ def _accuracy_03() -> pd.DataFrame:
                          **metrics.compare(ref, out)})
     rows += [{"runner": "trt-fp32", "reference": "onnxrt-fp32", "batch": b, "status": "skipped: no runtime here"}
              for b in (1, 32)]
-    return precision.combine(pd.DataFrame(rows), columns=precision.COLUMNS)
+    return autocast.combine(pd.DataFrame(rows), columns=autocast.COLUMNS)
 
 
 def _int8_04(labelled: bool) -> pd.DataFrame:
@@ -358,3 +359,19 @@ def test_fp8_rows_read_notebook_04s_fp8_file_and_engine_with_the_float_type_it_c
     run.set("fp8", {"file": "model.fp8.onnx", "high_precision": "fp32", "passes": True})
     d = decision.table(run.results, run.manifest()).set_index("label")
     assert d.loc["ONNX Runtime CPU FP8", "top1_labels"] == 0.777  # the FP32-float row, as the manifest says
+
+
+def test_a_new_float_precision_s_cpu_accuracy_is_read_from_the_table_its_row_names(tmp_path, monkeypatch):
+    """ONNX Runtime's row of a precision added to the table (its cpu_judge: 03_accuracy.csv) finds its runner there,
+    with no list of float precisions in decision.py."""
+    bf16 = dataclasses.replace(precisions.get("fp16"), name="bf16", label="BF16", marker="P")
+    monkeypatch.setitem(precisions.TABLE, "bf16", bf16)
+    run, manifest = a10_run(tmp_path)
+    acc = _accuracy_03()
+    acc = pd.concat([acc, acc[acc["runner"] == "onnxrt-fp16"].assign(runner="onnxrt-bf16")], ignore_index=True)
+    run.save_table(acc, "03_accuracy.csv")
+    got = decision.accuracy(decision.Tables(run.results, manifest), "ONNX Runtime CPU BF16", "onnxruntime", "cpu",
+                            "bf16")
+    want = decision.accuracy(decision.Tables(run.results, manifest), "ONNX Runtime CPU FP16", "onnxruntime", "cpu",
+                             "fp16")
+    assert got["accuracy_source"].startswith("03_accuracy.csv") and got["cosine_mean"] == want["cosine_mean"]

@@ -103,7 +103,7 @@ def _committed_figures():
     accuracy table completed as a full run has it)."""
     import pandas as pd
 
-    from mvlib import graph, precision, quant_plots
+    from mvlib import autocast, graph, quant_plots
     from mvlib.silu import gpu_checks
     title = ("mobilevit_s, INT8 and FP8 vs FP32 on 256 evaluation images: shipped sample images "
              "(10 public-domain/CC0 pictures + variations)")
@@ -113,7 +113,7 @@ def _committed_figures():
     return {"02_op_census": lambda: graph.census_heatmap(pd.read_csv(RESULTS / "02_op_census.csv")),
             "02_block_before_after": lambda: graph.block_before_after(pd.read_csv(RESULTS / "02_block_nodes.csv"),
                                                                       pd.read_csv(RESULTS / "02_block_edges.csv")),
-            "03_errors": lambda: precision.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
+            "03_errors": lambda: autocast.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
             "04_int8_accuracy": lambda: quant_plots.plot_accuracy(_accuracy_table(), title),
             "04_sensitivity": lambda: quant_plots.plot_sensitivity(
                 sensitivity if "precision" in sensitivity else sensitivity.assign(precision="int8"), "sensitivity"),

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import pytest
 
-from mvlib import env, fp8, paths, quant, quant_graph
+from mvlib import env, fp8, paths, precisions, quant, quant_graph
 from mvlib.export import Exported
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, flavours, shapes
@@ -168,7 +168,7 @@ def test_plugin_fp8_engine_builds_for_sm89(tmp_path, xxs, q_fp8, monkeypatch, gp
     exp = _exported_with(tmp_path, xxs, {quant.chosen_name("fp8"): q_fp8[0]})
     row = engines.rewrite_model(exp, "fp8", 256, seed=3)
     assert row["status"] == "ok" and row["plugin_nodes"] == 34 and row["rewritten"] == "model.fp8.silu.onnx"
-    assert row["pairs_left"] == 0 and row["cpu_atol"] == engines.onnx_rewrite.CPU_TOLERANCE["fp8"][0]
+    assert row["pairs_left"] == 0 and row["cpu_atol"] == precisions.get("fp8").rewrite_tolerance[0]
     assert quant_graph.qdq_types(exp.artifact("plugin_fp8")) == {"fp8"}
     table = engines.build_engines(exp, ["fp8"], shapes.Profile(1, 2, 4), "tensorrt_rtx")
     built = engines_table.require_built(table).iloc[0]

@@ -18,7 +18,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from mvlib import bench, decision, env, ort_gpu, precision, quant, quant_eval
+from mvlib import autocast, bench, decision, env, ort_gpu, quant, quant_eval
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cudainfo
 
@@ -177,7 +177,7 @@ def test_the_cuda_ep_rows_are_timed_with_a_graph_and_checked(xxs, images, q_all)
     from mvlib.tensorrt import flavours
     settings = bench.Settings(img_size=256, seconds=0.2, repeats=2, warmup_s=0.05, variant="mobilevit_xxs")
     reference = bench.Reference(xxs[1], settings)
-    files = {"fp32": xxs[0].onnx, "fp16": precision.ensure_fp16(xxs[0].onnx).path, "int8": q_all[0]}
+    files = {"fp32": xxs[0].onnx, "fp16": autocast.ensure_fp16(xxs[0].onnx).path, "int8": q_all[0]}
     if fp8.has_fp8(flavours.capability_here())[0]:
         files["fp8"] = quantized_all(xxs, images, "fp8")[0]
     tables = []

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import smoke
 
-from mvlib import data, io, paths, precision, quant, quant_eval, quant_graph, tiers
+from mvlib import autocast, data, io, paths, quant, quant_eval, quant_graph, tiers
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.export import Exported
 from mvlib.tensorrt import cache, flavours, shapes
@@ -298,11 +298,11 @@ _CHILD = """
 import sys
 import numpy as np
 import mvlib  # noqa: F401  (its import-time fixes, before timm)
-from mvlib import precision, quant
+from mvlib import autocast, quant
 src, calib, out = sys.argv[1], np.load(sys.argv[2]), sys.argv[3]
 for prec in quant.PRECISIONS:
     quant.quantize(src, f"{out}.{prec}.onnx", calib, "max", precision=prec)
-    precision.to_fp16(f"{out}.{prec}.onnx", f"{out}.{prec}.fp16.onnx", rules=False)
+    autocast.to_fp16(f"{out}.{prec}.onnx", f"{out}.{prec}.fp16.onnx", rules=False)
 """
 
 
@@ -324,7 +324,7 @@ def test_two_quantizations_in_two_processes_give_identical_bytes(xxs, images, q_
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     here = {"int8": q_all[0], "fp8": q_fp8[0]}
     for prec in quant.PRECISIONS:
-        precision.to_fp16(here[prec], tmp_path / f"here.{prec}.fp16.onnx", rules=False)
+        autocast.to_fp16(here[prec], tmp_path / f"here.{prec}.fp16.onnx", rules=False)
     _, err = child.communicate(timeout=900)
     assert child.returncode == 0, err[-3000:]
     for prec in quant.PRECISIONS:

@@ -38,19 +38,28 @@ def _exported(tmp_path, xxs) -> Exported:
 
 
 # --- the plugin models ------------------------------------------------------------------------------------
-def test_each_precision_named_gets_its_plugin_model_or_a_row_saying_which_notebook_makes_its_source(tmp_path, xxs):
+def test_each_precision_named_gets_its_plugin_model_or_a_row_saying_which_notebook_makes_its_source(tmp_path, xxs,
+                                                                                                   unknown_precision):
     exp = _exported(tmp_path, xxs)
     table = engines.rewrite_models(exp, ["fp32", "int8", "fp8"], 256, seed=5).set_index("precision")
     fp32 = table.loc["fp32"]
     assert fp32.status == "ok" and fp32.rewritten == "model.silu.onnx" and fp32.plugin_nodes == 34
     assert fp32.pairs_left == 0 and fp32.cpu_max_abs_vs_source <= fp32.cpu_atol + fp32.cpu_rtol * 1.0
-    assert (fp32.cpu_atol, fp32.cpu_rtol) == engines.onnx_rewrite.CPU_TOLERANCE["fp32"]
+    assert (fp32.cpu_atol, fp32.cpu_rtol) == precisions.get("fp32").rewrite_tolerance
     for name in ("int8", "fp8"):
         prec = precisions.get(name)
         assert table.loc[name, "status"] == f"skipped: {prec.artifact} not found (notebook 04_int8 makes it)"
         assert table.loc[name, "rewritten"] == prec.plugin_artifact
     with pytest.raises(ValueError, match="choose one of"):
-        engines.rewrite_models(exp, ["bf16"], 256)
+        engines.rewrite_models(exp, [unknown_precision], 256)
+
+
+def test_a_precision_without_a_plugin_model_gets_a_row_saying_so(tmp_path, xxs, monkeypatch):
+    import dataclasses
+    bare = dataclasses.replace(precisions.get("int8"), plugin_artifact=None, rewrite_tolerance=None)
+    monkeypatch.setitem(precisions.TABLE, "int8", bare)
+    row = engines.rewrite_model(_exported(tmp_path, xxs), "int8", 256)
+    assert row["status"] == "skipped: INT8 has no plugin model (plugin_artifact in mvlib/precisions.py)"
 
 
 def test_a_rewritten_graph_that_differs_from_its_source_fails_the_stage(tmp_path, xxs, monkeypatch):

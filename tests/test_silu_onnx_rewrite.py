@@ -1,6 +1,7 @@
 """mvlib.silu.onnx_rewrite: hand-built graphs (both input orders, FP16, INT8 and FP8 Q/DQ), the exported model, the
 CPU proof and its tolerance by the precision passed down."""
 import collections
+import dataclasses
 
 import numpy as np
 import onnx
@@ -9,7 +10,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
-from mvlib import accuracy, paths
+from mvlib import accuracy, paths, precisions
 from mvlib.silu import onnx_rewrite
 
 HEADER = paths.PLUGIN_SRC / "silu_plugin_id.h"
@@ -244,7 +245,7 @@ def test_fp16_variant_of_the_exported_model(xxs_silu, tmp_path):
     assert onnx_rewrite.graph_diff(fp16, out) == []
     # one rounding to float16 instead of two: agreement to FP16 accuracy, not to 1e-6
     table, passed = onnx_rewrite.verify_cpu(fp16, out, "fp16", 256, batches=(1, 3))
-    assert set(table["precision"]) == {"fp16"} and (table["atol"] == onnx_rewrite.CPU_TOLERANCE["fp16"][0]).all()
+    assert set(table["precision"]) == {"fp16"} and (table["atol"] == precisions.get("fp16").rewrite_tolerance[0]).all()
     assert passed and (table["max_abs"] <= 1e-3).all() and (table["top1_agreement"] == 1.0).all(), table
 
 
@@ -285,17 +286,46 @@ def test_the_cpu_check_judges_a_graph_by_the_precision_passed_down(tmp_path):
     assert onnx_rewrite.rewrite(src, out).pairs == 1
     table, passed = onnx_rewrite.verify_cpu(src, out, "fp8", 32, batches=(1, 3), seed=4)
     assert set(table["precision"]) == {"fp8"} and passed, table
-    atol, rtol = onnx_rewrite.CPU_TOLERANCE["fp8"]
+    atol, rtol = precisions.get("fp8").rewrite_tolerance
     assert (table["atol"] == atol).all() and (table["rtol"] == rtol).all()
     assert list(table["batch"]) == [1, 3] and (table["ref_absmax"] > 0).all()  # random images, not zeros
 
 
-def test_a_precision_without_a_cpu_tolerance_is_an_error_naming_the_fix(tmp_path, monkeypatch):
+def test_a_precision_without_a_plugin_model_is_an_error_naming_the_fix(tmp_path, monkeypatch, unknown_precision):
     src = _fp8_image_model(tmp_path / "model.fp8.onnx")
     out = tmp_path / "model.fp8.silu.onnx"
     onnx_rewrite.rewrite(src, out)
-    with pytest.raises(ValueError, match="fp32, fp16, int8, fp8"):
-        onnx_rewrite.verify_cpu(src, out, "bf16", 32, batches=(1,))
-    monkeypatch.delitem(onnx_rewrite.CPU_TOLERANCE, "fp8")
-    with pytest.raises(ValueError, match="CPU_TOLERANCE"):
+    with pytest.raises(ValueError, match=", ".join(precisions.TABLE)):
+        onnx_rewrite.verify_cpu(src, out, unknown_precision, 32, batches=(1,))
+    bare = dataclasses.replace(precisions.get("fp8"), plugin_artifact=None, rewrite_tolerance=None)
+    monkeypatch.setitem(precisions.TABLE, "fp8", bare)
+    with pytest.raises(ValueError, match="FP8 has no plugin model: give it plugin_artifact and rewrite_tolerance"):
         onnx_rewrite.verify_cpu(src, out, "fp8", 32, batches=(1,))
+
+
+def test_the_cpu_check_takes_its_tolerance_from_the_table(tmp_path, monkeypatch):
+    """The rewrite's CPU tolerance is the precision's rewrite_tolerance in mvlib.precisions, not a second table."""
+    src = _fp8_image_model(tmp_path / "model.fp8.onnx")
+    out = tmp_path / "model.fp8.silu.onnx"
+    onnx_rewrite.rewrite(src, out)
+    monkeypatch.setitem(precisions.TABLE, "fp8", dataclasses.replace(precisions.get("fp8"),
+                                                                     rewrite_tolerance=(0.25, 0.5)))
+    table, _ = onnx_rewrite.verify_cpu(src, out, "fp8", 32, batches=(1,), seed=4)
+    assert (table["atol"] == 0.25).all() and (table["rtol"] == 0.5).all()
+
+
+def test_the_stand_in_runs_the_lower_float_type_of_a_new_precision(tmp_path, monkeypatch):
+    """A precision added to the table in bfloat16 gets its plugin nodes wrapped in Casts, like FP16's: SiLU computed
+    in float32 and rounded once to bfloat16, with no edit to the stand-in."""
+    import ml_dtypes
+    bf16 = dataclasses.replace(precisions.get("fp16"), name="bf16", numpy_dtype="bfloat16")
+    monkeypatch.setitem(precisions.TABLE, "bf16", bf16)
+    nodes = [h.make_node("Cast", ["x"], ["xb"], to=T.BFLOAT16), h.make_node("Sigmoid", ["xb"], ["s"]),
+             h.make_node("Mul", ["s", "xb"], ["yb"]), h.make_node("Cast", ["yb"], ["y"], to=T.FLOAT)]
+    src = _save(_model(nodes, ["x"], ["y"]), tmp_path / "m.onnx")
+    out = tmp_path / "m.silu.onnx"
+    assert onnx_rewrite.rewrite(src, out).pairs == 1
+    x = np.random.default_rng(1).normal(0, 4, (2, 3, 4)).astype(np.float32)
+    (y,) = _run(out, {"x": x}, cpu_copy=True)
+    xb = x.astype(ml_dtypes.bfloat16)
+    np.testing.assert_array_equal(y, _silu64(xb).astype(ml_dtypes.bfloat16).astype(np.float32))

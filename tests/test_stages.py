@@ -49,4 +49,5 @@ def test_every_precisions_files_have_their_maker_from_the_table_of_precisions():
     from mvlib import precisions
     for p in precisions.TABLE.values():
         assert stages.producer(p.artifact) == p.notebook
-        assert stages.producer(p.plugin_artifact) == (stages.GRAPH if p.name == "fp32" else stages.PLUGIN)
+        assert p.plugin_artifact is None or (  # a precision may have no plugin model
+            stages.producer(p.plugin_artifact) == (stages.GRAPH if p.name == "fp32" else stages.PLUGIN))

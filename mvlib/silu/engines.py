@@ -28,11 +28,14 @@ NOTEBOOK = stages.PLUGIN  # the notebook whose rows of the engines table these e
 def rewrite_model(exported, precision: str, img_size: int, seed: int = 0, batch: int = 1) -> dict:
     """Rewrite one precision's ONNX file into its plugin graph and prove it on the CPU against its source; a row."""
     prec = precisions.get(precision)
+    if prec.plugin_artifact is None:
+        return {"precision": prec.name, "source": prec.artifact, "rewritten": None,
+                "status": f"skipped: {prec.label} has no plugin model (plugin_artifact in mvlib/precisions.py)"}
     src, dst = exported.path(prec.artifact), exported.path(prec.plugin_artifact)
     row = {"precision": prec.name, "source": src.name, "rewritten": dst.name}
-    if prec.name == "fp16" and not src.exists():
-        from mvlib import precision as fp16_conversion
-        fp16_conversion.ensure_fp16(exported.onnx, seed=seed)  # notebook 03's conversion, reused when cached
+    if prec.notebook == stages.FP32_FP16 and not src.exists():  # made by AutoCast (FP16)
+        from mvlib import autocast
+        autocast.ensure_fp16(exported.onnx, seed=seed, precision=prec.name)  # notebook 03's conversion, cached
     if not src.exists():
         return {**row, "status": f"skipped: {src.name} not found ({stages.made_by(src.name)})"}
     try:

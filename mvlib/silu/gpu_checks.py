@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mvlib import bench, env, figures, metrics
+from mvlib import bench, env, figures, metrics, precisions
 from mvlib.silu import torch_op
 from mvlib.skips import StageSkipped
 
@@ -28,7 +28,6 @@ IMPLS = {"mv_silu": "ours (mv_silu)", "torch_silu": "torch.nn.functional.silu",
          "copy": "device copy (cudaMemcpyAsync)", "mv_copy": "ours, no arithmetic (mv_copy_ex)"}
 GOAL_FRACTION = 0.95  # of the copy's bandwidth, at GOAL_MIN_ELEMENTS and above
 GOAL_MIN_ELEMENTS = 2**24
-PRECISIONS = {"float32": "fp32", "float16": "fp16"}  # a model-swap dtype -> the precision bench runs it in
 
 
 # --- correctness on the GPU ------------------------------------------------------------------------------
@@ -259,7 +258,8 @@ def swap_throughput(model: torch.nn.Module, batches: Iterable[int], settings, dt
                 net = copy.deepcopy(model)
                 if dispatch:
                     torch_op.swap_silu(net, dispatch)
-                frame = bench.measure_all(bench.pytorch_cuda, batches, settings, net, precision=PRECISIONS[dtype],
+                frame = bench.measure_all(bench.pytorch_cuda, batches, settings, net,
+                                          precision=precisions.of_torch_dtype(dtype).name,
                                           compile_mode="default" if mode == "compile" else None)
                 frame.insert(0, "model", label)
                 frame.insert(1, "mode", mode)

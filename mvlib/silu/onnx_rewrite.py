@@ -29,15 +29,7 @@ PLUGIN_HEADER = paths.PLUGIN_SRC / "silu_plugin_id.h"
 TRT_DOMAIN = PLUGIN_DOMAIN
 # onnxruntime-extensions registers its Python ops in this domain; only the in-memory CPU copy uses it.
 ORT_DOMAIN = "ai.onnx.contrib"
-CPU_ATOL = 1e-6  # max abs error, rewritten vs original graph, FP32 logits of magnitude up to 1
-# Pass when max abs error <= atol + rtol * max |reference logit|, by the graph's precision.
-# FP32: the stand-in and ONNX Runtime's Sigmoid and Mul differ by an ulp here and there, so the logits differ
-# by a few float32 ulps; relative to the logits, since at |logit| ~ 14 (trained weights) one ulp is already
-# 1e-6 (measured, random weights: 1.5e-7 at |logit| 0.35; classifier scaled up to |logit| 14: 7e-6).
-# FP16: the stand-in rounds SiLU to float16 once where Sigmoid then Mul round twice.
-# INT8 and FP8: an ulp of difference can move a downstream QuantizeLinear by one step (measured on INT8: about 1%
-# of the largest logit), which the stand-in cannot avoid (it does not reproduce ONNX Runtime's Sigmoid bit for bit).
-CPU_TOLERANCE = {"fp32": (CPU_ATOL, 2e-6), "fp16": (1e-3, 1e-3), "int8": (1e-2, 5e-2), "fp8": (1e-2, 5e-2)}
+# The CPU check's tolerance is each precision's rewrite_tolerance (mvlib.precisions), which says why.
 
 
 @dataclass(frozen=True)
@@ -304,11 +296,17 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, int]:
     return _elem_types(onnx.shape_inference.infer_shapes(probe))
 
 
+def _lower_floats() -> tuple[int, ...]:
+    """The ONNX float types below float32 that some precision runs in (its numpy_dtype): FLOAT16."""
+    found = {onnx.helper.np_dtype_to_tensor_dtype(np.dtype(p.numpy_dtype)) for p in precisions.TABLE.values()}
+    return tuple(sorted(found - {onnx.TensorProto.FLOAT}))
+
+
 def cpu_model(path: Path | str) -> onnx.ModelProto:
     """An in-memory copy of a rewritten graph that ONNX Runtime can run with the CPU stand-in.
 
-    Plugin nodes move to the stand-in's domain; FP16 ones are wrapped as Cast(float32) -> plugin ->
-    Cast(float16). The file handed to TensorRT is not touched.
+    Plugin nodes move to the stand-in's domain; those of a lower float type (FP16) are wrapped as Cast(float32) ->
+    plugin -> Cast(back). The file handed to TensorRT is not touched.
     """
     model = onnx.load(str(path))
     name = plugin_id().name
@@ -325,18 +323,19 @@ def cpu_model(path: Path | str) -> onnx.ModelProto:
         dtype = types.get(node.input[0])
         if dtype == onnx.TensorProto.FLOAT:
             nodes.append(node)
-        elif dtype == onnx.TensorProto.FLOAT16:
+        elif dtype in _lower_floats():
             x, y = node.input[0], node.output[0]
             node.input[0], node.output[0] = f"{x}__f32", f"{y}__f32"
             nodes += [onnx.helper.make_node("Cast", [x], [node.input[0]], name=f"{node.name}__cast_in",
                                             to=onnx.TensorProto.FLOAT),
                       node,
                       onnx.helper.make_node("Cast", [node.output[0]], [y], name=f"{node.name}__cast_out",
-                                            to=onnx.TensorProto.FLOAT16)]
+                                            to=dtype)]
         else:
+            runs = ", ".join(onnx.TensorProto.DataType.Name(d) for d in (onnx.TensorProto.FLOAT, *_lower_floats()))
             raise TypeError(f"{name} node {node.name} reads a tensor of type "
                             f"{onnx.TensorProto.DataType.Name(dtype) if dtype else 'unknown'}; the CPU stand-in "
-                            "runs float32 and float16 only")
+                            f"runs {runs} only (the precisions' numpy_dtype, mvlib.precisions)")
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     if plugins and not any(o.domain == ORT_DOMAIN for o in model.opset_import):
@@ -353,18 +352,18 @@ def cpu_session(path: Path | str):
 
 def cpu_tolerance(precision: str) -> tuple[float, float]:
     """(atol, rtol) of the CPU check for a graph of `precision`; an error naming the fix for one without."""
-    name = precisions.get(precision).name
-    if name not in CPU_TOLERANCE:
-        raise ValueError(f"no CPU tolerance for {name} graphs: add one to CPU_TOLERANCE in {__name__} "
-                         "(what the stand-in's rounding can move in such a graph)")
-    return CPU_TOLERANCE[name]
+    p = precisions.get(precision)
+    if p.rewrite_tolerance is None:
+        raise ValueError(f"{p.label} has no plugin model: give it plugin_artifact and rewrite_tolerance in "
+                         "mvlib/precisions.py (what the stand-in's rounding can move in such a graph)")
+    return p.rewrite_tolerance
 
 
 def verify_cpu(original: Path | str, rewritten: Path | str, precision: str, img_size: int, batches=(1, 3),
                seed: int | None = None, atol: float | None = None, rtol: float | None = None):
     """Original vs rewritten graph of `precision` in ONNX Runtime on fresh random inputs; (table per batch, passed).
 
-    Tolerances default to the precision's CPU_TOLERANCE (FP32: max abs error <= 1e-6).
+    Tolerances default to the precision's rewrite_tolerance (mvlib.precisions; FP32: max abs error <= 1e-6).
     """
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
     default_atol, default_rtol = cpu_tolerance(precision)

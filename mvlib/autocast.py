@@ -1,10 +1,13 @@
-"""FP16 through NVIDIA ModelOpt AutoCast, and FP32 / FP16 accuracy through polygraphy's Comparator (notebook 03).
+"""Models converted to a lower float type (FP16) by NVIDIA ModelOpt AutoCast, and their accuracy through
+polygraphy's Comparator (notebook 03).
 
-Also serves notebook 04 (`to_fp16` makes the deployable FP16-float variant of a Q/DQ model) and notebook 05
-(`ensure_fp16` reuses notebook 03's conversion). Precision is decided in the ONNX graph (TensorRT 11 has no
-FP16 builder flag): AutoCast rewrites the FP32 model into FP16 with Casts, keeps the graph's inputs and outputs
-FP32, and keeps in FP32 the nodes its rules flag. Every variant stays an ONNX file that ONNX Runtime runs on the
-CPU, so its accuracy is measured here as well as in TensorRT, by the one criterion of `mvlib.precisions`.
+Serves: notebooks 03 to 05 (03: the conversion and its accuracy; 04: `to_fp16` makes the deployable FP16-float
+variant of a Q/DQ model; 05: `ensure_fp16` reuses notebook 03's conversion).
+
+Precision is decided in the ONNX graph (TensorRT 11 has no FP16 builder flag): AutoCast rewrites the FP32 model
+into FP16 with Casts, keeps the graph's inputs and outputs FP32, and keeps in FP32 the nodes its rules flag. Every
+variant stays an ONNX file that ONNX Runtime runs on the CPU, so its accuracy is measured here as well as in
+TensorRT, by the one criterion of `mvlib.precisions`.
 """
 import contextlib
 import io as _io
@@ -135,16 +138,26 @@ def _rule(why: str) -> str:
     return "other"
 
 
+def lower_float(precision: str) -> str:
+    """AutoCast's name of the lower float type of `precision` (ours: 'fp16'); ValueError for one it does not make."""
+    p = precisions.get(precision)
+    if p.quantized or p.torch_dtype in (None, "float32"):
+        raise ValueError(f"AutoCast converts FP32 models to a lower float type; {p.label} is not one")
+    return p.name
+
+
 def to_fp16(src: Path | str, dst: Path | str, rules: bool = True, seed: int = 0, data_max: float = DATA_MAX,
-            op_types_to_exclude: Sequence[str] = ()) -> tuple[onnx.ModelProto, list[tuple[int, str]]]:
-    """The one FP16 conversion: AutoCast `src` to FP16 with I/O kept FP32; write `dst` atomically, checked, canonical.
+            op_types_to_exclude: Sequence[str] = (), precision: str = "fp16"
+            ) -> tuple[onnx.ModelProto, list[tuple[int, str]]]:
+    """The one FP16 conversion: AutoCast `src` to FP16 (or another lower float `precision`) with I/O kept FP32;
+    write `dst` atomically, checked, canonical.
 
     With `rules` (an FP32 model) AutoCast runs the model on random images and keeps in FP32 the nodes its rules
     flag (`data_max`, `op_types_to_exclude`). Without (a Q/DQ model: notebook 04's deployable variant) every float
     node goes FP16, as ModelOpt's own `high_precision_dtype="fp16"` does: a reference run of a Q/DQ model would
     measure the quantization, not FP16's range. Returns the model and AutoCast's log messages."""
     from modelopt.onnx.autocast import convert_to_f16, convert_to_mixed_precision
-    src = Path(src)
+    src, low = Path(src), lower_float(precision)
     if not src.is_file():
         raise FileNotFoundError(f"{src} does not exist; export the FP32 model first (export.ensure_exported)")
     with tempfile.TemporaryDirectory() as tmp, captured_logs(AUTOCAST_LOGGER) as log:
@@ -152,11 +165,11 @@ def to_fp16(src: Path | str, dst: Path | str, rules: bool = True, seed: int = 0,
             calib = Path(tmp) / "calibration.json"  # polygraphy JSON, which AutoCast's reference runner reads
             _save_calibration(calib, shapes.onnx_input(src)[1][2], seed)
             model = convert_to_mixed_precision(
-                str(src), low_precision_type="fp16", keep_io_types=True, data_max=data_max,
+                str(src), low_precision_type=low, keep_io_types=True, data_max=data_max,
                 op_types_to_exclude=list(op_types_to_exclude), calibration_data=str(calib),
                 providers=["cpu"], trt_plugins=[])  # fresh lists: AutoCast appends to `providers` in place
         else:
-            model = convert_to_f16(onnx.load(str(src)), low_precision_type="fp16", keep_io_types=True)
+            model = convert_to_f16(onnx.load(str(src)), low_precision_type=low, keep_io_types=True)
     # canonical: AutoCast's value_info order changes with the hash seed; checked before anything is written
     onnx.checker.check_model(canonical(model), full_check=True)
     save_canonical(model, dst)
@@ -170,9 +183,10 @@ def _save_calibration(path: Path, img_size: int, seed: int) -> None:
 
 
 def convert_fp16(src: Path | str, dst: Path | str, seed: int = 0, data_max: float = DATA_MAX,
-                 op_types_to_exclude: Sequence[str] = ()) -> Fp16Model:
-    """Convert FP32 `src` to FP16 with AutoCast's rules (`to_fp16`); which nodes stayed FP32 and why, a summary."""
-    model, messages = to_fp16(src, dst, True, seed, data_max, op_types_to_exclude)
+                 op_types_to_exclude: Sequence[str] = (), precision: str = "fp16") -> Fp16Model:
+    """Convert FP32 `src` to FP16 (or `precision`) with AutoCast's rules (`to_fp16`); which nodes stayed FP32 and
+    why, a summary."""
+    model, messages = to_fp16(src, dst, True, seed, data_max, op_types_to_exclude, precision)
     skipped = {m["node"]: m["why"].strip() for lvl, msg in messages if (m := _SKIP.match(msg))}
     nodes = fp32_nodes(model, skipped)
     counts = next((m.groupdict() for _, msg in messages if (m := _CONVERTED.search(msg))), {})
@@ -195,23 +209,25 @@ def _count(model: onnx.ModelProto, op_type: str) -> int:
     return sum(n.op_type == op_type for n in model.graph.node)
 
 
-def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX) -> Fp16Model:
-    """model.fp16.onnx beside `src`, reused when made from the same bytes with the same ModelOpt and settings."""
+def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX, precision: str = "fp16") -> Fp16Model:
+    """model.fp16.onnx (the model file of `precision`) beside `src`, reused when made from the same bytes with the
+    same ModelOpt and settings."""
     import importlib.metadata
     src = Path(src)
-    dst = src.with_name(precisions.get("fp16").artifact)
+    dst = src.with_name(precisions.get(precision).artifact)  # one file per precision: its cache key needs no name
     key = {"source_sha256": io.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
            "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
 
     def make(tmp: Path) -> dict:
-        made = convert_fp16(src, tmp, seed=seed, data_max=data_max)
+        made = convert_fp16(src, tmp, seed=seed, data_max=data_max, precision=precision)
         return {"summary": list(made.summary.items()), "fp32_nodes": made.fp32_nodes.to_dict(orient="records")}
 
-    _, reused = io.cached(dst, key, make, "AutoCast FP16")
+    _, reused = io.cached(dst, key, make, f"AutoCast {precisions.label(precision)}")
     record = io.stored_record(dst)
     result = Fp16Model(dst, pd.DataFrame(record["fp32_nodes"], columns=NODE_COLUMNS), dict(record["summary"]))
     if not reused:
-        print(f"{dst.name}: {result.summary['autocast_fp16_nodes']}/{result.summary['autocast_nodes']} nodes FP16, "
+        print(f"{dst.name}: {result.summary['autocast_fp16_nodes']}/{result.summary['autocast_nodes']} nodes "
+              f"{precisions.label(precision)}, "
               f"{result.summary['kept_fp32_by_rule']} kept FP32 by a rule, {result.summary['fp32_float_nodes']} "
               "still touch FP32 data")
     return result
@@ -334,11 +350,14 @@ def skipped(reason: str, runners: Sequence[str], reference: str, batches: Sequen
 
 
 # --- the notebook's stages ----------------------------------------------------------------------------
-def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_images: int, batches: Sequence[int]):
-    """PyTorch FP32, ONNX Runtime FP32 and FP16 on the CPU, each against PyTorch FP32 at the same batch."""
+def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_images: int, batches: Sequence[int],
+                 precision: str = "fp16"):
+    """PyTorch FP32, ONNX Runtime FP32 and FP16 (the file of `precision`) on the CPU, each against PyTorch FP32 at
+    the same batch, each judged by its precision (runner onnxrt-<precision>)."""
+    low = f"onnxrt-{precisions.get(precision).name}"
     runners = [accuracy.torch_runner(model, imgs.shape[-1], "pytorch-fp32"),
-               accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, "onnxrt-fp16")]
-    judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", "onnxrt-fp16": "fp16"}
+               accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, low)]
+    judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", low: precision}
     return compare_runners(runners, "pytorch-fp32", imgs, batches, n_images, judged)
 
 

@@ -1,4 +1,4 @@
-"""mvlib.precision: FP16 through ModelOpt AutoCast, the accuracy table's numbers, and notebook 03's smoke run."""
+"""mvlib.autocast: FP16 through ModelOpt AutoCast, the accuracy table's numbers, and notebook 03's smoke run."""
 import logging
 import shutil
 
@@ -11,7 +11,7 @@ import pytest
 import smoke
 import torch
 
-from mvlib import accuracy, io, metrics, paths, precision, precisions, tiers
+from mvlib import accuracy, autocast, io, metrics, paths, precisions, tiers
 from mvlib.run import Run
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours
@@ -22,7 +22,7 @@ from mvlib.tensorrt import table as engines_table
 def fp16_xxs(xxs, tmp_path_factory):
     """mobilevit_xxs converted once with AutoCast's default rules."""
     dst = tmp_path_factory.mktemp("fp16") / precisions.get("fp16").artifact
-    return precision.convert_fp16(xxs[0].onnx, dst, seed=0)
+    return autocast.convert_fp16(xxs[0].onnx, dst, seed=0)
 
 
 def _ort(path, x):
@@ -32,7 +32,7 @@ def _ort(path, x):
 
 def test_fp16_keeps_io_fp32_and_runs_close_to_fp32(xxs, fp16_xxs):
     model = onnx.load(str(fp16_xxs.path))
-    assert precision.io_types(fp16_xxs.path) == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
+    assert autocast.io_types(fp16_xxs.path) == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
     opset = lambda m: next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))  # noqa: E731
     assert opset(model) == opset(onnx.load(str(xxs[0].onnx))) == 17  # TensorRT 10.0's parser takes 9..20
     weights = [i.data_type for i in model.graph.initializer
@@ -63,7 +63,7 @@ def test_fp32_node_table_says_why(fp16_xxs):
 
 
 def test_excluded_op_types_stay_fp32_with_their_reason(xxs, tmp_path):
-    result = precision.convert_fp16(xxs[0].onnx, tmp_path / "m.onnx", op_types_to_exclude=["Softmax"])
+    result = autocast.convert_fp16(xxs[0].onnx, tmp_path / "m.onnx", op_types_to_exclude=["Softmax"])
     softmax = result.fp32_nodes[result.fp32_nodes["op_type"] == "Softmax"]
     n_softmax = sum(n.op_type == "Softmax" for n in onnx.load(str(xxs[0].onnx)).graph.node)
     assert len(softmax) == n_softmax > 0
@@ -76,35 +76,35 @@ def test_ensure_fp16_reuses_only_a_matching_conversion(xxs, tmp_path, monkeypatc
     shutil.copyfile(xxs[0].onnx, src)
     calls = []
 
-    def fake_convert(s, d, seed=0, data_max=precision.DATA_MAX):  # stands in for the 10-second AutoCast run
+    def fake_convert(s, d, seed=0, data_max=autocast.DATA_MAX, precision="fp16"):  # stands in for 10 s of AutoCast
         calls.append(data_max)
         io.write_bytes(d, b"converted %d" % len(calls))
-        return precision.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]),
+        return autocast.Fp16Model(d, pd.DataFrame([{"node": "n", "op_type": "Reshape"}]),
                                    {"nodes_before": 1, "casts_added": len(calls), "autocast_fp16_nodes": 9,
                                     "autocast_nodes": 10, "kept_fp32_by_rule": 1, "fp32_float_nodes": 1})
 
-    monkeypatch.setattr(precision, "convert_fp16", fake_convert)
-    first = precision.ensure_fp16(src)
-    reused = precision.ensure_fp16(src)
+    monkeypatch.setattr(autocast, "convert_fp16", fake_convert)
+    first = autocast.ensure_fp16(src)
+    reused = autocast.ensure_fp16(src)
     assert reused.summary == first.summary and len(calls) == 1  # reused
     assert list(reused.summary) == list(first.summary)  # same column order in the tables it feeds
-    assert list(precision.ensure_fp16(src).fp32_nodes["op_type"]) == ["Reshape"]
-    precision.ensure_fp16(src, data_max=256.0)  # other settings
+    assert list(autocast.ensure_fp16(src).fp32_nodes["op_type"]) == ["Reshape"]
+    autocast.ensure_fp16(src, data_max=256.0)  # other settings
     assert len(calls) == 2
     io.write_bytes(src.with_name(precisions.get("fp16").artifact), b"tampered")  # the file no longer matches its record
-    precision.ensure_fp16(src, data_max=256.0)
+    autocast.ensure_fp16(src, data_max=256.0)
     assert len(calls) == 3
 
 
 def test_captured_logs_collect_a_library_s_messages_and_show_them_only_on_failure(capsys):
     lib, root = logging.getLogger("mvlib-test-library"), logging.getLogger()
     before = (lib.level, lib.propagate, root.level)
-    with precision.captured_logs("mvlib-test-library") as got:
+    with autocast.captured_logs("mvlib-test-library") as got:
         lib.info("Skipping node a: out of range")
         print("per-node chatter")
     assert got.messages == [(logging.INFO, "Skipping node a: out of range")]
     assert capsys.readouterr().out == ""  # nothing shown while the call succeeds
-    with pytest.raises(RuntimeError, match="boom"), precision.captured_logs("mvlib-test-library"):
+    with pytest.raises(RuntimeError, match="boom"), autocast.captured_logs("mvlib-test-library"):
         lib.warning("careful: weights out of range")
         print("per-node chatter")
         raise RuntimeError("boom")
@@ -115,14 +115,28 @@ def test_captured_logs_collect_a_library_s_messages_and_show_them_only_on_failur
 
 def test_one_fp16_conversion_without_rules_turns_every_float_node_fp16(xxs, tmp_path):
     """rules=False (notebook 04's Q/DQ models): no reference run, no node kept FP32, I/O FP32, canonical bytes."""
-    model, _ = precision.to_fp16(xxs[0].onnx, tmp_path / "a.onnx", rules=False)
-    precision.to_fp16(xxs[0].onnx, tmp_path / "b.onnx", rules=False)
+    model, _ = autocast.to_fp16(xxs[0].onnx, tmp_path / "a.onnx", rules=False)
+    autocast.to_fp16(xxs[0].onnx, tmp_path / "b.onnx", rules=False)
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
-    assert precision.io_types(tmp_path / "a.onnx") == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
-    kept = precision.fp32_nodes(model, {})
-    assert (kept["float_tensors"] != "FP32").all() or set(kept["op_type"]) <= precision.MOVES_DATA
+    assert autocast.io_types(tmp_path / "a.onnx") == {accuracy.INPUT: "FLOAT", accuracy.OUTPUT: "FLOAT"}
+    kept = autocast.fp32_nodes(model, {})
+    assert (kept["float_tensors"] != "FP32").all() or set(kept["op_type"]) <= autocast.MOVES_DATA
     with pytest.raises(FileNotFoundError, match="export the FP32 model first"):
-        precision.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx")
+        autocast.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx")
+
+
+def test_the_conversion_makes_the_lower_float_type_of_the_precision_passed_down(xxs, tmp_path, monkeypatch):
+    """A precision added to the table in bfloat16 is converted by the same call, its type from the precision;
+    a precision that is no lower float type is refused before anything is read."""
+    import dataclasses
+    monkeypatch.setitem(precisions.TABLE, "bf16", dataclasses.replace(
+        precisions.get("fp16"), name="bf16", label="BF16", torch_dtype="bfloat16", numpy_dtype="bfloat16"))
+    model, _ = autocast.to_fp16(xxs[0].onnx, tmp_path / "bf16.onnx", rules=False, precision="bf16")
+    types = {t.data_type for t in model.graph.initializer}
+    assert onnx.TensorProto.BFLOAT16 in types and onnx.TensorProto.FLOAT16 not in types
+    for name in ("fp32", "int8"):
+        with pytest.raises(ValueError, match=f"{precisions.label(name)} is not one"):
+            autocast.to_fp16(tmp_path / "missing.onnx", tmp_path / "c.onnx", precision=name)
 
 
 class _Shifted(torch.nn.Module):
@@ -138,13 +152,13 @@ class _Shifted(torch.nn.Module):
 
 def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
     exported, model = xxs
-    imgs = precision.images(3, [1, 2], 256, seed=11)
+    imgs = autocast.images(3, [1, 2], 256, seed=11)
     assert imgs.shape == (4, 3, 256, 256)  # 3 images rounded up to whole batches of 2
     runners = [accuracy.torch_runner(model, 256, "pytorch-fp32"), accuracy.onnxrt_runner(exported.onnx, "onnxrt-fp32"),
                accuracy.onnxrt_runner(fp16_xxs.path, "onnxrt-fp16"),
                accuracy.torch_runner(_Shifted(model, 0.01), 256, "shifted")]
     judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", "onnxrt-fp16": "fp16", "shifted": "fp32"}
-    table, errors = precision.compare_runners(runners, "pytorch-fp32", imgs, [1, 2], 3, judged)
+    table, errors = autocast.compare_runners(runners, "pytorch-fp32", imgs, [1, 2], 3, judged)
     row = table.set_index(["runner", "batch"])
     assert row.loc[("pytorch-fp32", 1), "status"] == "reference"
     assert row.loc[("pytorch-fp32", 2), "reference"] == "pytorch-fp32 (batch 1)"
@@ -169,20 +183,20 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
     table.to_csv(tmp_path / "t.csv", index=False)
     errors.to_csv(tmp_path / "e.csv", index=False)
     open_before = plt.get_fignums()
-    fig = precision.error_figure(tmp_path / "e.csv", tmp_path / "t.csv")
+    fig = autocast.error_figure(tmp_path / "e.csv", tmp_path / "t.csv")
     assert len(fig.axes) == 2 and len(fig.axes[0].get_yticklabels()) == errors.groupby(["runner", "batch"]).ngroups
     assert plt.get_fignums() == open_before
 
 
 def test_skipped_rows_give_the_reason(monkeypatch):
     monkeypatch.setattr(tiers, "runtime_status", lambda: (False, "no TensorRT runtime here"))
-    table, errors = precision.skipped("no CUDA GPU visible", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
+    table, errors = autocast.skipped("no CUDA GPU visible", ["trt-fp32", "trt-fp16"], "onnxrt-fp32", [1, 16, 32])
     assert len(table) == 6 and errors.empty and table["max_abs"].isna().all()
     assert (table["status"] == "skipped: no TensorRT runtime here; no CUDA GPU visible").all()  # the runtime's first
-    both = precision.skipped("no TensorRT runtime here; no CUDA GPU visible", ["trt-fp32"], "onnxrt-fp32", [1])[0]
+    both = autocast.skipped("no TensorRT runtime here; no CUDA GPU visible", ["trt-fp32"], "onnxrt-fp32", [1])[0]
     assert both["status"].iloc[0].count("no TensorRT runtime") == 1  # a reason that names it already: said once
     monkeypatch.setattr(tiers, "runtime_status", lambda: (True, "TensorRT-RTX"))
-    assert precision.skipped("", ["trt-fp32"], "onnxrt-fp32", [1])[0]["status"].iloc[0] == "skipped: not run"
+    assert autocast.skipped("", ["trt-fp32"], "onnxrt-fp32", [1])[0]["status"].iloc[0] == "skipped: not run"
 
 
 def test_the_stage_skip_reason_reaches_the_rows(tmp_path):
@@ -193,7 +207,7 @@ def test_the_stage_skip_reason_reaches_the_rows(tmp_path):
     assert run.stage("trt_accuracy", "cpu", no_engine) is None and run.stage("ran", "cpu", lambda: 1) == 1
     assert run.skip_reason("trt_accuracy") == "no engine was built"
     assert run.skip_reason("ran") == "" and run.skip_reason("never_tried") == ""
-    table, _ = precision.skipped(run.skip_reason("trt_accuracy"), ["trt-fp32"], "onnxrt-fp32", [1])
+    table, _ = autocast.skipped(run.skip_reason("trt_accuracy"), ["trt-fp32"], "onnxrt-fp32", [1])
     assert table["status"].str.contains("no engine was built").all()
 
 
