@@ -49,10 +49,11 @@ def claim(folder: Path) -> Path:
     return folder
 
 
-def new_manifest(tier: str) -> dict:
-    """A run's manifest before any stage: machine facts, versions, no weights yet."""
+def new_manifest(tier: str, trt: tuple[str, str] = ("auto", "auto")) -> dict:
+    """A run's manifest before any stage: machine facts, versions, no weights yet; `trt` is the run's TensorRT
+    flavour and target (the tier limits follow them)."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tier": tier, "tier_limits": {t: tiers.missing_for(t) for t in tiers.TIERS},
+            "tier": tier, "tier_limits": {t: tiers.missing_for(t, *trt) for t in tiers.TIERS},
             "machine": env.machine(), "gpu": env.gpu_info(), "versions": {**env.versions(), **flavours.versions()},
             "weights": None, "params": {}, "stages": {}}
 
@@ -79,6 +80,18 @@ def declared_parameters(notebook: str) -> list[str] | None:
     return re.findall(r"^(\w+)\s*=", "".join(cell["source"]), flags=re.M) if cell else []
 
 
+def tensorrt_choice(params: dict, manifest: dict) -> tuple[str, str]:
+    """The run's TensorRT flavour and target: the notebook's parameters, else the driver's decision, else what the
+    run's other notebooks were given, else 'auto'.
+
+    The tier follows it (tiers.detect): trt_flavour='tensorrt_rtx' on a GPU only full TensorRT runs is tier gpu.
+    """
+    decided = (manifest.get("run") or {}).get("tensorrt") or {}
+    given = [p for p in (manifest.get("params") or {}).values() if isinstance(p, dict)]
+    return tuple(str(params.get(k) or decided.get(k) or next((p[k] for p in given if p.get(k)), "auto"))
+                 for k in ("trt_flavour", "trt_target"))
+
+
 def recorded_parameters(notebook: str, names: dict) -> dict:
     """The values of a notebook's parameters, picked from `names` (its globals()) by its parameters cell.
 
@@ -95,25 +108,27 @@ class Run:
     """Context of one notebook inside one run; every notebook opens it in its first code cell."""
 
     def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
-        params = recorded_parameters(notebook, params or {})
+        given = dict(params or {})
+        params = recorded_parameters(notebook, given)
         self.dir = claim(paths.run_dir(str(run_dir)))
         self.notebook = notebook
-        self.tier = tiers.detect()
+        self.manifest_path = self.dir / "manifest.json"
+        self.trt = tensorrt_choice(given, self.manifest() if self.manifest_path.exists() else {})
+        self.tier = tiers.detect(*self.trt)
         self.figures = self.dir / "figures"
         self.results = self.dir / "results"
         for d in (self.figures, self.results):
             d.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.dir / "manifest.json"
         self._update(lambda m: m.setdefault("params", {}).__setitem__(notebook, params or {}))
         print(f"run {self.dir} | notebook {notebook} | tier {self.tier}"
-              + (f" ({tiers.missing_for('trt')})" if self.tier != "trt" else ""))
+              + (f" ({tiers.missing_for('trt', *self.trt)})" if self.tier != "trt" else ""))
 
     # manifest -------------------------------------------------------------
     def manifest(self) -> dict:
         """The manifest as it stands (created with machine facts on first use)."""
         if self.manifest_path.exists():
             return io.read_json(self.manifest_path)
-        return new_manifest(self.tier)
+        return new_manifest(self.tier, self.trt)
 
     def _update(self, fn: Callable[[dict], Any]) -> None:
         manifest = self.manifest()
@@ -134,7 +149,7 @@ class Run:
     def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
         # a build stage says itself when there is no builder (flavours.NoBuilder)
-        missing = "" if tier == tiers.BUILDER else tiers.missing_for(tier)
+        missing = "" if tier == tiers.BUILDER else tiers.missing_for(tier, *self.trt)
         if missing:
             print(f"[{name}] skipped: {missing}")
             self.record(name, tier, "skipped", missing)

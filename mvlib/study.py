@@ -133,13 +133,19 @@ class Plan:
 
 def check_inputs(args: argparse.Namespace) -> Plan:
     """Every input checked, nothing written, nothing slow but the weights probe: the Plan, or BadInput."""
-    have = tiers.detect()
+    params, problems = parameters(args.profile, args.param)
+    problems += value_problems(params)
+    # the tier follows the run's own TensorRT choice: trt_flavour tensorrt_rtx on an H100 is tier gpu (tiers.detect)
+    trt = (str(params.get("trt_flavour", "auto")), str(params.get("trt_target", "auto")))
+    try:
+        have = tiers.detect(*trt)
+    except ValueError as err:  # a flavour or target flavours.decide does not know
+        problems.append(f"TensorRT: {err}")
+        trt = ("auto", "auto")
+        have = tiers.detect()
     tier = have if args.tier == "auto" else args.tier
-    problems = []
     if tiers.rank(tier) > tiers.rank(have):
-        problems.append(f"this machine reaches tier {have}, not {tier}: {tiers.missing_for(tier)}")
-    params, wrong = parameters(args.profile, args.param)
-    problems += wrong + value_problems(params)
+        problems.append(f"this machine reaches tier {have}, not {tier}: {tiers.missing_for(tier, *trt)}")
     try:
         selected = notebooks(args.only)
     except BadInput as err:

@@ -37,3 +37,27 @@ def fake_notebooks(monkeypatch, fail: str = "", tables: dict | None = None, inte
     monkeypatch.setenv("MVLIB_PROGRESS", "")
     monkeypatch.delenv("MVLIB_PROGRESS")
     return got
+
+
+RTX_REFUSES = "TensorRT-RTX 1.7.1.116 runs on compute capability 7.5, 8.6, 8.9, 12.0, 12.1; this GPU has 9.0"
+
+
+def fake_h100_with_both_flavours(monkeypatch) -> None:
+    """An H100 with PyTorch CUDA and nvcc where full TensorRT runs engines and TensorRT-RTX only builds them (what
+    flavours.decide answers there); the tier caches are emptied before and after (call tiers' cache_clear)."""
+    from mvlib import env, tiers
+    from mvlib.tensorrt import flavours
+
+    def decide(trt_flavour="auto", trt_target="auto"):
+        if trt_flavour == "tensorrt_rtx":
+            return {"trt_flavour": "tensorrt_rtx", "trt_target": "sm86", "label": "TensorRT-RTX 1.7.1.116",
+                    "runs_here": False, "why": RTX_REFUSES}
+        return {"trt_flavour": "tensorrt", "trt_target": "sm90", "label": "TensorRT 10.13", "runs_here": True,
+                "why": ""}
+    monkeypatch.setattr(flavours, "decide", decide)
+    monkeypatch.setattr(env, "cuda_status", lambda: (True, "NVIDIA H100 80GB HBM3"))
+    monkeypatch.setattr(env, "nvcc_path", lambda: "/usr/local/cuda/bin/nvcc")
+    monkeypatch.setattr(env, "gpu_info", lambda: {"gpu": "NVIDIA H100 80GB HBM3", "driver": "580.95",
+                                                  "cuda": "13.0", "capability": "9.0"})
+    for cached in (tiers.detect, tiers.runtime_status):
+        cached.cache_clear()

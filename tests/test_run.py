@@ -1,5 +1,6 @@
 """mvlib.run: a notebook's run context: stage outcomes recorded with what a skipped stage needed."""
 import pytest
+from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours
 
 from mvlib import io, tiers
 from mvlib.run import Run
@@ -71,3 +72,21 @@ def test_run_records_weights_as_the_driver_decided(tmp_path):
     run = Run(tmp_path / "b", "99_test")
     run.set("weights", model.random_info(0))
     assert io.read_json(run.manifest_path)["weights"] == model.random_info(0, "hub down")
+
+
+def test_a_notebooks_tier_follows_its_tensorrt_flavour(tmp_path, monkeypatch):
+    """On a GPU only full TensorRT runs, a notebook given trt_flavour tensorrt_rtx is tier gpu and skips trt stages
+    saying why; without the parameter it follows the driver's decision in the manifest, else 'auto'."""
+    fake_h100_with_both_flavours(monkeypatch)
+    try:
+        rtx = Run(tmp_path / "rtx", "06_benchmark", params={"trt_flavour": "tensorrt_rtx"})
+        assert rtx.tier == "gpu" and rtx.stage("engine_timing", "trt", lambda: 1) is None
+        assert rtx.skip_reason("engine_timing").endswith(RTX_REFUSES)
+        assert Run(tmp_path / "rtx", "01_export").tier == "gpu"  # no parameter: the manifest's (here: 06's) choice
+        io.write_json(tmp_path / "drv" / "manifest.json", {"run": {"tensorrt": {"trt_flavour": "tensorrt_rtx"}},
+                                                          "params": {}, "stages": {}})
+        assert Run(tmp_path / "drv", "01_export").tier == "gpu"
+        assert Run(tmp_path / "auto", "06_benchmark", params={"trt_flavour": "auto"}).tier == "trt"
+    finally:
+        for cached in (tiers.detect, tiers.runtime_status):
+            cached.cache_clear()

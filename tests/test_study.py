@@ -11,7 +11,7 @@ import pandas as pd
 import papermill
 import pytest
 import smoke
-from driver_fakes import fake_notebooks
+from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours, fake_notebooks
 
 from mvlib import io, paths, stages, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
@@ -242,6 +242,29 @@ def test_driver_hands_every_notebook_the_tensorrt_decision(tmp_path, fake_paperm
     got = {stem: (p["trt_flavour"], p["trt_target"]) for stem, p in fake_papermill.items() if "trt_flavour" in p}
     assert got and set(got.values()) == {(flavour, target)}, got
     assert {p["trt_flavour"] for p in manifest["params"].values() if "trt_flavour" in p} == {flavour}
+
+
+@pytest.fixture
+def h100(monkeypatch):
+    """A faked H100 where full TensorRT runs engines and TensorRT-RTX only builds them (tests/driver_fakes.py)."""
+    fake_h100_with_both_flavours(monkeypatch)
+    yield
+    for cached in (tiers.detect, tiers.runtime_status):  # the real machine's answers again
+        cached.cache_clear()
+
+
+def test_the_tier_follows_the_runs_tensorrt_choice(tmp_path, fake_papermill, h100, capsys):
+    """-p trt_flavour tensorrt_rtx on a GPU only full TensorRT runs: tier gpu (RTX runs no engine there), not trt."""
+    run = tmp_path / "run"
+    assert study.main(["--profile", "smoke", "--run-dir", str(run), "-p", "trt_flavour", "tensorrt_rtx"]) == study.OK
+    manifest = io.read_json(run / "manifest.json")
+    assert manifest["tier"] == manifest["run"]["expected_tier"] == "gpu"
+    assert manifest["tier_limits"]["trt"].endswith(RTX_REFUSES)
+    assert study.main(["--profile", "smoke", "--run-dir", str(tmp_path / "r2"), "--tier", "trt",
+                       "-p", "trt_flavour", "tensorrt_rtx"]) == study.BAD_INPUT
+    assert RTX_REFUSES in capsys.readouterr().err
+    assert study.main(["--profile", "smoke", "--run-dir", str(tmp_path / "r3")]) == study.OK  # auto: full TensorRT
+    assert io.read_json(tmp_path / "r3" / "manifest.json")["tier"] == "trt"
 
 
 # --- errors a user can read ------------------------------------------------------------------------------------

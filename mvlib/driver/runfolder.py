@@ -103,7 +103,8 @@ def start_run(run: Path, tier: str, info: dict) -> None:
     run_mod.claim(run)
     (run / "notebooks").mkdir()
     (run / "logs").mkdir()
-    io.write_json(run / "manifest.json", run_mod.new_manifest(tier) | {"run": info})
+    trt = run_mod.tensorrt_choice({}, {"run": info})
+    io.write_json(run / "manifest.json", run_mod.new_manifest(tier, trt) | {"run": info})
 
 
 def open_incomplete(run: Path, tier: str, info: dict) -> Path:
