@@ -593,3 +593,21 @@ def test_an_executed_notebook_cut_short_never_takes_its_name(tmp_path, monkeypat
         kernels.papermill_into(NOTEBOOKS[1], executed)
     assert [p.name for p in executed.parent.iterdir()] == [executed.name]
 
+
+@pytest.mark.parametrize("target, code, says", [("study", 1, "the run failed"), ("study", 130, "interrupted"),
+                                                ("publish", 2, "bad input or a refused publish")])
+def test_make_says_the_drivers_exit_code(tmp_path, target, code, says):
+    """make exits 2 whenever a recipe fails; `make study` and `make publish` say the driver's own code and what it
+    means. A stand-in interpreter exits with the code, so nothing is installed or run."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexit {code}\n")
+    (venv / "bin" / "python").chmod(0o755)
+    installed = venv / ".installed"  # newer than pyproject.toml: make installs nothing
+    installed.touch()
+    stamp = (paths.ROOT / "pyproject.toml").stat().st_mtime + 1
+    os.utime(installed, (stamp, stamp))
+    proc = subprocess.run(["make", "-C", str(paths.ROOT), target, f"VENV={venv}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert f"make: python -m mvlib.study exited {code} ({says}); make itself exits 2 on any failure" in proc.stderr
