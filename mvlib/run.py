@@ -5,6 +5,7 @@ Serves: notebooks 01 to 06 (each makes a Run in its first code cell).
 import datetime as _dt
 import json
 import re
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -46,6 +47,46 @@ def claim(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     if fresh:
         io.write_text(folder / MARKER, MARKER_TEXT)
+    return folder
+
+
+# The parameters that make a run's configuration: a run folder holds notebooks that agree on all of them (a notebook
+# run alone with other values starts a fresh folder), so its tables and figures describe one model and one build.
+CONFIGURATION = ("variant", "weights", "seed", "img_size", "opset", "batch_min", "batch_opt", "batch_max",
+                 "workspace_gb", "trt_flavour", "trt_target", "fp8_target")
+
+
+def mismatches(manifest: dict, params: dict) -> list[str]:
+    """"variant='mobilevit_s' (01_export ran with 'mobilevit_xxs')" for each configuration parameter where
+    `params` differ from what a notebook already in the run was given."""
+    out = []
+    for nb, given in sorted((manifest.get("params") or {}).items()):
+        out += [f"{k}={params[k]!r} ({nb} ran with {given[k]!r})" for k in CONFIGURATION
+                if isinstance(given, dict) and k in params and k in given and given[k] != params[k]]
+    return out
+
+
+def fresh_for(folder: Path, params: dict) -> Path:
+    """`folder` for a notebook given `params`; a run of another configuration there is first set aside as
+    `<folder>.previous` (replacing one the study made), and the notebook says so."""
+    if not is_study_run(folder):
+        return folder
+    try:
+        wrong = mismatches(io.read_json(folder / "manifest.json"), params)
+    except (OSError, ValueError):
+        return folder
+    if not wrong:
+        return folder
+    aside = folder.with_name(folder.name + ".previous")
+    if aside.exists() or aside.is_symlink():
+        if not is_study_run(aside):
+            raise FileExistsError(f"{folder} holds a run of another configuration ({wrong[0]}) and {aside}, where "
+                                  "it would be set aside, is not a folder the study made: move it, or pass "
+                                  "another run_dir")
+        shutil.rmtree(aside)
+    folder.rename(aside)
+    print(f"run folder {folder} held a run of another configuration: {'; '.join(wrong[:3])}"
+          f"{' ...' if len(wrong) > 3 else ''}; that run is now {aside}, and this notebook starts a fresh one")
     return folder
 
 
@@ -110,7 +151,7 @@ class Run:
     def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
         given = dict(params or {})
         params = recorded_parameters(notebook, given)
-        self.dir = claim(paths.run_dir(str(run_dir)))
+        self.dir = claim(fresh_for(paths.run_dir(str(run_dir)), params))
         self.notebook = notebook
         self.manifest_path = self.dir / "manifest.json"
         self.trt = tensorrt_choice(given, self.manifest() if self.manifest_path.exists() else {})

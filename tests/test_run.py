@@ -90,3 +90,29 @@ def test_a_notebooks_tier_follows_its_tensorrt_flavour(tmp_path, monkeypatch):
     finally:
         for cached in (tiers.detect, tiers.runtime_status):
             cached.cache_clear()
+
+
+def test_a_notebook_run_alone_with_another_configuration_starts_a_fresh_folder(tmp_path, capsys):
+    """papermill or nbconvert into one folder (build/runs/latest by default): 02 with another variant than the 01
+    there says so, sets that run aside as <folder>.previous and starts afresh; the same configuration joins it."""
+    latest = tmp_path / "latest"
+    Run(latest, "01_export", params={"variant": "mobilevit_xxs", "weights": "random", "img_size": 256})
+    Run(latest, "02_graph", params={"variant": "mobilevit_xxs", "weights": "random", "img_size": 256})
+    assert sorted(io.read_json(latest / "manifest.json")["params"]) == ["01_export", "02_graph"]
+    capsys.readouterr()
+    Run(latest, "02_graph", params={"variant": "mobilevit_s", "weights": "random", "img_size": 256})
+    out = capsys.readouterr().out
+    assert "held a run of another configuration: variant='mobilevit_s' (01_export ran with 'mobilevit_xxs')" in out
+    assert f"that run is now {tmp_path / 'latest.previous'}" in out
+    assert list(io.read_json(latest / "manifest.json")["params"]) == ["02_graph"]
+    assert sorted(io.read_json(tmp_path / "latest.previous" / "manifest.json")["params"]) == ["01_export",
+                                                                                             "02_graph"]
+
+
+def test_weights_auto_and_the_drivers_random_share_one_export(xxs, capsys):
+    """Offline, weights='auto' falls back to the seeded random weights the driver hands its notebooks ('random'):
+    the same export, reused, not made again under another key."""
+    from mvlib import export
+    exported, _ = export.ensure_exported("mobilevit_xxs", "auto", 256, 17, seed=0)
+    assert exported.onnx == xxs[0].onnx and exported.weights.get("fallback_reason")
+    assert f"reusing {exported.onnx}" in capsys.readouterr().out
