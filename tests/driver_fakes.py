@@ -92,7 +92,8 @@ def hold_like_a_kernel(ready: Path) -> None:
     from types import SimpleNamespace
 
     from mvlib.driver import kernels
-    child = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    child = subprocess.Popen(["sleep", "600"], start_new_session=True, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)  # as a kernel: its output goes to its log, not the driver's
     kernels._KERNELS.append(SimpleNamespace(provisioner=SimpleNamespace(process=child)))
     Path(ready).write_text(str(child.pid))
     time.sleep(600)

@@ -443,7 +443,7 @@ def test_a_second_driver_for_the_same_folder_is_refused_at_once_naming_the_first
     undisturbed; once the first is killed, its stale lock blocks nobody."""
     import signal
     run = tmp_path / "run"
-    first = driver_process(run, tmp_path / "ready")
+    first, kid = driver_process(run, tmp_path / "ready"), None
     try:
         kid = wait_for_pid(tmp_path / "ready", first)
         writing = io.read_json(runfolder.incomplete_of(run) / "manifest.json")
@@ -454,8 +454,9 @@ def test_a_second_driver_for_the_same_folder_is_refused_at_once_naming_the_first
         assert io.read_json(runfolder.incomplete_of(run) / "manifest.json") == writing  # the first's run, untouched
     finally:
         first.kill()  # SIGKILL: no handler runs, the lock is left to the kernel
+        if kid is not None:
+            os.killpg(kid, signal.SIGKILL)
         first.communicate()
-        os.killpg(kid, signal.SIGKILL)
     assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
     assert verdicts.outcome(io.read_json(run / "manifest.json")) == "complete"
 
@@ -492,7 +493,7 @@ def test_the_manifest_and_the_console_say_where_the_time_went(tmp_path, monkeypa
     manifest = io.read_json(run / "manifest.json")
     books = manifest["timing"]["notebooks_s"]
     assert list(books) == [nb.stem for nb in NOTEBOOKS]
-    assert books["04_int8"] >= manifest["stages"]["04_int8/work"]["seconds"] >= 0.3
+    assert books["04_int8"] + 0.05 >= manifest["stages"]["04_int8/work"]["seconds"] >= 0.3  # books: to 0.1 s
     assert manifest["timing"]["total_s"] >= sum(books.values()) - 0.1 * len(books)  # each rounded to 0.1 s
     out = capsys.readouterr().out.splitlines()
     start = out.index("slowest stages:")
