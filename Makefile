@@ -22,15 +22,19 @@ ARCH := $(shell uname -m)
 RTX_WHEELS := $(if $(filter x86_64,$(ARCH)),1)
 
 .PHONY: study publish test lint env lab clean
+# make exits 2 whenever a recipe fails, whatever the driver's own code (python -m mvlib.study --help): say that code.
+DRIVER_EXIT = { rc=$$?; case $$rc in 1) why="the run failed";; 2) why="bad input or a refused publish";; \
+	130|129|143) why="interrupted";; *) why="python -m mvlib.study --help lists its codes";; esac; \
+	echo "make: python -m mvlib.study exited $$rc ($$why); make itself exits 2 on any failure" >&2; exit $$rc; }
 study: $(VENV)/.installed
-	$(PY) -m mvlib.study --profile $(PROFILE) --tier $(TIER) $(ARGS)
+	$(PY) -m mvlib.study --profile $(PROFILE) --tier $(TIER) $(ARGS) || $(DRIVER_EXIT)
 
 # Publishing is deliberate: the committed figures/ and data/results/ change only here, from a complete run of the
 # full profile (`make publish`, or RUN=build/runs/full_mobilevit_xxs for another variant; ARGS=--publish-over to
 # replace a published run of another GPU or a higher tier).
 RUN ?= build/runs/$(PROFILE)
 publish: $(VENV)/.installed
-	$(PY) -m mvlib.study --publish-from $(RUN) $(ARGS)
+	$(PY) -m mvlib.study --publish-from $(RUN) $(ARGS) || $(DRIVER_EXIT)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -ra $(ARGS)

@@ -96,7 +96,10 @@ def ensure_exported(variant: str, weights: str = "auto", img_size: int = 256, op
     onnx_path = out_dir / ARTIFACTS["fp32"]
     settings = {"variant": variant, "weights": info, "img_size": img_size, "opset": opset,
                 "torch": torch.__version__}
-    io.cached(onnx_path, settings, lambda tmp: export_onnx(model, tmp, img_size, opset), "ONNX export")
+    # keyed by the weights themselves, not how they were described: 'auto' falling back to random (label and reason
+    # in `info`) is the same export as 'random', so a papermill run and a driver run share one model.onnx
+    key = settings | {"weights": {k: v for k, v in info.items() if k not in ("label", "fallback_reason")}}
+    io.cached(onnx_path, key, lambda tmp: export_onnx(model, tmp, img_size, opset), "ONNX export")
     return Exported(out_dir, onnx_path, info, settings), model
 
 

@@ -7,6 +7,8 @@ executed notebooks stay readable to other users, a web server or a container vol
 Serves: notebooks 01 to 06 and the driver: every file the study writes goes through it.
 """
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -43,6 +45,10 @@ def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None:  # a failed write() names no file: name the one being written (a full disk)
+            err.filename = str(path)
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -146,3 +152,73 @@ def cached(path: os.PathLike | str, key: dict, make: Callable[[Path], Any], what
     write_json(meta, entry)
     print(f"made {path} ({what})")
     return path, False
+
+
+# --- full disks --------------------------------------------------------------------------------------------------
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether `err` is a write refused for lack of space (a full disk or an exhausted quota)."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def mount_point(path: os.PathLike | str) -> Path:
+    """The mount point of the file system that holds `path` (or would, for a path not made yet)."""
+    p = Path(os.path.abspath(path))
+    while not p.exists():
+        p = p.parent
+    while not os.path.ismount(p):
+        p = p.parent
+    return p
+
+
+def disk_line(err: OSError, what: str = "") -> str:
+    """'no space left on /mnt/small (0 MiB free of 1 MiB) while writing <file>': a full disk in one line."""
+    where = Path(err.filename) if err.filename else Path.cwd()
+    mount = mount_point(where)
+    try:
+        import shutil
+        usage = shutil.disk_usage(mount)
+        free = f" ({usage.free / 2**20:.0f} MiB free of {usage.total / 2**20:.0f} MiB)"
+    except OSError:
+        free = ""
+    cause = "no space left" if err.errno == errno.ENOSPC else "disk quota exceeded"
+    return f"{cause} on {mount}{free} while writing {err.filename or what or 'a file'}"
+
+
+# --- locks -------------------------------------------------------------------------------------------------------
+class Busy(Exception):
+    """Another process holds a lock; `holder` is what it wrote into the lock file (its PID and what it does)."""
+
+    def __init__(self, path: Path, holder: str):
+        super().__init__(f"{path} is held by {holder or 'another process'}")
+        self.path, self.holder = path, holder
+
+
+@contextlib.contextmanager
+def lock(path: os.PathLike | str, what: str = "", wait: bool = True) -> Iterator[Path]:
+    """Hold an exclusive lock on the file `path` for the block: wait for it, or (wait=False) raise Busy at once.
+
+    An flock(2) lock dies with the process holding it, so a lock left by a killed process never blocks anyone.
+    The holder writes 'pid <PID>: <what>' into the file itself (not write-then-rename: the lock is on that inode)
+    and empties it on release; the file stays, as removing it would let two processes lock two different files.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, NEW_FILE_MODE)  # not inherited by children (O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(path, os.pread(fd, 4096, 0).decode(errors="replace").strip()) from None
+        with contextlib.suppress(OSError):  # the note is for people; a full disk must not cost the lock
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()}: {what}\n".encode(), 0)
+        try:
+            yield path
+        finally:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock

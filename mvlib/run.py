@@ -5,6 +5,7 @@ Serves: notebooks 01 to 06 (each makes a Run in its first code cell).
 import datetime as _dt
 import json
 import re
+import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -49,10 +50,51 @@ def claim(folder: Path) -> Path:
     return folder
 
 
-def new_manifest(tier: str) -> dict:
-    """A run's manifest before any stage: machine facts, versions, no weights yet."""
+# The parameters that make a run's configuration: a run folder holds notebooks that agree on all of them (a notebook
+# run alone with other values starts a fresh folder), so its tables and figures describe one model and one build.
+CONFIGURATION = ("variant", "weights", "seed", "img_size", "opset", "batch_min", "batch_opt", "batch_max",
+                 "workspace_gb", "trt_flavour", "trt_target", "fp8_target")
+
+
+def mismatches(manifest: dict, params: dict) -> list[str]:
+    """"variant='mobilevit_s' (01_export ran with 'mobilevit_xxs')" for each configuration parameter where
+    `params` differ from what a notebook already in the run was given."""
+    out = []
+    for nb, given in sorted((manifest.get("params") or {}).items()):
+        out += [f"{k}={params[k]!r} ({nb} ran with {given[k]!r})" for k in CONFIGURATION
+                if isinstance(given, dict) and k in params and k in given and given[k] != params[k]]
+    return out
+
+
+def fresh_for(folder: Path, params: dict) -> Path:
+    """`folder` for a notebook given `params`; a run of another configuration there is first set aside as
+    `<folder>.previous` (replacing one the study made), and the notebook says so."""
+    if not is_study_run(folder):
+        return folder
+    try:
+        wrong = mismatches(io.read_json(folder / "manifest.json"), params)
+    except (OSError, ValueError):
+        return folder
+    if not wrong:
+        return folder
+    aside = folder.with_name(folder.name + ".previous")
+    if aside.exists() or aside.is_symlink():
+        if not is_study_run(aside):
+            raise FileExistsError(f"{folder} holds a run of another configuration ({wrong[0]}) and {aside}, where "
+                                  "it would be set aside, is not a folder the study made: move it, or pass "
+                                  "another run_dir")
+        shutil.rmtree(aside)
+    folder.rename(aside)
+    print(f"run folder {folder} held a run of another configuration: {'; '.join(wrong[:3])}"
+          f"{' ...' if len(wrong) > 3 else ''}; that run is now {aside}, and this notebook starts a fresh one")
+    return folder
+
+
+def new_manifest(tier: str, trt: tuple[str, str] = ("auto", "auto")) -> dict:
+    """A run's manifest before any stage: machine facts, versions, no weights yet; `trt` is the run's TensorRT
+    flavour and target (the tier limits follow them)."""
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "tier": tier, "tier_limits": {t: tiers.missing_for(t) for t in tiers.TIERS},
+            "tier": tier, "tier_limits": {t: tiers.missing_for(t, *trt) for t in tiers.TIERS},
             "machine": env.machine(), "gpu": env.gpu_info(), "versions": {**env.versions(), **flavours.versions()},
             "weights": None, "params": {}, "stages": {}}
 
@@ -79,6 +121,18 @@ def declared_parameters(notebook: str) -> list[str] | None:
     return re.findall(r"^(\w+)\s*=", "".join(cell["source"]), flags=re.M) if cell else []
 
 
+def tensorrt_choice(params: dict, manifest: dict) -> tuple[str, str]:
+    """The run's TensorRT flavour and target: the notebook's parameters, else the driver's decision, else what the
+    run's other notebooks were given, else 'auto'.
+
+    The tier follows it (tiers.detect): trt_flavour='tensorrt_rtx' on a GPU only full TensorRT runs is tier gpu.
+    """
+    decided = (manifest.get("run") or {}).get("tensorrt") or {}
+    given = [p for p in (manifest.get("params") or {}).values() if isinstance(p, dict)]
+    return tuple(str(params.get(k) or decided.get(k) or next((p[k] for p in given if p.get(k)), "auto"))
+                 for k in ("trt_flavour", "trt_target"))
+
+
 def recorded_parameters(notebook: str, names: dict) -> dict:
     """The values of a notebook's parameters, picked from `names` (its globals()) by its parameters cell.
 
@@ -95,25 +149,27 @@ class Run:
     """Context of one notebook inside one run; every notebook opens it in its first code cell."""
 
     def __init__(self, run_dir: str | Path = "", notebook: str = "interactive", params: dict | None = None):
-        params = recorded_parameters(notebook, params or {})
-        self.dir = claim(paths.run_dir(str(run_dir)))
+        given = dict(params or {})
+        params = recorded_parameters(notebook, given)
+        self.dir = claim(fresh_for(paths.run_dir(str(run_dir)), params))
         self.notebook = notebook
-        self.tier = tiers.detect()
+        self.manifest_path = self.dir / "manifest.json"
+        self.trt = tensorrt_choice(given, self.manifest() if self.manifest_path.exists() else {})
+        self.tier = tiers.detect(*self.trt)
         self.figures = self.dir / "figures"
         self.results = self.dir / "results"
         for d in (self.figures, self.results):
             d.mkdir(parents=True, exist_ok=True)
-        self.manifest_path = self.dir / "manifest.json"
         self._update(lambda m: m.setdefault("params", {}).__setitem__(notebook, params or {}))
         print(f"run {self.dir} | notebook {notebook} | tier {self.tier}"
-              + (f" ({tiers.missing_for('trt')})" if self.tier != "trt" else ""))
+              + (f" ({tiers.missing_for('trt', *self.trt)})" if self.tier != "trt" else ""))
 
     # manifest -------------------------------------------------------------
     def manifest(self) -> dict:
         """The manifest as it stands (created with machine facts on first use)."""
         if self.manifest_path.exists():
             return io.read_json(self.manifest_path)
-        return new_manifest(self.tier)
+        return new_manifest(self.tier, self.trt)
 
     def _update(self, fn: Callable[[dict], Any]) -> None:
         manifest = self.manifest()
@@ -134,7 +190,7 @@ class Run:
     def stage(self, name: str, tier: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run `fn` if this machine reaches `tier`, else record and print why it was skipped; None when skipped."""
         # a build stage says itself when there is no builder (flavours.NoBuilder)
-        missing = "" if tier == tiers.BUILDER else tiers.missing_for(tier)
+        missing = "" if tier == tiers.BUILDER else tiers.missing_for(tier, *self.trt)
         if missing:
             print(f"[{name}] skipped: {missing}")
             self.record(name, tier, "skipped", missing)

@@ -17,6 +17,7 @@ results (`figures/`, `data/results/`) change only by a deliberate publish of a c
 Serves: the driver (`make study`, `python -m mvlib.study`); no notebook imports it.
 """
 import argparse
+import contextlib
 import datetime as _dt
 import os
 import signal
@@ -36,7 +37,12 @@ EXIT_CODES = f"""exit codes:
        stays in place and this one is kept in <run>.incomplete
   {BAD_INPUT}    bad input: an unknown or invalid parameter, notebook, tier, profile or folder, or a publish that is
        refused; nothing was run or written
-  {INTERRUPTED}  interrupted (Ctrl-C); recorded in <run>.incomplete/manifest.json"""
+  {INTERRUPTED}  interrupted (Ctrl-C); recorded in <run>.incomplete/manifest.json
+  {128 + signal.SIGTERM}  terminated (SIGTERM: `timeout`, a job scheduler, `docker stop`); handled as Ctrl-C is and
+       recorded with the signal's name
+  {128 + signal.SIGHUP}  hung up (SIGHUP: its terminal closed), likewise
+A run folder another driver is writing is refused with {BAD_INPUT}. `make study` and `make publish` exit 2 whenever
+the driver fails (make's own code) and print the driver's code."""
 
 
 def notebooks(only: str = "") -> list[Path]:
@@ -133,13 +139,19 @@ class Plan:
 
 def check_inputs(args: argparse.Namespace) -> Plan:
     """Every input checked, nothing written, nothing slow but the weights probe: the Plan, or BadInput."""
-    have = tiers.detect()
+    params, problems = parameters(args.profile, args.param)
+    problems += value_problems(params)
+    # the tier follows the run's own TensorRT choice: trt_flavour tensorrt_rtx on an H100 is tier gpu (tiers.detect)
+    trt = (str(params.get("trt_flavour", "auto")), str(params.get("trt_target", "auto")))
+    try:
+        have = tiers.detect(*trt)
+    except ValueError as err:  # a flavour or target flavours.decide does not know
+        problems.append(f"TensorRT: {err}")
+        trt = ("auto", "auto")
+        have = tiers.detect()
     tier = have if args.tier == "auto" else args.tier
-    problems = []
     if tiers.rank(tier) > tiers.rank(have):
-        problems.append(f"this machine reaches tier {have}, not {tier}: {tiers.missing_for(tier)}")
-    params, wrong = parameters(args.profile, args.param)
-    problems += wrong + value_problems(params)
+        problems.append(f"this machine reaches tier {have}, not {tier}: {tiers.missing_for(tier, *trt)}")
     try:
         selected = notebooks(args.only)
     except BadInput as err:
@@ -223,17 +235,32 @@ def compare(run: Path, manifest: dict, baseline: Path | None, explicit: bool, ca
                                                   "caveats": unlike}
 
 
-def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: argparse.Namespace) -> int:
-    """Record how the run went; promote it to the run folder when complete, compare it, publish if asked."""
+def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: argparse.Namespace,
+           state: dict) -> int:
+    """Record how the run went; promote it to the run folder when complete, compare it, publish if asked; end with
+    where the time went."""
     manifest = io.read_json(staging / "manifest.json")
     kernels.record_failures(manifest, failures)
+    record_timing(manifest, state)
     cache = rerun.cache_use(before, rerun.snapshot())
     io.write_csv(staging / "results" / rerun.CACHE_TABLE, cache)
     print_stages(manifest, staging)
     problems = run_problems(manifest, plan, failures)
     if problems:
-        return keep_failed(plan, staging, manifest, cache, problems, failures)
-    return complete(plan, staging, manifest, cache, args)
+        code = keep_failed(plan, staging, manifest, cache, problems, failures)
+    else:
+        code = complete(plan, staging, manifest, cache, args)
+    print(verdicts.timing_lines(manifest))
+    return code
+
+
+def record_timing(manifest: dict, state: dict) -> None:
+    """The run's wall seconds in its manifest, beside the stages' own: each notebook's (the one running when the run
+    stopped too) and the run's total so far."""
+    books = dict(state.get("seconds") or {})
+    if state.get("notebook"):
+        books[state["notebook"]] = round(time.perf_counter() - state["start"], 1)
+    manifest["timing"] = {"total_s": round(time.perf_counter() - state["began"], 1), "notebooks_s": books}
 
 
 def print_stages(manifest: dict, run: Path) -> None:
@@ -286,43 +313,132 @@ def complete(plan: Plan, staging: Path, manifest: dict, cache, args: argparse.Na
     return OK
 
 
-NOT_STARTED = "interrupted before any notebook ran; nothing was written"
+NOT_STARTED = "before any notebook ran; nothing was written"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def interrupted(plan: Plan, staging: Path | None, state: dict) -> int:
-    """Stop the kernels, record the interruption, and say so in one line; exit code 130."""
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the record short
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where Ctrl-C raises KeyboardInterrupt so the run ends the same way."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def stops_as_ctrl_c():
+    """For the block, SIGTERM and SIGHUP end the run as Ctrl-C does (Terminated); a signal the process inherited as
+    ignored (SIGHUP under nohup) stays ignored: whoever started it asked for that."""
+    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    for s, handler in old.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(s, _terminated)
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def stop_code(stop: KeyboardInterrupt) -> int:
+    """The exit code for a stop: 130 for Ctrl-C, 128 + the signal's number for SIGTERM (143) and SIGHUP (129)."""
+    return 128 + stop.signum if isinstance(stop, Terminated) else INTERRUPTED
+
+
+def stop_word(stop: KeyboardInterrupt) -> str:
+    """'interrupted' (Ctrl-C), 'terminated (SIGTERM)', 'hung up (SIGHUP)'."""
+    if not isinstance(stop, Terminated):
+        return "interrupted"
+    return ("hung up" if stop.signum == signal.SIGHUP else "terminated") + f" ({signal.Signals(stop.signum).name})"
+
+
+def say(line: str) -> None:
+    """One line on stderr; a closed terminal (SIGHUP) must not turn it into a traceback."""
+    with contextlib.suppress(OSError):
+        print(line, file=sys.stderr, flush=True)
+
+
+def interrupted(plan: Plan, staging: Path | None, state: dict, stop: KeyboardInterrupt) -> int:
+    """Stop the kernels (and what they started), record the interruption, and say so in one line; exit code 130
+    (Ctrl-C), 143 (SIGTERM) or 129 (SIGHUP)."""
+    handlers = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}  # a second one must not cut the record
     try:
         kernels.stop_kernels()
-        print("\nstudy: " + record_interruption(plan, staging, state), file=sys.stderr)
+        say("\nstudy: " + record_interruption(plan, staging, state, stop))
     finally:
-        signal.signal(signal.SIGINT, handler)
-    return INTERRUPTED
+        for s, handler in handlers.items():
+            signal.signal(s, handler)
+    return stop_code(stop)
 
 
-def record_interruption(plan: Plan, staging: Path | None, state: dict) -> str:
+def record_interruption(plan: Plan, staging: Path | None, state: dict, stop: KeyboardInterrupt) -> str:
     """Write the interruption into this run's manifest (None: its folder was not opened yet); the line that says
     where it stopped and what is kept."""
     where = state.get("notebook")
     seconds = time.perf_counter() - state.get("start", time.perf_counter())
+    word = stop_word(stop)
     if staging is None:  # before this run's folder existed: an older incomplete run is not this one
-        return NOT_STARTED
+        return f"{word} {NOT_STARTED}"
     if not staging.exists():  # stopped after the run was complete and in place
-        return f"interrupted after the run was complete; it is {plan.run}"
+        return f"{word} after the run was complete; it is {plan.run}"
     manifest = io.read_json(staging / "manifest.json")
+    record_timing(manifest, state)
     manifest["outcome"] = {"status": "interrupted", "notebook": where, "after_s": round(seconds, 1),
+                           "signal": signal.Signals(getattr(stop, "signum", signal.SIGINT)).name,
                            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     io.write_json(staging / "manifest.json", manifest)
     kept = f"; the last complete run is still {plan.run}" if runfolder.complete_run(plan.run) else ""
-    return f"interrupted{f' in {where} after {seconds:.0f} s' if where else ''}; this run is kept in {staging}{kept}"
+    return f"{word}{f' in {where} after {seconds:.0f} s' if where else ''}; this run is kept in {staging}{kept}"
+
+
+def out_of_space(plan: Plan, staging: Path | None, state: dict, err: OSError) -> int:
+    """A full disk in one line, recorded in the run's manifest where space allows; exit code 1."""
+    line = io.disk_line(err)
+    kept = f"; the last complete run is still {plan.run}" if runfolder.complete_run(plan.run) else ""
+    if staging is None or not staging.exists():
+        say(f"study: {line}; free space there or pass --run-dir a folder on another disk{kept}")
+        return FAILED
+    try:
+        manifest = io.read_json(staging / "manifest.json")
+        record_timing(manifest, state)
+        manifest["outcome"] = {"status": "failed", "problems": [line], "notebook": state.get("notebook")}
+        io.write_json(staging / "manifest.json", manifest)
+        recorded = ""
+    except (OSError, ValueError):  # the manifest's own write needs space too; the one before it is whole
+        recorded = " (no space to record it in its manifest either)"
+    say(f"study: {line}; this run is kept in {staging}{recorded}{kept}; free space there or pass --run-dir a folder "
+        "on another disk")
+    return FAILED
 
 
 def run_study(plan: Plan, args: argparse.Namespace) -> int:
-    """Run the planned notebooks into `<run>.incomplete` and finish; the exit code."""
+    """Run the planned notebooks into `<run>.incomplete` and finish, holding the run folder's lock; the exit code.
+
+    A second driver for the same run folder is refused at once, naming the one at work (its lock dies with it)."""
+    try:
+        with io.lock(runfolder.lock_of(plan.run), f"python -m mvlib.study --profile {args.profile} writing "
+                     f"{runfolder.incomplete_of(plan.run)}", wait=False):
+            return run_locked(plan, args)
+    except io.Busy as busy:
+        say(f"study: {plan.run} is being written by another study ({busy.holder or 'its lock: ' + str(busy.path)}); "
+            f"wait for it to end, or pass --run-dir another folder\n(nothing was run or written)")
+        return BAD_INPUT
+    except OSError as err:  # no space even for the lock file
+        if not io.disk_full(err):
+            raise
+        return out_of_space(plan, None, {}, err)
+
+
+def run_locked(plan: Plan, args: argparse.Namespace) -> int:
+    """The run itself, its folder locked: notebooks, finish, or how it stopped (interrupted, a full disk)."""
     expose_tensorrt_libraries(plan.tensorrt)
     info = {"profile": args.profile, "expected_tier": plan.tier, "params": plan.params, "weights": plan.weights,
             "tensorrt": plan.tensorrt, "notebooks": [nb.name for nb in plan.selected], "folder": plan.run.name}
-    state: dict = {"notebook": None}
+    state: dict = {"notebook": None, "began": time.perf_counter(), "seconds": {}}
     staging = None
     try:
         before = rerun.snapshot()
@@ -332,9 +448,14 @@ def run_study(plan: Plan, args: argparse.Namespace) -> int:
               + (f" for {plan.tensorrt['trt_target']}" if plan.tensorrt.get("trt_target") else "")
               + f"; writing {staging}, which becomes {plan.run} once complete")
         failures = kernels.execute(plan.selected, plan.params, staging, args, state)
-        return finish(plan, staging, failures, before, args)
-    except KeyboardInterrupt:
-        return interrupted(plan, staging, state)
+        return finish(plan, staging, failures, before, args, state)
+    except KeyboardInterrupt as stop:
+        return interrupted(plan, staging, state, stop)
+    except OSError as err:
+        if not io.disk_full(err):
+            raise
+        kernels.stop_kernels()
+        return out_of_space(plan, staging, state, err)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -347,15 +468,17 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MPLBACKEND", "Agg")
     # Nobody watches a papermill kernel: plain progress lines in the log, no widget or text bars.
     os.environ.setdefault("MVLIB_PROGRESS", "lines")
-    try:
-        plan = check_inputs(args)
-    except BadInput as err:
-        print("study: " + str(err).replace("\n", "\nstudy: ") + "\n(nothing was run or written)", file=sys.stderr)
-        return BAD_INPUT
-    except KeyboardInterrupt:
-        print("\nstudy: " + NOT_STARTED, file=sys.stderr)
-        return INTERRUPTED
-    return run_study(plan, args)
+    with stops_as_ctrl_c():
+        try:
+            plan = check_inputs(args)
+        except BadInput as err:
+            print("study: " + str(err).replace("\n", "\nstudy: ") + "\n(nothing was run or written)",
+                  file=sys.stderr)
+            return BAD_INPUT
+        except KeyboardInterrupt as stop:
+            say(f"\nstudy: {stop_word(stop)} {NOT_STARTED}")
+            return stop_code(stop)
+        return run_study(plan, args)
 
 
 if __name__ == "__main__":

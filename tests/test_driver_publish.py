@@ -123,3 +123,10 @@ def test_a_complete_run_publishes_with_publish(tmp_path, monkeypatch, published)
     assert io.read_json(results / "manifest.json") == io.read_json(run / "manifest.json")
     assert sorted(p.name for p in results.iterdir() if p.is_file()) == ["06_benchmark.csv", "manifest.json",
                                                                         "rerun_cache.csv"]
+
+
+def test_publish_with_no_full_run_says_to_run_the_study_first(tmp_path, capsys):
+    """`make publish` before any full run: run `make study` first, not 'not a run folder'."""
+    assert study.main(["--publish-from", str(tmp_path / "runs" / "full")]) == study.BAD_INPUT
+    err = capsys.readouterr().err
+    assert f"no run at {tmp_path / 'runs' / 'full'}" in err and "run `make study` (the full profile) first" in err

@@ -33,7 +33,7 @@ def test_engine_builds_fail_the_run_on_a_machine_with_a_builder_whatever_its_tie
 def test_an_fp8_stage_skipped_on_a_gpu_without_fp8_does_not_fail_the_gpu_tier(tmp_path, monkeypatch):
     """An 8.6 GPU reaches the gpu tier but has no FP8 tensor cores: its FP8 skip is the hardware's, not a problem."""
     from mvlib import fp8
-    monkeypatch.setattr(tiers, "missing_for", lambda tier: "")  # a machine that reaches every tier
+    monkeypatch.setattr(tiers, "missing_for", lambda tier, *trt: "")  # a machine that reaches every tier
     run = Run(tmp_path / "r", "99_test")
 
     def fp8_row():

@@ -130,3 +130,75 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             tmp.write_text("half")
             raise RuntimeError("interrupted")
     assert list(tmp_path.iterdir()) == []
+
+
+# --- locks: two studies at once ----------------------------------------------------------------------------------
+def test_a_lock_held_by_another_process_is_busy_naming_it_and_free_once_it_dies(tmp_path):
+    """wait=False refuses at once, naming the holder's PID and job; the lock of a killed holder blocks nobody."""
+    import subprocess
+    import sys
+    path = tmp_path / ".run.lock"
+    holder = subprocess.Popen([sys.executable, "-c", f"from mvlib import io; import time\n"
+                               f"with io.lock({str(path)!r}, 'building run'):\n    print('held', flush=True)\n"
+                               "    time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(io.Busy) as busy, io.lock(path, "a second run", wait=False):
+            pass
+        assert busy.value.holder == f"pid {holder.pid}: building run"
+    finally:
+        holder.kill()  # SIGKILL: nothing of the holder's runs, the kernel drops its lock
+        holder.wait()
+    with io.lock(path, "a second run", wait=False):
+        assert path.read_text() == f"pid {os.getpid()}: a second run\n"
+    assert path.read_text() == ""  # released: nobody named as holding it
+
+
+def test_a_waiting_lock_goes_on_once_the_holder_lets_go(tmp_path):
+    """wait=True blocks while another holder has the lock (a thread here: each lock is its own open file)."""
+    path, order = tmp_path / ".entry.lock", []
+    held, release = threading.Event(), threading.Event()
+
+    def first():
+        with io.lock(path, "first"):
+            held.set()
+            release.wait(60)
+            order.append("first done")
+    t = threading.Thread(target=first)
+    t.start()
+    held.wait(60)
+    def second():
+        with io.lock(path, "second"):
+            order.append("second in")
+    waiter = threading.Thread(target=second)
+    waiter.start()
+    waiter.join(0.5)
+    assert order == [] and waiter.is_alive()  # still waiting: not in before the holder let go
+    release.set()
+    t.join(60)
+    waiter.join(60)
+    assert order == ["first done", "second in"]
+
+
+def test_two_builds_of_one_engine_at_once_build_it_once(tmp_path, monkeypatch):
+    """Two runs asking for the same engine at once (threads here; processes lock the same way): one builds it with
+    the real builder, the other waits for the entry's lock and reuses what it built."""
+    import tensorrt_models as models
+
+    from mvlib import paths
+    from mvlib.tensorrt import cache, flavours, shapes
+    ok, why = flavours.builder_status()
+    if not ok:
+        pytest.skip(f"no TensorRT builder: {why}")
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    onnx_path = models.conv(tmp_path / "model.onnx")
+    got = []
+
+    def build():
+        got.append(cache.build_engine(onnx_path, shapes.Profile(1, 2, 4), flavours.select(), workspace_gb=1))
+    builders = [threading.Thread(target=build) for _ in range(2)]
+    for t in builders:
+        t.start()
+    for t in builders:
+        t.join(600)
+    assert sorted(e.status for e in got) == ["built", "reused"] and got[0].plan == got[1].plan

@@ -1,5 +1,6 @@
 """mvlib.run: a notebook's run context: stage outcomes recorded with what a skipped stage needed."""
 import pytest
+from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours
 
 from mvlib import io, tiers
 from mvlib.run import Run
@@ -71,3 +72,47 @@ def test_run_records_weights_as_the_driver_decided(tmp_path):
     run = Run(tmp_path / "b", "99_test")
     run.set("weights", model.random_info(0))
     assert io.read_json(run.manifest_path)["weights"] == model.random_info(0, "hub down")
+
+
+def test_a_notebooks_tier_follows_its_tensorrt_flavour(tmp_path, monkeypatch):
+    """On a GPU only full TensorRT runs, a notebook given trt_flavour tensorrt_rtx is tier gpu and skips trt stages
+    saying why; without the parameter it follows the driver's decision in the manifest, else 'auto'."""
+    fake_h100_with_both_flavours(monkeypatch)
+    try:
+        rtx = Run(tmp_path / "rtx", "06_benchmark", params={"trt_flavour": "tensorrt_rtx"})
+        assert rtx.tier == "gpu" and rtx.stage("engine_timing", "trt", lambda: 1) is None
+        assert rtx.skip_reason("engine_timing").endswith(RTX_REFUSES)
+        assert Run(tmp_path / "rtx", "01_export").tier == "gpu"  # no parameter: the manifest's (here: 06's) choice
+        io.write_json(tmp_path / "drv" / "manifest.json", {"run": {"tensorrt": {"trt_flavour": "tensorrt_rtx"}},
+                                                          "params": {}, "stages": {}})
+        assert Run(tmp_path / "drv", "01_export").tier == "gpu"
+        assert Run(tmp_path / "auto", "06_benchmark", params={"trt_flavour": "auto"}).tier == "trt"
+    finally:
+        for cached in (tiers.detect, tiers.runtime_status):
+            cached.cache_clear()
+
+
+def test_a_notebook_run_alone_with_another_configuration_starts_a_fresh_folder(tmp_path, capsys):
+    """papermill or nbconvert into one folder (build/runs/latest by default): 02 with another variant than the 01
+    there says so, sets that run aside as <folder>.previous and starts afresh; the same configuration joins it."""
+    latest = tmp_path / "latest"
+    Run(latest, "01_export", params={"variant": "mobilevit_xxs", "weights": "random", "img_size": 256})
+    Run(latest, "02_graph", params={"variant": "mobilevit_xxs", "weights": "random", "img_size": 256})
+    assert sorted(io.read_json(latest / "manifest.json")["params"]) == ["01_export", "02_graph"]
+    capsys.readouterr()
+    Run(latest, "02_graph", params={"variant": "mobilevit_s", "weights": "random", "img_size": 256})
+    out = capsys.readouterr().out
+    assert "held a run of another configuration: variant='mobilevit_s' (01_export ran with 'mobilevit_xxs')" in out
+    assert f"that run is now {tmp_path / 'latest.previous'}" in out
+    assert list(io.read_json(latest / "manifest.json")["params"]) == ["02_graph"]
+    assert sorted(io.read_json(tmp_path / "latest.previous" / "manifest.json")["params"]) == ["01_export",
+                                                                                             "02_graph"]
+
+
+def test_weights_auto_and_the_drivers_random_share_one_export(xxs, capsys):
+    """Offline, weights='auto' falls back to the seeded random weights the driver hands its notebooks ('random'):
+    the same export, reused, not made again under another key."""
+    from mvlib import export
+    exported, _ = export.ensure_exported("mobilevit_xxs", "auto", 256, 17, seed=0)
+    assert exported.onnx == xxs[0].onnx and exported.weights.get("fallback_reason")
+    assert f"reusing {exported.onnx}" in capsys.readouterr().out

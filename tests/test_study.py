@@ -4,6 +4,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -11,7 +12,7 @@ import pandas as pd
 import papermill
 import pytest
 import smoke
-from driver_fakes import fake_notebooks
+from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours, fake_notebooks
 
 from mvlib import io, paths, stages, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
@@ -244,6 +245,29 @@ def test_driver_hands_every_notebook_the_tensorrt_decision(tmp_path, fake_paperm
     assert {p["trt_flavour"] for p in manifest["params"].values() if "trt_flavour" in p} == {flavour}
 
 
+@pytest.fixture
+def h100(monkeypatch):
+    """A faked H100 where full TensorRT runs engines and TensorRT-RTX only builds them (tests/driver_fakes.py)."""
+    fake_h100_with_both_flavours(monkeypatch)
+    yield
+    for cached in (tiers.detect, tiers.runtime_status):  # the real machine's answers again
+        cached.cache_clear()
+
+
+def test_the_tier_follows_the_runs_tensorrt_choice(tmp_path, fake_papermill, h100, capsys):
+    """-p trt_flavour tensorrt_rtx on a GPU only full TensorRT runs: tier gpu (RTX runs no engine there), not trt."""
+    run = tmp_path / "run"
+    assert study.main(["--profile", "smoke", "--run-dir", str(run), "-p", "trt_flavour", "tensorrt_rtx"]) == study.OK
+    manifest = io.read_json(run / "manifest.json")
+    assert manifest["tier"] == manifest["run"]["expected_tier"] == "gpu"
+    assert manifest["tier_limits"]["trt"].endswith(RTX_REFUSES)
+    assert study.main(["--profile", "smoke", "--run-dir", str(tmp_path / "r2"), "--tier", "trt",
+                       "-p", "trt_flavour", "tensorrt_rtx"]) == study.BAD_INPUT
+    assert RTX_REFUSES in capsys.readouterr().err
+    assert study.main(["--profile", "smoke", "--run-dir", str(tmp_path / "r3")]) == study.OK  # auto: full TensorRT
+    assert io.read_json(tmp_path / "r3" / "manifest.json")["tier"] == "trt"
+
+
 # --- errors a user can read ------------------------------------------------------------------------------------
 def _notebook(path: Path, *cells: str) -> Path:
     """A notebook of code cells, the first tagged `parameters`."""
@@ -367,3 +391,224 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
     assert io.read_json(run / "manifest.json") == complete
     assert io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]["notebook"] == "03_fp32_fp16"
     assert signal.getsignal(signal.SIGINT) is before  # the handler the process had is back afterwards
+
+
+# --- faults a user's machine brings: two drivers at once, SIGTERM, a full disk (issue 26) ------------------------
+TESTS = Path(__file__).resolve().parent
+
+
+def driver_process(run: Path, ready: Path) -> subprocess.Popen:
+    """Another process running the driver on `run` with fake notebooks (driver_fakes); its first notebook starts a
+    child in a process group of its own, as a kernel does, writes the child's PID into `ready` and waits."""
+    import signal
+    script = (f"import sys, pytest; sys.path.insert(0, {str(TESTS)!r}); from driver_fakes import fake_notebooks; "
+              f"from mvlib import study; fake_notebooks(pytest.MonkeyPatch(), hang='01_export', ready={str(ready)!r}); "
+              "sys.exit(study.main(sys.argv[1:]))")
+
+    def as_from_a_terminal():  # a background job (CI under nohup or &) inherits SIGINT and SIGHUP ignored
+        for sig in (signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+    return subprocess.Popen([sys.executable, "-c", script, "--profile", "smoke", "--tier", "cpu", "--run-dir",
+                             str(run)], cwd=paths.ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=as_from_a_terminal)
+
+
+def wait_for_pid(ready: Path, proc: subprocess.Popen) -> int:
+    """The PID the driver's hanging notebook wrote into `ready`, once it has (the driver failing first: its error)."""
+    while not (ready.is_file() and ready.read_text()):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    return int(ready.read_text())
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` still runs (a zombie waiting for its parent to be reaped does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def complete_run_in(run: Path) -> dict:
+    """A complete run of every notebook in `run` (as the study leaves one); its manifest."""
+    runfolder.start_run(run, "cpu", {"profile": "smoke", "notebooks": [nb.name for nb in NOTEBOOKS],
+                                     "folder": run.name})
+    manifest = io.read_json(run / "manifest.json") | {"outcome": {"status": "complete"}, "rerun": {}}
+    io.write_json(run / "manifest.json", manifest)
+    return manifest
+
+
+def test_a_second_driver_for_the_same_folder_is_refused_at_once_naming_the_first(tmp_path, fake_papermill, capsys):
+    """Two studies into one run folder: the second exits 2 at once naming the first (its PID), which goes on
+    undisturbed; once the first is killed, its stale lock blocks nobody."""
+    import signal
+    run = tmp_path / "run"
+    first, kid = driver_process(run, tmp_path / "ready"), None
+    try:
+        kid = wait_for_pid(tmp_path / "ready", first)
+        writing = io.read_json(runfolder.incomplete_of(run) / "manifest.json")
+        assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.BAD_INPUT
+        err = capsys.readouterr().err
+        assert f"{run} is being written by another study (pid {first.pid}:" in err and "--run-dir" in err, err
+        assert fake_papermill == {} and first.poll() is None
+        assert io.read_json(runfolder.incomplete_of(run) / "manifest.json") == writing  # the first's run, untouched
+    finally:
+        first.kill()  # SIGKILL: no handler runs, the lock is left to the kernel
+        if kid is not None:
+            os.killpg(kid, signal.SIGKILL)
+        first.communicate()
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
+    assert verdicts.outcome(io.read_json(run / "manifest.json")) == "complete"
+
+
+@pytest.mark.parametrize("sig, code, word", [("SIGTERM", 143, "terminated (SIGTERM)"),
+                                              ("SIGHUP", 129, "hung up (SIGHUP)")])
+def test_sigterm_and_sighup_end_a_run_as_ctrl_c_does(tmp_path, sig, code, word):
+    """`timeout`, a scheduler or `docker stop` (SIGTERM) and a closed terminal (SIGHUP): one line, the outcome
+    recorded with the signal, the kernels' process groups ended, the last complete run untouched."""
+    import signal
+    run = tmp_path / "run"
+    complete = complete_run_in(run)
+    proc = driver_process(run, tmp_path / "ready")
+    kid = wait_for_pid(tmp_path / "ready", proc)
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == code and len(lines) == 1, err
+    assert lines[0].startswith(f"study: {word} in 01_export after") and "Traceback" not in err
+    assert f"the last complete run is still {run}" in lines[0]
+    assert io.read_json(run / "manifest.json") == complete
+    stopped = io.read_json(runfolder.incomplete_of(run) / "manifest.json")
+    assert stopped["outcome"]["status"] == "interrupted" and stopped["outcome"]["signal"] == sig
+    assert set(stopped["timing"]["notebooks_s"]) == {"01_export"}
+    assert not alive(kid), "the kernel's process group still runs"
+
+
+def test_the_manifest_and_the_console_say_where_the_time_went(tmp_path, monkeypatch, capsys):
+    """Each notebook's wall seconds and the run's total beside the stages' seconds; the driver ends with the
+    slowest stages, slowest first."""
+    run = tmp_path / "run"
+    fake_notebooks(monkeypatch, work={"04_int8": 0.3, "02_graph": 0.1})
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.OK
+    manifest = io.read_json(run / "manifest.json")
+    books = manifest["timing"]["notebooks_s"]
+    assert list(books) == [nb.stem for nb in NOTEBOOKS]
+    assert books["04_int8"] + 0.05 >= manifest["stages"]["04_int8/work"]["seconds"] >= 0.3  # books: to 0.1 s
+    assert manifest["timing"]["total_s"] >= sum(books.values()) - 0.1 * len(books)  # each rounded to 0.1 s
+    out = capsys.readouterr().out.splitlines()
+    start = out.index("slowest stages:")
+    assert out[start - 1].startswith("time: ") and "04 " in out[start - 1]
+    assert [ln.split()[-1] for ln in out[start + 1:start + 3]] == ["04_int8/work", "02_graph/work"]
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 2 MiB file system (tmpfs), mounted for the test: skipped where this machine cannot mount one."""
+    disk = tmp_path / "small disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.strip()}); "
+                    "test_a_write_cut_short_by_a_full_disk covers ENOSPC without one")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def whole_files(folder: Path) -> list[str]:
+    """Every file under `folder` that is not a whole file of its kind (JSON, CSV, notebook), or a leftover
+    temporary one; [] when all are whole."""
+    bad = []
+    for f in folder.rglob("*"):
+        if not f.is_file() or f.name in ("ballast", runfolder.run_mod.MARKER):
+            continue
+        try:
+            if ".tmp" in f.name or ".partial" in f.name:
+                raise ValueError("a temporary file left behind")
+            if f.suffix in (".json", ".ipynb"):
+                json.loads(f.read_text())
+            elif f.suffix == ".csv":
+                pd.read_csv(f)
+        except ValueError as err:
+            bad.append(f"{f}: {err}")
+    return bad
+
+
+def test_a_run_on_a_full_disk_says_so_in_one_line(small_disk, monkeypatch, capsys):
+    """The run folder's disk fills during notebook 02: one line naming the disk and the file being written, exit
+    code 1, and no file there cut short (the manifest before the failure stays whole)."""
+    run = small_disk / "run"
+    fake_notebooks(monkeypatch, fill="02_graph")
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.FAILED
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in lines[0], lines
+    assert lines[0].startswith(f"study: no space left on {small_disk} (0 MiB free of 2 MiB) while writing "
+                               f"{runfolder.incomplete_of(run) / 'manifest.json'}"), lines[0]
+    assert "no space to record it in its manifest either" in lines[0]
+    assert whole_files(small_disk) == []
+    assert set(io.read_json(runfolder.incomplete_of(run) / "manifest.json")["params"]) == {"01_export", "02_graph"}
+
+
+def test_a_write_cut_short_by_a_full_disk(tmp_path, monkeypatch, capsys):
+    """ENOSPC half-way through a table the driver writes: one line naming it, the failure recorded in the manifest
+    (there is space for that), the table never under its own name."""
+    import errno
+    run = tmp_path / "run"
+    fake_notebooks(monkeypatch)
+
+    def half_then_full(frame, path, **kw):
+        Path(path).write_text("batch,img_s\n1,")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full)
+    assert study.main(["--profile", "smoke", "--tier", "cpu", "--run-dir", str(run)]) == study.FAILED
+    table = runfolder.incomplete_of(run) / "results" / "rerun_cache.csv"
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and f"no space left on {io.mount_point(tmp_path)}" in lines[0], lines
+    assert f"while writing {table}" in lines[0] and "either" not in lines[0]
+    outcome = io.read_json(runfolder.incomplete_of(run) / "manifest.json")["outcome"]
+    assert outcome["status"] == "failed" and outcome["problems"][0].startswith("no space left on")
+    assert not table.exists() and whole_files(tmp_path) == []
+
+
+def test_an_executed_notebook_cut_short_never_takes_its_name(tmp_path, monkeypatch):
+    """papermill writes into a partial file: a notebook cut short by a full disk is removed, a whole one (also of a
+    failed cell) takes its name."""
+    import errno
+    executed = tmp_path / "notebooks" / "02_graph.ipynb"
+    executed.parent.mkdir()
+    whole = nbformat.writes(nbformat.v4.new_notebook())
+
+    def cut_short(nb, out, **kw):
+        Path(out).write_text(whole[: len(whole) // 2])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(papermill, "execute_notebook", cut_short)
+    with pytest.raises(OSError):
+        kernels.papermill_into(NOTEBOOKS[1], executed)
+    assert list(executed.parent.iterdir()) == []
+
+    def failed_cell(nb, out, **kw):
+        Path(out).write_text(whole)
+        raise papermill.PapermillExecutionError(3, 3, "x = 1 / 0", "ZeroDivisionError", "division by zero", [])
+    monkeypatch.setattr(papermill, "execute_notebook", failed_cell)
+    with pytest.raises(papermill.PapermillExecutionError):
+        kernels.papermill_into(NOTEBOOKS[1], executed)
+    assert [p.name for p in executed.parent.iterdir()] == [executed.name]
+
+
+@pytest.mark.parametrize("target, code, says", [("study", 1, "the run failed"), ("study", 130, "interrupted"),
+                                                ("publish", 2, "bad input or a refused publish")])
+def test_make_says_the_drivers_exit_code(tmp_path, target, code, says):
+    """make exits 2 whenever a recipe fails; `make study` and `make publish` say the driver's own code and what it
+    means. A stand-in interpreter exits with the code, so nothing is installed or run."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text(f"#!/bin/sh\nexit {code}\n")
+    (venv / "bin" / "python").chmod(0o755)
+    installed = venv / ".installed"  # newer than pyproject.toml: make installs nothing
+    installed.touch()
+    stamp = (paths.ROOT / "pyproject.toml").stat().st_mtime + 1
+    os.utime(installed, (stamp, stamp))
+    proc = subprocess.run(["make", "-C", str(paths.ROOT), target, f"VENV={venv}"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert f"make: python -m mvlib.study exited {code} ({says}); make itself exits 2 on any failure" in proc.stderr

@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from mvlib import paths
+from mvlib import io, paths
 from mvlib.driver.params import declared
 
 _KERNELS: list = []  # kernel managers of this process's notebooks, to stop their kernels on Ctrl-C
@@ -74,10 +74,40 @@ def cell_failure(executed: Path, err: Exception) -> dict:
     return report
 
 
+def partial_of(executed: Path) -> Path:
+    """Where papermill writes an executed notebook while it runs: a hidden name beside the notebook's own."""
+    return executed.with_name(f".{executed.stem}.partial{executed.suffix}")
+
+
+def settle(partial: Path, executed: Path) -> None:
+    """Give the notebook papermill wrote its own name if it is a whole notebook; remove it if it is not.
+
+    Papermill rewrites its output after every cell, so a full disk can cut it short: a truncated notebook never
+    takes the name of an executed one (write then rename, as every file of a run).
+    """
+    import nbformat
+    try:
+        nbformat.read(str(partial), as_version=4)
+    except Exception:  # absent, or cut short: not valid JSON, not a notebook
+        partial.unlink(missing_ok=True)
+        return
+    os.replace(partial, executed)
+
+
+def papermill_into(nb: Path, executed: Path, **kw) -> None:
+    """papermill.execute_notebook into a partial file, renamed to `executed` once whole (also when a cell failed)."""
+    import papermill
+    partial = partial_of(executed)
+    try:
+        papermill.execute_notebook(str(nb), str(partial), **kw)
+    finally:
+        settle(partial, executed)
+
+
 def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict) -> list[dict]:
     """Run the selected notebooks with papermill; a report per notebook that failed (stops at the first unless
-    --keep-going). `state` says which notebook is running (for an interruption)."""
-    import papermill
+    --keep-going). `state` says which notebook is running (for an interruption) and, under `seconds`, how long
+    each one took. A full disk is raised, not a notebook's failure: the driver says it in one line."""
     failed: list[dict] = []
     for nb in selected:
         wanted = declared(nb)
@@ -88,10 +118,13 @@ def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namesp
         executed, log = run / "notebooks" / nb.name, run / "logs" / f"{nb.stem}.log"
         _KERNELS.clear()  # the previous notebook's kernel was shut down by papermill
         try:
-            papermill.execute_notebook(str(nb), str(executed), parameters=nb_params, cwd=str(paths.NOTEBOOKS),
-                                       kernel_name="python3", execution_timeout=args.timeout, progress_bar=False,
-                                       kernel_manager_class=kernel_manager(log))
+            papermill_into(nb, executed, parameters=nb_params, cwd=str(paths.NOTEBOOKS), kernel_name="python3",
+                           execution_timeout=args.timeout, progress_bar=False,
+                           kernel_manager_class=kernel_manager(log))
         except Exception as err:  # a cell's error, a dead kernel, a timeout: the run failed in this notebook
+            if io.disk_full(err):
+                raise
+            took(state, nb.stem)
             report = {"notebook": nb.stem} | cell_failure(executed, err)
             where = f" in cell [{report['cell']}] `{report['source']}`" if report["cell"] is not None else ""
             print(f"study: {nb.name} failed{where}:\n    " + report["error"].replace("\n", "\n    ")
@@ -100,9 +133,16 @@ def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namesp
             if not args.keep_going:
                 return failed
             continue
-        print(f"    done in {time.perf_counter() - state['start']:.0f} s")
+        print(f"    done in {took(state, nb.stem):.0f} s")
     state["notebook"] = None
     return failed
+
+
+def took(state: dict, stem: str) -> float:
+    """Record the wall seconds of the notebook that just ended in `state['seconds']`; those seconds."""
+    seconds = time.perf_counter() - state["start"]
+    state.setdefault("seconds", {})[stem] = round(seconds, 1)
+    return seconds
 
 
 def record_failures(manifest: dict, failures: list[dict]) -> None:

@@ -99,6 +99,10 @@ def publish_hint(run: Path, manifest: dict, machine: dict) -> str:
 def publish_from(folder: str, over: bool) -> int:
     """Publish an earlier complete run; exit code."""
     run = Path(folder).expanduser().resolve()
+    if not run.exists():
+        print(f"study: no run at {run} to publish: run `make study` (the full profile) first, then `make publish` "
+              "(or --publish-from the folder of a complete full run)", file=sys.stderr)
+        return BAD_INPUT
     manifest = read_manifest(run) if run_mod.is_study_run(run) else None
     if manifest is None:
         print(f"study: {run} is not a run folder of the study (no {run_mod.MARKER} and manifest.json)", file=sys.stderr)

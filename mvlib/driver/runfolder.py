@@ -25,6 +25,11 @@ def incomplete_of(run: Path) -> Path:
     return run.with_name(run.name + ".incomplete")
 
 
+def lock_of(run: Path) -> Path:
+    """The lock file a driver holds while it writes `run` (its `.incomplete`, `.previous`): `.<run>.lock` beside it."""
+    return run.with_name(f".{run.name}.lock")
+
+
 def _empty(folder: Path) -> bool:
     """Whether `folder` is absent or an empty folder."""
     return not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
@@ -103,7 +108,8 @@ def start_run(run: Path, tier: str, info: dict) -> None:
     run_mod.claim(run)
     (run / "notebooks").mkdir()
     (run / "logs").mkdir()
-    io.write_json(run / "manifest.json", run_mod.new_manifest(tier) | {"run": info})
+    trt = run_mod.tensorrt_choice({}, {"run": info})
+    io.write_json(run / "manifest.json", run_mod.new_manifest(tier, trt) | {"run": info})
 
 
 def open_incomplete(run: Path, tier: str, info: dict) -> Path:

@@ -100,3 +100,16 @@ def read_manifest(folder: Path) -> dict | None:
 def selection(manifest: dict) -> list[str]:
     """The notebooks a run ran (every notebook when its manifest does not say)."""
     return list((manifest.get("run") or {}).get("notebooks") or [nb.name for nb in stages.all_notebooks()])
+
+
+def timing_lines(manifest: dict, n: int = 5) -> str:
+    """Where the run's time went: its total and each notebook's wall seconds, then its `n` slowest stages."""
+    timing = manifest.get("timing") or {}
+    books = timing.get("notebooks_s") or {}
+    lines = [f"time: {timing.get('total_s', 0):.0f} s in all"
+             + (" (" + ", ".join(f"{stages.short(nb)} {s:.0f} s" for nb, s in books.items()) + ")" if books else "")]
+    timed = sorted(((st["seconds"], name) for name, st in manifest.get("stages", {}).items()
+                    if isinstance(st.get("seconds"), (int, float))), reverse=True)[:n]
+    if timed:
+        lines += ["slowest stages:"] + [f"  {s:8.1f} s  {name}" for s, name in timed]
+    return "\n".join(lines)
