@@ -176,14 +176,12 @@ def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = N
     parts = key_parts(onnx_path, profile, fl, target, plugins, workspace_gb)
     out = paths.ENGINES / engine_key(onnx_path, parts)
     with io.lock(out.with_name(f".{out.name}.lock"), f"building {out.name}"):  # one build of an entry at a time
-        return _reuse_or_build(onnx_path, out, parts, fl, plugins, check)
+        return _reuse_or_build(onnx_path, out, parts, fl, plugins, check, force)
 
 
-def _reuse_or_build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins, check) -> Engine:
+def _reuse_or_build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins, check, force: str) -> Engine:
     """The engine in cache entry `out` if valid, else built there (the caller holds the entry's lock)."""
-    problem = cache_problem(out)
-    if problem is None and force:
-        problem = force
+    problem = cache_problem(out) or force or None
     if problem is None:
         print(f"reusing engine {out.name}")
         return Engine(out / PLAN, io.read_json(out / BUILD_INFO), reused=True)
