@@ -12,15 +12,17 @@ itself is made by `mvlib.quant` with `precision="fp8"`, the same machinery as IN
   `onnx.version_converter.convert_version` before quantizing; `opset_check` runs that same conversion and
   shows that the FP32 graph computes the same logits after it.
 - ONNX Runtime runs FP8 QuantizeLinear/DequantizeLinear on the CPU (`onnxruntime_runs_fp8` checks the
-  installed version for real), so FP8 accuracy is measured anywhere, like INT8's.
+  installed version for real, on a model of the IR version and opset ModelOpt writes), so FP8 accuracy is
+  measured anywhere, like INT8's.
 """
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, metrics, precisions
+from mvlib import accuracy, metrics, onnxmodel, precisions
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, runner
 from mvlib.tensorrt import table as engines_table
@@ -103,7 +105,8 @@ def runnable(engine):
 
 # ---------------------------------------------------------------- ONNX Runtime and the opset
 def _qdq_model(values: np.ndarray, scale: float) -> onnx.ModelProto:
-    """A one-tensor FP8 QuantizeLinear -> DequantizeLinear model at opset 19."""
+    """A one-tensor FP8 QuantizeLinear -> DequantizeLinear model, at the IR version and opset of the study's FP8
+    models (ModelOpt's: IR 10, opset 19), not the installed onnx's newest IR, which an older ONNX Runtime refuses."""
     h = onnx.helper
     zp = h.make_tensor("zp", onnx.TensorProto.FLOAT8E4M3FN, [], [0.0])
     sc = onnx.numpy_helper.from_array(np.array(scale, np.float32), "scale")
@@ -111,7 +114,38 @@ def _qdq_model(values: np.ndarray, scale: float) -> onnx.ModelProto:
              h.make_node("DequantizeLinear", ["q", "scale", "zp"], ["y"])]
     graph = h.make_graph(nodes, "fp8_qdq", [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, values.shape)],
                          [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, values.shape)], [sc, zp])
-    return h.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)])
+    return onnxmodel.make_model(graph, opset_imports=[h.make_opsetid("", OPSET)])
+
+
+def refusal(err: Exception, model: onnx.ModelProto) -> str:
+    """Why ONNX Runtime refused `model` (its IR version, its opset, a missing kernel), and a fix it does not have yet.
+
+    The fixes name an ONNX Runtime newer than this one, or PyPI's CPU build of it: never the range the project
+    already requires (this ONNX Runtime may well be inside it).
+    """
+    import onnxruntime as ort
+    text = str(err)
+    version = ort.__version__
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    upgrade = f"pip install --upgrade 'onnxruntime>{version}'"
+    if m := re.search(r"Unsupported model IR version: (\d+), max supported IR version: (\d+)", text):
+        return (f"ONNX Runtime {version} reads ONNX IR up to version {m[2]}; the model is IR {m[1]}. Write the model "
+                f"at IR {min(int(m[2]), onnxmodel.IR_VERSION)} (mvlib.onnxmodel.make_model), or {upgrade}")
+    if m := re.search(r"Opset (\d+) is under development|opset[^0-9]*(\d+)[^.]*not supported", text, re.IGNORECASE):
+        return (f"ONNX Runtime {version} does not support opset {m[1] or m[2]} of the model (FP8 Q/DQ needs opset "
+                f"{OPSET}): {upgrade}")
+    if m := re.search(r"Could not find an implementation for (\w+)\((\d+)\)", text):
+        return (f"ONNX Runtime {version} has no CPU kernel for {m[1]} (opset {m[2]}) with the model's FP8 types "
+                f"(IR {model.ir_version}, opset {opset}); this build lacks its FP8 kernels. Install PyPI's CPU build "
+                f"of a newer one: pip uninstall -y onnxruntime-gpu; {upgrade}")
+    return (f"ONNX Runtime {version} refused the model (IR {model.ir_version}, opset {opset}): "
+            f"{type(err).__name__}: {_first_line(text)}. Try {upgrade}")
+
+
+def _first_line(text: str) -> str:
+    """The first line of an error, without ONNX Runtime's source location, at most 200 characters."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return re.sub(r"/\S+\.(cc|h):\d+ \S+(\(.*?\))? ", "", line)[:200]
 
 
 def onnxruntime_runs_fp8(seed: int = 0) -> tuple[bool, str]:
@@ -121,12 +155,12 @@ def onnxruntime_runs_fp8(seed: int = 0) -> tuple[bool, str]:
     x = np.random.default_rng(seed).normal(0.0, 3.0, size=(4, 64)).astype(np.float32)
     scale = 0.05
     expected = (np.clip(x / scale, -448, 448).astype(ml_dtypes.float8_e4m3fn).astype(np.float32) * scale)
+    model = _qdq_model(x, scale)
     try:
-        sess = ort.InferenceSession(_qdq_model(x, scale).SerializeToString(), providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
         got = sess.run(None, {"x": x})[0]
-    except Exception as err:  # an ORT without FP8 kernels refuses the model at load or run
-        return False, (f"ONNX Runtime {ort.__version__} cannot run FP8 QuantizeLinear/DequantizeLinear on the CPU "
-                       f"({type(err).__name__}: {str(err).splitlines()[0][:200]})")
+    except Exception as err:  # refused at load (IR, opset) or at session creation (no kernel)
+        return False, f"ONNX Runtime cannot run FP8 QuantizeLinear/DequantizeLinear on the CPU: {refusal(err, model)}"
     if not np.array_equal(got, expected):
         return False, (f"ONNX Runtime {ort.__version__} runs FP8 Q/DQ but rounds differently from E4M3FN "
                        f"(max difference {np.abs(got - expected).max():.3g})")
@@ -134,14 +168,15 @@ def onnxruntime_runs_fp8(seed: int = 0) -> tuple[bool, str]:
 
 
 def require_onnxruntime() -> str:
-    """The sentence saying ONNX Runtime runs FP8 here, or an error naming the fix.
+    """The sentence saying ONNX Runtime runs FP8 here, or an error saying why not and naming the fix.
 
     ONNX Runtime has run opset 19's FP8 QuantizeLinear/DequantizeLinear on the CPU since 1.15
-    (microsoft/onnxruntime#14731); the project requires a newer one, so a failure here is a broken install.
+    (microsoft/onnxruntime#14731), so a refusal is the model's IR or opset, or a build without FP8 kernels:
+    `onnxruntime_runs_fp8` says which.
     """
     ok, why = onnxruntime_runs_fp8()
     if not ok:
-        raise RuntimeError(f"{why}: install the project's onnxruntime (pip install 'onnxruntime>=1.20')")
+        raise RuntimeError(why)
     return why
 
 

@@ -60,13 +60,15 @@ class NoProvider(StageSkipped):
 
 # --- is the CUDA EP here ----------------------------------------------------------------------------------------
 def _probe_model() -> bytes:
-    """A one-node model (Relu on [1, 8]) at IR 8, which every ONNX Runtime from 1.14 loads."""
+    """A one-node model (Relu on [1, 8]) at the study's IR version (mvlib.onnxmodel), which ONNX Runtime >= 1.16
+    loads whatever onnx wrote it."""
     from onnx import TensorProto, helper
+
+    from mvlib import onnxmodel
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
-    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8  # onnx 1.23's make_model stamps IR 14, which ONNX Runtime 1.30 refuses
+    model = onnxmodel.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
+                                 opset_imports=[helper.make_opsetid("", 17)])
     return model.SerializeToString()
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from mvlib import onnxmodel
+
 
 def conv(path: Path | str, int8: bool = False, seed: int = 0, doc: str = "") -> Path:
     """input[batch, 8, 16, 16] -> Conv 3x3 (+ Q/DQ on input and weights when `int8`) -> Relu -> logits."""
@@ -24,8 +26,8 @@ def conv(path: Path | str, int8: bool = False, seed: int = 0, doc: str = "") -> 
         conv_in, conv_w = "xd", "wd"
     nodes += [helper.make_node("Conv", [conv_in, conv_w], ["c"], pads=[1, 1, 1, 1], name="conv0"),
               helper.make_node("Relu", ["c"], ["logits"], name="relu0")]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
-                              opset_imports=[helper.make_opsetid("", 17)])
+    model = onnxmodel.make_model(helper.make_graph(nodes, "g", [x], [y], inits),
+                                 opset_imports=[helper.make_opsetid("", 17)])
     model.doc_string = doc
     onnx.save(model, str(path))
     return Path(path)
@@ -42,6 +44,6 @@ def plugin_graph(path: Path | str, names: list[str]) -> Path:
         prev = f"t{i}"
     y = helper.make_tensor_value_info(prev, TensorProto.FLOAT, ["batch", 8])
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(onnx_rewrite.TRT_DOMAIN, 1)]
-    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
+    model = onnxmodel.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets)
     onnx.save(model, str(path))
     return Path(path)

@@ -1,12 +1,13 @@
 """mvlib.fp8: FP8 beside INT8: the Q/DQ model, its opset, ONNX Runtime on the CPU, FP8 targets and engines."""
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 
-from mvlib import env, fp8, paths, precisions, quant, quant_graph
+from mvlib import env, fp8, onnxmodel, paths, precisions, quant, quant_graph
 from mvlib.export import Exported
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, flavours, shapes
@@ -23,6 +24,84 @@ def test_onnxruntime_runs_fp8_qdq_on_the_cpu():
     ok, why = fp8.onnxruntime_runs_fp8()
     assert ok, why
     assert fp8.require_onnxruntime() == why
+
+
+def test_the_fp8_probe_is_written_as_the_studys_fp8_models_are(q_fp8):
+    """The probe asks about the models the study runs: the IR version and opset of ModelOpt's FP8 model, not the
+    installed onnx's newest IR (14 under onnx 1.23, which ONNX Runtime 1.30 refuses at load)."""
+    study = onnx.load(str(q_fp8[0]))
+    probe = fp8._qdq_model(np.zeros((2, 3), np.float32), 0.1)
+    opset = lambda m: next(o.version for o in m.opset_import if o.domain in ("", "ai.onnx"))  # noqa: E731
+    assert (probe.ir_version, opset(probe)) == (study.ir_version, opset(study)) == (onnxmodel.IR_VERSION, 19)
+
+
+def _fix_not_installed(message: str) -> None:
+    """The message names an ONNX Runtime to install that the installed one does not already satisfy."""
+    import onnxruntime as ort
+    from packaging.specifiers import SpecifierSet
+    specs = re.findall(r"'onnxruntime([<>=!~][^']*)'", message)
+    assert specs, f"no onnxruntime fix named: {message}"
+    assert not any(SpecifierSet(s).contains(ort.__version__) for s in specs), message
+
+
+def _probe_with(monkeypatch, change):
+    """require_onnxruntime's error when the probe model is changed by `change` (model -> model) before ORT sees it."""
+    made = fp8._qdq_model
+    monkeypatch.setattr(fp8, "_qdq_model", lambda values, scale: change(made(values, scale)))
+    assert not fp8.onnxruntime_runs_fp8()[0]
+    with pytest.raises(RuntimeError) as err:
+        fp8.require_onnxruntime()
+    return str(err.value)
+
+
+def test_a_refused_ir_version_is_named_with_a_fix_not_yet_installed(monkeypatch):
+    """ONNX Runtime refuses an IR newer than it reads (onnx 1.23's make_model under ONNX Runtime 1.30): the message
+    says so, with ONNX Runtime's own limit, instead of suggesting the range the project already installed."""
+    def newer_ir(model):
+        model.ir_version = 99
+        return model
+    message = _probe_with(monkeypatch, newer_ir)
+    assert re.search(r"reads ONNX IR up to version \d+; the model is IR 99", message), message
+    assert "onnxruntime>=1.20" not in message
+    _fix_not_installed(message)
+
+
+def test_a_refused_opset_is_named_with_a_fix_not_yet_installed(monkeypatch):
+    def newer_opset(model):
+        model.opset_import[0].version = 99
+        return model
+    message = _probe_with(monkeypatch, newer_opset)
+    assert "opset 99" in message, message
+    _fix_not_installed(message)
+
+
+def test_a_missing_fp8_kernel_is_named_with_a_fix_not_yet_installed(monkeypatch):
+    """ONNX Runtime's CPU QuantizeLinear has no BFLOAT16-to-FP8 kernel: a real 'no implementation' refusal."""
+    def bfloat16_input(model):
+        h = onnx.helper
+        cast = h.make_node("Cast", ["x"], ["xb"], to=onnx.TensorProto.BFLOAT16)
+        scale = h.make_tensor("scale_b", onnx.TensorProto.BFLOAT16, [], [0.05])
+        q, dq = model.graph.node
+        q.input[:2], dq.input[1] = ["xb", "scale_b"], "scale_b"
+        model.graph.node.insert(0, cast)
+        model.graph.initializer.append(scale)
+        model.graph.output[0].type.tensor_type.elem_type = onnx.TensorProto.BFLOAT16
+        return model
+    message = _probe_with(monkeypatch, bfloat16_input)
+    assert "no CPU kernel for QuantizeLinear (opset 19)" in message and "IR 10, opset 19" in message, message
+    _fix_not_installed(message)
+
+
+def test_hand_made_models_are_made_at_the_studys_ir_version():
+    """Every model mvlib or the tests make by hand goes through onnxmodel.make_model (IR 10), none through
+    onnx.helper.make_model directly, whose IR follows the installed onnx."""
+    direct = [f"{path.relative_to(paths.ROOT)}:{i}" for folder in ("mvlib", "tests")
+              for path in sorted((paths.ROOT / folder).rglob("*.py")) if path.name != "onnxmodel.py"
+              for i, line in enumerate(path.read_text().splitlines(), 1)
+              if re.search(r"(?<!onnxmodel)\.make_model\(", line)]
+    assert not direct, direct
+    graph = onnx.helper.make_graph([], "g", [], [])
+    assert onnxmodel.make_model(graph).ir_version == 10 and onnxmodel.make_model(graph).opset_import[0].version == 17
 
 
 def test_fp8_model_is_e4m3_qdq_at_opset_19_and_unquantizing_it_gives_back_fp32(xxs, q_fp8, ev):

@@ -16,7 +16,7 @@ import smoke  # noqa: E402
 from onnx import TensorProto as T  # noqa: E402
 from onnx import helper as h  # noqa: E402
 
-from mvlib import graph, io, paths  # noqa: E402
+from mvlib import graph, io, onnxmodel, paths  # noqa: E402
 from mvlib.silu import onnx_rewrite  # noqa: E402
 
 
@@ -106,8 +106,8 @@ def test_block_bad_input(model_dir, tmp_path):
     with pytest.raises(ValueError, match=r"block 7.*\b3\b"):
         graph.block_graph(model_dir / "model.onnx", 7)
     vi = h.make_tensor_value_info("x", T.FLOAT, [1])
-    plain = h.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"], name="relu")], "g", [vi],
-                                      [h.make_tensor_value_info("y", T.FLOAT, [1])]))
+    plain = onnxmodel.make_model(h.make_graph([h.make_node("Relu", ["x"], ["y"], name="relu")], "g", [vi],
+                                              [h.make_tensor_value_info("y", T.FLOAT, [1])]))
     onnx.save(plain, str(tmp_path / "plain.onnx"))
     with pytest.raises(ValueError, match="module names"):
         graph.block_graph(tmp_path / "plain.onnx")
@@ -163,7 +163,7 @@ def test_jupyter_server_is_found_by_the_kernels_parent_pid(tmp_path, monkeypatch
 def _tiny_onnx(path):
     x = h.make_tensor_value_info("x", T.FLOAT, [1])
     y = h.make_tensor_value_info("y", T.FLOAT, [1])
-    onnx.save(h.make_model(h.make_graph([h.make_node("Identity", ["x"], ["y"])], path.stem, [x], [y])),
+    onnx.save(onnxmodel.make_model(h.make_graph([h.make_node("Identity", ["x"], ["y"])], path.stem, [x], [y])),
               str(path))
     return path
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from onnx import TensorProto, helper
 
-from mvlib import graph, io, paths
+from mvlib import graph, io, onnxmodel, paths
 
 ROOT = paths.ROOT
 
@@ -134,7 +134,7 @@ def test_netron_through_the_lab_proxy(lab, tmp_path):
     model = tmp_path / "tiny.onnx"
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])),
+    onnx.save(onnxmodel.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])),
               str(model))
     port = graph._netron_serve(model, None)
     try:

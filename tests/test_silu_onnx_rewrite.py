@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto as T
 from onnx import helper as h
 
-from mvlib import accuracy, paths, precisions
+from mvlib import accuracy, onnxmodel, paths, precisions
 from mvlib.silu import onnx_rewrite
 
 HEADER = paths.PLUGIN_SRC / "silu_plugin_id.h"
@@ -20,8 +20,7 @@ def _model(nodes, inputs, outputs, inits=(), dtype=T.FLOAT):
     """A small opset-17 model with [2, 3, 4] tensors of `dtype`."""
     vi = lambda n: h.make_tensor_value_info(n, dtype, [2, 3, 4])  # noqa: E731
     graph = h.make_graph(nodes, "g", [vi(i) for i in inputs], [vi(o) for o in outputs], initializer=list(inits))
-    model = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)])
-    model.ir_version = 8
+    model = onnxmodel.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     return model
 
@@ -273,8 +272,8 @@ def _fp8_image_model(path):
     nodes = _qdq(accuracy.INPUT, "d") + [h.make_node("Sigmoid", ["d"], ["s"], name="/act/Sigmoid"),
                                          h.make_node("Mul", ["d", "s"], ["a"], name="/act/Mul"),
                                          h.make_node("ReduceMean", ["a", "axes"], [accuracy.OUTPUT], keepdims=0)]
-    model = h.make_model(h.make_graph(nodes, "fp8", [x], [y], initializer=inits),
-                         opset_imports=[h.make_opsetid("", 19)])
+    model = onnxmodel.make_model(h.make_graph(nodes, "fp8", [x], [y], initializer=inits),
+                                 opset_imports=[h.make_opsetid("", 19)])
     onnx.checker.check_model(model)
     return _save(model, path)
 

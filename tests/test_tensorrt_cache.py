@@ -6,7 +6,7 @@ import onnx
 import pytest
 import tensorrt_models as models
 
-from mvlib import paths
+from mvlib import onnxmodel, paths
 from mvlib.tensorrt import cache, flavours, shapes, table
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
@@ -148,8 +148,8 @@ def test_a_model_the_parser_refuses_fails_with_its_words(tmp_path, flavour, engi
     x = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])
     y = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])
     node = helper.make_node("NoSuchOpAnywhere", ["input"], ["logits"], domain="nowhere")
-    model = helper.make_model(helper.make_graph([node], "g", [x], [y]),
-                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nowhere", 1)])
+    model = onnxmodel.make_model(helper.make_graph([node], "g", [x], [y]),
+                                 opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("nowhere", 1)])
     bad = tmp_path / "model.onnx"
     onnx.save(model, str(bad))
     with pytest.raises(cache.BuildFailed) as err:

@@ -4,6 +4,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
+from mvlib import onnxmodel
 from mvlib.tensorrt import shapes
 
 
@@ -36,7 +37,7 @@ def _model(path, inputs):
     out = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
     node = (helper.make_node("Add", [v.name for v in vis], ["y"]) if len(vis) == 2
             else helper.make_node("Identity", [vis[0].name], ["y"]))
-    onnx.save(helper.make_model(helper.make_graph([node], "g", vis, [out])), str(path))
+    onnx.save(onnxmodel.make_model(helper.make_graph([node], "g", vis, [out])), str(path))
     return path
 
 

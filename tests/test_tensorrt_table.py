@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import io, paths
+from mvlib import io, onnxmodel, paths
 from mvlib.tensorrt import flavours, shapes, table, timing
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
@@ -106,6 +106,6 @@ def test_plugin_nodes_are_counted_by_tensorrts_plugin_domain(tmp_path):
              helper.make_node("SomeoneElsesOp", ["t1"], ["t2"], name="c", domain=plugins.PLUGIN_DOMAIN)]
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(plugins.PLUGIN_DOMAIN, 1)]
     path = tmp_path / "p.onnx"
-    onnx.save(helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets), str(path))
+    onnx.save(onnxmodel.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets), str(path))
     assert table.plugin_nodes_in(path) == 2 and plugins.plugin_nodes(path) == ["a", "c"]
     assert table.plugin_nodes_in(models.conv(tmp_path / "m.onnx")) == 0

@@ -6,6 +6,7 @@ import re
 import pytest
 import yaml
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 from mvlib import paths
 from mvlib.tensorrt import cudainfo
@@ -13,10 +14,29 @@ from mvlib.tensorrt import cudainfo
 tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 
-def _dependencies() -> dict[str, Requirement]:
-    """pyproject.toml's [project] dependencies by name."""
+def _dependencies(*extras: str) -> dict[str, Requirement]:
+    """pyproject.toml's [project] dependencies by name, and those of `extras`."""
     project = tomllib.loads((paths.ROOT / "pyproject.toml").read_text())["project"]
-    return {(r := Requirement(text)).name: r for text in project["dependencies"]}
+    texts = project["dependencies"] + [t for e in extras for t in project["optional-dependencies"][e]]
+    return {(r := Requirement(text)).name: r for text in texts}
+
+
+def _pins(name: str) -> dict[str, Version]:
+    """The `name==version` lines of constraints/<name>, by package name."""
+    pins = {}
+    for line in (paths.ROOT / "constraints" / name).read_text().splitlines():
+        if line.split("#")[0].strip():
+            req = Requirement(line.split("#")[0])
+            (spec,) = req.specifier
+            assert spec.operator == "==", f"{name}: {line} is not a pin"
+            pins[req.name] = Version(spec.version)
+    return pins
+
+
+def _floor(req: Requirement) -> Version | None:
+    """The lowest version `req` allows by its >=, == or ~= clause; None where it names none."""
+    floors = [Version(s.version) for s in req.specifier if s.operator in (">=", "==", "~=")]
+    return max(floors) if floors else None
 
 
 def test_every_declared_range_holds_what_is_installed_here():
@@ -56,3 +76,20 @@ def test_environment_yml_installs_the_rtx_extra_make_picks_without_a_driver_and_
     assert extras <= set(declared) and "dev" in extras
     assert cudainfo.extra_for(None) == cudainfo.extra_for(13000) == "rtx-cu13" and "rtx-cu13" in extras
     assert cudainfo.extra_for(12080) == "rtx-cu12" in declared and "R535-R570" in text and "rtx-cu12" in text
+
+
+def test_the_floors_file_pins_every_declared_floor_and_nothing_else():
+    """`make test-floors` installs constraints/floors.txt: it must be pyproject's floors (the dependencies and the dev
+    extra the tests run with, and the CPU build of ONNX Runtime it installs: ort-cpu), each at exactly its floor, so
+    the floors CI tests are the ones the project declares."""
+    declared = {name: f for name, req in _dependencies("dev", "ort-cpu").items() if (f := _floor(req)) is not None}
+    assert _pins("floors.txt") == declared
+
+
+def test_the_h200_pair_is_inside_the_declared_ranges_and_ci_tests_both_files():
+    deps = _dependencies("ort-cpu")
+    pair = _pins("h200.txt")
+    assert set(pair) == {"onnx", "onnxruntime"} and all(deps[n].specifier.contains(v) for n, v in pair.items())
+    makefile = (paths.ROOT / "Makefile").read_text()
+    assert '-c constraints/floors.txt -e ".[dev,ort-cpu]"' in makefile and "-r constraints/h200.txt" in makefile
+    assert re.search(r"^make test-floors$", (paths.ROOT / ".ci" / "run").read_text(), re.MULTILINE)
