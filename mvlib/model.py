@@ -80,8 +80,12 @@ def read_checkpoint(path: Path) -> dict:
 
 
 def _shapes(variant: str) -> dict[str, tuple]:
-    """Every key of `variant`'s state dict with its shape (the model built on the meta device: no memory, no init)."""
-    with torch.device("meta"):
+    """Every key of `variant`'s state dict with its shape (the model built on the meta device: no memory, no init;
+    on the CPU where timm cannot build it there)."""
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(variant, pretrained=False)
+    except RuntimeError:  # timm 1.0.3 (the declared floor) copies out of a tensor while it initializes
         model = timm.create_model(variant, pretrained=False)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
