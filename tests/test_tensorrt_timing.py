@@ -165,7 +165,8 @@ def test_the_jit_children_start_with_the_drivers_compute_cache_disabled(monkeypa
     assert result["ok"] is False and "no GPU" in result["error"]
     (cmd, env), = seen
     assert cmd[-3] == "jit" and env["CUDA_CACHE_DISABLE"] == "1"
-    assert env["LD_LIBRARY_PATH"] == timing.plugin_libs.library_env(fl)["LD_LIBRARY_PATH"]
+    # the library folder where TensorRT-RTX is installed (none at the floors, which install no builder)
+    assert env.get("LD_LIBRARY_PATH") == timing.plugin_libs.library_env(fl).get("LD_LIBRARY_PATH")
     assert env["MVLIB_PARENT_PID"] == str(os.getpid())  # the child dies with this process
 
 

@@ -92,4 +92,4 @@ def test_the_h200_pair_is_inside_the_declared_ranges_and_ci_tests_both_files():
     assert set(pair) == {"onnx", "onnxruntime"} and all(deps[n].specifier.contains(v) for n, v in pair.items())
     makefile = (paths.ROOT / "Makefile").read_text()
     assert '-c constraints/floors.txt -e ".[dev,ort-cpu]"' in makefile and "-r constraints/h200.txt" in makefile
-    assert re.search(r"^make test-floors$", (paths.ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert re.search(r"^test-floors: test-floors-venv test-h200-pair$", makefile, re.MULTILINE)
