@@ -90,6 +90,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser().parse_args(argv)
 
 
+def seconds(text: str) -> int:
+    """A positive whole number of seconds (--timeout), or argparse's one-line refusal."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 3600")
+    return value
+
+
 def parser() -> argparse.ArgumentParser:
     """The driver's command line."""
     ap = argparse.ArgumentParser(prog="python -m mvlib.study", description=__doc__.split("\n\n")[0],
@@ -116,7 +127,7 @@ def parser() -> argparse.ArgumentParser:
                     help="like --publish, also over a published run of another GPU or a higher tier")
     ap.add_argument("--publish-from", default="", metavar="RUN",
                     help="publish an earlier complete run (e.g. build/runs/full) and run nothing")
-    ap.add_argument("--timeout", type=int, default=3600, help="seconds one notebook cell may run")
+    ap.add_argument("--timeout", type=seconds, default=3600, help="seconds one notebook cell may run")
     ap.add_argument("--keep-going", action="store_true",
                     help="run the remaining notebooks after one fails (the run still fails at the end)")
     return ap
@@ -427,10 +438,15 @@ def run_study(plan: Plan, args: argparse.Namespace) -> int:
         say(f"study: {plan.run} is being written by another study ({busy.holder or 'its lock: ' + str(busy.path)}); "
             f"wait for it to end, or pass --run-dir another folder\n(nothing was run or written)")
         return BAD_INPUT
-    except OSError as err:  # no space even for the lock file
-        if not io.disk_full(err):
+    except OSError as err:  # no space even for the lock file, or a folder nobody can write
+        if io.disk_full(err):
+            return out_of_space(plan, None, {}, err)
+        lock = runfolder.lock_of(plan.run)
+        if err.filename is None or Path(err.filename) not in (lock, *lock.parents):
             raise
-        return out_of_space(plan, None, {}, err)
+        say(f"study: cannot write beside the run folder {plan.run} ({err.strerror}: {err.filename}); pass "
+            "--run-dir a folder you can write\n(nothing was run or written)")
+        return BAD_INPUT
 
 
 def run_locked(plan: Plan, args: argparse.Namespace) -> int:

@@ -59,3 +59,17 @@ def test_a_checkpoint_that_matches_no_mobilevit_says_what_differs(tmp_path):
     torch.save({"fc.weight": torch.zeros(2, 2)}, ckpt)
     with pytest.raises(ValueError, match="not a checkpoint of mobilevit_xxs nor of another MobileViT"):
         model.resolve_weights("mobilevit_xxs", str(ckpt))
+
+
+def test_a_run_folder_nobody_can_write_is_one_line_not_a_traceback(tmp_path):
+    """A folder no process can create (under /proc): the lock beside it fails, said in one line with the fix."""
+    line = _refused_once(_study(tmp_path, "--run-dir", "/proc/mvlib-no-such-run"), "cannot write beside")
+    assert "/proc/mvlib-no-such-run" in line and "--run-dir" in line
+
+
+@pytest.mark.parametrize("value", ["-5", "0", "abc"])
+def test_a_timeout_that_is_no_positive_number_of_seconds_is_refused(tmp_path, value):
+    """--timeout -5 once ran the notebooks with no limit at all; now argparse refuses it, naming the option."""
+    proc = _study(tmp_path, "--timeout", value)
+    assert proc.returncode == 2 and "-->" not in proc.stdout
+    assert "--timeout" in proc.stderr and "positive number of seconds" in proc.stderr
