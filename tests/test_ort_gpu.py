@@ -257,3 +257,35 @@ def test_notebook_03s_onnx_runtime_runner_runs_on_the_cuda_ep(xxs):
         runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
         assert runner.sess.get_providers() == [ort_gpu.CPU_EP]
+
+
+# --- the API the GPU rows use, against the installed onnxruntime (the CPU build has the same Python classes) --------
+RECEIVERS = {"binding": ort.IOBinding, "sess": ort.InferenceSession, "run_options": ort.RunOptions,
+             "opts": ort.SessionOptions}
+
+
+def test_every_onnxruntime_name_the_gpu_rows_use_exists():
+    """Each `ort.X(.Y)` and each method called on a session, I/O binding, run options or session options in
+    mvlib/ort_gpu.py, against the installed onnxruntime: a misspelt name would surface only on a GPU."""
+    src = Path(ort_gpu.__file__).read_text()
+    missing = []
+    for dotted in set(re.findall(r"\bort\.(\w+(?:\.\w+)?)", src)) - {"__version__"}:
+        obj = ort
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+        missing += [f"ort.{dotted}"] if obj is None else []
+    for receiver, name in set(re.findall(r"\b(binding|sess|run_options|opts)\.(\w+)", src)):
+        missing += [] if hasattr(RECEIVERS[receiver], name) else [f"{receiver}.{name}"]
+    missing += [] if hasattr(ort.OrtValue, "numpy") else ["OrtValue.numpy"]  # the logits of a row
+    assert not missing, missing
+    assert {"bind_ortvalue_input", "run_with_iobinding", "add_run_config_entry"} <= {
+        n for _, n in re.findall(r"\b(binding|sess|run_options)\.(\w+)", src)}
+
+
+def test_a_graph_rows_timing_does_not_claim_two_runs_in_flight():
+    """ONNX Runtime's CUDA-graph replay synchronizes the EP's stream (core/providers/cuda/cuda_graph.cc, Replay:
+    cudaGraphLaunch then cudaStreamSynchronize): one run in flight, each event pair spanning ORT's host-side run too.
+    Plain runs (no synchronization per run) are two in flight, as the other GPU rows."""
+    assert f"{bench.IN_FLIGHT} in flight" not in ort_gpu.GRAPH_TIMING
+    assert "one run is in flight" in ort_gpu.GRAPH_TIMING and "replaying the EP's CUDA graph" in ort_gpu.GRAPH_TIMING
+    assert ort_gpu.PLAIN_TIMING.endswith(f"{bench.IN_FLIGHT} in flight")
