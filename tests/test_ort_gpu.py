@@ -194,6 +194,24 @@ def test_the_cuda_ep_rows_are_timed_with_a_graph_and_checked(xxs, images, q_all)
     assert (acc.cosine_mean > 0.99).all()
 
 
+@pytest.mark.gpu
+@needs_cuda_ep
+def test_onnx_runtime_waits_for_each_graph_replay_as_the_rows_timing_says(xxs):
+    """GRAPH_TIMING's claim, on the GPU: once the EP's CUDA graph is captured, run_with_iobinding returns only after
+    its replay finished (ORT's Replay synchronizes the EP's stream), even with disable_synchronize_execution_providers;
+    batch 64 keeps the GPU busy long enough that a run that returned early would leave the stream busy."""
+    import torch
+    model = ort_gpu.fixed_batch(onnx.load(str(xxs[0].onnx)), 64)
+    stream = torch.cuda.Stream()
+    one = ort_gpu._Batch(model, ort_gpu.CUDA_EP, stream, bench.images(64, bench.Settings(img_size=256)), True, ort)
+    for _ in range(ort_gpu.CAPTURE_RUNS):  # the EP captures in these runs
+        one.run()
+    torch.cuda.synchronize()
+    for _ in range(5):
+        one.run()
+        assert stream.query(), "the EP's stream was still busy when run_with_iobinding returned from a replay"
+
+
 def _verdicts(xxs, images, prec: str) -> tuple[pd.DataFrame, pd.Series | None]:
     """Notebook 04's policy table and choice for `prec`, calibrated and judged where ort_gpu says."""
     ev = quant_eval.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
