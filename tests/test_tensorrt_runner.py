@@ -425,8 +425,9 @@ class LoggedStream:
 
 
 def test_an_inference_waits_for_the_stream_that_copied_its_input(monkeypatch):
-    """The polygraphy runner's input is copied to the GPU on the current stream; the engine's own stream (non-blocking,
-    as PyTorch makes them) must wait for it before the input is read, else the engine may read it half-copied."""
+    """The polygraphy runner's input is made on the current stream; the engine's own stream (non-blocking, as PyTorch
+    makes them) waits for that stream before the input is read (a blocking .cuda() has finished on return; an input a
+    kernel or a non_blocking copy made has not), as polygraphy's runner copies inputs on the stream it enqueues on."""
     import contextlib
 
     import torch

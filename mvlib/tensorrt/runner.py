@@ -364,8 +364,9 @@ class Session:
 
 def infer(session: Session, stream, x, current) -> dict:
     """One inference of device tensor `x` on the engine's own `stream`, ordered after the `current` stream that made
-    `x` (its host-to-device copy may still be in flight there: PyTorch's streams do not wait on the legacy default
-    stream), then waited for; the output tensors."""
+    `x` (as polygraphy's runner copies its inputs on its own stream), then waited for; the output tensors. A blocking
+    `.cuda()` copy has finished on return anyway; an input made by a kernel or a non_blocking copy has not, and
+    PyTorch's streams do not wait for the default one by themselves."""
     import torch
     stream.wait_stream(current)
     with torch.cuda.stream(stream):
