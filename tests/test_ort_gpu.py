@@ -307,3 +307,11 @@ def test_a_graph_rows_timing_does_not_claim_two_runs_in_flight():
     assert f"{bench.IN_FLIGHT} in flight" not in ort_gpu.GRAPH_TIMING
     assert "one run is in flight" in ort_gpu.GRAPH_TIMING and "replaying the EP's CUDA graph" in ort_gpu.GRAPH_TIMING
     assert ort_gpu.PLAIN_TIMING.endswith(f"{bench.IN_FLIGHT} in flight")
+
+
+def test_the_decision_table_reads_how_an_ort_gpu_row_was_timed():
+    """decision.timing_method reads the `timing` text of every GPU row: an ONNX Runtime row is 'CUDA graph' or 'plain
+    launches' like the others, never 'not recorded'."""
+    assert decision.timing_method("cuda", ort_gpu.GRAPH_TIMING) == "CUDA graph"
+    why = "enable_cuda_graph refused: This session cannot use the graph capture feature as requested"
+    assert decision.timing_method("cuda", ort_gpu.PLAIN_TIMING.format(why=why)) == "plain launches"
