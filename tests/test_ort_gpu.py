@@ -194,6 +194,24 @@ def test_the_cuda_ep_rows_are_timed_with_a_graph_and_checked(xxs, images, q_all)
     assert (acc.cosine_mean > 0.99).all()
 
 
+@pytest.mark.gpu
+@needs_cuda_ep
+def test_onnx_runtime_waits_for_each_graph_replay_as_the_rows_timing_says(xxs):
+    """GRAPH_TIMING's claim, on the GPU: once the EP's CUDA graph is captured, run_with_iobinding returns only after
+    its replay finished (ORT's Replay synchronizes the EP's stream), even with disable_synchronize_execution_providers;
+    batch 64 keeps the GPU busy long enough that a run that returned early would leave the stream busy."""
+    import torch
+    model = ort_gpu.fixed_batch(onnx.load(str(xxs[0].onnx)), 64)
+    stream = torch.cuda.Stream()
+    one = ort_gpu._Batch(model, ort_gpu.CUDA_EP, stream, bench.images(64, bench.Settings(img_size=256)), True, ort)
+    for _ in range(ort_gpu.CAPTURE_RUNS):  # the EP captures in these runs
+        one.run()
+    torch.cuda.synchronize()
+    for _ in range(5):
+        one.run()
+        assert stream.query(), "the EP's stream was still busy when run_with_iobinding returned from a replay"
+
+
 def _verdicts(xxs, images, prec: str) -> tuple[pd.DataFrame, pd.Series | None]:
     """Notebook 04's policy table and choice for `prec`, calibrated and judged where ort_gpu says."""
     ev = quant_eval.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
@@ -257,3 +275,43 @@ def test_notebook_03s_onnx_runtime_runner_runs_on_the_cuda_ep(xxs):
         runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
         assert runner.sess.get_providers() == [ort_gpu.CPU_EP]
+
+
+# --- the API the GPU rows use, against the installed onnxruntime (the CPU build has the same Python classes) --------
+RECEIVERS = {"binding": ort.IOBinding, "sess": ort.InferenceSession, "run_options": ort.RunOptions,
+             "opts": ort.SessionOptions}
+
+
+def test_every_onnxruntime_name_the_gpu_rows_use_exists():
+    """Each `ort.X(.Y)` and each method called on a session, I/O binding, run options or session options in
+    mvlib/ort_gpu.py, against the installed onnxruntime: a misspelt name would surface only on a GPU."""
+    src = Path(ort_gpu.__file__).read_text()
+    missing = []
+    for dotted in set(re.findall(r"\bort\.(\w+(?:\.\w+)?)", src)) - {"__version__"}:
+        obj = ort
+        for part in dotted.split("."):
+            obj = getattr(obj, part, None)
+        missing += [f"ort.{dotted}"] if obj is None else []
+    for receiver, name in set(re.findall(r"\b(binding|sess|run_options|opts)\.(\w+)", src)):
+        missing += [] if hasattr(RECEIVERS[receiver], name) else [f"{receiver}.{name}"]
+    missing += [] if hasattr(ort.OrtValue, "numpy") else ["OrtValue.numpy"]  # the logits of a row
+    assert not missing, missing
+    assert {"bind_ortvalue_input", "run_with_iobinding", "add_run_config_entry"} <= {
+        n for _, n in re.findall(r"\b(binding|sess|run_options)\.(\w+)", src)}
+
+
+def test_a_graph_rows_timing_does_not_claim_two_runs_in_flight():
+    """ONNX Runtime's CUDA-graph replay synchronizes the EP's stream (core/providers/cuda/cuda_graph.cc, Replay:
+    cudaGraphLaunch then cudaStreamSynchronize): one run in flight, each event pair spanning ORT's host-side run too.
+    Plain runs (no synchronization per run) are two in flight, as the other GPU rows."""
+    assert f"{bench.IN_FLIGHT} in flight" not in ort_gpu.GRAPH_TIMING
+    assert "one run is in flight" in ort_gpu.GRAPH_TIMING and "replaying the EP's CUDA graph" in ort_gpu.GRAPH_TIMING
+    assert ort_gpu.PLAIN_TIMING.endswith(f"{bench.IN_FLIGHT} in flight")
+
+
+def test_the_decision_table_reads_how_an_ort_gpu_row_was_timed():
+    """decision.timing_method reads the `timing` text of every GPU row: an ONNX Runtime row is 'CUDA graph' or 'plain
+    launches' like the others, never 'not recorded'."""
+    assert decision.timing_method("cuda", ort_gpu.GRAPH_TIMING) == "CUDA graph"
+    why = "enable_cuda_graph refused: This session cannot use the graph capture feature as requested"
+    assert decision.timing_method("cuda", ort_gpu.PLAIN_TIMING.format(why=why)) == "plain launches"

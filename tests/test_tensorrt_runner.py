@@ -330,3 +330,118 @@ def test_an_invalid_cached_plan_is_rebuilt_once_and_judged_again(plan, monkeypat
     _gpu_here(monkeypatch, [(False, "INVALID: UNSUPPORTED_CC", False)])
     with pytest.raises(runner.NotRunnable, match="UNSUPPORTED_CC"):
         runner.usable(reused, lambda why: pytest.fail("a rebuild does not fix it"))
+
+
+# objects of the run path, by the names runner.py and timing.py give them, and the class each is in the bindings
+RECEIVERS = {"context": "IExecutionContext", "cuda_engine": "ICudaEngine", "config": "IRuntimeConfig",
+             "rt_cache": "IRuntimeCache", "runtime": "Runtime"}
+
+
+@needs_rtx
+def test_every_attribute_the_run_path_uses_on_rtx_objects_exists(rtx):
+    """Every `context.x`, `cuda_engine.x`, `config.x`, `rt_cache.x`, `runtime.x` that runner.py and timing.py spell
+    out, against the installed tensorrt_rtx's classes (a misspelt name would surface only on a GPU RTX runs on)."""
+    trt = rtx.module()
+    used = set()
+    for module in (runner, timing):
+        for obj, name in re.findall(r"\b(context|cuda_engine|config|rt_cache|runtime)\.(\w+)",
+                                    Path(module.__file__).read_text()):
+            used.add((RECEIVERS[obj], name))
+    assert ("IExecutionContext", "execute_async_v3") in used and ("IRuntimeConfig", "cuda_graph_strategy") in used
+    missing = [f"{cls}.{name}" for cls, name in sorted(used) if not hasattr(getattr(trt, cls), name)]
+    assert not missing, missing
+
+
+@needs_rtx
+def test_a_verdict_naming_a_reason_a_rebuild_does_not_cure_is_not_rebuilt(rtx):
+    """INVALID for VERSION_MISMATCH and UNSUPPORTED_CC at once (a plan of another RTX version and for another GPU): a
+    rebuild for the same target cures only half of it, so it stays "built, not run" without a rebuild."""
+    trt = rtx.module()
+    d = trt.EngineInvalidityDiagnostics
+    runs, why, rebuild = runner.judge(rtx, trt.EngineValidity.INVALID, int(d.VERSION_MISMATCH) | int(d.UNSUPPORTED_CC),
+                                      [])
+    assert not runs and "VERSION_MISMATCH" in why and "UNSUPPORTED_CC" in why and rebuild is False
+    both = int(d.VERSION_MISMATCH) | int(d.MALFORMED_ENGINE)
+    assert runner.judge(rtx, trt.EngineValidity.INVALID, both, [])[2] is True
+
+
+class CapturableContext:
+    """Our stand-in for an IExecutionContext that answers is_stream_capturable."""
+
+    def __init__(self, ok):
+        self.ok, self.asked = ok, []
+
+    def is_stream_capturable(self, stream):
+        self.asked.append(stream)
+        return self.ok
+
+
+def rtx_session(rtx, context) -> runner.Session:
+    """A Session over stand-ins (an engine that records, `context`), not yet in RTX's graph mode."""
+    session = runner.Session.__new__(runner.Session)
+    session.engine = cache.Engine(paths.ENGINES / "x" / cache.PLAN, {"flavour": "tensorrt_rtx",
+                                                                      "flavour_version": rtx.version})
+    session.cuda_engine, session.rt_cache, session.runtime_cache, session.keep = Recorder(), Recorder(), "c", ["x"]
+    session.context, session.rtx_graphs, session.said = context, False, []
+    return session
+
+
+@needs_rtx
+def test_rtxs_graph_mode_is_not_claimed_for_a_context_that_is_not_stream_capturable(rtx):
+    """RTX's own CUDA graphs need a stream-capturable context as well (libtensorrt_rtx.so.1: "The engine is not graph
+    capturable. Falling back to not using CUDA graphs."): where the plain context says no, the switch is not made
+    and the reason says why, so the row times plain enqueues and says so."""
+    refusing = CapturableContext(False)
+    session = rtx_session(rtx, refusing)
+    why = session.use_rtx_graphs(7)
+    assert why.startswith("not tried") and "Falling back to not using CUDA graphs" in why
+    assert refusing.asked == [7] and not session.rtx_graphs and session.context is refusing
+    allowing = rtx_session(rtx, CapturableContext(True))
+    assert allowing.use_rtx_graphs(7) == "" and allowing.rtx_graphs and allowing.context == "context"
+
+
+@needs_rtx
+def test_rtxs_own_fallback_in_its_log_after_the_switch_is_reported(rtx):
+    """The runtime's log after the switch, as its logger keeps it: RTX's fallback line makes the switch count as
+    refused; the same line before the switch (another batch, another context) does not."""
+    session = rtx_session(rtx, CapturableContext(True))
+    session.said.append("WARNING: CUDA Graph execute failed, falling back to normal path")  # before the switch
+    assert session.use_rtx_graphs(7) == "" and session.rtx_graphs_fell_back() == ""
+    session.said.append("WARNING: The engine is not graph capturable. Falling back to not using CUDA graphs.")
+    assert "Falling back to not using CUDA graphs" in session.rtx_graphs_fell_back()
+
+
+class LoggedStream:
+    """Our stand-in for a torch.cuda.Stream: its handle, and what was asked of it, in one log."""
+
+    def __init__(self, handle, log):
+        self.cuda_stream, self.log = handle, log
+
+    def wait_stream(self, other):
+        self.log.append(("wait", self.cuda_stream, other.cuda_stream))
+
+    def synchronize(self):
+        self.log.append(("synchronize", self.cuda_stream))
+
+
+def test_an_inference_waits_for_the_stream_that_copied_its_input(monkeypatch):
+    """The polygraphy runner's input is made on the current stream; the engine's own stream (non-blocking, as PyTorch
+    makes them) waits for that stream before the input is read (a blocking .cuda() has finished on return; an input a
+    kernel or a non_blocking copy made has not), as polygraphy's runner copies inputs on the stream it enqueues on."""
+    import contextlib
+
+    import torch
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())  # a CPU build of PyTorch here
+    log = []
+
+    class Session:
+        def bind(self, x):
+            log.append(("bind", x))
+            return {"logits": "out"}
+
+        def execute(self, handle):
+            log.append(("execute", handle))
+
+    outs = runner.infer(Session(), LoggedStream(7, log), "x", LoggedStream(0, log))
+    assert outs == {"logits": "out"}
+    assert log == [("wait", 7, 0), ("bind", "x"), ("execute", 7), ("synchronize", 7)]

@@ -267,3 +267,34 @@ def test_on_a_gpu_an_enqueue_that_raises_under_a_real_capture_leaves_the_stream_
         x.add_(1)
     stream.synchronize()
     assert float(x[0]) == 2.0  # the captured multiply never ran; the add after the clean-up did
+
+
+class SwitchingSession:
+    """Our stand-in for a Session on its way to RTX's graph mode: what it answers, and what was asked, in order."""
+
+    def __init__(self, refused="", fell_back=""):
+        self.refused, self.fell_back, self.calls = refused, fell_back, []
+
+    def use_rtx_graphs(self, stream_handle):
+        self.calls.append(("use_rtx_graphs", stream_handle))
+        return self.refused
+
+    def rtx_graphs_fell_back(self):
+        self.calls.append("fell_back?")
+        return self.fell_back
+
+
+def test_rtxs_graph_mode_counts_only_where_rtx_did_not_say_it_fell_back():
+    """The switch, the rebind (one enqueue, where RTX captures), then RTX's own log: a fallback line there makes the
+    batch time plain enqueues, saying so, instead of rows that call plain enqueues graph replays."""
+    session = SwitchingSession()
+    assert timing.switch_to_rtx_graphs(session, 7, lambda: session.calls.append("rebind")) == ""
+    assert session.calls == [("use_rtx_graphs", 7), "rebind", "fell_back?"]
+    fell = SwitchingSession(fell_back="TensorRT-RTX said: WARNING: The engine is not graph capturable. Falling back")
+    why = timing.switch_to_rtx_graphs(fell, 7, lambda: None)
+    launch, how = timing.choose_launch((True, ""), lambda: (None, "the capture failed (cudaErrorX)"), plain,
+                                       lambda: why)
+    assert how.startswith("CUDA events around each plain execute_async_v3") and "not graph capturable" in how
+    refused = SwitchingSession(refused="not tried: the context is not stream-capturable")
+    assert timing.switch_to_rtx_graphs(refused, 7, lambda: pytest.fail("not rebound")).startswith("not tried")
+    assert refused.calls == [("use_rtx_graphs", 7)]

@@ -81,8 +81,14 @@ def diagnosis(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> s
 
 
 # INVALID for these reasons is fixed by building the plan again here (RTX's docs: on invalidity, rebuild); the
-# others (no GPU, an old driver, another compute capability, too little memory) are not.
+# others (no GPU, an old driver, another compute capability, too little memory) are not, nor is a verdict that names
+# one of them beside a fixable one.
 REBUILD_FIXES = ("VERSION_MISMATCH", "MALFORMED_ENGINE", "OLD_CUDA_RUNTIME")
+# What libtensorrt_rtx.so.1 (1.7) says where its own CUDA-graph mode runs without a graph (`strings` of the library):
+# enqueues then run plain, which a row must not call graph replays.
+RTX_GRAPH_FALLBACK = ("The engine is not graph capturable. Falling back to not using CUDA graphs",
+                      "CUDA graph capture failed, falling back to normal path",
+                      "CUDA Graph execute failed, falling back to normal path")
 
 
 class NotRunnable(StageSkipped):
@@ -95,7 +101,8 @@ class NotRunnable(StageSkipped):
 
 def judge(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> tuple[bool, str, bool]:
     """(runs, what to say, whether a rebuild fixes it) from Runtime.get_engine_validity's answer: VALID runs;
-    SUBOPTIMAL runs and says so with its diagnostics; INVALID does not, and is rebuilt for REBUILD_FIXES."""
+    SUBOPTIMAL runs and says so with its diagnostics; INVALID does not, and is rebuilt where every reason it names is
+    one of REBUILD_FIXES (a rebuild here does not cure another compute capability or an old driver beside them)."""
     trt = fl.module()
     if validity == trt.EngineValidity.VALID:
         return True, "", False
@@ -104,7 +111,7 @@ def judge(fl: Flavour, validity, diagnostics: int, said: Sequence[str]) -> tuple
         return True, why, False
     flags = {name for name, member in trt.EngineInvalidityDiagnostics.__members__.items()
              if int(diagnostics) & int(member)}
-    return False, why, bool(flags & set(REBUILD_FIXES))
+    return False, why, bool(flags) and flags <= set(REBUILD_FIXES)
 
 
 def plan_validity(fl: Flavour, plan: bytes) -> tuple[bool | None, str, bool]:
@@ -239,8 +246,9 @@ class Session:
         fl = self.engine.flavour
         cuda_context()
         # the plugins' check is the one the engine's build recorded (the caller's, at build time)
-        self.cuda_engine, self.runtime, said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins,
-                                                           self.engine.info.get("plugin_check"))
+        self.cuda_engine, self.runtime, self.said = deserialize(fl, self.engine.plan.read_bytes(), self.plugins,
+                                                                self.engine.info.get("plugin_check"))
+        said = self.said  # the runtime's warnings and errors, for as long as the Session lives
         if self.cuda_engine is None:
             raise RuntimeError(f"{fl.label} could not deserialize {self.engine.plan}: {' | '.join(said[-3:])}")
         if self.runtime_cache == "auto":
@@ -303,15 +311,24 @@ class Session:
         ok = bool(self.context.is_stream_capturable(stream_handle))
         return ok, "" if ok else f"{self.engine.flavour.label}: the execution context is not stream-capturable"
 
-    def use_rtx_graphs(self) -> str:
+    def use_rtx_graphs(self, stream_handle: int | None = None) -> str:
         """Make the context anew in TensorRT-RTX's own CUDA-graph mode (cuda_graph_strategy WHOLE_GRAPH_CAPTURE, as
         NVIDIA's RTX samples run), its JIT kernels kept through the runtime cache; '' when done, else why not.
-        Its tensors must be bound again."""
+        Its tensors must be bound again.
+
+        Not where the present context says it is not stream-capturable on `stream_handle`: RTX's graph mode needs
+        that too, and otherwise runs plain enqueues ("The engine is not graph capturable. Falling back to not using
+        CUDA graphs", libtensorrt_rtx), which a row would then wrongly call graph replays."""
         fl = self.engine.flavour
         if self.rtx_graphs:
             return ""
         if not fl.rtx:
             return f"{fl.label} has no CUDA-graph mode of its own"
+        if (stream_handle is not None and hasattr(self.context, "is_stream_capturable")
+                and not self.context.is_stream_capturable(stream_handle)):
+            return (f"not tried: {fl.label}'s own CUDA graphs need a stream-capturable context too (without one it "
+                    "runs plain enqueues: 'The engine is not graph capturable. Falling back to not using CUDA "
+                    "graphs.')")
         blob = bytes(self.rt_cache.serialize() or b"") if self.rt_cache is not None else None
         self.context = self.config = None  # the old context's device memory goes first
         self.keep = []
@@ -320,8 +337,19 @@ class Session:
         if self.context is None:
             raise RuntimeError(f"{fl.label} could not create an execution context in its CUDA-graph mode for "
                                f"{self.engine.plan}")
-        self.rtx_graphs = True
+        # setCudaGraphStrategy answers with a bool the Python property drops: read the setting back instead
+        kept = self.config.cuda_graph_strategy
+        if kept != fl.module().CudaGraphStrategy.WHOLE_GRAPH_CAPTURE:
+            return f"{fl.label} did not keep cuda_graph_strategy WHOLE_GRAPH_CAPTURE (it reads back {kept})"
+        self.rtx_graphs, self.said_before_graphs = True, len(getattr(self, "said", []))
         return ""
+
+    def rtx_graphs_fell_back(self) -> str:
+        """'' while RTX's own CUDA-graph mode captures, as far as its log says; else the line in which TensorRT-RTX
+        said (since the switch) that it runs without a graph. Ask after an enqueue."""
+        said = getattr(self, "said", [])[getattr(self, "said_before_graphs", 0):]
+        fell = [m for m in said if any(f in m for f in RTX_GRAPH_FALLBACK)]
+        return f"{self.engine.flavour.label} said: {fell[0]}" if fell else ""
 
     def save_runtime_cache(self) -> Path | None:
         """Write the runtime cache (RTX's JIT-compiled kernels) beside the engine, atomically; its path."""
@@ -332,6 +360,20 @@ class Session:
             return None
         io.write_bytes(Path(self.runtime_cache), bytes(blob))
         return Path(self.runtime_cache)
+
+
+def infer(session: Session, stream, x, current) -> dict:
+    """One inference of device tensor `x` on the engine's own `stream`, ordered after the `current` stream that made
+    `x` (as polygraphy's runner copies its inputs on its own stream), then waited for; the output tensors. A blocking
+    `.cuda()` copy has finished on return anyway; an input made by a kernel or a non_blocking copy has not, and
+    PyTorch's streams do not wait for the default one by themselves."""
+    import torch
+    stream.wait_stream(current)
+    with torch.cuda.stream(stream):
+        outs = session.bind(x)
+        session.execute(stream.cuda_stream)
+    stream.synchronize()
+    return outs
 
 
 def runner(engine: cache.Engine | Path | str, name: str, plugins: Sequence[Path | str] = ()):
@@ -357,10 +399,7 @@ def runner(engine: cache.Engine | Path | str, name: str, plugins: Sequence[Path 
             import torch
             start = time.perf_counter()
             x = torch.from_numpy(np.ascontiguousarray(feed_dict[self.session.inputs[0]])).cuda()
-            with torch.cuda.stream(self.stream):
-                outs = self.session.bind(x)
-                self.session.execute(self.stream.cuda_stream)
-            self.stream.synchronize()
+            outs = infer(self.session, self.stream, x, torch.cuda.current_stream())
             # .cpu() makes new host arrays every call: no caller ever holds a view of a reused buffer.
             result = {n: t.float().cpu().numpy() for n, t in outs.items()}
             self.inference_time = time.perf_counter() - start

@@ -7,9 +7,11 @@ TrtCudaGraph does (samples/common/sampleDevice.h: thread-local capture mode, end
 error), not with torch.cuda.graph, whose exit leaves its capture stream current when the capture fails. Where a
 graph is not allowed, it times plain enqueues instead, as trtexec does when a capture fails
 (samples/common/sampleInference.cpp: `endCaptureOnError` then "inference will be launched without using CUDA
-graph"); TensorRT-RTX is asked first with `is_stream_capturable`, and where it refuses (a plugin engine: "Found
-non-capturable custom layer op") the context is made anew in RTX's own graph mode (cuda_graph_strategy
-WHOLE_GRAPH_CAPTURE, as NVIDIA's RTX samples run) before falling back to plain enqueues. Plain enqueues go to
+graph"); TensorRT-RTX is asked first with `is_stream_capturable`. Where a capture was allowed but failed, the context
+is made anew in RTX's own graph mode (cuda_graph_strategy WHOLE_GRAPH_CAPTURE, as NVIDIA's RTX samples run) and its
+log checked for RTX's own fallback; where the context is not stream-capturable (a plugin engine: "Found
+non-capturable custom layer op") RTX's graph mode is not tried, since it then runs plain enqueues too
+(libtensorrt_rtx: "The engine is not graph capturable. Falling back to not using CUDA graphs"). Plain enqueues go to
 the engine's own stream, never the default one, on which enqueueV3 adds device synchronizations
 (NvInferRuntime.h, enqueueV3). The row's `timing` column says which way each batch was timed. Memory: an
 engine row reports the engine's own device memory (`engine_mem_mib`), never an allocator peak.
@@ -151,6 +153,16 @@ def end_capture_on_error(cudart, stream_handle: int) -> None:
     cudart.cudaGetLastError()
 
 
+def switch_to_rtx_graphs(session: runner.Session, stream_handle: int, rebind: Callable[[], None]) -> str:
+    """Session.use_rtx_graphs, then `rebind` (a new context: bound again, one enqueue, where RTX captures), then
+    whether RTX said it runs without a graph after all; '' where its graph mode is on, else why not."""
+    refused = session.use_rtx_graphs(stream_handle)
+    if refused:
+        return refused
+    rebind()
+    return session.rtx_graphs_fell_back()
+
+
 def plain_launch(session: runner.Session, stream, current: Callable[[], Any]) -> Callable[[], None]:
     """One enqueue on the engine's own `stream`, ordered after and before the `current()` stream that the timer's
     events are recorded on (enqueueV3 on the default stream synchronizes the device: NvInferRuntime.h)."""
@@ -216,10 +228,7 @@ def tensorrt_engine(settings: bench.Settings, engine, precision: str, label: str
             return graph, why
 
         def rtx_graphs() -> str:
-            refused = session.use_rtx_graphs()
-            if not refused:
-                bind_and_enqueue(x)  # a new context: bound again; RTX captures at its first enqueue
-            return refused
+            return switch_to_rtx_graphs(session, stream.cuda_stream, lambda: bind_and_enqueue(x))
 
         launch, result.timing = choose_launch(session.capturable(stream.cuda_stream), capture,
                                               plain_launch(session, stream, torch.cuda.current_stream),
