@@ -6,6 +6,8 @@ needed artifact, so a run that left that notebook out (`--only`) reports the ski
 Artifacts are named by file name; notebooks by stem (notebooks/<stem>.ipynb), so a notebook is found by its
 name and never by a number in code.
 
+The notebooks' parameters are read one way, as papermill reads them (`parameters`).
+
 Serves: the driver (`--only`, what a skip needs) and notebooks 01 to 06 (a missing input names its notebook).
 """
 from pathlib import Path
@@ -63,6 +65,16 @@ def short(stem: str) -> str:
 def all_notebooks() -> list[Path]:
     """Every notebook of the study, in the order they run: by file name (a new one is named to sort into place)."""
     return sorted(nb for nb in paths.NOTEBOOKS.glob("*.ipynb") if not nb.name.startswith("."))
+
+
+def parameters(notebook: str | Path) -> dict[str, dict] | None:
+    """papermill's reading of a notebook's `parameters` cell: name -> {default (source text), help (the line's
+    comment), ...}; `notebook` is a stem of notebooks/ or a path (None where there is no such notebook)."""
+    path = notebook if isinstance(notebook, Path) else paths.NOTEBOOKS / f"{notebook}.ipynb"
+    if not path.is_file():
+        return None
+    import papermill  # here: slow to import, and only runs and the driver ask
+    return papermill.inspect_notebook(str(path))
 
 
 def select(only: str = "") -> list[Path]:

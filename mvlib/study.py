@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mvlib import env, io, rerun, stages, tiers
+from mvlib import env, io, rerun, rundir, stages, tiers
 from mvlib.driver import BAD_INPUT, FAILED, INTERRUPTED, OK, kernels, runfolder, verdicts
 from mvlib.driver.params import BadInput, parameters, profile_names, value_problems
 from mvlib.driver.publish import publish, publish_from, publish_hint, publish_problems, variant_label
@@ -212,7 +212,7 @@ def folder_problems(run: Path, default: Path, selected: list[Path]) -> list[str]
 
 def baseline_problems(folder: Path) -> list[str]:
     """Why `--compare-with folder` cannot be compared with: no manifest there, or not a complete run."""
-    earlier = verdicts.read_manifest(folder)
+    earlier = rundir.read_manifest(folder)
     if earlier is None:
         return [f"--compare-with {folder}: no manifest.json there (a run folder, or data/results)"]
     if verdicts.outcome(earlier) != "complete":
@@ -223,17 +223,15 @@ def baseline_problems(folder: Path) -> list[str]:
 # --- finishing a run -------------------------------------------------------------------------------------------
 def rebuilt_engines(run: Path) -> list[str]:
     """A line per engine the run rebuilt because its cached copy was corrupt (the engines table says so too)."""
-    from types import SimpleNamespace
-
     from mvlib.tensorrt import table
-    return table.rebuilt_lines(SimpleNamespace(table=lambda name: run / "results" / name))
+    return table.rebuilt_lines(run / "results")
 
 
 def compare(run: Path, manifest: dict, baseline: Path | None, explicit: bool, cache) -> dict:
     """Compare a complete run with its baseline (the complete run it replaced, or --compare-with) when like with
     like, or say why not; the manifest's `rerun` record."""
     info = rerun.summary(cache) | {"compared_with": None, "not_compared": "no earlier complete run", "caveats": []}
-    earlier = verdicts.read_manifest(baseline) if baseline is not None else None
+    earlier = rundir.read_manifest(baseline) if baseline is not None else None
     if earlier is None:
         return info
     unlike = rerun.differences(earlier, manifest)
@@ -250,7 +248,7 @@ def finish(plan: Plan, staging: Path, failures: list[dict], before: dict, args: 
            state: dict) -> int:
     """Record how the run went; promote it to the run folder when complete, compare it, publish if asked; end with
     where the time went."""
-    manifest = io.read_json(staging / "manifest.json")
+    manifest = rundir.manifest(staging)
     kernels.record_failures(manifest, failures)
     record_timing(manifest, state)
     cache = rerun.cache_use(before, rerun.snapshot())
@@ -297,7 +295,7 @@ def keep_failed(plan: Plan, staging: Path, manifest: dict, cache, problems: list
     """Record the failure in `<run>.incomplete`, which stays; the last complete run is untouched. Exit code 1."""
     manifest["outcome"] = {"status": "failed", "problems": problems, "failed": failures}
     manifest["rerun"] = rerun.summary(cache) | {"compared_with": None, "not_compared": "this run did not complete"}
-    io.write_json(staging / "manifest.json", manifest)
+    rundir.write_manifest(staging, manifest)
     print(rerun.artifacts_line(manifest["rerun"]))
     kept = f"; the last complete run is still {plan.run}" if runfolder.complete_run(plan.run) else ""
     print("study: the run did not reach its tier:\n  " + "\n  ".join(problems)
@@ -309,11 +307,11 @@ def complete(plan: Plan, staging: Path, manifest: dict, cache, args: argparse.Na
     """Promote the complete run, compare it with its baseline, publish it if asked (else say how). Exit code 0."""
     manifest["outcome"] = {"status": "complete"}
     replaced = runfolder.complete_run(plan.run) is not None
-    io.write_json(staging / "manifest.json", manifest)
+    rundir.write_manifest(staging, manifest)
     previous = runfolder.promote(plan.run, staging)
     baseline = plan.compare_with or (previous if replaced else None)
     manifest["rerun"] = compare(plan.run, manifest, baseline, plan.compare_with is not None, cache)
-    io.write_json(plan.run / "manifest.json", manifest)
+    rundir.write_manifest(plan.run, manifest)
     print(rerun.artifacts_line(manifest["rerun"]))
     print(rerun.comparison_line(manifest["rerun"]))
     print(f"study: complete: {plan.run}" + (f" (the run it replaced: {previous})" if previous else ""))
@@ -396,12 +394,12 @@ def record_interruption(plan: Plan, staging: Path | None, state: dict, stop: Key
         return f"{word} {NOT_STARTED}"
     if not staging.exists():  # stopped after the run was complete and in place
         return f"{word} after the run was complete; it is {plan.run}"
-    manifest = io.read_json(staging / "manifest.json")
+    manifest = rundir.manifest(staging)
     record_timing(manifest, state)
     manifest["outcome"] = {"status": "interrupted", "notebook": where, "after_s": round(seconds, 1),
                            "signal": signal.Signals(getattr(stop, "signum", signal.SIGINT)).name,
                            "at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    io.write_json(staging / "manifest.json", manifest)
+    rundir.write_manifest(staging, manifest)
     kept = f"; the last complete run is still {plan.run}" if runfolder.complete_run(plan.run) else ""
     return f"{word}{f' in {where} after {seconds:.0f} s' if where else ''}; this run is kept in {staging}{kept}"
 
@@ -414,10 +412,10 @@ def out_of_space(plan: Plan, staging: Path | None, state: dict, err: OSError) ->
         say(f"study: {line}; free space there or pass --run-dir a folder on another disk{kept}")
         return FAILED
     try:
-        manifest = io.read_json(staging / "manifest.json")
+        manifest = rundir.manifest(staging)
         record_timing(manifest, state)
         manifest["outcome"] = {"status": "failed", "problems": [line], "notebook": state.get("notebook")}
-        io.write_json(staging / "manifest.json", manifest)
+        rundir.write_manifest(staging, manifest)
         recorded = ""
     except (OSError, ValueError):  # the manifest's own write needs space too; the one before it is whole
         recorded = " (no space to record it in its manifest either)"

@@ -58,3 +58,8 @@ def missing_for(tier: str, trt_flavour: str | None = "auto", trt_target: str = "
     elif env.nvcc_path() is None:
         reasons.append("nvcc not found")
     return "; ".join(reasons)
+
+
+def limits(trt_flavour: str | None = "auto", trt_target: str = "auto") -> dict[str, str]:
+    """Why this machine does not reach each tier ('' where it does): a run manifest's `tier_limits`."""
+    return {t: missing_for(t, trt_flavour, trt_target) for t in TIERS}

@@ -1,7 +1,6 @@
-"""mvlib.driver.params: profiles, the table of shared parameters the notebooks' parameters cells follow, value rules."""
+"""mvlib.driver.params: profiles, the parameters as the notebooks' parameters cells declare them, value rules."""
 import ast
 import re
-from collections import Counter
 
 import nbformat
 import papermill
@@ -26,24 +25,31 @@ def parameter_lines(nb_path) -> dict[str, tuple[object, str]]:
     return found
 
 
-@pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_each_parameters_cell_declares_a_shared_parameter_as_the_table_says(nb_path):
-    """A shared parameter has one default and one meaning, written in params.SHARED; every cell repeats both."""
-    for name, (default, comment) in parameter_lines(nb_path).items():
-        if name in params.SHARED:
-            want = params.SHARED[name]
-            assert (default, comment) == (want.default, want.meaning), f"{nb_path.stem}.{name}: write it as SHARED says"
+def test_every_parameter_is_declared_alike_wherever_it_is_declared():
+    """A parameter has one default and one meaning: every parameters cell that declares it writes both alike."""
+    assert params.disagreements(params.declarations(NOTEBOOKS)) == []
 
 
-def test_every_parameter_two_notebooks_declare_is_in_the_table():
-    counts = Counter(name for nb in NOTEBOOKS for name in parameter_lines(nb))
-    assert {name for name, n in counts.items() if n > 1} <= set(params.SHARED)
+def test_the_table_is_what_the_cells_say():
+    """The meanings are the cells' own comments, as papermill reads them (no hand-kept copy)."""
+    table = params.table()
+    for nb_path in NOTEBOOKS:
+        for name, (default, comment) in parameter_lines(nb_path).items():
+            assert table[name] == params.Param(default, comment), f"{nb_path.stem}.{name}"
+    assert all(p.meaning for p in table.values()), "every parameter line ends with a comment saying what it means"
+    assert set(params.defaults()) == set(table) - {"run_dir"}
 
 
-def test_the_tables_defaults_are_the_full_profiles_values():
-    full = params.load_profile("full")
-    assert {k: v.default for k, v in params.SHARED.items() if k in full} == {k: full[k] for k in params.SHARED
-                                                                             if k in full}
+def test_a_parameter_declared_otherwise_in_another_notebook_is_named(tmp_path):
+    """A copy of a notebook whose line for batch_max says another default and meaning is caught, by name."""
+    src = next(nb for nb in NOTEBOOKS if "batch_max" in parameter_lines(nb))
+    nb = nbformat.read(src, as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    cell.source = re.sub(r"^batch_max\s*=.*$", "batch_max = 64  # the largest batch", cell.source, flags=re.M)
+    other = tmp_path / "99_other.ipynb"
+    nbformat.write(nb, other)
+    found = params.disagreements(params.declarations([src, other]))
+    assert len(found) == 1 and found[0].startswith("batch_max: ") and "99_other" in found[0], found
 
 
 @pytest.mark.parametrize("nb_path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from driver_fakes import fake_notebooks
 
-from mvlib import io, paths, study
-from mvlib import run as run_mod
+from mvlib import io, paths, rundir, study
 from mvlib.driver import runfolder
 from mvlib.run import Run
 
@@ -72,7 +71,7 @@ def test_a_complete_run_replaces_the_last_one_which_is_kept_as_previous(tmp_path
     staging = _study_run(runfolder.incomplete_of(run))
     assert runfolder.promote(run, staging) == tmp_path / "run.previous"
     assert not staging.exists() and not (tmp_path / "run.previous" / "results" / "old.csv").exists()
-    assert (tmp_path / "run.previous" / run_mod.MARKER).is_file() and (run / "notebooks").is_dir()
+    assert (tmp_path / "run.previous" / rundir.MARKER).is_file() and (run / "notebooks").is_dir()
 
 
 def test_new_and_empty_folders_are_used_and_marked(tmp_path):
@@ -81,7 +80,7 @@ def test_new_and_empty_folders_are_used_and_marked(tmp_path):
     for folder in (empty, tmp_path / "new" / "run"):
         assert runfolder.refusal(folder) == ""
         runfolder.start_run(folder, "cpu", {"profile": "smoke"})
-        assert run_mod.is_study_run(folder) and io.read_json(folder / "manifest.json")["run"]["profile"] == "smoke"
+        assert rundir.is_study_run(folder) and io.read_json(folder / "manifest.json")["run"]["profile"] == "smoke"
 
 
 def _suggested(message: str) -> Path | None:
@@ -124,7 +123,7 @@ def test_refusals_suggest_a_folder_the_driver_accepts(tmp_path, monkeypatch, cas
     suggested = _suggested(why) or (default if "leave out --run-dir" in why else None)
     assert suggested is not None and suggested != run, why
     assert runfolder.usable(suggested) and runfolder.refusal(suggested, default) == "", why
-    assert not any(p.is_file() or run_mod.is_study_run(p) for p in suggested.parents), why
+    assert not any(p.is_file() or rundir.is_study_run(p) for p in suggested.parents), why
 
 
 def test_a_run_folder_inside_the_committed_results_is_refused(tmp_path):
@@ -137,20 +136,20 @@ def test_how_a_study_run_is_recognised(tmp_path):
     legacy = tmp_path / "legacy"
     (legacy / "results").mkdir(parents=True)
     io.write_json(legacy / "manifest.json", {"stages": {}, "params": {}})
-    assert run_mod.is_study_run(legacy)
+    assert rundir.is_study_run(legacy)
     (legacy / "notes.txt").write_text("mine")
-    assert not run_mod.is_study_run(legacy)
+    assert not rundir.is_study_run(legacy)
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     io.write_json(foreign / "manifest.json", {"name": "some other tool"})
-    assert not run_mod.is_study_run(foreign)
+    assert not rundir.is_study_run(foreign)
 
 
 def test_a_notebook_run_marks_only_a_folder_it_creates(tmp_path):
-    assert run_mod.is_study_run(Run(tmp_path / "new", "99_test").dir)
+    assert rundir.is_study_run(Run(tmp_path / "new", "99_test").dir)
     users = _users_folder(tmp_path / "mine")
     Run(users, "99_test")  # writes its outputs beside the user's file, but does not claim the folder
-    assert not (users / run_mod.MARKER).exists() and not run_mod.is_study_run(users)
+    assert not (users / rundir.MARKER).exists() and not rundir.is_study_run(users)
     assert "did not write" in runfolder.refusal(users)
 
 

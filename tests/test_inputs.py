@@ -50,7 +50,7 @@ def test_mobilevit_v2_is_refused_before_any_work(tmp_path):
     line = _refused_once(_study(tmp_path, "-p", "variant", "mobilevitv2_050", "-p", "weights", "random"),
                          "mobilevitv2_050")
     assert "not supported" in line and "mobilevit_xxs" in line
-    assert "mobilevitv2" not in params.SHARED["variant"].meaning
+    assert "mobilevitv2" not in params.table()["variant"].meaning
     assert not any(v.startswith("mobilevitv2") for v in model.variants())
 
 

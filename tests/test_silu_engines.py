@@ -15,8 +15,7 @@ import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import env, io, paths, precisions, tiers
-from mvlib import run as run_mod
+from mvlib import env, io, paths, precisions, stages, tiers
 from mvlib.export import Exported
 from mvlib.silu import build, engines
 from mvlib.skips import StageSkipped
@@ -317,7 +316,7 @@ def test_notebook_05_passes_each_precision_down_and_builds_fp8_for_fp8_target():
     params = list(inspect.signature(engines.build_engines).parameters)
     assert fn == "silu_engines.build_engines" and args[1] == "['fp8']"
     assert args[params.index("target")] == "fp8_target"
-    assert "fp8_target" in run_mod.declared_parameters("05_silu_plugin")
+    assert "fp8_target" in stages.parameters("05_silu_plugin")
     assert "engines8" not in calls["plugin_accuracy"]  # the FP8 engine runs only on an FP8 GPU it targets
 
 

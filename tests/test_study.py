@@ -14,7 +14,7 @@ import pytest
 import smoke
 from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours, fake_notebooks
 
-from mvlib import io, paths, stages, study, tiers
+from mvlib import io, paths, rundir, stages, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
 from mvlib.tensorrt import cache, flavours
 from mvlib.tensorrt import table as engines_table
@@ -520,7 +520,7 @@ def whole_files(folder: Path) -> list[str]:
     temporary one; [] when all are whole."""
     bad = []
     for f in folder.rglob("*"):
-        if not f.is_file() or f.name in ("ballast", runfolder.run_mod.MARKER):
+        if not f.is_file() or f.name in ("ballast", rundir.MARKER):
             continue
         try:
             if ".tmp" in f.name or ".partial" in f.name:

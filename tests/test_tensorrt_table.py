@@ -41,7 +41,7 @@ def test_rebuilt_rows_become_console_lines(tmp_path):
     table.record(run, pd.DataFrame([{"notebook": "03_fp32_fp16", "engine": "fp32", "status": "rebuilt",
                                      "messages": "rebuilt: engine.plan is corrupt | WARNING: x"},
                                     {"notebook": "03_fp32_fp16", "engine": "fp16", "status": "reused"}]))
-    assert table.rebuilt_lines(run) == [table.rebuilt_line("03_fp32_fp16", "fp32", "engine.plan is corrupt")]
+    assert table.rebuilt_lines(tmp_path) == [table.rebuilt_line("03_fp32_fp16", "fp32", "engine.plan is corrupt")]
 
 
 def test_no_row_is_called_int8_that_the_builder_did_not_make_int8():

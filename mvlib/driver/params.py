@@ -1,10 +1,10 @@
-"""The run's parameters: profiles, `-p` overrides, what each shared parameter means, and the rules values obey.
+"""The run's parameters: profiles, `-p` overrides, what each parameter means, and the rules values obey.
 
-SHARED is the one place where a parameter that several notebooks declare is explained: each notebook's
-`parameters` cell declares it with this default and this comment (tests/test_driver_params.py checks every
-cell against it), and the full profile gives it the same value.
+A parameter is explained in one place, its line in a notebook's `parameters` cell (`name = default  # meaning`),
+read as papermill reads it; a parameter several notebooks declare is declared alike in each (`disagreements`,
+checked by tests/test_driver_params.py), and the full profile gives it the same value.
 
-Serves: the driver, and notebooks 01 to 06 through their parameters cells (SHARED).
+Serves: the driver (the notebooks' parameters cells are its table).
 """
 import ast
 import difflib
@@ -16,7 +16,6 @@ from typing import Any
 import yaml
 
 from mvlib import paths, stages
-from mvlib import run as run_mod
 
 
 class BadInput(ValueError):
@@ -25,28 +24,9 @@ class BadInput(ValueError):
 
 @dataclass(frozen=True)
 class Param:
-    """A parameter several notebooks declare: its default (the full profile's value) and what it means."""
+    """A notebook parameter as its `parameters` cell declares it: its default and what it means (the line's comment)."""
     default: Any
     meaning: str
-
-
-SHARED = {
-    "run_dir": Param("", "run folder; empty means build/runs/latest (the driver sets it)"),
-    "variant": Param("mobilevit_s", "timm MobileViT variant: mobilevit_xxs, mobilevit_xs or mobilevit_s"),
-    "weights": Param("auto", "auto (hub weights, else seeded random), pretrained, random, or a checkpoint path"),
-    "seed": Param(0, "seed of random weights, random inputs and image choices"),
-    "img_size": Param(256, "input height and width, a multiple of 32"),
-    "opset": Param(17, "ONNX opset of the export, 17..20"),
-    "batch_min": Param(1, "smallest batch of the dynamic batch axis (the TensorRT profile's min)"),
-    "batch_opt": Param(16, "the batch TensorRT tunes for (the profile's opt)"),
-    "batch_max": Param(32, "largest batch of the dynamic batch axis (the TensorRT profile's max)"),
-    "bench_seconds": Param(3.0, "one timing window in seconds (repeats x seconds: at least 3 s, as trtexec)"),
-    "bench_repeats": Param(3, "timing windows per measured row, for its spread (at least 2)"),
-    "workspace_gb": Param(4.0, "TensorRT builder workspace in GiB"),
-    "trt_flavour": Param("auto", "auto (full TensorRT if installed, else TensorRT-RTX), tensorrt or tensorrt_rtx"),
-    "trt_target": Param("auto", "auto (this GPU if the flavour runs it, else sm86: A10) or sm75/80/86/89/120/121"),
-    "fp8_target": Param("auto", "FP8 engines: auto (this GPU if it has FP8 and the flavour runs it, else sm89: L4)"),
-}
 
 
 def load_profile(name: str) -> dict:
@@ -64,19 +44,40 @@ def profile_names() -> list[str]:
 
 def declared(nb: Path) -> set[str]:
     """Names declared in a notebook's `parameters` cell."""
-    return set(run_mod.declared_parameters(nb.stem) or [])
+    return set(stages.parameters(nb) or {})
+
+
+def declarations(notebooks: list[Path]) -> dict[str, dict[str, Param]]:
+    """Per parameter, how each of `notebooks` that declares it declares it (papermill's reading of the cells)."""
+    out: dict[str, dict[str, Param]] = {}
+    for nb in notebooks:
+        for name, info in (stages.parameters(nb) or {}).items():
+            out.setdefault(name, {})[nb.stem] = Param(ast.literal_eval(info["default"]), info["help"])
+    return out
+
+
+def disagreements(found: dict[str, dict[str, Param]]) -> list[str]:
+    """"variant: 01_export declares ..., 03_fp32_fp16 declares ..." for each parameter that notebooks declare with
+    another default or meaning (a parameter has one of each, so the table below can be read off any notebook)."""
+    out = []
+    for name, by_nb in sorted(found.items()):
+        first, *rest = by_nb.items()
+        other = next(((nb, p) for nb, p in rest if p != first[1]), None)
+        if other:
+            out.append(f"{name}: {first[0]} declares {first[1]}, {other[0]} declares {other[1]}; "
+                       "write it alike in every parameters cell")
+    return out
 
 
 @functools.cache
+def table() -> dict[str, Param]:
+    """Every parameter the notebooks declare, with its default and meaning (as the first notebook declares it)."""
+    return {name: next(iter(by_nb.values())) for name, by_nb in declarations(stages.all_notebooks()).items()}
+
+
 def defaults() -> dict:
-    """Every parameter a notebook declares (run_dir aside) with its default value there (first notebook wins)."""
-    import papermill
-    out = {}
-    for nb in stages.all_notebooks():
-        for name, info in papermill.inspect_notebook(str(nb)).items():
-            if name != "run_dir":
-                out.setdefault(name, ast.literal_eval(info["default"]))
-    return out
+    """Every parameter a notebook declares (run_dir aside) with its default value there."""
+    return {name: p.default for name, p in table().items() if name != "run_dir"}
 
 
 def nearest(name: str, known) -> str:

@@ -7,11 +7,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from mvlib import io, paths, stages, tiers
-from mvlib import run as run_mod
+from mvlib import io, paths, rundir, stages, tiers
 from mvlib.driver import BAD_INPUT, OK
 from mvlib.driver.params import load_profile
-from mvlib.driver.verdicts import outcome, read_manifest, selection
+from mvlib.driver.verdicts import outcome, selection
 
 
 def published(name: str) -> bool:
@@ -44,7 +43,7 @@ def publish_problems(manifest: dict, machine: dict, over: bool) -> list[str]:
     if missing:
         problems.append(f"only runs of every notebook are published (this one left out {', '.join(missing)})")
     _, results = publish_dirs(variant_label("full", info.get("params") or {}))
-    held = read_manifest(results)
+    held = rundir.read_manifest(results)
     if held is None or over:
         return problems
     gpu = lambda m: (m.get("gpu") or {}).get("gpu") or "no GPU"  # noqa: E731
@@ -103,9 +102,9 @@ def publish_from(folder: str, over: bool) -> int:
         print(f"study: no run at {run} to publish: run `make study` (the full profile) first, then `make publish` "
               "(or --publish-from the folder of a complete full run)", file=sys.stderr)
         return BAD_INPUT
-    manifest = read_manifest(run) if run_mod.is_study_run(run) else None
+    manifest = rundir.read_manifest(run) if rundir.is_study_run(run) else None
     if manifest is None:
-        print(f"study: {run} is not a run folder of the study (no {run_mod.MARKER} and manifest.json)", file=sys.stderr)
+        print(f"study: {run} is not a run folder of the study (no {rundir.MARKER} and manifest.json)", file=sys.stderr)
         return BAD_INPUT
     problems = [] if outcome(manifest) == "complete" else [f"{run} holds a run that is {outcome(manifest)}, "
                                                           "not complete"]

@@ -6,9 +6,8 @@ Serves: the driver (every run folder).
 import shutil
 from pathlib import Path
 
-from mvlib import io, paths, stages
-from mvlib import run as run_mod
-from mvlib.driver.verdicts import outcome, read_manifest
+from mvlib import paths, rundir, stages, tiers
+from mvlib.driver.verdicts import outcome
 
 
 class Refused(Exception):
@@ -48,7 +47,7 @@ def _enclosing_problem(run: Path) -> str:
     for parent in run.parents:
         if parent.exists() and not parent.is_dir():
             return f"{parent} is a file, so {run} cannot be a folder"
-        if run_mod.is_study_run(parent):
+        if rundir.is_study_run(parent):
             return f"{run} is inside the study run {parent}, which the study replaces as a whole"
     for committed in (paths.RESULTS, paths.FIGURES, paths.NOTEBOOKS):
         if run == committed or committed in run.parents:
@@ -61,13 +60,13 @@ def _folder_problem(run: Path) -> str:
     """Why `run` itself, its `.incomplete` or its `.previous` cannot be used ('' if they can)."""
     if run.is_symlink() or (run.exists() and not run.is_dir()):
         return f"{run} is a file or a link, not a folder the study made"
-    if not _empty(run) and not run_mod.is_study_run(run):
-        return (f"{run} holds files the study did not write (it has no {run_mod.MARKER}), and the study never "
+    if not _empty(run) and not rundir.is_study_run(run):
+        return (f"{run} holds files the study did not write (it has no {rundir.MARKER}), and the study never "
                 "moves or deletes those")
     for kept, role in ((incomplete_of(run), "an incomplete run"), (previous_of(run), "the replaced complete run")):
-        if (kept.exists() or kept.is_symlink()) and not _empty(kept) and not run_mod.is_study_run(kept):
+        if (kept.exists() or kept.is_symlink()) and not _empty(kept) and not rundir.is_study_run(kept):
             return (f"{role} of {run} would be kept as {kept}, but that is not a folder the study made "
-                    f"(no {run_mod.MARKER}); move it elsewhere")
+                    f"(no {rundir.MARKER}); move it elsewhere")
     return ""
 
 
@@ -99,24 +98,24 @@ def refusal(run: Path, default: Path | None = None) -> str:
 
 def complete_run(run: Path) -> dict | None:
     """The manifest of the complete run in `run`, or None (absent, empty, unfinished or failed)."""
-    manifest = read_manifest(run) if run.is_dir() and run_mod.is_study_run(run) else None
+    manifest = rundir.read_manifest(run) if run.is_dir() and rundir.is_study_run(run) else None
     return manifest if manifest is not None and outcome(manifest) == "complete" else None
 
 
 def start_run(run: Path, tier: str, info: dict) -> None:
     """Make the run folder, marked as the study's, with a manifest saying what this run is before any notebook runs."""
-    run_mod.claim(run)
+    rundir.claim(run)
     (run / "notebooks").mkdir()
     (run / "logs").mkdir()
-    trt = run_mod.tensorrt_choice({}, {"run": info})
-    io.write_json(run / "manifest.json", run_mod.new_manifest(tier, trt) | {"run": info})
+    trt = rundir.tensorrt_choice({}, {"run": info})
+    rundir.write_manifest(run, rundir.new_manifest(tier, tiers.limits(*trt)) | {"run": info})
 
 
 def open_incomplete(run: Path, tier: str, info: dict) -> Path:
     """`<run>.incomplete`, fresh (replacing an earlier incomplete run the study made), with this run's manifest."""
     staging = incomplete_of(run)
     if staging.exists():
-        if not _empty(staging) and not run_mod.is_study_run(staging):  # checked before; the folder changed since
+        if not _empty(staging) and not rundir.is_study_run(staging):  # checked before; the folder changed since
             raise Refused(f"{staging} is not a folder the study made")
         shutil.rmtree(staging)
     start_run(staging, tier, info)

@@ -4,7 +4,7 @@ Serves: the driver (the end of every run, `--compare-with`, publishing).
 """
 from pathlib import Path
 
-from mvlib import io, stages, tiers
+from mvlib import stages, tiers
 
 
 def not_selected(manifest: dict, stage: dict) -> list[str]:
@@ -86,15 +86,6 @@ def outcome(manifest: dict) -> str:
         return "unfinished"
     expected = (manifest.get("run") or {}).get("expected_tier") or manifest.get("tier") or "cpu"
     return "failed" if stage_problems(manifest, expected) else "complete"
-
-
-def read_manifest(folder: Path) -> dict | None:
-    """A folder's manifest.json, or None where it has none (or one that does not parse)."""
-    try:
-        found = io.read_json(folder / "manifest.json")
-    except (OSError, ValueError):
-        return None
-    return found if isinstance(found, dict) else None
 
 
 def selection(manifest: dict) -> list[str]:

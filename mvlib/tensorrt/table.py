@@ -141,7 +141,11 @@ def plugin_layer_check(table: pd.DataFrame) -> pd.DataFrame:
 
 def read(run) -> pd.DataFrame:
     """The run's engines table as it stands (empty with its columns when none is written yet)."""
-    path = run.table(ENGINES_TABLE)
+    return read_file(run.table(ENGINES_TABLE))
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    """An engines table file as it stands (empty with its columns where it is not written yet)."""
     table = pd.read_csv(path, dtype={"notebook": str, "engine": str, "onnx": str}) if path.exists() \
         else pd.DataFrame(columns=ENGINE_COLUMNS)
     return table.reindex(columns=ENGINE_COLUMNS).astype({c: object for c in ("accuracy", "timing", "messages",
@@ -171,9 +175,10 @@ def annotate(run, column: str, values: dict[str, str], ran: bool = False) -> pd.
     return table
 
 
-def rebuilt_lines(run) -> list[str]:
-    """One plain line per engine of the run's table that was rebuilt because its cached copy was corrupt."""
-    table = read(run)
+def rebuilt_lines(results: Path) -> list[str]:
+    """One plain line per engine of the engines table in a run's `results` folder that was rebuilt because its
+    cached copy was corrupt."""
+    table = read_file(results / ENGINES_TABLE)
     return [rebuilt_line(r.notebook, r.engine, str(r.messages).split(" | ")[0].removeprefix("rebuilt: "))
             for r in table[table["status"] == "rebuilt"].itertuples()]
 
