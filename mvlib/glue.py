@@ -1,10 +1,9 @@
 """Notebook glue written once: the blocks notebooks 01 to 06 would otherwise each repeat.
 
 `export` is every notebook's first stage (the exported model, made or reused, and the weights in the manifest);
-`record_engines` is what notebooks 03, 04 and 05 do with the engines their build stages return, and `time_jit` their
-JIT stage (`engines_jit`: a stage of its own, so the manifest gives the build and the JIT their own seconds).
+`record_engines` is what notebooks 03, 04 and 05 do with the engines their build stages return.
 
-Serves: notebooks 01 to 06 (export); 03, 04 and 05 (record_engines, time_jit).
+Serves: notebooks 01 to 06 (export); 03, 04 and 05 (record_engines).
 """
 from __future__ import annotations
 
@@ -44,17 +43,3 @@ def record_engines(run: Run, *tables: pd.DataFrame | None) -> pd.DataFrame | Non
     display(Markdown(engines_table.describe(engines)))
     engines_table.require_built(engines)
     return engines
-
-
-def time_jit(run: Run, *tables: pd.DataFrame | None) -> pd.DataFrame | None:
-    """The JIT stage of the engines of a notebook's build stages (None: skipped): `engines_jit` (tier trt) measures
-    them (engines_table.measure_jit) and its rows, or why there are none, go into the engines table's JIT columns.
-    None when every build stage was skipped or the JIT stage was."""
-    import pandas as pd
-    built = [t for t in tables if t is not None]
-    if not built:
-        return None
-    engines = pd.concat(built, ignore_index=True)
-    jit = run.stage("engines_jit", "trt", engines_table.measure_jit, engines)
-    engines_table.record_jit(run, engines, jit, run.skip_reason("engines_jit"))
-    return jit

@@ -40,19 +40,3 @@ def test_export_records_the_weights_it_used(tmp_path, xxs):
     manifest = io.read_json(run.manifest_path)
     assert manifest["weights"]["tag"] == "random-seed0" and manifest["stages"]["02_graph/export"]["status"] == "ok"
 
-
-def test_the_jit_is_a_stage_of_its_own_and_writes_only_the_jit_columns(tmp_path):
-    """time_jit: stage `engines_jit` in the manifest beside the build's; without a GPU it is skipped (tier trt) and
-    each built engine's JIT columns say why, nothing else of the row changes."""
-    from mvlib import tiers
-    if tiers.detect() == "trt":
-        pytest.skip("engines run here: the JIT would be measured")
-    run = Run(tmp_path / "r", "03_fp32_fp16")
-    engines = glue.record_engines(run, _rows("03_fp32_fp16", ["fp32", "fp16"], "reused"))
-    before = table.read(run)
-    assert glue.time_jit(run, engines) is None and glue.time_jit(run, None) is None
-    after = table.read(run)
-    assert after["jit"].str.startswith("skipped: ").all()
-    assert after.drop(columns=table.GROUPS["jit"]).equals(before.drop(columns=table.GROUPS["jit"]))
-    stage = io.read_json(run.manifest_path)["stages"]["03_fp32_fp16/engines_jit"]
-    assert stage["status"] == "skipped" and stage["tier"] == "trt"

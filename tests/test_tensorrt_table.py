@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import io, onnxmodel, paths
+from mvlib import io, onnxmodel, paths, tiers
 from mvlib.tensorrt import flavours, shapes, table, timing
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
@@ -66,10 +66,10 @@ def test_each_writer_changes_only_its_own_columns_and_a_rerun_keeps_the_others(t
     steps = [("accuracy", lambda: table.record_accuracy(
                  run, b03, pd.DataFrame([{"runner": "trt-fp32", "batch": 1, "passed": True, "cosine_min": 0.99999}]),
                  "")),
-             ("jit", lambda: table.record_jit(run, b03, pd.DataFrame(
+             ("jit", lambda: table.record_jit(run, pd.DataFrame(
                  [{"notebook": "03_fp32_fp16", "engine": "fp32", "jit_batch": 16, "context_cold_ms": 812.5,
                    "first_inference_cold_ms": 840.1, "context_cached_ms": 95.2, "first_inference_cached_ms": 99.0,
-                   "steady_ms": 2.1, "jit": "measured"}]), "")),
+                   "steady_ms": 2.1, "jit": "measured"}]), "", b03)),
              ("timing", lambda: table.record_timing(run, {"fp32": "timed: 3 batches in 06_benchmark.csv",
                                                           "int8": "skipped: no TensorRT runtime here"}))]
     for group, write in steps:
@@ -105,7 +105,7 @@ def test_engines_that_do_not_run_here_say_why_in_every_group(tmp_path):
     b03 = _built("03_fp32_fp16", ["fp32"])
     table.record(run, pd.concat([b03, b03.assign(engine="gone", status="skipped", path=None)]))
     table.record_accuracy(run, b03, None, "no TensorRT runtime for this machine")
-    table.record_jit(run, b03, None, "no TensorRT runtime for this machine")
+    table.record_jit(run, None, "no TensorRT runtime for this machine", b03, None)
     table.record_timing(run, {})
     row = table.read(run).set_index("engine").loc["fp32"]
     for column in ("accuracy", "timing", "jit"):
@@ -132,6 +132,38 @@ def test_no_row_is_called_int8_that_the_builder_did_not_make_int8():
            "compute_precision": "conv: 3 FP32", "accuracy": "skipped: no GPU"}
     text = table.describe(pd.DataFrame([row]).reindex(columns=table.ENGINE_COLUMNS))
     assert "compute precision: conv: 3 FP32" in text and "INT8 in name only" in text
+
+
+def test_the_jit_is_a_run_stage_of_its_own_in_every_notebook_that_builds_engines(tmp_path):
+    """Notebooks 03, 04 and 05 each run `engines_jit` (measure_jit) after their build stages, so the manifest gives
+    the build and the JIT their own seconds; without a GPU the stage is skipped (tier trt) and each built engine's
+    JIT columns say why, nothing else of the table changes."""
+    import ast
+    import json
+
+    from mvlib.run import Run
+    for name in ("03_fp32_fp16", "04_int8", "05_silu_plugin"):
+        nb = json.loads((paths.NOTEBOOKS / f"{name}.ipynb").read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+                         and not "".join(c["source"]).startswith("%%"))
+        found = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and ast.unparse(n.func) == "run.stage"]
+        calls = {n.args[0].value: ast.unparse(n.args[2]) for n in found if isinstance(n.args[0], ast.Constant)}
+        assert calls.get("engines_jit") == "trt_table.measure_jit", name
+        assert "timing.jit" not in code and "measure_jit" not in calls.get("engines", ""), name
+    if tiers.detect() == "trt":
+        return
+    run = Run(tmp_path / "r", "03_fp32_fp16")
+    engines = _built("03_fp32_fp16", ["fp32", "fp16"])
+    table.record(run, engines)
+    before = table.read(run)
+    jit = run.stage("engines_jit", "trt", table.measure_jit, engines)
+    assert jit is None
+    table.record_jit(run, jit, run.skip_reason("engines_jit"), engines)
+    after = table.read(run)
+    assert after["jit"].str.startswith("skipped: ").all()
+    assert after.drop(columns=table.GROUPS["jit"]).equals(before.drop(columns=table.GROUPS["jit"]))
+    stage = io.read_json(run.manifest_path)["stages"]["03_fp32_fp16/engines_jit"]
+    assert stage["status"] == "skipped" and stage["tier"] == "trt"
 
 
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")

@@ -7,7 +7,7 @@ Rows are keyed by (`notebook`, `engine`). Each group of columns has one writer, 
   from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows.
 - accuracy (`accuracy`): `record_accuracy`, from the engine accuracy stages of 03, 04 and 05.
 - jit (`JIT_COLUMNS`: TensorRT-RTX's JIT, timing.jit): `record_jit`, from the `engines_jit` stage of 03, 04 and 05
-  (`measure_jit`, through glue.time_jit).
+  (`measure_jit`: a stage of its own, so the manifest gives the build and the JIT their own seconds).
 - timing (`timing`: how notebook 06 timed each engine): `record_timing`, from the `tensorrt_*` stages of 06.
 
 `ran` is no group's: every save derives it from the others (an accuracy verdict, a JIT measured, a timing done
@@ -133,11 +133,12 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
     return pd.DataFrame(rows).reindex(columns=KEY + BUILD_COLUMNS).astype({"validity": object})
 
 
-def measure_jit(engines: pd.DataFrame) -> pd.DataFrame:
-    """The JIT stage: the JIT columns (timing.jit) of every built engine of `engines` that runs here, keyed by
-    (notebook, engine); an engine that does not run here says why. StageSkipped when none was built."""
+def measure_jit(*tables: pd.DataFrame | None) -> pd.DataFrame:
+    """The JIT stage (`engines_jit`): the JIT columns (timing.jit) of every built engine of a notebook's build stages
+    (their tables; None: skipped) that runs here, keyed by (notebook, engine); one that does not run here says why.
+    StageSkipped when none was built."""
     rows = []
-    built = built_rows(engines)
+    built = built_rows(_joined(tables))
     for r in progress(list(built.itertuples()), "JIT", unit="engine", lines=False):
         eng = cache.load(r.path)
         try:
@@ -251,15 +252,21 @@ def record_accuracy(run, engines: pd.DataFrame | None, measured: pd.DataFrame | 
     return values
 
 
-def record_jit(run, engines: pd.DataFrame | None, measured: pd.DataFrame | None, why: str = "") -> pd.DataFrame:
-    """The JIT group's writer: the JIT stage's rows (measure_jit), or for each built engine of `engines` why none
-    was measured (its flavour's reason, else the stage's skip reason `why`)."""
+def record_jit(run, measured: pd.DataFrame | None, why: str, *tables: pd.DataFrame | None) -> pd.DataFrame:
+    """The JIT group's writer: the JIT stage's rows (measure_jit), or for each built engine of the build stages'
+    `tables` why none was measured (its flavour's reason, else the stage's skip reason `why`)."""
+    engines = _joined(tables)
     rows = {(r["notebook"], r["engine"]): {c: (None if pd.isna(r[c]) else r[c]) for c in timing.JIT_COLUMNS}
             for r in (measured.to_dict("records") if measured is not None else [])}
     left = None if engines is None else engines[[key not in rows for key in _keys(engines).values()]]
-    skipped = _results(left, {}, why)
     blank = dict.fromkeys(timing.JIT_COLUMNS)
-    return _write(run, "jit", {**rows, **{key: {**blank, "jit": v} for key, v in skipped.items()}})
+    return _write(run, "jit", {**rows, **{key: {**blank, "jit": v} for key, v in _results(left, {}, why).items()}})
+
+
+def _joined(tables) -> pd.DataFrame | None:
+    """The rows of several build stages' tables (None: that stage was skipped); None when all were."""
+    built = [t for t in tables if t is not None]
+    return pd.concat(built, ignore_index=True) if built else None
 
 
 def record_timing(run, values: dict[str, str], why: str = "no stage of notebook 06 times this engine") \
