@@ -13,7 +13,7 @@ same parameters on the same GPU (otherwise "not compared" and why), or with a fo
 
 - timed tables (benchmark throughput, model swap, kernel bandwidth): row by row,
   a row agrees when the difference is within the larger of the two rows' spreads
-  (`bench.compare_throughput`, the rule the benchmark figures use);
+  (`bench_windows.compare_throughput`, the rule the benchmark figures use);
 - every other table (accuracy, graph, precision, INT8): identical, or else
   whether its pass/fail columns still agree (tables measured on freshly drawn
   random inputs differ in their error values by design), leaving out columns
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from mvlib import bench, io, paths, stages
+from mvlib import bench_windows, io, paths, stages
 
 # timed table -> (row key columns, measured value column)
 TIMED = {
@@ -100,7 +100,7 @@ def timed_agreement(name: str, first: pd.DataFrame, second: pd.DataFrame) -> pd.
             continue  # a key measured twice in one run: no row to pair it with
         if any(pd.isna(x) for x in (ra[value], rb[value], _spread_pct(ra), _spread_pct(rb))):
             continue  # a row that was not measured (skipped backend) has nothing to compare
-        c = bench.compare_throughput({"throughput_ips": rb[value], "spread_pct": _spread_pct(rb)},
+        c = bench_windows.compare_throughput({"throughput_ips": rb[value], "spread_pct": _spread_pct(rb)},
                           {"throughput_ips": ra[value], "spread_pct": _spread_pct(ra)})
         rows.append({"table": name, "row": " | ".join(str(k) for k in (key if isinstance(key, tuple) else (key,))),
                      "measure": value, "first": float(ra[value]), "second": float(rb[value]),

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from bench_tables import synthetic_table
 
-from mvlib import bench, energy, paths
+from mvlib import bench, bench_windows, energy, paths
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import shapes
 from mvlib.tensorrt import timing as trt_timing
@@ -19,26 +19,26 @@ from mvlib.tensorrt import timing as trt_timing
 
 def timing(latencies, wall_s, batch=1):
     """A synthetic measurement."""
-    return bench.Timing(np.asarray(list(latencies), dtype=float), wall_s, batch)
+    return bench_windows.Timing(np.asarray(list(latencies), dtype=float), wall_s, batch)
 
 
 # statistics ---------------------------------------------------------------------------------------
 def test_percentile_is_nearest_rank():
     x = np.random.default_rng(0).permutation(np.arange(1, 101))  # order must not matter
-    assert [bench.percentile(x, q) for q in (0, 50, 90, 95, 99, 100)] == [1, 50, 90, 95, 99, 100]
-    assert bench.percentile([1, 2, 3, 4], 90) == 4  # an observed value, not an interpolation (3.7)
-    assert bench.percentile([1, 2, 3, 4], 50) == 2
-    assert bench.percentile([7.5], 99) == 7.5
+    assert [bench_windows.percentile(x, q) for q in (0, 50, 90, 95, 99, 100)] == [1, 50, 90, 95, 99, 100]
+    assert bench_windows.percentile([1, 2, 3, 4], 90) == 4  # an observed value, not an interpolation (3.7)
+    assert bench_windows.percentile([1, 2, 3, 4], 50) == 2
+    assert bench_windows.percentile([7.5], 99) == 7.5
     with pytest.raises(ValueError):
-        bench.percentile([], 50)
+        bench_windows.percentile([], 50)
     with pytest.raises(ValueError):
-        bench.percentile([1.0], 101)
+        bench_windows.percentile([1.0], 101)
 
 
 def test_summarize_pools_repeats():
     a = timing(range(1, 51), 2.0, batch=4)     # 50 launches in 2 s: 100 img/s
     b = timing(range(51, 101), 2.5, batch=4)   # 50 launches in 2.5 s: 80 img/s
-    s = bench.summarize([a, b])
+    s = bench_windows.summarize([a, b])
     assert (s["repeats"], s["iterations"], s["batch"]) == (2, 100, 4)
     assert s["mean_ms"] == pytest.approx(50.5) and s["median_ms"] == pytest.approx(50.5)
     assert (s["p90_ms"], s["p95_ms"], s["p99_ms"]) == (90, 95, 99)
@@ -49,27 +49,28 @@ def test_summarize_pools_repeats():
 
 
 def test_relative_range():
-    assert bench.relative_range([100, 110, 105]) == pytest.approx(100 * 10 / 105)
-    assert bench.relative_range([3.0, 3.0]) == 0
-    assert math.isnan(bench.relative_range([5.0]))
+    assert bench_windows.relative_range([100, 110, 105]) == pytest.approx(100 * 10 / 105)
+    assert bench_windows.relative_range([3.0, 3.0]) == 0
+    assert math.isnan(bench_windows.relative_range([5.0]))
 
 
 def test_no_difference_rule():
     ref = {"throughput_ips": 100.0, "spread_pct": 5.0}
-    assert bench.verdict({"throughput_ips": 104.0, "spread_pct": 2.0}, ref) == "no difference"
-    assert bench.verdict({"throughput_ips": 96.0, "spread_pct": 2.0}, ref) == "no difference"
-    assert bench.verdict({"throughput_ips": 106.0, "spread_pct": 2.0}, ref) == "faster"
-    assert bench.verdict({"throughput_ips": 90.0, "spread_pct": 2.0}, ref) == "slower"
-    assert bench.verdict({"throughput_ips": 108.0, "spread_pct": 10.0}, ref) == "no difference"  # the larger spread
+    assert bench_windows.verdict({"throughput_ips": 104.0, "spread_pct": 2.0}, ref) == "no difference"
+    assert bench_windows.verdict({"throughput_ips": 96.0, "spread_pct": 2.0}, ref) == "no difference"
+    assert bench_windows.verdict({"throughput_ips": 106.0, "spread_pct": 2.0}, ref) == "faster"
+    assert bench_windows.verdict({"throughput_ips": 90.0, "spread_pct": 2.0}, ref) == "slower"
+    # within the larger spread
+    assert bench_windows.verdict({"throughput_ips": 108.0, "spread_pct": 10.0}, ref) == "no difference"
     # below MIN_DIFF_PCT nothing is called, however tight both spreads are
     tight = {"throughput_ips": 100.0, "spread_pct": 0.01}
-    assert bench.verdict({"throughput_ips": 100.0 + 0.9 * bench.MIN_DIFF_PCT, "spread_pct": 0.01},
-                         tight) == "no difference"
-    assert bench.verdict({"throughput_ips": 100.0 + 1.1 * bench.MIN_DIFF_PCT, "spread_pct": 0.01}, tight) == "faster"
-    c = bench.compare_throughput({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
+    least = bench_windows.MIN_DIFF_PCT
+    assert bench_windows.verdict({"throughput_ips": 100.0 + 0.9 * least, "spread_pct": 0.01}, tight) == "no difference"
+    assert bench_windows.verdict({"throughput_ips": 100.0 + 1.1 * least, "spread_pct": 0.01}, tight) == "faster"
+    c = bench_windows.compare_throughput({"throughput_ips": 150.0, "spread_pct": 1.0}, ref)
     assert (c["ratio"], c["diff_pct"], c["threshold_pct"]) == (1.5, pytest.approx(50), 5.0)
     with pytest.raises(ValueError, match="bench_repeats"):
-        bench.verdict({"throughput_ips": 1.0, "spread_pct": float("nan")}, ref)
+        bench_windows.verdict({"throughput_ips": 1.0, "spread_pct": float("nan")}, ref)
 
 
 def test_settings_reject_what_cannot_be_compared():
@@ -80,10 +81,10 @@ def test_settings_reject_what_cannot_be_compared():
 
 
 def test_time_host_honours_window_and_minimum_launches():
-    t = bench.time_host(lambda: time.sleep(0.001), 2, seconds=0.05)
+    t = bench_windows.time_host(lambda: time.sleep(0.001), 2, seconds=0.05)
     assert t.wall_s >= 0.05 and t.launches >= 10 and t.latencies_ms.min() >= 1.0
     assert t.throughput == pytest.approx(t.launches / t.wall_s * 2)
-    slow = bench.time_host(lambda: time.sleep(0.01), 1, seconds=0.001)
+    slow = bench_windows.time_host(lambda: time.sleep(0.01), 1, seconds=0.001)
     assert slow.launches == 10  # at least 10 launches even when the window is shorter
 
 
@@ -102,7 +103,7 @@ def _stream(kind: str, seed: int, n: int = 20000) -> np.ndarray:
 
 def _window(lat: np.ndarray, seconds: float, rule) -> tuple[int, float, bool]:
     """Feed a stream to a Window as a timer would (elapsed = the launches' sum): (launches, seconds, early)."""
-    window, elapsed = bench.Window(seconds, bench.MIN_ITERS, rule), 0.0
+    window, elapsed = bench_windows.Window(seconds, bench_windows.MIN_ITERS, rule), 0.0
     for i, ms in enumerate(lat):
         elapsed += ms / 1e3
         if window.done(lat[:i + 1], elapsed):
@@ -114,40 +115,40 @@ def _window(lat: np.ndarray, seconds: float, rule) -> tuple[int, float, bool]:
 def test_a_window_stops_early_once_its_median_is_known(kind):
     for seed in range(5):
         lat = _stream(kind, seed)
-        n, elapsed, early = _window(lat, 3.0, bench.StopRule())
+        n, elapsed, early = _window(lat, 3.0, bench_windows.StopRule())
         fixed, _, _ = _window(lat, 3.0, None)  # the old fixed window: the whole 3 s
-        assert early and elapsed < 1.5 and n >= bench.MIN_ITERS
+        assert early and elapsed < 1.5 and n >= bench_windows.MIN_ITERS
         assert np.median(lat[:n]) == pytest.approx(np.median(lat[:fixed]), rel=0.01)  # the same answer, sooner
 
 
 @pytest.mark.parametrize("kind", ["noisy", "drifting"])
 def test_a_window_whose_median_is_not_known_runs_to_its_cap(kind):
     for seed in range(5):
-        n, elapsed, early = _window(_stream(kind, seed), 3.0, bench.StopRule())
+        n, elapsed, early = _window(_stream(kind, seed), 3.0, bench_windows.StopRule())
         assert not early and elapsed >= 3.0
 
 
 def test_the_rule_needs_its_minimum_launches_and_seconds_and_a_cap_wins():
-    rule = bench.StopRule()
+    rule = bench_windows.StopRule()
     flat = np.ones(5000)
     assert rule.settled(flat, 0.5) and not rule.settled(flat, 0.49) and not rule.settled(flat[:9], 10.0)
     n, elapsed, early = _window(flat, 0.2, rule)  # a cap under min_s: the fixed window (the smoke profile's)
     assert not early and elapsed == pytest.approx(0.2, abs=0.002)
     slow = np.full(100, 200.0)  # 200 ms launches: the 10 launches take 2 s, past the 0.5 s minimum
-    assert _window(slow, 3.0, rule)[0] == bench.MIN_ITERS
+    assert _window(slow, 3.0, rule)[0] == bench_windows.MIN_ITERS
 
 
 def test_median_noise_sees_two_modes_that_a_spread_within_each_would_hide():
     lat = _stream("two modes", 0)[:1000]
     mad_noise = 100 * 1.2533 * 1.4826 * np.median(np.abs(lat - np.median(lat))) / np.sqrt(lat.size) / np.median(lat)
-    assert bench.median_noise_pct(lat) > 5 > 0.5 > bench.median_noise_pct(_stream("steady", 0)[:1000])
-    assert bench.halves_drift_pct(np.r_[np.ones(500), np.full(500, 1.02)]) == pytest.approx(2.0 / 1.01)
+    assert bench_windows.median_noise_pct(lat) > 5 > 0.5 > bench_windows.median_noise_pct(_stream("steady", 0)[:1000])
+    assert bench_windows.halves_drift_pct(np.r_[np.ones(500), np.full(500, 1.02)]) == pytest.approx(2.0 / 1.01)
     assert mad_noise < 5  # the textbook MAD estimate would call this median known within a few percent
-    assert math.isnan(bench.median_noise_pct([1.0]))
+    assert math.isnan(bench_windows.median_noise_pct([1.0]))
 
 
 def test_rows_state_their_window_rule():
-    lenient = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.05)  # settled as soon as allowed
+    lenient = bench_windows.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.05)  # settled as soon as allowed
     s = bench.Settings(seconds=5.0, repeats=2, warmup_s=0.0, rule=lenient)
     df = bench.measure_all(lambda settings: bench.Backend("fake", "cpu", "fp32", "fake", lambda b: lambda: None,
                                                           "perf_counter around each call"), [1], s)
@@ -165,13 +166,13 @@ def test_agreement_times_each_batch_both_ways_on_one_backend():
         made.append(settings)
         return bench.Backend("fake", "cpu", "fp32", "fake", lambda b: (lambda: time.sleep(0.001)), "perf_counter")
 
-    quick = bench.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)
+    quick = bench_windows.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)
     s = bench.Settings(seconds=0.3, repeats=2, warmup_s=0.0, rule=quick)
     df = bench.agreement(factory, [1, 2], s)
     assert len(made) == 1 and list(df.columns) == bench.AGREEMENT_COLUMNS and list(df.batch) == [1, 2]
     assert (df.rule_wall_s < df.fixed_wall_s / 3).all() and (df.fixed_wall_s >= 2 * 0.3).all()
     assert (df.rule_stopped_early == "2 of 2").all() and (df.rule == s.describe_window()).all()
-    assert (df.fixed == bench.FIXED.format(cap=0.3, n=bench.MIN_ITERS)).all()
+    assert (df.fixed == bench_windows.FIXED.format(cap=0.3, n=bench_windows.MIN_ITERS)).all()
     assert df.diff_pct.tolist() == pytest.approx((100 * (df.rule_ips / df.fixed_ips - 1)).tolist())
     assert (df.agrees == (df.diff_pct.abs() <= bench.AGREEMENT_PCT)).all()
 
@@ -210,7 +211,7 @@ def test_real_cpu_measurement_gives_valid_rows(xxs):
     assert list(df.columns) == bench.COLUMNS
     assert list(df.batch) == [1, 2] and set(df.backend) == {"onnxruntime"} and set(df.device) == {"cpu"}
     for _, r in df.iterrows():
-        assert r.repeats == 2 and r.iterations >= 2 * bench.MIN_ITERS
+        assert r.repeats == 2 and r.iterations >= 2 * bench_windows.MIN_ITERS
         assert 0 < r.median_ms <= r.p90_ms <= r.p95_ms <= r.p99_ms
         assert r.throughput_ips == pytest.approx(r.iterations / r.wall_s * r.batch)
         # back-to-back launches on the host: throughput and mean latency tell the same story

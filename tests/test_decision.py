@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mvlib import autocast, bench, decision, metrics, precisions
+from mvlib import autocast, bench, decision, decision_plots, metrics, precisions
 from mvlib.run import Run
 from mvlib.tensorrt import table as engines_table
 
@@ -252,7 +252,7 @@ def test_a_cpu_run_has_its_rows_and_says_why_energy_is_empty(tmp_path):
     d = decision.table(run.results, manifest)
     assert list(d.label) == ["PyTorch CPU FP32", "ONNX Runtime CPU FP32", "ONNX Runtime CPU INT8"]
     assert d.power_w.str.startswith("not measured: RAPL").all() and d.j_per_image.str.startswith("not measured").all()
-    fig = decision.tradeoffs(d, manifest)
+    fig = decision_plots.tradeoffs(d, manifest)
     energy_panel = fig.axes[1]
     assert not energy_panel.axison and "no energy measured" in energy_panel.texts[0].get_text()
 
@@ -278,7 +278,7 @@ def test_committed_tables_of_an_earlier_run_still_give_a_table(tmp_path):
 def test_figure_shows_the_front_energy_and_what_it_leaves_out(tmp_path):
     run, manifest = a10_run(tmp_path)
     d = decision.table(run.results, manifest)
-    fig = decision.tradeoffs(d, manifest)
+    fig = decision_plots.tradeoffs(d, manifest)
     acc_ax, energy_ax = fig.axes
     fig.canvas.draw()
     # every row has a number; the key under the panels names it with its place on the front
@@ -332,7 +332,7 @@ def test_an_h200_run_puts_the_fp8_row_beside_fp16(tmp_path):
     # faster but less accurate than FP16: a real trade-off, so both are on the front
     assert fp8.top1_agreement < d.loc["fp16", "top1_agreement"]
     assert d.loc["fp16", "pareto"] == fp8.pareto == decision.FRONT
-    fig = decision.tradeoffs(d.reset_index()[decision.COLUMNS], run.manifest())
+    fig = decision_plots.tradeoffs(d.reset_index()[decision.COLUMNS], run.manifest())
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["1", "2"]
 
 

@@ -39,3 +39,4 @@ def test_export_records_the_weights_it_used(tmp_path, xxs):
     assert exported.onnx == xxs[0].onnx and model is not None
     manifest = io.read_json(run.manifest_path)
     assert manifest["weights"]["tag"] == "random-seed0" and manifest["stages"]["02_graph/export"]["status"] == "ok"
+

@@ -3,6 +3,7 @@
 TensorRT-RTX from PyPI builds here on the CPU, ahead of time; small real ONNX models keep each build to seconds.
 """
 import onnx
+import pandas as pd
 import pytest
 import tensorrt_models as models
 
@@ -201,7 +202,7 @@ def test_engine_key_has_the_wheels_cuda_major_and_full_tensorrts_gpu_model(tmp_p
 
 def _runs_here(monkeypatch, verdicts):
     """A GPU the support matrix takes (8.6), the runtime's verdicts in order, and no inspection or JIT (the engine
-    cannot really run here): what build_all does with the verdicts is the subject."""
+    cannot really run here): what build_all and the JIT stage do with the verdicts is the subject."""
     from mvlib.tensorrt import layers, runner, timing
     for mod in (flavours, runner):
         monkeypatch.setattr(mod, "capability_here", lambda: "8.6")
@@ -222,14 +223,15 @@ def test_an_invalid_cached_plan_is_rebuilt_and_a_suboptimal_one_says_so(tmp_path
     onnx_path = models.conv(tmp_path / "model.onnx")
     spec = [table.EngineSpec("fp32", onnx_path)]
     first = table.build_all("03_fp32_fp16", spec, PROFILE, flavour.name, "sm86", workspace_gb=1).iloc[0]
-    assert first.status == "built" and first.jit.startswith("skipped")  # no GPU here: not run
+    assert first.status == "built" and pd.isna(first.validity)  # no GPU here: not judged
     built_bytes = (engines_dir / first.path.split("/")[-2] / cache.BUILD_INFO).read_text()
     invalid = (False, "TensorRT-RTX 1.7.1.116 says the engine is INVALID: VERSION_MISMATCH (built by another "
                       "TensorRT-RTX version: rebuild it)", True)
-    _runs_here(monkeypatch, [invalid, (True, "", False)])
+    _runs_here(monkeypatch, [invalid, (True, "", False), (True, "", False)])  # the build judges twice, the JIT once
     row = table.build_all("03_fp32_fp16", spec, PROFILE, flavour.name, "sm86", workspace_gb=1).iloc[0]
     assert row.status == "rebuilt" and row.messages.startswith(f"rebuilt: {invalid[1]}")
-    assert row.validity == "VALID" and row.jit == "measured" and row.path == first.path
+    assert row.validity == "VALID" and row.path == first.path
+    assert table.measure_jit(pd.DataFrame([row])).jit[0] == "measured"  # the JIT stage, after the build
     assert (engines_dir / first.path.split("/")[-2] / cache.BUILD_INFO).read_text() != built_bytes
     assert "03_fp32_fp16: engine fp32: the cached engine could not be used" in capsys.readouterr().out
     subopt = "TensorRT-RTX 1.7.1.116 says the engine is SUBOPTIMAL: no diagnostic given"

@@ -1,9 +1,9 @@
-"""The engines table and its prose (mvlib.tensorrt.table): columns, JIT columns, what INT8 means, runs recorded."""
+"""The engines table and its prose (mvlib.tensorrt.table): one writer per column group, the JIT stage, INT8."""
 import pandas as pd
 import pytest
 import tensorrt_models as models
 
-from mvlib import io, onnxmodel, paths
+from mvlib import io, onnxmodel, paths, tiers
 from mvlib.tensorrt import flavours, shapes, table, timing
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
@@ -26,14 +26,91 @@ def test_engines_table_keeps_each_notebooks_rows(tmp_path):
     table.record(run, rows("03", ["fp32", "fp16"]))
     table.record(run, rows("04", ["int8"]))
     table.record(run, rows("03", ["fp32", "fp16"]))  # a rerun of 03 replaces its rows, keeps 04's
-    table.annotate(run, "timing", {"int8": "timed: 2 batches"}, ran=True)
+    table.record_timing(run, {"int8": "timed: 2 batches"})
     saved = pd.read_csv(tmp_path / table.ENGINES_TABLE)
     assert list(saved.columns) == table.ENGINE_COLUMNS
     saved = saved.set_index("engine")
     assert sorted(saved.index) == ["fp16", "fp32", "int8"]
     assert saved.loc["int8", "timing"] == "timed: 2 batches" and saved.loc["int8", "ran"] == True  # noqa: E712
-    with pytest.raises(ValueError, match="accuracy"):
-        table.annotate(run, "speed", {})
+    with pytest.raises(ValueError, match="not timing columns"):
+        table._write(run, "timing", {(None, "int8"): {"accuracy": "passed"}})
+
+
+def _built(notebook, names, plan="a"):
+    """Build-group rows as build_all returns them: TensorRT-RTX engines for sm86 (which no GPU here runs)."""
+    return pd.DataFrame([{"notebook": notebook, "engine": n, "onnx": f"model.{n}.onnx", "flavour": "tensorrt_rtx",
+                          "flavour_version": "1.7.1.116", "target": "sm86", "status": "built", "messages": "",
+                          "build_seconds": 4.2, "engine_bytes": 2**21, "network_layers": 120,
+                          "layers_by_type": "Convolution:40 Shuffle:80", "plugin_layers": 0, "plugin_nodes_in_onnx": 0,
+                          "compute_precision": "conv: 40 FP16", "validity": None,
+                          "path": f"/engines/model.{n}-{plan}/engine.plan"} for n in names]
+                        ).reindex(columns=table.KEY + table.BUILD_COLUMNS)
+
+
+def _changed(before, after) -> set[str]:
+    """The columns whose cells differ between two reads of the engines table (same rows)."""
+    a, b = before.set_index(table.KEY), after.set_index(table.KEY).loc[before.set_index(table.KEY).index]
+    return {c for c in table.ENGINE_COLUMNS if c not in table.KEY
+            and not ((a[c] == b[c]) | (a[c].isna() & b[c].isna())).all()}
+
+
+def test_each_writer_changes_only_its_own_columns_and_a_rerun_keeps_the_others(tmp_path, monkeypatch):
+    """One writer per column group: build (record), accuracy, JIT, timing; `ran` is derived from them. A rebuild
+    of the same engine keeps the other groups; a build that made another engine clears that row's."""
+    monkeypatch.setattr(flavours, "capability_here", lambda: "8.6")  # a GPU these engines run on
+    monkeypatch.setattr(flavours.cudainfo, "driver_version", lambda: (13000, "test"))
+    run = FakeRun(tmp_path)
+    b03, b04 = _built("03_fp32_fp16", ["fp32", "fp16"]), _built("04_int8", ["int8"])
+    table.record(run, b03)
+    table.record(run, b04)
+    steps = [("accuracy", lambda: table.record_accuracy(
+                 run, b03, pd.DataFrame([{"runner": "trt-fp32", "batch": 1, "passed": True, "cosine_min": 0.99999}]),
+                 "")),
+             ("jit", lambda: table.record_jit(run, pd.DataFrame(
+                 [{"notebook": "03_fp32_fp16", "engine": "fp32", "jit_batch": 16, "context_cold_ms": 812.5,
+                   "first_inference_cold_ms": 840.1, "context_cached_ms": 95.2, "first_inference_cached_ms": 99.0,
+                   "steady_ms": 2.1, "jit": "measured"}]), "", b03)),
+             ("timing", lambda: table.record_timing(run, {"fp32": "timed: 3 batches in 06_benchmark.csv",
+                                                          "int8": "skipped: no TensorRT runtime here"}))]
+    for group, write in steps:
+        before = table.read(run)
+        write()
+        assert _changed(before, table.read(run)) <= set(table.GROUPS[group]) | {"ran"}, group
+    done = table.read(run).set_index("engine")
+    assert done.loc["fp32", "accuracy"].startswith("passed") and done.loc["fp32", "jit"] == "measured"
+    assert done.loc["fp16", "timing"] == "skipped: no stage of notebook 06 times this engine"
+    assert pd.isna(done.loc["fp16", "accuracy"])  # it runs here and the stage ran: not checked, nothing said
+    assert list(done["ran"]) == [True, False, False]  # fp32 ran (accuracy, JIT, timing); int8's timing was skipped
+    # a rerun of 03's build stage (the same engines) changes only build columns; 04's row is untouched
+    before = table.read(run)
+    table.record(run, b03.assign(status="reused", build_seconds=None))
+    assert _changed(before, table.read(run)) == {"status", "build_seconds"}
+    # a rerun of 03's accuracy stage changes only accuracy (and ran)
+    table.record_accuracy(run, b03, None, "the engine check needs notebook 01's reference outputs")
+    again = table.read(run).set_index("engine")
+    assert again.loc["fp32", "accuracy"] == "skipped: the engine check needs notebook 01's reference outputs"
+    assert again.loc["fp32", "jit"] == "measured" and again.loc["fp32", "steady_ms"] == 2.1
+    # a build that made another fp32 engine: its row's accuracy, JIT and timing described the old one
+    table.record(run, _built("03_fp32_fp16", ["fp32", "fp16"], plan="b"))
+    other = table.read(run).set_index("engine")
+    assert other.loc["fp32", ["accuracy", "jit", "timing", "steady_ms"]].isna().all() and not other.loc["fp32", "ran"]
+    assert other.loc["int8", "timing"] == "skipped: no TensorRT runtime here"
+
+
+def test_engines_that_do_not_run_here_say_why_in_every_group(tmp_path):
+    """Without a GPU (this machine): each writer's stage was skipped, and each built row says the flavour's reason."""
+    if flavours.Flavour("tensorrt_rtx", "1.7.1.116").runs_here()[0]:
+        pytest.skip("these engines run on this machine")
+    run = FakeRun(tmp_path)
+    b03 = _built("03_fp32_fp16", ["fp32"])
+    table.record(run, pd.concat([b03, b03.assign(engine="gone", status="skipped", path=None)]))
+    table.record_accuracy(run, b03, None, "no TensorRT runtime for this machine")
+    table.record_jit(run, None, "no TensorRT runtime for this machine", b03, None)
+    table.record_timing(run, {})
+    row = table.read(run).set_index("engine").loc["fp32"]
+    for column in ("accuracy", "timing", "jit"):
+        assert row[column].startswith("skipped:") and "NVIDIA GPU" in row[column], column
+    assert not row["ran"] and pd.isna(table.read(run).set_index("engine").loc["gone", "accuracy"])
 
 
 def test_rebuilt_rows_become_console_lines(tmp_path):
@@ -57,21 +134,55 @@ def test_no_row_is_called_int8_that_the_builder_did_not_make_int8():
     assert "compute precision: conv: 3 FP32" in text and "INT8 in name only" in text
 
 
+def test_the_jit_is_a_run_stage_of_its_own_in_every_notebook_that_builds_engines(tmp_path):
+    """Notebooks 03, 04 and 05 each run `engines_jit` (measure_jit) after their build stages, so the manifest gives
+    the build and the JIT their own seconds; without a GPU the stage is skipped (tier trt) and each built engine's
+    JIT columns say why, nothing else of the table changes."""
+    import ast
+    import json
+
+    from mvlib.run import Run
+    for name in ("03_fp32_fp16", "04_int8", "05_silu_plugin"):
+        nb = json.loads((paths.NOTEBOOKS / f"{name}.ipynb").read_text())
+        code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"
+                         and not "".join(c["source"]).startswith("%%"))
+        found = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call) and ast.unparse(n.func) == "run.stage"]
+        calls = {n.args[0].value: ast.unparse(n.args[2]) for n in found if isinstance(n.args[0], ast.Constant)}
+        assert calls.get("engines_jit") == "trt_table.measure_jit", name
+        assert "timing.jit" not in code and "measure_jit" not in calls.get("engines", ""), name
+    if tiers.detect() == "trt":
+        return
+    run = Run(tmp_path / "r", "03_fp32_fp16")
+    engines = _built("03_fp32_fp16", ["fp32", "fp16"])
+    table.record(run, engines)
+    before = table.read(run)
+    jit = run.stage("engines_jit", "trt", table.measure_jit, engines)
+    assert jit is None
+    table.record_jit(run, jit, run.skip_reason("engines_jit"), engines)
+    after = table.read(run)
+    assert after["jit"].str.startswith("skipped: ").all()
+    assert after.drop(columns=table.GROUPS["jit"]).equals(before.drop(columns=table.GROUPS["jit"]))
+    stage = io.read_json(run.manifest_path)["stages"]["03_fp32_fp16/engines_jit"]
+    assert stage["status"] == "skipped" and stage["tier"] == "trt"
+
+
 @pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
-def test_build_all_rows_say_why_accuracy_timing_and_jit_did_not_run(tmp_path, monkeypatch):
+def test_build_all_only_builds_and_the_jit_is_a_stage_of_its_own(tmp_path, monkeypatch):
+    """build_all's rows hold the build columns alone (no JIT, accuracy or timing: those stages write their own);
+    measure_jit, the JIT stage, says for each built engine why it did not run where no GPU runs it."""
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     specs = [table.EngineSpec("int8", models.conv(tmp_path / "model.int8.onnx", int8=True)),
              table.EngineSpec("gone", tmp_path / "nothing.onnx")]
     rows = table.build_all("04_int8", specs, shapes.Profile(1, 2, 4), workspace_gb=1)
-    assert list(rows.columns) == table.ENGINE_COLUMNS and set(timing.JIT_COLUMNS) <= set(rows.columns)
+    assert list(rows.columns) == table.KEY + table.BUILD_COLUMNS
     built, gone = rows.iloc[0], rows.iloc[1]
-    assert built.status == "built" and built.compute_precision == "conv: 1 INT8" and not built.ran
+    assert built.status == "built" and built.compute_precision == "conv: 1 INT8"
     assert gone.status == "skipped" and "not found" in gone.messages
+    jit = table.measure_jit(rows)
+    assert list(jit.columns) == table.KEY + timing.JIT_COLUMNS and list(jit.engine) == ["int8"]
     if not flavours.select().runs_here()[0]:
-        for column in ("accuracy", "timing", "jit"):
-            assert built[column].startswith("skipped:") and "NVIDIA GPU" in built[column], column
-        assert pd.isna(built.context_cold_ms)
-    text = table.describe(rows)
+        assert jit.jit[0].startswith("skipped:") and "NVIDIA GPU" in jit.jit[0] and pd.isna(jit.context_cold_ms[0])
+    text = table.describe(rows.reindex(columns=table.ENGINE_COLUMNS))
     assert "**int8**" in text and "the builder ran 1 convolutions/matmuls in INT8" in text and "not found" in text
 
 

@@ -1,5 +1,6 @@
-"""Every GPU-bound row of notebook 06 timed two ways in one run: the early-stopping window (bench.StopRule) against
-the old fixed `bench_seconds` window, interleaved on the same warm launch; a CSV with the difference per row.
+"""Every GPU-bound row of notebook 06 timed two ways in one run: the early-stopping window
+(bench_windows.StopRule) against the old fixed `bench_seconds` window, interleaved on the same warm launch; a CSV
+with the difference per row.
 
 Issue 29 asks that the two agree within 2 % on the H200. Run it on the GPU machine after a study run made the
 ONNX variants (notebooks 01 to 05), with the profile the study used:

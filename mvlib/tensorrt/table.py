@@ -1,8 +1,19 @@
 """The engines table (results/engines.csv: one row per engine of the run) and the prose notebooks show from it.
 
-Notebooks 03, 04 and 05 build their engines with `build_all` and `record` their rows; 03 to 06 `annotate`
-accuracy and timing. A row is never reported as run unless it ran here (`ran`). `compute_precision` is what
-the builder said the convolutions and matmuls got; an "int8" engine whose builder made none INT8 says so.
+Rows are keyed by (`notebook`, `engine`). Each group of columns has one writer, which changes only its own columns
+(tests/test_tensorrt_table.py checks it), so a rerun of one stage leaves the others' columns as they were:
+
+- build (`BUILD_COLUMNS`: the builder's words, `compute_precision`, the runtime's `validity`, `path`): `record`,
+  from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows.
+- accuracy (`accuracy`): `record_accuracy`, from the engine accuracy stages of 03, 04 and 05.
+- jit (`JIT_COLUMNS`: TensorRT-RTX's JIT, timing.jit): `record_jit`, from the `engines_jit` stage of 03, 04 and 05
+  (`measure_jit`: a stage of its own, so the manifest gives the build and the JIT their own seconds).
+- timing (`timing`: how notebook 06 timed each engine): `record_timing`, from the `tensorrt_*` stages of 06.
+
+`ran` is no group's: every save derives it from the others (an accuracy verdict, a JIT measured, a timing done
+here), so a row is never reported as run unless it ran here. `record` keeps a row's other groups while its engine
+(`path`) is the same and clears them when the build made another one. `compute_precision` is what the builder said
+the convolutions and matmuls got; an "int8" engine whose builder made none INT8 says so.
 
 Serves: notebooks 03 to 06.
 """
@@ -24,10 +35,18 @@ from mvlib.tensorrt.flavours import Flavour, select
 from mvlib.tensorrt.shapes import Profile
 
 ENGINES_TABLE = "engines.csv"
+KEY = ["notebook", "engine"]
+BUILD_COLUMNS = ["onnx", "flavour", "flavour_version", "target", "status", "messages", "build_seconds",
+                 "engine_bytes", "network_layers", "layers_by_type", "plugin_layers", "plugin_nodes_in_onnx",
+                 "compute_precision", "validity", "path"]
+GROUPS = {"build": BUILD_COLUMNS, "accuracy": ["accuracy"], "jit": timing.JIT_COLUMNS, "timing": ["timing"]}
 ENGINE_COLUMNS = ["notebook", "engine", "onnx", "flavour", "flavour_version", "target", "status", "messages",
                   "build_seconds", "engine_bytes", "network_layers", "layers_by_type", "plugin_layers",
                   "plugin_nodes_in_onnx", "compute_precision", "validity", "ran", "accuracy", "timing",
                   *timing.JIT_COLUMNS, "path"]
+TEXT_COLUMNS = ("accuracy", "timing", "messages", "ran", "jit", "compute_precision", "validity")
+# what each group's text starts with where the engine really ran here (`ran` is derived from these)
+RAN_WORDS = {"accuracy": ("passed", "FAILED"), "jit": ("measured",), "timing": ("timed",)}
 BUILT = ("built", "reused", "rebuilt")  # the statuses of an engines-table row that holds a usable engine
 
 
@@ -64,23 +83,23 @@ def _row(spec: EngineSpec, eng: cache.Engine, base: dict) -> dict:
             "path": str(eng.plan)}
 
 
-def _run_here(eng: cache.Engine, plugins: Sequence[Path | str], rebuild) -> tuple[cache.Engine, dict]:
+def _run_here(eng: cache.Engine, rebuild) -> tuple[cache.Engine, dict]:
     """(the engine, its columns) where it runs here: rebuilt where the runtime calls the cached plan INVALID for a
-    reason a rebuild fixes, inspected if it was built elsewhere, the runtime's verdict, its JIT measured; else the
-    engine and why it does not run."""
+    reason a rebuild fixes, inspected if it was built elsewhere, the runtime's verdict; else the engine as built
+    (the JIT stage says why it does not run)."""
     try:
         eng = runner.usable(eng, rebuild)
-    except StageSkipped as why:
-        return eng, {"jit": f"skipped: {str(why).removeprefix('built, not run: ')}"}
+    except StageSkipped:
+        return eng, {}
     layers.ensure_inspected(eng)
-    return eng, {"validity": eng.validity, **timing.jit(eng, plugins)}
+    return eng, {"validity": eng.validity}
 
 
 def _built_row(notebook: str, spec: EngineSpec, base: dict, make) -> dict:
-    """The engines-table row of one spec: built (or reused, or rebuilt) and, where it runs here, judged and timed;
+    """The engines-table row of one spec: built (or reused, or rebuilt) and, where it runs here, judged;
     failed with the builder's words."""
     try:
-        eng, ran = _run_here(make(""), spec.plugins, make)
+        eng, ran = _run_here(make(""), make)
     except cache.BuildFailed as err:
         return {**base, "status": "failed", "messages": " | ".join(err.messages) or str(err)}
     if eng.rebuilt:
@@ -93,7 +112,8 @@ def _built_row(notebook: str, spec: EngineSpec, base: dict, make) -> dict:
 
 def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str | None = "auto",
               trt_target: str = "auto", workspace_gb: float = 4) -> pd.DataFrame:
-    """Build (or reuse) every engine of a notebook; one engines-table row each, failures with the builder's words."""
+    """Build (or reuse) every engine of a notebook; one engines-table row each (the build columns), failures with
+    the builder's words. It only builds: the JIT (measure_jit), accuracy and timing are stages of their own."""
     fl = select(trt_flavour)
     target = fl.resolve_target(trt_target)
     rows = []
@@ -101,7 +121,7 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
     for spec in progress(specs, f"engines ({fl.label}, {target})", unit="engine", lines=False):
         base = {"notebook": notebook, "engine": spec.name, "onnx": Path(spec.onnx).name, "flavour": fl.name,
                 "flavour_version": fl.version, "target": target, "plugin_nodes_in_onnx": plugin_nodes_in(spec.onnx)
-                if Path(spec.onnx).is_file() else None, "ran": False}
+                if Path(spec.onnx).is_file() else None}
         if not Path(spec.onnx).is_file():
             rows.append({**base, "status": "skipped", "messages": f"{Path(spec.onnx).name} not found"})
             continue
@@ -110,13 +130,25 @@ def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_
             return cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb, check=spec.check,
                                       force=why)
         rows.append(_built_row(notebook, spec, base, make))
-    table = pd.DataFrame(rows).reindex(columns=ENGINE_COLUMNS)
-    runs, why = fl.runs_here()
-    for column in ("accuracy", "timing", "jit", "validity"):
-        table[column] = table[column].astype(object)
-    if not runs:
-        table.loc[table["status"].isin(BUILT), ["accuracy", "timing"]] = f"skipped: {why}"
-    return table
+    return pd.DataFrame(rows).reindex(columns=KEY + BUILD_COLUMNS).astype({"validity": object})
+
+
+def measure_jit(*tables: pd.DataFrame | None) -> pd.DataFrame:
+    """The JIT stage (`engines_jit`): the JIT columns (timing.jit) of every built engine of a notebook's build stages
+    (their tables; None: skipped) that runs here, keyed by (notebook, engine); one that does not run here says why.
+    StageSkipped when none was built."""
+    rows = []
+    built = built_rows(_joined(tables))
+    for r in progress(list(built.itertuples()), "JIT", unit="engine", lines=False):
+        eng = cache.load(r.path)
+        try:
+            runner.runnable(eng)
+        except StageSkipped as why:
+            cells = {"jit": f"skipped: {str(why).removeprefix('built, not run: ')}"}
+        else:
+            cells = timing.jit(eng, eng.info.get("plugins", ()))
+        rows.append({"notebook": r.notebook, "engine": r.engine, **cells})
+    return pd.DataFrame(rows).reindex(columns=KEY + timing.JIT_COLUMNS)
 
 
 def require_built(table: pd.DataFrame) -> pd.DataFrame:
@@ -148,31 +180,104 @@ def read_file(path: Path) -> pd.DataFrame:
     """An engines table file as it stands (empty with its columns where it is not written yet)."""
     table = pd.read_csv(path, dtype={"notebook": str, "engine": str, "onnx": str}) if path.exists() \
         else pd.DataFrame(columns=ENGINE_COLUMNS)
-    return table.reindex(columns=ENGINE_COLUMNS).astype({c: object for c in ("accuracy", "timing", "messages",
-                                                                              "ran", "jit", "compute_precision",
-                                                                              "validity")})
+    return table.reindex(columns=ENGINE_COLUMNS).astype({c: object for c in TEXT_COLUMNS})
+
+
+def _save(run, table: pd.DataFrame) -> pd.DataFrame:
+    """Write the engines table, `ran` derived from the groups that run engines (RAN_WORDS)."""
+    ran = pd.Series(False, index=table.index)
+    for column, words in RAN_WORDS.items():
+        ran |= table[column].map(lambda v, words=words: isinstance(v, str) and v.startswith(words))
+    table = table.reindex(columns=ENGINE_COLUMNS).assign(ran=ran)
+    run.save_table(table, ENGINES_TABLE)
+    return table
+
+
+def _keys(frame: pd.DataFrame) -> dict:
+    """Each row's (notebook, engine) key, by the row's index."""
+    return dict(zip(frame.index, zip(frame["notebook"], frame["engine"], strict=True), strict=True))
 
 
 def record(run, table: pd.DataFrame) -> pd.DataFrame:
-    """Put a notebook's engine rows into the run's engines table (replacing that notebook's earlier rows)."""
+    """The build group's writer: a notebook's engine rows (build_all's) become that notebook's rows of the run's
+    engines table (its earlier rows replaced). A row keeps the other groups' columns while its engine (`path`) is
+    the one they describe."""
     old = read(run)
-    if len(table):
-        old = pd.concat([old[~old["notebook"].isin(table["notebook"])], table], ignore_index=True)
-    run.save_table(old.reindex(columns=ENGINE_COLUMNS), ENGINES_TABLE)
-    return old
+    if not len(table):
+        return _save(run, old)
+    new = table.reindex(columns=ENGINE_COLUMNS).astype({c: object for c in TEXT_COLUMNS})
+    others = [c for c in ENGINE_COLUMNS if c not in KEY + BUILD_COLUMNS + ["ran"]]
+    before = {key: i for i, key in _keys(old).items()}
+    for i, key in _keys(new).items():
+        j = before.get(key)
+        if j is not None and pd.notna(new.at[i, "path"]) and old.at[j, "path"] == new.at[i, "path"]:
+            new.loc[i, others] = old.loc[j, others].to_numpy()
+    kept = old[~old["notebook"].isin(new["notebook"])]
+    return _save(run, pd.concat([kept, new], ignore_index=True) if len(kept) else new)
 
 
-def annotate(run, column: str, values: dict[str, str], ran: bool = False) -> pd.DataFrame:
-    """Set `accuracy` or `timing` of engines by name in the run's engines table (`ran`: they really ran here)."""
-    if column not in ("accuracy", "timing"):
-        raise ValueError(f"column {column!r}: the engines table takes results in 'accuracy' or 'timing'")
+def _write(run, group: str, values: dict[tuple[str | None, str], dict]) -> pd.DataFrame:
+    """Set one group's columns of the rows named in `values` ({(notebook or None: any, engine): {column: value}})
+    and nothing else."""
     table = read(run)
-    for engine, value in values.items():
-        table.loc[table["engine"] == engine, column] = value
-        if ran:
-            table.loc[table["engine"] == engine, "ran"] = True
-    run.save_table(table.reindex(columns=ENGINE_COLUMNS), ENGINES_TABLE)
-    return table
+    for (notebook, engine), cells in values.items():
+        stray = set(cells) - set(GROUPS[group])
+        if stray:
+            raise ValueError(f"{sorted(stray)} are not {group} columns of the engines table ({GROUPS[group]})")
+        at = (table["engine"] == engine) & ((table["notebook"] == notebook) if notebook is not None else True)
+        for column, value in cells.items():
+            table.loc[at, column] = value
+    return _save(run, table)
+
+
+def not_run_here(row) -> str:
+    """Why an engines-table row's engine does not run on this machine, by its flavour ('' where it may)."""
+    runs, why = Flavour(row.flavour, row.flavour_version).runs_here()
+    return "" if runs else why
+
+
+def _results(engines: pd.DataFrame | None, done: dict[str, str], why: str) -> dict[tuple[str, str], str]:
+    """Per built row of `engines`, keyed (notebook, engine): its entry in `done` (by engine name), else
+    'skipped: <why>' (its flavour's reason where it does not run here, else the stage's `why`); nothing where
+    neither gives a reason."""
+    out = {}
+    for r in (engines[engines["status"].isin(BUILT)] if engines is not None else []).itertuples():
+        reason = "" if r.engine in done else (not_run_here(r) or why)
+        if r.engine in done or reason:
+            out[(r.notebook, r.engine)] = done.get(r.engine, f"skipped: {reason}")
+    return out
+
+
+def record_accuracy(run, engines: pd.DataFrame | None, measured: pd.DataFrame | None, why: str = "") -> dict:
+    """The accuracy group's writer: each built engine of `engines` (a build stage's rows) gets its verdict from
+    the accuracy table `measured` (accuracy_verdicts), else why it was not checked; what was written."""
+    values = _results(engines, accuracy_verdicts(measured) if measured is not None else {}, why)
+    _write(run, "accuracy", {key: {"accuracy": v} for key, v in values.items()})
+    return values
+
+
+def record_jit(run, measured: pd.DataFrame | None, why: str, *tables: pd.DataFrame | None) -> pd.DataFrame:
+    """The JIT group's writer: the JIT stage's rows (measure_jit), or for each built engine of the build stages'
+    `tables` why none was measured (its flavour's reason, else the stage's skip reason `why`)."""
+    engines = _joined(tables)
+    rows = {(r["notebook"], r["engine"]): {c: (None if pd.isna(r[c]) else r[c]) for c in timing.JIT_COLUMNS}
+            for r in (measured.to_dict("records") if measured is not None else [])}
+    left = None if engines is None else engines[[key not in rows for key in _keys(engines).values()]]
+    blank = dict.fromkeys(timing.JIT_COLUMNS)
+    return _write(run, "jit", {**rows, **{key: {**blank, "jit": v} for key, v in _results(left, {}, why).items()}})
+
+
+def _joined(tables) -> pd.DataFrame | None:
+    """The rows of several build stages' tables (None: that stage was skipped); None when all were."""
+    built = [t for t in tables if t is not None]
+    return pd.concat(built, ignore_index=True) if built else None
+
+
+def record_timing(run, values: dict[str, str], why: str = "no stage of notebook 06 times this engine") \
+        -> pd.DataFrame:
+    """The timing group's writer (notebook 06): how its timing of each engine named in `values` went; every other
+    built engine of the table gets why it was not timed."""
+    return _write(run, "timing", {key: {"timing": v} for key, v in _results(read(run), values, why).items()})
 
 
 def rebuilt_lines(results: Path) -> list[str]:
@@ -220,7 +325,7 @@ def int8_words(engine: str, summary) -> str:
 def describe(table: pd.DataFrame) -> str:
     """What the builder did with each model, in Markdown, from the engines table (warnings quoted verbatim)."""
     lines = []
-    for r in table.itertuples():
+    for r in table.reindex(columns=ENGINE_COLUMNS).itertuples():  # a build stage's rows too (build columns only)
         head = f"- **{r.engine}** (`{r.onnx}`): "
         if r.status not in BUILT:
             lines.append(head + f"{r.status}: {r.messages}")
@@ -239,6 +344,8 @@ def describe(table: pd.DataFrame) -> str:
             lines.append(f"    - {words}")
         if isinstance(r.validity, str) and "SUBOPTIMAL" in r.validity:
             lines.append(f"    - runs, but {r.validity}")
-        if isinstance(r.accuracy, str) and r.accuracy.startswith("skipped"):
-            lines.append(f"    - not run: {r.accuracy.removeprefix('skipped: ')}")
+        skipped = isinstance(r.accuracy, str) and r.accuracy.startswith("skipped")
+        why = r.accuracy.removeprefix("skipped: ") if skipped else not_run_here(r)
+        if why:
+            lines.append(f"    - not run: {why}")
     return "\n".join(lines)
