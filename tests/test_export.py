@@ -82,6 +82,20 @@ def test_an_export_whose_bytes_changed_is_made_again(xxs):
     assert again.onnx.read_bytes() == good  # the export is deterministic: the same bytes come back
 
 
+def test_an_export_made_with_another_timm_is_made_again(xxs, monkeypatch, capsys):
+    """timm's version is part of the export's key: another release defines another graph, so it is not reused."""
+    import timm
+    exported, _ = xxs
+    real = timm.__version__
+    export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    assert capsys.readouterr().out.startswith("reusing ")  # same timm: reused
+    monkeypatch.setattr(timm, "__version__", "1.0.0.dev0")
+    again, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    assert again.onnx == exported.onnx and capsys.readouterr().out.startswith("made ")
+    monkeypatch.setattr(timm, "__version__", real)  # the shared export back under the real version
+    export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+
+
 def test_unknown_variant_names_valid_ones():
     with pytest.raises(ValueError, match="mobilevit_xxs.*mobilevit_s|mobilevit_s.*mobilevit_xxs"):
         mvmodel.load_model("mobilevit_tiny", "random")
