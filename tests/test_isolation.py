@@ -10,7 +10,8 @@ import pytest
 from mvlib import io, paths
 
 ROOT = paths.ROOT
-PROBE = "MVLIB_ISOLATION_PROBE"  # set only by test_tests_never_write_into_an_exported_build_folder
+PROBE = "MVLIB_ISOLATION_PROBE"  # set only by the tests below that run it in a session of their own
+TEST_BUILD = Path(os.environ.get("MVLIB_TEST_BUILD") or ROOT / "build" / "tests").resolve()  # as conftest.py
 
 
 @pytest.mark.skipif(PROBE not in os.environ, reason="a probe that test_tests_never_write_into_an_exported_"
@@ -37,10 +38,23 @@ def test_tests_never_write_into_an_exported_build_folder(tmp_path):
     assert sorted(str(p.relative_to(users)) for p in users.rglob("*")) == ["models", "models/keep.onnx"]
     written = [paths.BUILD / "isolation" / f"{token}.{who}" for who in ("parent", "child")]
     try:
-        assert paths.BUILD == (ROOT / "build" / "tests").resolve() and all(p.is_file() for p in written)
+        assert paths.BUILD == TEST_BUILD and all(p.is_file() for p in written)
     finally:
         for p in written:
             p.unlink(missing_ok=True)
+
+
+def test_mvlib_test_build_gives_a_session_a_build_folder_of_its_own(tmp_path):
+    """MVLIB_TEST_BUILD moves the tests' build folder (make test-floors: nothing made by other versions is reused)."""
+    floors = tmp_path / "tests-floors"
+    token = uuid.uuid4().hex
+    env = os.environ | {"MVLIB_TEST_BUILD": str(floors), PROBE: token}
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           f"{Path(__file__).relative_to(ROOT)}::test_probe_writes_where_tests_build"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    written = sorted(str(p.relative_to(floors)) for p in floors.rglob("*"))
+    assert written == ["isolation", f"isolation/{token}.child", f"isolation/{token}.parent"]
 
 
 def test_build_folder_is_ignored_by_git():
