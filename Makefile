@@ -53,17 +53,18 @@ env: $(VENV)/.installed
 # The declared versions, tested (CI runs this after `make test`): the fast tests in a venv of their own with every
 # dependency at the floor pyproject.toml gives it (constraints/floors.txt), then the ONNX-facing tests in the project's
 # venv with the H200 image's onnx and onnxruntime (constraints/h200.txt) ahead of its own on PYTHONPATH. Each builds
-# into a folder of its own (MVLIB_BUILD), so no model made with other versions is reused.
+# into a test build folder of its own (MVLIB_TEST_BUILD; tests ignore MVLIB_BUILD), so nothing made with other
+# versions is reused.
 FLOORS_VENV ?= build/venv-floors
 PAIR_DIR    ?= build/h200-pair
 PAIR_TESTS  ?= tests/test_fp8.py tests/test_quant_graph.py tests/test_silu_onnx_rewrite.py tests/test_accuracy.py \
-               tests/test_precision.py tests/test_versions.py
+               tests/test_autocast.py tests/test_versions.py
 .PHONY: test-floors test-floors-venv test-h200-pair
 test-floors: test-floors-venv test-h200-pair
 
 test-floors-venv: export PYTHONWARNINGS = ignore:Editable installation
 test-floors-venv: $(FLOORS_VENV)/.installed
-	MVLIB_BUILD="$(abspath build/floors)" $(FLOORS_VENV)/bin/python -m pytest -ra -m "not slow" -p no:cacheprovider $(ARGS)
+	MVLIB_TEST_BUILD="$(abspath build/tests-floors)" $(FLOORS_VENV)/bin/python -m pytest -ra -m "not slow" -p no:cacheprovider $(ARGS)
 
 $(FLOORS_VENV)/.installed: pyproject.toml constraints/floors.txt
 	rm -rf $(FLOORS_VENV)
@@ -75,7 +76,7 @@ $(FLOORS_VENV)/.installed: pyproject.toml constraints/floors.txt
 test-h200-pair: $(VENV)/.installed
 	rm -rf $(PAIR_DIR)
 	$(PY) -m pip install -q --no-deps --target $(PAIR_DIR) -r constraints/h200.txt
-	PYTHONPATH="$(abspath $(PAIR_DIR))" MVLIB_BUILD="$(abspath $(PAIR_DIR))/build" $(PY) -m pytest -ra -m "not slow" -p no:cacheprovider $(PAIR_TESTS) $(ARGS)
+	PYTHONPATH="$(abspath $(PAIR_DIR))" MVLIB_TEST_BUILD="$(abspath $(PAIR_DIR))/tests" $(PY) -m pytest -ra -m "not slow" -p no:cacheprovider $(PAIR_TESTS) $(ARGS)
 
 # setuptools announces every editable install with a banner about folders shadowing the package; it is for
 # setuptools' own users, not this study's, and pip -q does not hide it.

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import timm
 import torch
 
 from mvlib import accuracy, io, paths, precisions
@@ -98,7 +99,10 @@ def ensure_exported(variant: str, weights: str = "auto", img_size: int = 256, op
                 "torch": torch.__version__}
     # keyed by the weights themselves, not how they were described: 'auto' falling back to random (label and reason
     # in `info`) is the same export as 'random', so a papermill run and a driver run share one model.onnx
-    key = settings | {"weights": {k: v for k, v in info.items() if k not in ("label", "fallback_reason")}}
+    # and by timm's version: its model definitions (and their seeded initialisation) change between releases, so an
+    # export made with another timm is another graph (timm 1.0.3's mobilevit_xxs has 969 nodes, 1.0.31's 933)
+    key = settings | {"weights": {k: v for k, v in info.items() if k not in ("label", "fallback_reason")},
+                      "timm": timm.__version__}
     io.cached(onnx_path, key, lambda tmp: export_onnx(model, tmp, img_size, opset), "ONNX export")
     return Exported(out_dir, onnx_path, info, settings), model
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_BUILD = (ROOT / "build" / "tests").resolve()
+# MVLIB_TEST_BUILD moves it: `make test-floors` tests other versions of the dependencies in a folder of their own
+TEST_BUILD = Path(os.environ.get("MVLIB_TEST_BUILD") or ROOT / "build" / "tests").resolve()
 # Tests always build into their own folder, whatever MVLIB_BUILD says: an exported one (a user's study build) must
 # be neither reused nor clobbered. Set, not defaulted: mvlib.paths reads it at import, and child processes (the
 # driver, papermill kernels, engine builds) inherit it.

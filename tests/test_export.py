@@ -1,5 +1,6 @@
 """Notebook 01's machinery: export round trip, weights fallback, bad inputs, nothing half-written."""
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -7,7 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from mvlib import accuracy, export, io, metrics
+from mvlib import accuracy, export, io, metrics, paths
 from mvlib import model as mvmodel
 
 
@@ -80,6 +81,19 @@ def test_an_export_whose_bytes_changed_is_made_again(xxs):
     exported.onnx.write_bytes(good[:-10])
     again, _ = export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
     assert again.onnx.read_bytes() == good  # the export is deterministic: the same bytes come back
+
+
+def test_an_export_made_with_another_timm_is_made_again(tmp_path, monkeypatch):
+    """timm's version is part of the export's key: another release defines another graph, so it is not reused."""
+    import timm
+    real, made = timm.__version__, []
+    monkeypatch.setattr(paths, "MODELS", tmp_path)  # a folder of its own; the export itself stands in
+    monkeypatch.setattr(export, "export_onnx", lambda model, path, *_: made.append(timm.__version__) or
+                        Path(path).write_bytes(b"onnx"))
+    for version in (real, real, "1.0.0.dev0"):
+        monkeypatch.setattr(timm, "__version__", version)
+        export.ensure_exported("mobilevit_xxs", "random", 256, 17, seed=0)
+    assert made == [real, "1.0.0.dev0"]  # reused once under the same timm, made again under another
 
 
 def test_unknown_variant_names_valid_ones():

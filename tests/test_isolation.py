@@ -11,6 +11,7 @@ from mvlib import io, paths
 
 ROOT = paths.ROOT
 PROBE = "MVLIB_ISOLATION_PROBE"  # set only by test_tests_never_write_into_an_exported_build_folder
+TEST_BUILD = Path(os.environ.get("MVLIB_TEST_BUILD") or ROOT / "build" / "tests").resolve()  # as conftest.py
 
 
 @pytest.mark.skipif(PROBE not in os.environ, reason="a probe that test_tests_never_write_into_an_exported_"
@@ -24,23 +25,22 @@ def test_probe_writes_where_tests_build():
 
 
 def test_tests_never_write_into_an_exported_build_folder(tmp_path):
-    """A pytest session started with MVLIB_BUILD pointing at a user's build folder leaves that folder alone."""
+    """A pytest session started with MVLIB_BUILD pointing at a user's build folder leaves that folder alone; it builds
+    into MVLIB_TEST_BUILD where that is set (make test-floors: nothing made by other versions is reused)."""
     users = tmp_path / "my_build"
     (users / "models").mkdir(parents=True)
     (users / "models" / "keep.onnx").write_text("mine")
     token = uuid.uuid4().hex
-    env = os.environ | {"MVLIB_BUILD": str(users), PROBE: token}
+    floors = tmp_path / "tests-floors"
+    env = os.environ | {"MVLIB_BUILD": str(users), "MVLIB_TEST_BUILD": str(floors), PROBE: token}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            f"{Path(__file__).relative_to(ROOT)}::test_probe_writes_where_tests_build"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0 and "1 passed" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert sorted(str(p.relative_to(users)) for p in users.rglob("*")) == ["models", "models/keep.onnx"]
-    written = [paths.BUILD / "isolation" / f"{token}.{who}" for who in ("parent", "child")]
-    try:
-        assert paths.BUILD == (ROOT / "build" / "tests").resolve() and all(p.is_file() for p in written)
-    finally:
-        for p in written:
-            p.unlink(missing_ok=True)
+    written = sorted(str(p.relative_to(floors)) for p in floors.rglob("*"))
+    assert written == ["isolation", f"isolation/{token}.child", f"isolation/{token}.parent"]
+    assert paths.BUILD == TEST_BUILD  # this session's own, as conftest.py set it
 
 
 def test_build_folder_is_ignored_by_git():

@@ -93,3 +93,9 @@ def test_the_h200_pair_is_inside_the_declared_ranges_and_ci_tests_both_files():
     makefile = (paths.ROOT / "Makefile").read_text()
     assert '-c constraints/floors.txt -e ".[dev,ort-cpu]"' in makefile and "-r constraints/h200.txt" in makefile
     assert re.search(r"^test-floors: test-floors-venv test-h200-pair$", makefile, re.MULTILINE)
+    pair_tests = re.search(r"^PAIR_TESTS\s*\?=((?:.*\\\n)*.*)$", makefile, re.MULTILINE).group(1).split()
+    missing = [t for t in pair_tests if t != "\\" and not (paths.ROOT / t).is_file()]
+    assert pair_tests and not missing, f"PAIR_TESTS names test files that do not exist: {missing}"
+    # CI runs them, after the suite and the linter (outside make test's own time)
+    ci = [line.strip() for line in (paths.ROOT / ".ci" / "run").read_text().splitlines()]
+    assert [line for line in ci if line.startswith("make ")] == ["make test", "make lint", "make test-floors"]
