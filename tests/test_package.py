@@ -97,9 +97,9 @@ def test_the_map_has_every_module_its_notebooks_and_its_tests():
 
 
 def test_every_test_file_is_in_the_map():
-    named = re.findall(r"`(test_[\w*]+\.py)`", MAP)
-    unnamed = [f.name for f in (paths.ROOT / "tests").glob("test_*.py") if not any(fnmatch.fnmatch(f.name, n)
-                                                                                for n in named)]
+    named = re.findall(r"`((?:\w+/)?test_[\w*]+\.py)`", MAP)
+    unnamed = [f.relative_to(paths.ROOT / "tests").as_posix() for f in (paths.ROOT / "tests").rglob("test_*.py")
+               if not any(fnmatch.fnmatch(f.relative_to(paths.ROOT / "tests").as_posix(), n) for n in named)]
     assert not unnamed, f"add these to docs/package.md's module -> notebook -> test map: {unnamed}"
 
 

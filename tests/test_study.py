@@ -394,7 +394,7 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
 
 
 # --- faults a user's machine brings: two drivers at once, SIGTERM, a full disk (issue 26) ------------------------
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent / "helpers"
 
 
 def driver_process(run: Path, ready: Path) -> subprocess.Popen:
