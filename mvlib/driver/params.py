@@ -1,7 +1,7 @@
 """The run's parameters: profiles, `-p` overrides, what each shared parameter means, and the rules values obey.
 
 SHARED is the one place where a parameter that several notebooks declare is explained: each notebook's
-`parameters` cell declares it with this default and this comment (tests/test_driver_params.py checks every
+`parameters` cell declares it with this default and this comment (tests/driver/test_params.py checks every
 cell against it), and the full profile gives it the same value.
 
 Serves: the driver, and notebooks 01 to 06 through their parameters cells (SHARED).
@@ -118,7 +118,7 @@ def typed(name: str, value, default):
 
 
 # The notebooks' own rules (their parameter comments), checked here before anything runs. Choices that modules
-# define are tested against those modules (tests/test_driver_params.py).
+# define are tested against those modules (tests/driver/test_params.py).
 CHOICES = {"granularity": ("stage", "block", "layer"), "high_precision": ("fp16", "fp32"),
            "swap_dtypes": ("float32", "float16")}
 AT_LEAST = {"seed": 0, "n_images": 1, "calib_images": 1, "eval_images": 1, "sensitivity_images": 1,
