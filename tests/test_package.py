@@ -114,7 +114,14 @@ def _home(name: str, package: Path, tests: Path) -> Path:
 def layout_faults(package: Path, tests: Path, elsewhere: dict[str, list[str]], project: set[str]) -> list[str]:
     """What breaks the rule that tests/ mirrors the package: modules without their test file, test files of no
     module, and stale or needless entries of the two lists of exceptions."""
-    modules, faults = _modules(package), []
+    modules = _modules(package)
+    return [*_untested_modules(modules, package, tests, elsewhere), *_stale_elsewhere(modules, tests, elsewhere),
+            *_orphan_tests(modules, package, tests, project)]
+
+
+def _untested_modules(modules, package: Path, tests: Path, elsewhere) -> list[str]:
+    """Modules without their test file (and not tested elsewhere), or tested elsewhere though they have one."""
+    faults = []
     for name in sorted(modules):
         home = _home(name, package, tests)
         has_home = any(home.glob("**/test_*.py")) if home.is_dir() else home.is_file()
@@ -124,12 +131,21 @@ def layout_faults(package: Path, tests: Path, elsewhere: dict[str, list[str]], p
             want = home.relative_to(tests) / ("test_*.py" if package.joinpath(*name.split(".")).is_dir() else "")
             faults.append(f"{name} has no tests/{want}: add it, or list where it is tested under "
                           "'Tested elsewhere' in docs/package.md")
-    for name, files in elsewhere.items():
-        if name not in modules:
-            faults.append(f"'Tested elsewhere' names {name}, which is no module: take it off docs/package.md")
-        for file in files:
-            if not (tests / file).is_file() or name.split(".")[-1] not in (tests / file).read_text():
-                faults.append(f"{name}: tests/{file} does not use it (docs/package.md, 'Tested elsewhere')")
+    return faults
+
+
+def _stale_elsewhere(modules, tests: Path, elsewhere) -> list[str]:
+    """'Tested elsewhere' entries whose module is gone or whose test file does not use it."""
+    faults = [f"'Tested elsewhere' names {name}, which is no module: take it off docs/package.md"
+              for name in elsewhere if name not in modules]
+    return faults + [f"{name}: tests/{file} does not use it (docs/package.md, 'Tested elsewhere')"
+                     for name, files in elsewhere.items() for file in files
+                     if not (tests / file).is_file() or name.split(".")[-1] not in (tests / file).read_text()]
+
+
+def _orphan_tests(modules, package: Path, tests: Path, project: set[str]) -> list[str]:
+    """Test files named after no module and not tests of the project, or listed as both."""
+    faults = []
     for path in sorted(tests.rglob("test_*.py")):
         rel = path.relative_to(tests)
         module = ".".join([*rel.parent.parts, path.stem.removeprefix("test_")])
