@@ -57,8 +57,8 @@ env: $(VENV)/.installed
 # versions is reused.
 FLOORS_VENV ?= build/venv-floors
 PAIR_DIR    ?= build/h200-pair
-PAIR_TESTS  ?= tests/test_fp8.py tests/test_quant_graph.py tests/test_silu_onnx_rewrite.py tests/test_accuracy.py \
-               tests/test_autocast.py tests/test_versions.py
+PAIR_TESTS  ?= tests/test_fp8.py tests/test_quant_graph.py tests/silu/test_onnx_rewrite.py tests/test_accuracy.py \
+               tests/test_autocast.py tests/test_precisions.py tests/test_versions.py
 .PHONY: test-floors test-floors-venv test-h200-pair
 test-floors: test-floors-venv test-h200-pair
 

@@ -2,7 +2,7 @@
 // getCreators (as IPluginRegistry::loadLibrary sees it), every capability's answers, clone and
 // serialization round trips, and enqueue on real device memory where a GPU is present. Built by
 // build.sh next to the libraries (linked with the no-static-registration object, which needs no
-// libnvinfer); run by tests/test_silu_build.py and notebook 05. Prints one line per check; exit code 0
+// libnvinfer); run by tests/silu/test_build.py and notebook 05. Prints one line per check; exit code 0
 // only if every check passed.
 #include <cmath>
 #include <cstdint>

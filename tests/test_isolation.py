@@ -52,7 +52,7 @@ def test_smoke_tests_are_slow_and_make_test_fast_leaves_them_out():
     """A test that uses the smoke_run fixture is marked slow without saying so; `make test-fast` deselects it."""
     proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
                            "-m", "not slow", "tests/test_study.py", "tests/test_rerun.py", "tests/test_notebooks.py",
-                           "tests/test_driver_verdicts.py"],
+                           "tests/driver/test_verdicts.py"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     collected = proc.stdout

@@ -1,9 +1,9 @@
-"""mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, and the
-module -> notebook -> test map and the figure table of docs/package.md say what the modules, notebooks and tests
-hold."""
+"""mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, the module ->
+notebook map and the figure table of docs/package.md say what the modules and notebooks hold, and tests/ mirrors
+mvlib (docs/package.md, "Tests")."""
 import ast
-import fnmatch
 import importlib
+import importlib.util
 import os
 import re
 import shutil
@@ -46,16 +46,17 @@ def test_the_profiles_are_declared_package_data(tmp_path):
     assert {"mvlib/profiles/full.yaml", "mvlib/profiles/smoke.yaml", "mvlib/progress.py"} <= set(names)
 
 
-# --- docs/package.md's map: module -> notebook -> test ------------------------------------------------------
+# --- docs/package.md's map (module -> notebook) and the tests' layout ------------------------------------------
 PACKAGE = (paths.ROOT / "docs" / "package.md").read_text()
-MAP = PACKAGE[PACKAGE.index("## Module → notebook → test"):PACKAGE.index("## Figures")]
+MAP = PACKAGE[PACKAGE.index("## Module → notebook"):PACKAGE.index("## Tests")]
+TESTS_SECTION = PACKAGE[PACKAGE.index("## Tests"):PACKAGE.index("## Figures")]
 
 
-def _modules() -> dict[str, Path]:
+def _modules(package: Path = paths.ROOT / "mvlib") -> dict[str, Path]:
     """Every module of mvlib by its dotted name below mvlib ('mvlib' for the package itself)."""
     found = {}
-    for path in (paths.ROOT / "mvlib").rglob("*.py"):
-        parts = list(path.relative_to(paths.ROOT / "mvlib").with_suffix("").parts)
+    for path in package.rglob("*.py"):
+        parts = list(path.relative_to(package).with_suffix("").parts)
         parts = parts[:-1] if parts[-1] == "__init__" else parts
         found[".".join(parts) or "mvlib"] = path
     return found
@@ -76,31 +77,120 @@ def _served(docstring: str) -> tuple[set[str], bool]:
     return _notebooks(" ".join(said) or docstring.strip().splitlines()[0])
 
 
-def _map_rows() -> dict[str, tuple[str, list[str]]]:
-    """module -> (its 'serves notebooks' cell, its test file patterns) from docs/package.md's map."""
-    rows = re.findall(r"^\| `([\w.]+)` \| ([^|]+) \| ([^|]+) \|$", MAP, re.M)
-    return {name: (serves, re.findall(r"`([^`]+)`", tests)) for name, serves, tests in rows}
+def _map_rows() -> dict[str, str]:
+    """module -> its 'serves notebooks' cell, from docs/package.md's map."""
+    return dict(re.findall(r"^\| `([\w.]+)` \| ([^|`]+) \|$", MAP, re.M))
 
 
-def test_the_map_has_every_module_its_notebooks_and_its_tests():
+def test_the_map_has_every_module_and_the_notebooks_its_docstring_serves():
     rows, modules = _map_rows(), _modules()
     missing, stale = set(modules) - set(rows), set(rows) - set(modules)
     assert not missing and not stale, f"docs/package.md's map is missing {missing}, has stale {stale}"
-    for name, (serves, patterns) in rows.items():
+    for name, serves in rows.items():
         doc = ast.get_docstring(ast.parse(modules[name].read_text())) or ""
         assert _served(doc) == _notebooks(serves), f"{name}: its docstring and the map serve different notebooks"
         assert _served(doc) != (set(), False), f"{name}: the docstring says no notebook and not the driver"
-        for pattern in patterns:
-            files = sorted((paths.ROOT / "tests").glob(pattern))
-            assert files, f"{name}: no test file {pattern}"
-            assert any(name.split(".")[-1] in f.read_text() for f in files), f"{name}: {pattern} does not use it"
 
 
-def test_every_test_file_is_in_the_map():
-    named = re.findall(r"`(test_[\w*]+\.py)`", MAP)
-    unnamed = [f.name for f in (paths.ROOT / "tests").glob("test_*.py") if not any(fnmatch.fnmatch(f.name, n)
-                                                                                for n in named)]
-    assert not unnamed, f"add these to docs/package.md's module -> notebook -> test map: {unnamed}"
+def _tested_elsewhere() -> dict[str, list[str]]:
+    """docs/package.md's 'Tested elsewhere': module -> the test files (below tests/) that cover it."""
+    rows = re.findall(r"^\| `([\w.]+)` \| (`[^|]+) \|$", TESTS_SECTION, re.M)
+    return {name: re.findall(r"`([\w/]+\.py)`", files) for name, files in rows}
+
+
+def _project_tests() -> set[str]:
+    """docs/package.md's tests of the project as a whole (test files named after no module)."""
+    said = TESTS_SECTION[TESTS_SECTION.index("Tests of the project as a whole"):]
+    return set(re.findall(r"`(test_\w+\.py)`", said))
+
+
+def _home(name: str, package: Path, tests: Path) -> Path:
+    """Where the layout puts the tests of module `name`: tests/<package>/test_<module>.py; a package's folder."""
+    parts = name.split(".")
+    return tests.joinpath(*parts) if package.joinpath(*parts).is_dir() else \
+        tests.joinpath(*parts[:-1], f"test_{parts[-1]}.py")
+
+
+def layout_faults(package: Path, tests: Path, elsewhere: dict[str, list[str]], project: set[str]) -> list[str]:
+    """What breaks the rule that tests/ mirrors the package: modules without their test file, test files of no
+    module, and stale or needless entries of the two lists of exceptions."""
+    modules = _modules(package)
+    return [*_untested_modules(modules, package, tests, elsewhere), *_stale_elsewhere(modules, tests, elsewhere),
+            *_orphan_tests(modules, package, tests, project)]
+
+
+def _untested_modules(modules, package: Path, tests: Path, elsewhere) -> list[str]:
+    """Modules without their test file (and not tested elsewhere), or tested elsewhere though they have one."""
+    faults = []
+    for name in sorted(modules):
+        home = _home(name, package, tests)
+        has_home = any(home.glob("**/test_*.py")) if home.is_dir() else home.is_file()
+        if name in elsewhere and has_home:
+            faults.append(f"{name} has {home.relative_to(tests)}: take it off 'Tested elsewhere' in docs/package.md")
+        elif name not in elsewhere and not has_home:
+            want = home.relative_to(tests) / ("test_*.py" if package.joinpath(*name.split(".")).is_dir() else "")
+            faults.append(f"{name} has no tests/{want}: add it, or list where it is tested under "
+                          "'Tested elsewhere' in docs/package.md")
+    return faults
+
+
+def _stale_elsewhere(modules, tests: Path, elsewhere) -> list[str]:
+    """'Tested elsewhere' entries whose module is gone or whose test file does not use it."""
+    faults = [f"'Tested elsewhere' names {name}, which is no module: take it off docs/package.md"
+              for name in elsewhere if name not in modules]
+    return faults + [f"{name}: tests/{file} does not use it (docs/package.md, 'Tested elsewhere')"
+                     for name, files in elsewhere.items() for file in files
+                     if not (tests / file).is_file() or name.split(".")[-1] not in (tests / file).read_text()]
+
+
+def _orphan_tests(modules, package: Path, tests: Path, project: set[str]) -> list[str]:
+    """Test files named after no module and not tests of the project, or listed as both."""
+    faults = []
+    for path in sorted(tests.rglob("test_*.py")):
+        rel = path.relative_to(tests)
+        module = ".".join([*rel.parent.parts, path.stem.removeprefix("test_")])
+        if (module in modules) == (rel.as_posix() in project):
+            faults.append(f"tests/{rel} names the module {module}: take it off the project's tests in docs/package.md"
+                          if module in modules else f"tests/{rel} names no module of {package.name}: rename it "
+                          "after the module it tests, or list it as a test of the project in docs/package.md")
+    return faults + [f"docs/package.md lists tests/{f}, which does not exist" for f in sorted(project)
+                     if not (tests / f).is_file()]
+
+
+def test_the_tests_mirror_the_package():
+    faults = layout_faults(paths.ROOT / "mvlib", paths.ROOT / "tests", _tested_elsewhere(), _project_tests())
+    assert not faults, "\n".join(faults)
+    assert len(_tested_elsewhere()) >= 5 and "test_notebooks.py" in _project_tests()  # the docs' lists were read
+
+
+def test_the_layout_check_fails_for_a_module_without_tests_and_for_tests_of_no_module(tmp_path):
+    package, tests = tmp_path / "mvlib", tmp_path / "tests"  # a small mvlib
+    for name in ("__init__.py", "a.py", "sub/__init__.py", "sub/b.py", "helpers_covered.py"):
+        (package / name).parent.mkdir(parents=True, exist_ok=True)
+        (package / name).write_text('"""A module."""\n')
+    for name in ("test_a.py", "sub/test_b.py", "test_project.py"):
+        (tests / name).parent.mkdir(parents=True, exist_ok=True)
+        (tests / name).write_text("from mvlib import a, helpers_covered\n")
+    elsewhere, project = {"mvlib": ["test_project.py"], "helpers_covered": ["test_a.py"]}, {"test_project.py"}
+    assert layout_faults(package, tests, elsewhere, project) == []
+    (package / "sub" / "c.py").write_text('"""A new module."""\n')
+    (tests / "test_gone.py").write_text("")
+    assert layout_faults(package, tests, elsewhere, project) == [
+        "sub.c has no tests/sub/test_c.py: add it, or list where it is tested under 'Tested elsewhere' in "
+        "docs/package.md",
+        "tests/test_gone.py names no module of mvlib: rename it after the module it tests, or list it as a test of "
+        "the project in docs/package.md"]
+    (tests / "sub" / "test_b.py").unlink()
+    faults = layout_faults(package, tests, elsewhere, project)
+    assert faults[0].startswith("sub has no tests/sub/test_*.py") and faults[1].startswith("sub.b has no tests/sub/")
+
+
+def test_no_folder_of_tests_passes_for_a_package():
+    """tests/ is not on sys.path (pytest's importlib mode), so tests/tensorrt/ never stands in for TensorRT."""
+    for folder in sorted((paths.ROOT / "tests").iterdir()):
+        spec = importlib.util.find_spec(folder.name) if folder.is_dir() and folder.name.isidentifier() else None
+        where = [*(spec.submodule_search_locations or []), spec.origin or ""] if spec else []
+        assert not any(str(paths.ROOT / "tests") in w for w in where), f"import {folder.name} finds {where}"
 
 
 def test_the_map_reads_notebooks_as_written():

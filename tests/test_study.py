@@ -107,7 +107,7 @@ def test_driver_refuses_a_tier_the_machine_cannot_reach(tmp_path):
 
 @pytest.fixture
 def fake_papermill(monkeypatch):
-    """The driver in this process with papermill's execution replaced (tests/driver_fakes.py)."""
+    """The driver in this process with papermill's execution replaced (helpers/driver_fakes.py)."""
     return fake_notebooks(monkeypatch)
 
 
@@ -247,7 +247,7 @@ def test_driver_hands_every_notebook_the_tensorrt_decision(tmp_path, fake_paperm
 
 @pytest.fixture
 def h100(monkeypatch):
-    """A faked H100 where full TensorRT runs engines and TensorRT-RTX only builds them (tests/driver_fakes.py)."""
+    """A faked H100 where full TensorRT runs engines and TensorRT-RTX only builds them (helpers/driver_fakes.py)."""
     fake_h100_with_both_flavours(monkeypatch)
     yield
     for cached in (tiers.detect, tiers.runtime_status):  # the real machine's answers again
@@ -394,7 +394,7 @@ def test_an_interruption_is_one_line_and_recorded(tmp_path, monkeypatch, capsys)
 
 
 # --- faults a user's machine brings: two drivers at once, SIGTERM, a full disk (issue 26) ------------------------
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent / "helpers"
 
 
 def driver_process(run: Path, ready: Path) -> subprocess.Popen:

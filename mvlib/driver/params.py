@@ -2,7 +2,7 @@
 
 A parameter is explained in one place, its line in a notebook's `parameters` cell (`name = default  # meaning`),
 read as papermill reads it; a parameter several notebooks declare is declared alike in each (`disagreements`,
-checked by tests/test_driver_params.py), and the full profile gives it the same value.
+checked by tests/driver/test_params.py), and the full profile gives it the same value.
 
 Serves: the driver (the notebooks' parameters cells are its table).
 """
@@ -119,7 +119,7 @@ def typed(name: str, value, default):
 
 
 # The notebooks' own rules (their parameter comments), checked here before anything runs. Choices that modules
-# define are tested against those modules (tests/test_driver_params.py).
+# define are tested against those modules (tests/driver/test_params.py).
 CHOICES = {"granularity": ("stage", "block", "layer"), "high_precision": ("fp16", "fp32"),
            "swap_dtypes": ("float32", "float16")}
 AT_LEAST = {"seed": 0, "n_images": 1, "calib_images": 1, "eval_images": 1, "sensitivity_images": 1,

@@ -1,6 +1,6 @@
 """The SiLU plugin's Python side, one module per job (the way TensorRT's onnx_custom_plugin sample keeps surgery,
 loader, sample and test together). Serves notebooks 02 (the rewrite) and 05 (everything), and 06 (plugin engines
-timed); tests/test_silu_<module>.py each. Imports run downward only:
+timed); tests/silu/test_<module>.py each. Imports run downward only:
 
     build         silu_plugin/build.sh from Python, the libraries and their build record, the ABI record, the
                   plugin's interface check (needs nvcc; TensorRT headers for the plugin)

@@ -1,6 +1,6 @@
 """The SiLU plugin built: silu_plugin/build.sh from Python, its libraries and build record, their ABI record, and
 the plugin driven through TensorRT's interfaces. Serves notebook 05 (build cell, `build`, `plugin_interface`
-stages) and every caller that needs a built library; tests/test_silu_build.py.
+stages) and every caller that needs a built library; tests/silu/test_build.py.
 
 The CUDA sources live in silu_plugin/ (silu_kernel.cu with a C ABI, silu_plugin.cpp the IPluginV3 plugin,
 build.sh); build.sh writes everything into paths.PLUGIN_BUILD. The plugin library exports which TensorRT

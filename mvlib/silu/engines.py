@@ -1,7 +1,7 @@
 """The SiLU plugin in TensorRT: each precision's plugin model (rewritten and proven on the CPU), its engine, the
 engine's plugin layers and accuracy, and a plugin engine as a timed backend. Serves notebooks 05 (stages
 `rewrite`, `rewrite_fp8`, `onnxrt_reference`, `plugin_engines`, `plugin_fp8_engine`, `plugin_accuracy`,
-`plugin_layers`) and 06 (the plugin engines timed); tests/test_silu_engines.py.
+`plugin_layers`) and 06 (the plugin engines timed); tests/silu/test_engines.py.
 
 The plugin library is built and located by mvlib.silu.build; TensorRT loads it through mvlib.tensorrt.plugins
 after build.check_abi, which this module hands over with every engine.

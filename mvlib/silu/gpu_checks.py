@@ -1,6 +1,6 @@
 """The SiLU kernel on the GPU: correctness against PyTorch, bandwidth against a device copy, and inside the model.
 Serves notebook 05 (stages `kernel_check`, `bandwidth`, `swap_accuracy`, `swap_throughput`, figure
-05_kernel_bandwidth.png); tests/test_silu_gpu_checks.py.
+05_kernel_bandwidth.png); tests/silu/test_gpu_checks.py.
 
 Every function here needs a CUDA GPU and the built kernel library (mvlib.silu.build); without a GPU each
 raises StageSkipped with the reason, so notebook 05 records the stage as skipped.

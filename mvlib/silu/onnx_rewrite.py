@@ -1,6 +1,6 @@
 """SiLU surgery: every x*sigmoid(x) becomes one node of the SiLU plugin, and the result is proven on the CPU.
 Serves notebooks 02 (the rewrite, its audit and CPU check) and 05 (through mvlib.silu.engines);
-tests/test_silu_onnx_rewrite.py.
+tests/silu/test_onnx_rewrite.py.
 
 The plugin's identity (name, version, namespace) is defined once, in silu_plugin/silu_plugin_id.h;
 this module reads it from there. TensorRT's ONNX parser maps a node it has no importer for to the

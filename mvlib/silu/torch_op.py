@@ -1,6 +1,6 @@
 """The SiLU kernel in PyTorch: the kernel library through ctypes, launched on PyTorch's current CUDA stream, as a
 plain call in eager mode and as the registered op `torch.ops.mvlib.silu` under torch.compile; nn.SiLU swapped
-for it. Serves notebook 05 (through gpu_checks); tests/test_silu_torch_op.py.
+for it. Serves notebook 05 (through gpu_checks); tests/silu/test_torch_op.py.
 
 Imports stay light: torch and mvlib.silu.build (pandas, the standard library), so this module also imports on
 a GPU machine that has PyTorch and nothing else of the study's stack.

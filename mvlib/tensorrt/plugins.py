@@ -1,5 +1,5 @@
 """Plugin libraries for TensorRT: where they are, the caller's check before loading, loading, a stable digest, and
-the plugin nodes of an ONNX file. Serves notebooks 03-06 (every engine build and run); tests/test_tensorrt_plugins.py.
+the plugin nodes of an ONNX file. Serves notebooks 03-06 (every engine build and run); tests/tensorrt/test_plugins.py.
 
 A plugin is loaded through the registry's `load_library` (it calls the library's `getCreators`), which works
 for every install, pip wheels included (they load TensorRT privately). Before that, a check given by the caller

@@ -1,7 +1,7 @@
 """The engines table (results/engines.csv: one row per engine of the run) and the prose notebooks show from it.
 
 Rows are keyed by (`notebook`, `engine`). Each group of columns has one writer, which changes only its own columns
-(tests/test_tensorrt_table.py checks it), so a rerun of one stage leaves the others' columns as they were:
+(tests/tensorrt/test_table.py checks it), so a rerun of one stage leaves the others' columns as they were:
 
 - build (`BUILD_COLUMNS`: the builder's words, `compute_precision`, the runtime's `validity`, `path`): `record`,
   from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows.

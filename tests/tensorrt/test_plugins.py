@@ -15,7 +15,7 @@ from mvlib import env, io, paths
 from mvlib.silu import build
 from mvlib.tensorrt import cache, flavours, plugins, shapes
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HEADERS = sorted((ROOT.parent / "shared" / "tensorrt-include").glob("11.*/include"))
 
 

@@ -15,7 +15,7 @@ from mvlib import env, tiers
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cudainfo, flavours
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 HAS_BUILDER, BUILDER = flavours.builder_status()
 RTX = flavours.Flavour("tensorrt_rtx", "1.7.1.116")
 FULL = flavours.Flavour("tensorrt", "10.16.0")
