@@ -241,7 +241,9 @@ def _results(engines: pd.DataFrame | None, done: dict[str, str], why: str) -> di
     'skipped: <why>' (its flavour's reason where it does not run here, else the stage's `why`); nothing where
     neither gives a reason."""
     out = {}
-    for r in (engines[engines["status"].isin(BUILT)] if engines is not None else []).itertuples():
+    if engines is None:  # the build stages were skipped: no engine to say anything of
+        return out
+    for r in engines[engines["status"].isin(BUILT)].itertuples():
         reason = "" if r.engine in done else (not_run_here(r) or why)
         if r.engine in done or reason:
             out[(r.notebook, r.engine)] = done.get(r.engine, f"skipped: {reason}")

@@ -220,3 +220,14 @@ def test_plugin_nodes_are_counted_by_tensorrts_plugin_domain(tmp_path):
     onnx.save(onnxmodel.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=opsets), str(path))
     assert table.plugin_nodes_in(path) == 2 and plugins.plugin_nodes(path) == ["a", "c"]
     assert table.plugin_nodes_in(models.conv(tmp_path / "m.onnx")) == 0
+
+
+def test_writers_take_a_skipped_build_stage_without_failing(tmp_path):
+    """A build stage that was skipped (None: notebook 05 where the plugin could not be built, as on the H100 without
+    TensorRT's headers) leaves its writers nothing to write; once it failed notebook 05 with
+    "'list' object has no attribute 'itertuples'"."""
+    run = FakeRun(tmp_path)
+    table.record(run, _built("03_fp32_fp16", ["fp32"]))
+    assert table.record_accuracy(run, None, None, "the plugin was not built") == {}
+    table.record_jit(run, None, "the plugin was not built", None, None)
+    assert list(table.read(run)["engine"]) == ["fp32"]
