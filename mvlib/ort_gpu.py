@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
 import io as _io
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -253,6 +254,23 @@ def _ordered(stream, run: Callable[[], Any]) -> Callable[[], Any]:
     return launch
 
 
+def _device_memory(torch, collect: bool = True) -> dict:
+    """The device's free bytes and what PyTorch's allocator reserves, after the GPU is idle (and garbage is gone)."""
+    if collect:
+        gc.collect()  # a dropped session's arena is freed only when Python frees the session
+        torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    return {"free": torch.cuda.mem_get_info()[0], "reserved": torch.cuda.memory_reserved()}
+
+
+def taken_outside_pytorch(before: dict, after: dict) -> float:
+    """MiB of device memory taken between two readings by anything but PyTorch's allocator (ONNX Runtime's sessions,
+    buffers and graphs); NaN where it came out negative: something else freed memory meanwhile, and the delta of a
+    device-wide reading would be a wrong number (the H100 showed -443 MiB before this)."""
+    taken = (before["free"] - after["free"]) - (after["reserved"] - before["reserved"])
+    return taken / bench.MIB if taken >= 0 else float("nan")
+
+
 def _first_line(err: BaseException) -> str:
     """An exception's first line, without ONNX Runtime's '[ONNXRuntimeError] : 1 : FAIL :' prefix."""
     text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -267,14 +285,13 @@ def _ep_backend(settings: bench.Settings, onnx_path: Path | str, precision: str,
     import torch
     model = onnx.load(str(onnx_path))
     torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    free_before = torch.cuda.mem_get_info()[0]
     stream = torch.cuda.Stream()
     state: dict = {}
+    before: dict = {}
 
     def prepare(batch: int) -> Callable[[], Any]:
         state.clear()  # the previous batch's session and buffers go before this batch's peak is taken
-        torch.cuda.synchronize()
+        before.update(_device_memory(torch))  # per batch: earlier rows' sessions and PyTorch's cache come and go
         fixed = fixed_batch(model, batch)
         x = bench.images(batch, settings)
         why = "not asked for"
@@ -304,8 +321,7 @@ def _ep_backend(settings: bench.Settings, onnx_path: Path | str, precision: str,
         return _ordered(plain, one.run)
 
     def taken_mib() -> float:
-        torch.cuda.synchronize()
-        return (free_before - torch.cuda.mem_get_info()[0]) / bench.MIB
+        return taken_outside_pytorch(before, _device_memory(torch, collect=False))
 
     def logits(out) -> np.ndarray:
         torch.cuda.synchronize()  # the run was not synchronized: wait before reading its output

@@ -5,6 +5,7 @@ verdicts against the CPU's.
 The GPU check the study's device run uses: `python -m pytest -q tests/test_ort_gpu.py -m gpu` (with onnxruntime-gpu
 installed; the CPU tests of this file run everywhere).
 """
+import math
 import re
 import subprocess
 import sys
@@ -319,3 +320,14 @@ def test_the_decision_table_reads_how_an_ort_gpu_row_was_timed():
     assert decision.timing_method("cuda", ort_gpu.GRAPH_TIMING) == "CUDA graph"
     why = "enable_cuda_graph refused: This session cannot use the graph capture feature as requested"
     assert decision.timing_method("cuda", ort_gpu.PLAIN_TIMING.format(why=why)) == "plain launches"
+
+
+def test_device_memory_taken_counts_only_what_is_outside_pytorch_and_is_never_negative():
+    """device_mem_mib: the drop in free memory less what PyTorch's allocator reserved meanwhile; where another
+    allocator freed memory between the readings (earlier rows' sessions, PyTorch's cache: -443 MiB on the H100),
+    the reading is NaN, not a negative 'memory taken'."""
+    mib = 2**20
+    before = {"free": 70_000 * mib, "reserved": 500 * mib}
+    assert ort_gpu.taken_outside_pytorch(before, {"free": 69_800 * mib, "reserved": 500 * mib}) == 200
+    assert ort_gpu.taken_outside_pytorch(before, {"free": 69_700 * mib, "reserved": 600 * mib}) == 200
+    assert math.isnan(ort_gpu.taken_outside_pytorch(before, {"free": 70_443 * mib, "reserved": 500 * mib}))
