@@ -1,17 +1,17 @@
 """Accuracy through polygraphy's Comparator: runners on the same feeds, judged by the one criterion.
 
 Serves notebooks 01 (export check), 02 (SiLU rewrite check), 03 (FP32 / FP16), 04 (INT8 / FP8) and 05 (plugin
-engines). `judge` applies `mvlib.precisions`' criterion of a precision to logits against a reference;
-`engine_runners` is the one loop over an engines table's built engines that makes a runner of each that runs here.
+engines). `judge` applies `mvlib.precisions`' criterion of a precision to logits against a reference; the runners
+of built engines come from the engines table (mvlib.tensorrt.table.runners).
 """
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mvlib import metrics, precisions
+from mvlib import metrics, ort_providers, precisions
 
 INPUT = "input"    # the exported model's input name
 OUTPUT = "logits"  # and its output name
@@ -24,11 +24,9 @@ def feeds(batches: Iterable[int], img_size: int, seed: int | None = None) -> lis
 
 
 def onnxrt_runner(onnx_path: Path | str, name: str):
-    """Polygraphy ONNX Runtime runner: on the CUDA EP where it runs, else the CPU (mvlib.ort_gpu)."""
+    """Polygraphy ONNX Runtime runner: on the CUDA EP where it runs, else the CPU (mvlib.ort_providers)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-
-    from mvlib import ort_gpu
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=ort_gpu.providers_for_judging()), name=name)
+    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=ort_providers.providers_for_judging()), name=name)
 
 
 def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
@@ -63,25 +61,6 @@ def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
             pass
 
     return TorchRunner()
-
-
-def engine_runners(engines: pd.DataFrame | None, runnable: Callable | None = None, plugins: Sequence = (),
-                   batches: Sequence[int] = (), stage: str = "engines") -> list[tuple]:
-    """(row, engine, runner `trt-<engine>`) for every built engine of an engines table: the one engine loop.
-
-    StageSkipped when no engine was built (naming `stage`) or one cannot run here: `runnable(engine)` returns the
-    engine or raises it (default tensorrt.runner.runnable; FP8 engines: fp8.runnable). Every batch of `batches`
-    must fit each engine's profile; `plugins` are the plugin libraries the engines need."""
-    from mvlib.tensorrt import cache, runner
-    from mvlib.tensorrt import table as engines_table
-    runnable = runnable or runner.runnable
-    out = []
-    for r in engines_table.built_rows(engines, stage).itertuples():
-        engine = runnable(cache.load(r.path))
-        for b in batches:
-            engine.profile.check(b)
-        out.append((r, engine, runner.runner(engine, f"trt-{r.engine}", plugins)))
-    return out
 
 
 def run(runners: Sequence, data: list[dict]):

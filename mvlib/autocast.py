@@ -365,9 +365,9 @@ def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndar
                     batches: Sequence[int]):
     """Each built engine (runner `trt-<engine>`, engines named by their precision) against ONNX Runtime FP32 at
     the profile's batches, judged by its precision's criterion."""
-    engine_runners = accuracy.engine_runners(engines, batches=batches)
-    runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")] + [trt for _, _, trt in engine_runners]
-    judged = {f"trt-{r.engine}": precisions.get(r.engine).name for r, _, _ in engine_runners}
+    made = trt_table.runners(engines, batches=batches)
+    runners = [accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32")] + [trt for _, _, trt in made]
+    judged = {f"trt-{r.engine}": precisions.get(r.engine).name for r, _, _ in made}
     return compare_runners(runners, "onnxrt-fp32", imgs, batches, n_images, judged, consistency=False)
 
 

@@ -18,7 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from mvlib import figures
 from mvlib.export import ARTIFACTS
-from mvlib.silu import onnx_rewrite
+from mvlib.tensorrt.plugins import PLUGIN_DOMAIN
 
 CENSUS_FILES = tuple(ARTIFACTS[role] for role in ("fp32", "plugin_fp32", "fp16", "int8"))
 OWN_FILES = CENSUS_FILES[:2]  # what notebook 02 itself makes: its census must not depend on later notebooks
@@ -116,7 +116,7 @@ def _describe(node: onnx.NodeProto, rel: str) -> tuple[str, str]:
     if op == "Conv":
         k = next((list(a.ints) for a in node.attribute if a.name == "kernel_shape"), None)
         return f"Conv {'x'.join(map(str, k)) if k else ''} · {scope}".strip(" ·"), "conv"
-    if op == onnx_rewrite.plugin_id().name:
+    if node.domain == PLUGIN_DOMAIN:  # the domain, not the op's name, says a node is a plugin op
         return f"{op} (plugin) · {scope}", "plugin"
     if op in ("Sigmoid", "Mul") and scope.endswith("act"):
         return f"{op} · {scope}", "act"

@@ -6,7 +6,7 @@ opsets the model imports; ONNX Runtime refuses a model whose IR is newer than it
 study's INT8 and FP8 ones, at IR 10 (it pins 10 for ONNX Runtime's sake), which every ONNX Runtime the project
 allows reads; so a model made here is what the study writes, whichever onnx made it.
 
-Serves: notebooks 01-06 through the probes of mvlib.fp8 (FP8 Q/DQ on the CPU) and mvlib.ort_gpu (the CUDA
+Serves: notebooks 01-06 through the probes of mvlib.fp8 (FP8 Q/DQ on the CPU) and mvlib.ort_providers (the CUDA
 EP), and the tests.
 """
 import onnx

@@ -1,13 +1,10 @@
-"""ONNX Runtime on the GPU: whether its CUDA execution provider runs here, the judge's providers and ModelOpt's
-calibration providers, and the benchmark rows of the CUDA, TensorRT and TensorRT-RTX execution providers.
+"""ONNX Runtime on the GPU: the benchmark rows of the CUDA, TensorRT and TensorRT-RTX execution providers, and why
+a row cannot run here.
 
 The CUDA EP comes with `onnxruntime-gpu` (`make` installs it where an NVIDIA driver is: mvlib/tensorrt/cudainfo.py
-`extra ort`); it loads its CUDA and cuDNN libraries from the `nvidia-*` wheels after `onnxruntime.preload_dlls()`.
-`cuda_status` asks for it once: listed by `get_available_providers()`, and a session on a one-node model really on
-it (ONNX Runtime falls back to the CPU, with only a log line, when a library is missing).
-
-Judging (notebooks 01 to 05: `providers_for_judging`) and ModelOpt's calibration (`calibration_eps`) use the CUDA EP
-where it runs, the CPU elsewhere; `on_cpu()` asks for the CPU, the reference whose verdicts the GPU's must match.
+`extra ort`). Whether it runs here, and the providers the verdicts and the calibration of notebooks 01 to 05 use,
+are mvlib.ort_providers'; `cuda_status` adds, for a CPU build, what `make env` would install instead, and
+`judge_text` says in words where the verdicts are computed.
 
 Benchmark rows (`onnxruntime_cuda`, `onnxruntime_tensorrt`): per batch a session on a copy of the model whose batch
 dimension is fixed to that batch (`fixed_batch`), so ONNX Runtime folds the shape arithmetic that a dynamic batch
@@ -18,26 +15,24 @@ stream the timer's CUDA events are recorded on, without a host synchronization p
 `disable_synchronize_execution_providers`), so runs, plain or graph replays, are in flight as for every other GPU row
 (mvlib.bench).
 
-Serves: notebooks 01 to 05 (judging, calibration) and 06 (the ONNX Runtime GPU rows).
+Serves: notebook 06 (the ONNX Runtime GPU rows, and the judge in words).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
 import gc
-import io as _io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
-from mvlib import bench, precisions, stages
+from mvlib import bench, ort_providers, precisions, stages
+from mvlib.ort_providers import CPU_EP, CUDA_EP
 from mvlib.skips import StageSkipped
 
-CPU_EP = "CPUExecutionProvider"
-CUDA_EP = "CUDAExecutionProvider"
 TRT_EP = "TensorrtExecutionProvider"
 RTX_EP = "NvTensorRTRTXExecutionProvider"
 RTX_PLUGIN_PACKAGE = "onnxruntime-ep-nv-tensorrt-rtx-cu13"  # the RTX EP as a plugin library (EP ABI), on PyPI
@@ -56,7 +51,6 @@ PLAIN_TIMING = ("CUDA events around each launch (one run_with_iobinding, batch f
 CAPTURE_RUNS = 3  # runs before the timing: ONNX Runtime captures its CUDA graph after a warm-up run or two
 PRECISIONS = ("fp32", "fp16", "int8", "fp8")  # the ONNX files the study writes (export.ARTIFACTS), all timed here
 TENSORRT_EPS = {TRT_EP: "trt", RTX_EP: "trtrtx"}  # ONNX Runtime's TensorRT EPs and their stages' short names
-_CPU_ONLY = {"on": False}  # on_cpu(): the judge and the calibration on the CPU whatever the machine has
 
 
 class NoProvider(StageSkipped):
@@ -65,34 +59,7 @@ class NoProvider(StageSkipped):
     no_builder = True
 
 
-# --- is the CUDA EP here ----------------------------------------------------------------------------------------
-def _probe_model() -> bytes:
-    """A one-node model (Relu on [1, 8]) at the study's IR version (mvlib.onnxmodel), which ONNX Runtime >= 1.16
-    loads whatever onnx wrote it."""
-    from onnx import TensorProto, helper
-
-    from mvlib import onnxmodel
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
-    model = onnxmodel.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", [x], [y]),
-                                 opset_imports=[helper.make_opsetid("", 17)])
-    return model.SerializeToString()
-
-
-def preload() -> str:
-    """onnxruntime.preload_dlls() (CUDA and cuDNN from the nvidia-* wheels), once; what it printed."""
-    import onnxruntime as ort
-    if not hasattr(ort, "preload_dlls"):
-        return "onnxruntime has no preload_dlls (older than 1.21): the CUDA libraries must be on LD_LIBRARY_PATH"
-    out = _io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            ort.preload_dlls()
-        except Exception as err:  # reported by cuda_status through the probe session, which is the real test
-            print(f"preload_dlls: {type(err).__name__}: {err}")
-    return out.getvalue().strip()
-
-
+# --- is the CUDA EP here, and what `make env` would do about it ----------------------------------------------
 def _install_hint() -> str:
     """Which extra `make env` would install here, and what that gives."""
     from mvlib.tensorrt import cudainfo
@@ -106,58 +73,20 @@ def _install_hint() -> str:
 
 @functools.cache
 def cuda_status() -> tuple[bool, str]:
-    """Whether ONNX Runtime's CUDA EP runs here (listed, and a probe session is really on it), and why not."""
+    """Whether ONNX Runtime's CUDA EP runs here (mvlib.ort_providers), and why not; for a CPU build, the fix."""
     import onnxruntime as ort
-    version = ort.__version__
-    if CUDA_EP not in ort.get_available_providers():
-        return False, f"onnxruntime {version} has no CUDAExecutionProvider (a CPU build); {_install_hint()}"
-    said = preload()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    try:
-        sess = ort.InferenceSession(_probe_model(), opts, providers=[CUDA_EP, CPU_EP])
-    except Exception as err:
-        return False, f"onnxruntime {version}: a CUDA EP session failed ({type(err).__name__}: {err})"
-    if sess.get_providers()[0] != CUDA_EP:
-        return False, (f"onnxruntime {version} lists the CUDA EP but a session fell back to the CPU: its CUDA / cuDNN "
-                       "libraries did not load (`pip install onnxruntime-gpu[cuda,cudnn]` brings them)"
-                       + (f"; preload_dlls said: {said[:300]}" if said else ""))
-    return True, f"onnxruntime {version} CUDA EP"
-
-
-@contextlib.contextmanager
-def on_cpu() -> Iterator[None]:
-    """Within: judging and calibration on the CPU (the reference the GPU's verdicts are held against)."""
-    before = _CPU_ONLY["on"]
-    _CPU_ONLY["on"] = True
-    try:
-        yield
-    finally:
-        _CPU_ONLY["on"] = before
-
-
-def judge_on_gpu() -> bool:
-    """Whether judging and calibration go to the CUDA EP now."""
-    return not _CPU_ONLY["on"] and cuda_status()[0]
-
-
-def providers_for_judging() -> list:
-    """ONNX Runtime providers for the accuracy verdicts: the CUDA EP in full FP32 (TF32 off: the EP's default TF32
-    convolutions and matmuls are off by 2.6e-4 on mobilevit_s, past notebook 01's tolerance), then the CPU for what it
-    lacks, where the CUDA EP runs; else the CPU."""
-    return [(CUDA_EP, {"use_tf32": "0"}), CPU_EP] if judge_on_gpu() else [CPU_EP]
-
-
-def calibration_eps() -> list[str]:
-    """ModelOpt's `calibration_eps`: the CUDA EP where it runs (the CPU for what it lacks), else the CPU."""
-    return ["cuda:0", "cpu"] if judge_on_gpu() else ["cpu"]
+    ok, why = ort_providers.cuda_ep_runs()
+    if ok or CUDA_EP in ort.get_available_providers():
+        return ok, why
+    return False, f"{why}; {_install_hint()}"
 
 
 def judge_text() -> str:
     """Where the verdicts are computed, in words (for the notebooks' output)."""
-    if judge_on_gpu():
-        return f"ONNX Runtime CUDA EP ({cuda_status()[1]})"
-    return "ONNX Runtime on the CPU" + ("" if _CPU_ONLY["on"] else f" (no CUDA EP: {cuda_status()[1]})")
+    ok, why = cuda_status()
+    if ort_providers.judge_on_gpu():
+        return f"ONNX Runtime CUDA EP ({why})"
+    return "ONNX Runtime on the CPU" + ("" if ok else f" (no CUDA EP: {why})")
 
 
 # --- a model whose batch is fixed ------------------------------------------------------------------------------
@@ -384,7 +313,7 @@ def tensorrt_ep_status(ep: str) -> tuple[bool, str]:
     opts = ort.SessionOptions()
     opts.log_severity_level = 4  # the EP's own 'library not found' error is our reason below
     try:
-        sess = ort.InferenceSession(_probe_model(), opts, providers=[ep, CPU_EP])
+        sess = ort.InferenceSession(ort_providers.probe_model(), opts, providers=[ep, CPU_EP])
     except Exception as err:  # noqa: BLE001
         return False, f"{ep} failed to make a session: {_first_line(err)}"
     if sess.get_providers()[0] != ep:

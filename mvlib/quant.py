@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, fp8, io, ort_gpu, precisions
+from mvlib import fp8, io, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.autocast import captured_logs, to_fp16
 from mvlib.export import ARTIFACTS
@@ -95,7 +95,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
              exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
              scales_from: Path | str | None = None, precision: str = "int8") -> dict:
     """ModelOpt PTQ to `precision` (int8, fp8) with explicit Q/DQ, calibrated on the CUDA EP where it runs, else the
-    CPU (mvlib.ort_gpu.calibration_eps); excluded nodes read floats.
+    CPU (mvlib.ort_providers.calibration_eps); excluded nodes read floats.
 
     The non-quantized parts stay FP32 here (`high_precision_dtype="fp32"`) so that ONNX
     Runtime measures the quantization's own error; `write_chosen` makes the deployable FP16 variant.
@@ -116,7 +116,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     if calib.ndim != 4 or len(calib) == 0:
         raise ValueError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {calib.shape}")
     excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
-    eps = ort_gpu.calibration_eps()  # the CUDA EP where it runs: its scales differ slightly, so it is in the key
+    eps = ort_providers.calibration_eps()  # the CUDA EP where it runs: its scales differ slightly, so it is in the key
     key = {**_quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from),
            **({"calibration_eps": eps} if eps != ["cpu"] else {})}
 
@@ -446,7 +446,7 @@ def engine_accuracy(exported, table: pd.DataFrame, ev: Evaluator, engines: pd.Da
     by the criterion of the precision its source file was quantized to.
     """
     rows = []
-    for r, engine, trt in accuracy.engine_runners(engines, runnable):
+    for r, engine, trt in engines_table.runners(engines, runnable):
         logits = collect_outputs(trt, ev.images, engine.profile)
         src = source_row(exported, table, r.onnx)
         rows.append({"engine": r.engine, "precision": src.precision, "policy": src.policy, "method": src.method,

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, metrics, precisions
+from mvlib import accuracy, metrics, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.progress import progress
 from mvlib.quant_graph import count_ops, isolate, quantized_nodes
@@ -39,10 +39,8 @@ class Evaluator:
 
     def session(self, model: onnx.ModelProto | Path | str):
         """The ONNX Runtime session every model is judged in (the one place its provider is chosen): the CUDA EP
-        where it runs, else the CPU (mvlib.ort_gpu)."""
+        where it runs, else the CPU (mvlib.ort_providers)."""
         import onnxruntime as ort
-
-        from mvlib import ort_gpu
         src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
         opts = ort.SessionOptions()
         # Basic optimizations only: Q/DQ pairs run as written (the ONNX semantics of the file, which TensorRT
@@ -50,7 +48,7 @@ class Evaluator:
         # can saturate on CPUs without VNNI and would measure ONNX Runtime rather than the model.
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.log_severity_level = 3  # constant-folding notes about FP16 nodes are not our concern
-        return ort.InferenceSession(src, opts, providers=ort_gpu.providers_for_judging())
+        return ort.InferenceSession(src, opts, providers=ort_providers.providers_for_judging())
 
     def logits(self, model: onnx.ModelProto | Path | str, n: int | None = None) -> np.ndarray:
         """Logits of a model (proto or path) on the first `n` evaluation images, in `session`."""

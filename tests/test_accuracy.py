@@ -1,12 +1,8 @@
-"""mvlib.accuracy: polygraphy runners on the same feeds, the one criterion per precision, the one engine loop."""
+"""mvlib.accuracy: polygraphy runners on the same feeds, the one criterion per precision."""
 import numpy as np
-import pandas as pd
 import pytest
-import tensorrt_models as models
 
-from mvlib import accuracy, paths
-from mvlib.skips import StageSkipped
-from mvlib.tensorrt import flavours, shapes
+from mvlib import accuracy
 from mvlib.tensorrt import table as engines_table
 
 
@@ -58,27 +54,3 @@ def test_table_judges_the_named_runners():
     assert engines_table.accuracy_verdicts(table) == {  # the engines table's words for them
         "plugin_fp16": f"passed (cosine_min {worst['trt-plugin_fp16']:.6f})",
         "plugin_fp32": f"FAILED (cosine_min {worst['trt-plugin_fp32']:.6f})"}
-
-
-def test_engine_runners_without_a_built_engine_skip_naming_the_stage():
-    with pytest.raises(StageSkipped, match="see the plugin_engines stage"):
-        accuracy.engine_runners(None, stage="plugin_engines")
-    failed = pd.DataFrame([{"engine": "fp16", "status": "failed", "path": ""}])
-    with pytest.raises(StageSkipped, match="no engine was built"):
-        accuracy.engine_runners(failed)
-
-
-@pytest.mark.skipif(not flavours.builder_status()[0], reason="no TensorRT builder here")
-def test_engine_runners_make_one_runner_per_built_engine_that_runs(tmp_path, monkeypatch):
-    """A real engine (the installed builder): where it cannot run, the skip says why; its batches must fit."""
-    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
-    spec = engines_table.EngineSpec("fp32", models.conv(tmp_path / "model.onnx"))
-    engines = engines_table.require_built(engines_table.build_all("03_fp32_fp16", [spec], shapes.Profile(1, 2, 4),
-                                                                  workspace_gb=1))
-    if not flavours.select().runs_here()[0]:
-        with pytest.raises(StageSkipped):  # the runtime's own reason (no GPU, or one it does not run on)
-            accuracy.engine_runners(engines)
-    (row, engine, runner), = accuracy.engine_runners(engines, runnable=lambda e: e, batches=(1, 4))
-    assert row.engine == "fp32" and runner.name == "trt-fp32" and engine.profile.max == 4
-    with pytest.raises(ValueError, match="outside the engine's optimization profile"):
-        accuracy.engine_runners(engines, runnable=lambda e: e, batches=(8,))

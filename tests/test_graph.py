@@ -18,6 +18,7 @@ from onnx import helper as h  # noqa: E402
 
 from mvlib import graph, io, onnxmodel, paths  # noqa: E402
 from mvlib.silu import onnx_rewrite  # noqa: E402
+from mvlib.tensorrt import plugins  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,14 @@ def test_block_before_and_after_the_rewrite(model_dir):
     assert set(before.successors("block input")) == {"conv_kxk/conv/Conv", "Concat_6"}
     assert before.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/Mul")  # x goes to Mul and to Sigmoid
     assert after.has_edge("conv_kxk/conv/Conv", "conv_kxk/bn/act/" + onnx_rewrite.plugin_id().name)
+
+
+def test_a_node_of_tensorrt_s_plugin_domain_is_a_plugin_whatever_its_op():
+    """The domain says a node is a plugin op (mvlib.tensorrt.plugins), not the op's name."""
+    other = h.make_node("OtherPlugin", ["x"], ["y"], domain=plugins.PLUGIN_DOMAIN)
+    assert graph._describe(other, "stages.2/conv_kxk/bn/act/OtherPlugin")[1] == "plugin"
+    namesake = h.make_node(onnx_rewrite.plugin_id().name, ["x"], ["y"])  # the plugin's name, ONNX's own domain
+    assert graph._describe(namesake, "stages.2/head/Op")[1] == "other"
 
 
 def test_block_tables_round_trip_and_drawing(model_dir, tmp_path):

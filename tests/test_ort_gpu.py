@@ -1,6 +1,6 @@
-"""ONNX Runtime on the GPU (mvlib.ort_gpu): which build `make` installs, the fixed-batch model a CUDA graph needs, what
-the rows say where no CUDA EP is, and, on a GPU (`-m gpu`), the CUDA EP listed, its rows timed, and its accuracy
-verdicts against the CPU's.
+"""ONNX Runtime on the GPU (mvlib.ort_gpu, and the judge's providers: mvlib.ort_providers): which build `make`
+installs, the fixed-batch model a CUDA graph needs, what the rows say where no CUDA EP is, and, on a GPU (`-m gpu`),
+the CUDA EP listed, its rows timed, and its accuracy verdicts against the CPU's.
 
 The GPU check the study's device run uses: `python -m pytest -q tests/test_ort_gpu.py -m gpu` (with onnxruntime-gpu
 installed; the CPU tests of this file run everywhere).
@@ -19,7 +19,7 @@ import pytest
 import tomllib
 from packaging.requirements import Requirement
 
-from mvlib import autocast, bench, decision, env, ort_gpu, quant, quant_eval
+from mvlib import autocast, bench, decision, env, ort_gpu, ort_providers, quant, quant_eval
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cudainfo
 
@@ -109,10 +109,10 @@ def test_without_a_cuda_ep_the_rows_say_why_and_the_judge_stays_on_the_cpu(xxs, 
     as the machine's (no_builder); judging and calibration stay on the CPU."""
     import onnxruntime
     settings = bench.Settings(seconds=0.1, repeats=2)
-    assert ort_gpu.providers_for_judging() == [ort_gpu.CPU_EP] and ort_gpu.calibration_eps() == ["cpu"]
-    assert "CPU" in ort_gpu.judge_text()
-    if ort_gpu.CUDA_EP not in onnxruntime.get_available_providers():
-        assert "no CUDAExecutionProvider" in WHY_NOT and onnxruntime.__version__ in WHY_NOT
+    assert ort_providers.providers_for_judging() == [ort_providers.CPU_EP]
+    assert ort_providers.calibration_eps() == ["cpu"] and "CPU" in ort_gpu.judge_text()
+    if ort_providers.CUDA_EP not in onnxruntime.get_available_providers():  # a CPU build: the fix is `make env`
+        assert "no CUDAExecutionProvider" in WHY_NOT and onnxruntime.__version__ in WHY_NOT and "`make env`" in WHY_NOT
     with pytest.raises(StageSkipped, match=re.escape(WHY_NOT)) as err:
         ort_gpu.onnxruntime_cuda(settings, xxs[0].onnx)
     assert not getattr(err.value, "no_builder", False)
@@ -131,14 +131,15 @@ def test_a_fixed_batch_folds_the_shape_arithmetic_a_cuda_graph_cannot_hold(xxs):
     on the CPU, with Memcpy around them, and refuse the CUDA graph); with the batch fixed none is left, and the
     logits are the dynamic model's."""
     model = onnx.load(str(xxs[0].onnx))
-    assert ort_gpu.cpu_nodes(model, [ort_gpu.CPU_EP]) > 0
+    assert ort_gpu.cpu_nodes(model, [ort_providers.CPU_EP]) > 0
     fixed = ort_gpu.fixed_batch(model, 4)
-    assert ort_gpu.cpu_nodes(fixed, [ort_gpu.CPU_EP]) == 0
+    assert ort_gpu.cpu_nodes(fixed, [ort_providers.CPU_EP]) == 0
     name, dtype, out_name, shape, _ = ort_gpu.io_spec(fixed)
     assert shape[0] == 4 and dtype == np.float32 and fixed.ir_version == model.ir_version
     x = bench.images(4, bench.Settings(img_size=256))
-    got = ort.InferenceSession(fixed.SerializeToString(), providers=[ort_gpu.CPU_EP]).run([out_name], {name: x})[0]
-    want = ort.InferenceSession(str(xxs[0].onnx), providers=[ort_gpu.CPU_EP]).run([out_name], {name: x})[0]
+    cpu = [ort_providers.CPU_EP]
+    got = ort.InferenceSession(fixed.SerializeToString(), providers=cpu).run([out_name], {name: x})[0]
+    want = ort.InferenceSession(str(xxs[0].onnx), providers=cpu).run([out_name], {name: x})[0]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     assert ort_gpu.io_spec(ort_gpu.fixed_batch(model, 1))[3][0] == 1
     with pytest.raises(ValueError, match="static shape"):
@@ -158,13 +159,14 @@ def test_the_decision_table_says_what_an_ort_gpu_row_built():
 @pytest.mark.skipif(not GPU_HERE, reason=NO_GPU)
 def test_the_cuda_ep_is_listed_and_runs():
     """After preload_dlls, get_available_providers lists the CUDA EP and a session really runs on it."""
-    ort_gpu.preload()
-    assert ort_gpu.CUDA_EP in ort.get_available_providers(), (ort.__version__, ort.get_available_providers())
+    ort_providers.preload()
+    assert ort_providers.CUDA_EP in ort.get_available_providers(), (ort.__version__, ort.get_available_providers())
     assert CUDA_EP_HERE, WHY_NOT
-    assert ort_gpu.providers_for_judging()[0] == (ort_gpu.CUDA_EP, {"use_tf32": "0"})
-    assert ort_gpu.calibration_eps()[0] == "cuda:0"
-    with ort_gpu.on_cpu():
-        assert ort_gpu.providers_for_judging() == [ort_gpu.CPU_EP] and ort_gpu.calibration_eps() == ["cpu"]
+    assert ort_providers.providers_for_judging()[0] == (ort_providers.CUDA_EP, {"use_tf32": "0"})
+    assert ort_providers.calibration_eps()[0] == "cuda:0"
+    with ort_providers.on_cpu():
+        assert ort_providers.providers_for_judging() == [ort_providers.CPU_EP]
+        assert ort_providers.calibration_eps() == ["cpu"]
 
 
 @pytest.mark.gpu
@@ -205,7 +207,8 @@ def test_a_graph_replay_returns_before_it_is_done_as_the_rows_timing_says(xxs):
     import torch
     model = ort_gpu.fixed_batch(onnx.load(str(xxs[0].onnx)), 64)
     stream = torch.cuda.Stream()
-    one = ort_gpu._Batch(model, ort_gpu.CUDA_EP, stream, bench.images(64, bench.Settings(img_size=256)), True, ort)
+    x = bench.images(64, bench.Settings(img_size=256))
+    one = ort_gpu._Batch(model, ort_providers.CUDA_EP, stream, x, True, ort)
     for _ in range(ort_gpu.CAPTURE_RUNS):  # the EP captures in these runs
         one.run()
     torch.cuda.synchronize()
@@ -230,7 +233,7 @@ def _verdicts(xxs, images, prec: str) -> tuple[pd.DataFrame, pd.Series | None]:
 def test_judging_the_same_files_on_the_gpu_gives_the_cpus_verdicts(xxs, images, q_all):
     """The same Q/DQ file judged on the CUDA EP and on the CPU: same pass/fail, cosines within JUDGE_COSINE_TOL."""
     gpu = quant_eval.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
-    with ort_gpu.on_cpu():
+    with ort_providers.on_cpu():
         cpu = quant_eval.Evaluator.from_onnx(xxs[0].onnx, images.eval, images.eval_labels)
         on_cpu = cpu.evaluate(q_all[0], "int8")
     on_gpu = gpu.evaluate(q_all[0], "int8")
@@ -251,7 +254,7 @@ def test_notebook_04s_verdicts_on_the_gpu_match_the_cpus(xxs, images, prec):
         ok, why = fp8.has_fp8(flavours.capability_here())
         if not ok:
             pytest.skip(why)
-    with ort_gpu.on_cpu():
+    with ort_providers.on_cpu():
         cpu_table, cpu_choice = _verdicts(xxs, images, prec)
     gpu_table, gpu_choice = _verdicts(xxs, images, prec)
     keys = ["policy", "method"]
@@ -273,14 +276,14 @@ def test_notebook_03s_onnx_runtime_runner_runs_on_the_cuda_ep(xxs):
     from mvlib import accuracy
     runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
-        assert runner.sess.get_providers()[0] == ort_gpu.CUDA_EP
+        assert runner.sess.get_providers()[0] == ort_providers.CUDA_EP
     results = accuracy.run([accuracy.torch_runner(xxs[1].float().cpu().eval(), 256), runner],
                            accuracy.feeds((1, 3), 256, seed=0))
     assert accuracy.check(results, atol=1e-4, rtol=1e-3)
-    with ort_gpu.on_cpu():
+    with ort_providers.on_cpu():
         runner = accuracy.onnxrt_runner(xxs[0].onnx, "onnxrt-fp32")
     with runner:
-        assert runner.sess.get_providers() == [ort_gpu.CPU_EP]
+        assert runner.sess.get_providers() == [ort_providers.CPU_EP]
 
 
 # --- the API the GPU rows use, against the installed onnxruntime (the CPU build has the same Python classes) --------
@@ -290,8 +293,9 @@ RECEIVERS = {"binding": ort.IOBinding, "sess": ort.InferenceSession, "run_option
 
 def test_every_onnxruntime_name_the_gpu_rows_use_exists():
     """Each `ort.X(.Y)` and each method called on a session, I/O binding, run options or session options in
-    mvlib/ort_gpu.py, against the installed onnxruntime: a misspelt name would surface only on a GPU."""
-    src = Path(ort_gpu.__file__).read_text()
+    mvlib/ort_gpu.py and mvlib/ort_providers.py, against the installed onnxruntime: a misspelt name would surface
+    only on a GPU."""
+    src = Path(ort_gpu.__file__).read_text() + Path(ort_providers.__file__).read_text()
     missing = []
     for dotted in set(re.findall(r"\bort\.(\w+(?:\.\w+)?)", src)) - {"__version__"}:
         obj = ort

@@ -1,6 +1,6 @@
-"""mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, the module ->
-notebook map and the figure table of docs/package.md say what the modules and notebooks hold, and tests/ mirrors
-mvlib (docs/package.md, "Tests")."""
+"""mvlib as a package (__init__, _compat): it imports quietly, builds a wheel that holds its profiles, its modules
+import each other in no circle, the module -> notebook map and the figure table of docs/package.md say what the
+modules and notebooks hold, and tests/ mirrors mvlib (docs/package.md, "Tests")."""
 import ast
 import importlib
 import importlib.util
@@ -44,6 +44,46 @@ def test_the_profiles_are_declared_package_data(tmp_path):
     wheel = next((tmp_path / "dist").glob("mvlib-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
     assert {"mvlib/profiles/full.yaml", "mvlib/profiles/smoke.yaml", "mvlib/progress.py"} <= set(names)
+
+
+# --- the import graph: no circle ---------------------------------------------------------------------------
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The mvlib modules (named as _modules names them) that module `name` imports, at module level or inside a
+    function alike."""
+    here = [] if name == "mvlib" else name.split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if isinstance(node, ast.Import):
+            dotted = [a.name.split(".") for a in node.names]
+        elif node.level:  # relative: from this module's package, or one above it per extra dot
+            base = package[:len(package) - node.level + 1] + (node.module.split(".") if node.module else [])
+            dotted = [["mvlib", *base, a.name] for a in node.names]
+        else:
+            dotted = [[*(node.module or "").split("."), a.name] for a in node.names]
+        for parts in dotted:
+            if parts[0] == "mvlib":  # the longest prefix that is a module: `from mvlib import x` names module x
+                found |= next(({".".join(parts[1:n])} for n in range(len(parts), 1, -1)
+                               if ".".join(parts[1:n]) in modules), set())
+    return found - {name}
+
+
+def test_no_module_imports_itself_through_others():
+    """A circle of imports (a -> b -> c -> a) makes every module of it stand above the others: none can be read,
+    tested or moved alone. Function-level imports count: they tie the modules as much."""
+    modules = _modules()
+    graph = {name: _imports(name, path, modules) for name, path in modules.items()}
+    for start in graph:
+        seen, todo = set(), [(start, (start,))]
+        while todo:
+            name, way = todo.pop()
+            for nxt in graph[name]:
+                assert nxt != start, f"import circle: {' -> '.join((*way, nxt))}; move what they share lower"
+                if nxt not in seen:
+                    seen.add(nxt)
+                    todo.append((nxt, (*way, nxt)))
 
 
 # --- docs/package.md's map (module -> notebook) and the tests' layout ------------------------------------------

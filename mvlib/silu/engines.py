@@ -120,9 +120,9 @@ def _built(engines: pd.DataFrame | None) -> pd.DataFrame:
 
 def plugin_accuracy(exported, engines: pd.DataFrame | None) -> pd.DataFrame:
     """Plugin engines against ONNX Runtime on the original model, on the same saved inputs, each judged by its
-    precision's one criterion (mvlib.precisions), through the one engine loop (accuracy.engine_runners)."""
+    precision's one criterion (mvlib.precisions), through the one engine loop (tensorrt.table.runners)."""
     from polygraphy.comparator import RunResults
-    made = accuracy.engine_runners(engines, plugins=(build.plugin_library(),), stage="plugin_engines")
+    made = engines_table.runners(engines, plugins=(build.plugin_library(),), stage="plugin_engines")
     inputs, _ = export.load_reference(exported)
     ref_path = exported.artifact("ort_reference")
     if not ref_path.exists():

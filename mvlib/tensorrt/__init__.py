@@ -12,7 +12,7 @@ what differs between them is decided in `flavours`. Imports run downward only:
     runner     deserialization, per-plan validity, runtime config, Session, the polygraphy runner
     layers     layer information: the engine inspector and the builder's own layer listing
     timing     engines timed the trtexec way (CUDA graphs where allowed) and RTX's JIT costs
-    table      the engines table (results/engines.csv) and its prose
+    table      the engines table (results/engines.csv), its prose and the runners of its built engines
 
 This file imports none of them, so `python -m mvlib.tensorrt.X` and the Makefile's stdlib-only use of
 `cudainfo` stay cheap.

@@ -298,6 +298,23 @@ def built_rows(engines: pd.DataFrame | None, stage: str = "engines") -> pd.DataF
     return built
 
 
+def runners(engines: pd.DataFrame | None, runnable: Callable | None = None, plugins: Sequence = (),
+            batches: Sequence[int] = (), stage: str = "engines") -> list[tuple]:
+    """(row, engine, runner `trt-<engine>`) for every built engine of an engines table: the one engine loop.
+
+    StageSkipped when no engine was built (naming `stage`) or one cannot run here: `runnable(engine)` returns the
+    engine or raises it (default runner.runnable; FP8 engines: mvlib.fp8.runnable). Every batch of `batches` must
+    fit each engine's profile; `plugins` are the plugin libraries the engines need."""
+    runnable = runnable or runner.runnable
+    out = []
+    for r in built_rows(engines, stage).itertuples():
+        engine = runnable(cache.load(r.path))
+        for b in batches:
+            engine.profile.check(b)
+        out.append((r, engine, runner.runner(engine, f"trt-{r.engine}", plugins)))
+    return out
+
+
 def accuracy_verdicts(table: pd.DataFrame) -> dict[str, str]:
     """Per engine, its `accuracy` entry for the engines table, from an accuracy table's rows of that engine (an
     `engine` column, else `trt-<engine>` runners): passed or FAILED by the one criterion, with the metrics its

@@ -1,9 +1,11 @@
-"""The engines table and its prose (mvlib.tensorrt.table): one writer per column group, the JIT stage, INT8."""
+"""The engines table and its prose (mvlib.tensorrt.table): one writer per column group, the JIT stage, INT8, the one
+engine loop (`runners`)."""
 import pandas as pd
 import pytest
 import tensorrt_models as models
 
 from mvlib import io, onnxmodel, paths, tiers
+from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours, shapes, table, timing
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
@@ -231,3 +233,27 @@ def test_writers_take_a_skipped_build_stage_without_failing(tmp_path):
     assert table.record_accuracy(run, None, None, "the plugin was not built") == {}
     table.record_jit(run, None, "the plugin was not built", None, None)
     assert list(table.read(run)["engine"]) == ["fp32"]
+
+
+# --- the one engine loop: a runner for each built engine -----------------------------------------------------
+def test_runners_without_a_built_engine_skip_naming_the_stage():
+    with pytest.raises(StageSkipped, match="see the plugin_engines stage"):
+        table.runners(None, stage="plugin_engines")
+    failed = pd.DataFrame([{"engine": "fp16", "status": "failed", "path": ""}])
+    with pytest.raises(StageSkipped, match="no engine was built"):
+        table.runners(failed)
+
+
+@pytest.mark.skipif(not flavours.builder_status()[0], reason="no TensorRT builder here")
+def test_runners_make_one_runner_per_built_engine_that_runs(tmp_path, monkeypatch):
+    """A real engine (the installed builder): where it cannot run, the skip says why; its batches must fit."""
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    spec = table.EngineSpec("fp32", models.conv(tmp_path / "model.onnx"))
+    engines = table.require_built(table.build_all("03_fp32_fp16", [spec], shapes.Profile(1, 2, 4), workspace_gb=1))
+    if not flavours.select().runs_here()[0]:
+        with pytest.raises(StageSkipped):  # the runtime's own reason (no GPU, or one it does not run on)
+            table.runners(engines)
+    (row, engine, runner), = table.runners(engines, runnable=lambda e: e, batches=(1, 4))
+    assert row.engine == "fp32" and runner.name == "trt-fp32" and engine.profile.max == 4
+    with pytest.raises(ValueError, match="outside the engine's optimization profile"):
+        table.runners(engines, runnable=lambda e: e, batches=(8,))
