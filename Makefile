@@ -26,10 +26,10 @@ torch_pair_ok = $(1) -c "import torch, torchvision; torchvision.ops.nms(torch.ze
 pip_pair = PIP_FIND_LINKS=" " $(1) -m pip install -q $(2) "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 torch_pair = if $(1) -m pip show -q torch >/dev/null 2>&1 && ! $(call torch_pair_ok,$(1)); then \
 	$(1) -m pip uninstall -q -y torch torchvision; fi; \
-	if [ -n "$(TORCH_INDEX)" ]; then $(call pip_pair,$(1),$(2)) --index-url "$(TORCH_INDEX)"; \
+	if [ -n "$(TORCH_INDEX)" ]; then $(call pip_pair,$(1),$(2)) --index-url "$(TORCH_INDEX)" || exit 1; \
 	elif [ "$$($(1) mvlib/tensorrt/cudainfo.py extra)" = rtx-cu12 ]; then \
-	$(call pip_pair,$(1),$(2)) --index-url "$(TORCH_CU12_INDEX)" || $(call pip_pair,$(1),$(2)); \
-	else $(call pip_pair,$(1),$(2)); fi; \
+	$(call pip_pair,$(1),$(2)) --index-url "$(TORCH_CU12_INDEX)" || $(call pip_pair,$(1),$(2)) || exit 1; \
+	else $(call pip_pair,$(1),$(2)) || exit 1; fi; \
 	$(call torch_pair_ok,$(1)) || { echo "make: torchvision's C++ ops do not load beside $$($(1) -m pip show torch \
 	| grep ^Version); install torch and torchvision from one index (TORCH_INDEX=...), or remove $(1:/bin/python=) \
 	and run make again" >&2; exit 1; }
