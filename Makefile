@@ -5,8 +5,34 @@ PY      := $(VENV)/bin/python
 PROFILE ?= full
 TIER    ?= auto
 ARGS    ?=
-# PyTorch is pinned to the release the study was developed on; override to use another.
-TORCH_SPEC ?= torch==2.13.*
+# PyTorch: the newest release the study is tested on (make test); its floor, 2.13, is tested by make test-floors.
+TORCH_SPEC ?= torch==2.14.*
+# torchvision: timm imports it (timm.layers imports torchvision.ops), and it must be the same build as torch, because
+# its C++ ops link against torch's CPU or CUDA libraries: PyPI's torchvision (a CUDA build) beside a CPU-only torch
+# dies at `import timm` ("operator torchvision::nms does not exist"). So both come in one pip command from one index,
+# as PyTorch's own instructions have it, and never from a folder of local wheels (pip's find-links, PIP_FIND_LINKS=" "
+# switches it off): such a folder may hold a +cpu torch that pip would pair with the index's CUDA torchvision.
+# The index, by the driver (cudainfo.py extra): PyPI where the driver runs CUDA 13 or there is none (PyPI's x86_64
+# wheels of both are the CUDA 13 build, which runs on the CPU too); PyTorch's CUDA 12 index on an R535-R570 driver,
+# PyPI if that fails. TORCH_INDEX overrides both, e.g. https://download.pytorch.org/whl/cpu: the CPU-only pair,
+# about 4 GB smaller, where that index can be reached.
+TORCHVISION_SPEC ?= torchvision==0.29.*
+TORCH_INDEX ?=
+TORCH_CU12_INDEX ?= https://download.pytorch.org/whl/cu126
+# $(call torch_pair_ok,PYTHON): whether torchvision's C++ ops run beside that torch
+torch_pair_ok = $(1) -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)" \
+	>/dev/null 2>&1
+# $(call torch_pair,PYTHON,PIP OPTIONS): install the pair (a mismatched one, as older venvs have, is replaced)
+pip_pair = PIP_FIND_LINKS=" " $(1) -m pip install -q $(2) "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+torch_pair = if $(1) -m pip show -q torch >/dev/null 2>&1 && ! $(call torch_pair_ok,$(1)); then \
+	$(1) -m pip uninstall -q -y torch torchvision; fi; \
+	if [ -n "$(TORCH_INDEX)" ]; then $(call pip_pair,$(1),$(2)) --index-url "$(TORCH_INDEX)" || exit 1; \
+	elif [ "$$($(1) mvlib/tensorrt/cudainfo.py extra)" = rtx-cu12 ]; then \
+	$(call pip_pair,$(1),$(2)) --index-url "$(TORCH_CU12_INDEX)" || $(call pip_pair,$(1),$(2)) || exit 1; \
+	else $(call pip_pair,$(1),$(2)) || exit 1; fi; \
+	$(call torch_pair_ok,$(1)) || { echo "make: torchvision's C++ ops do not load beside $$($(1) -m pip show torch \
+	| grep ^Version); install torch and torchvision from one index (TORCH_INDEX=...), or remove $(1:/bin/python=) \
+	and run make again" >&2; exit 1; }
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 # TensorRT-RTX builds every engine, GPU or not; PyPI has it for x86_64 Linux as a CUDA 12 and a CUDA 13 build.
 # The driver decides which (cuDriverGetVersion; a stdlib-only script, as nothing is installed yet): rtx-cu13 on an
@@ -66,9 +92,13 @@ test-floors-venv: export PYTHONWARNINGS = ignore:Editable installation
 test-floors-venv: $(FLOORS_VENV)/.installed
 	MVLIB_TEST_BUILD="$(abspath build/tests-floors)" $(FLOORS_VENV)/bin/python -m pytest -ra -m "not slow" -p no:cacheprovider $(ARGS)
 
+# the floors' pair: torch's floor and the torchvision of that release
+$(FLOORS_VENV)/.installed: TORCH_SPEC = torch==2.13.0
+$(FLOORS_VENV)/.installed: TORCHVISION_SPEC = torchvision==0.28.0
 $(FLOORS_VENV)/.installed: pyproject.toml constraints/floors.txt
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
+	$(call torch_pair,$(FLOORS_VENV)/bin/python,-c constraints/floors.txt)
 	$(FLOORS_VENV)/bin/python -m pip install -q -c constraints/floors.txt -e ".[dev,ort-cpu]"
 	touch $@
 
@@ -84,7 +114,7 @@ $(VENV)/.installed: export PYTHONWARNINGS = ignore:Editable installation
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(call torch_pair,$(PY))
 # onnxruntime and onnxruntime-gpu share their files: where the other one is installed, both go, then one comes back
 	if $(PY) -m pip show -q $(ORT_UNWANTED) >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
 	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"

@@ -8,7 +8,6 @@ from pathlib import Path
 import timm
 import torch
 
-import mvlib  # noqa: F401  (applies the torchvision import fix before timm)
 from mvlib import env, io
 
 HUB_HOST = ("huggingface.co", 443)
