@@ -63,7 +63,7 @@ publish: $(VENV)/.installed
 	$(PY) -m mvlib.study --publish-from $(RUN) $(ARGS) || $(DRIVER_EXIT)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -ra $(ARGS)
+	$(PY) -m pytest -ra --durations=25 $(ARGS)
 
 lint: $(VENV)/.installed
 	$(PY) -m ruff check .
