@@ -117,10 +117,11 @@ $(VENV)/.installed: pyproject.toml
 	$(call torch_pair,$(PY))
 # onnxruntime and onnxruntime-gpu share their files: where the other one is installed, both go, then one comes back
 	if $(PY) -m pip show -q $(ORT_UNWANTED) >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
-	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"
+# one resolve for the project, its ONNX Runtime and (x86_64) TensorRT-RTX: a pip run per extra costs CI a minute
 ifeq ($(RTX_WHEELS),1)
-	$(PY) -m pip install -q -e ".[$(RTX_EXTRA)]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA),$(RTX_EXTRA)]" "$(TORCH_SPEC)"
 else
+	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"
 	@echo "NOTE: TensorRT-RTX has no wheels for $(ARCH); engines are built only where TensorRT is installed."
 endif
 ifeq ($(HAS_GPU),1)

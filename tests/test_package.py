@@ -4,7 +4,6 @@ modules and notebooks hold, and tests/ mirrors mvlib (docs/package.md, "Tests").
 import ast
 import importlib
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
