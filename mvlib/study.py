@@ -19,6 +19,8 @@ Serves: the driver (`make study`, `python -m mvlib.study`); no notebook imports 
 import argparse
 import contextlib
 import datetime as _dt
+import gc
+import logging
 import os
 import signal
 import sys
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from mvlib import env, io, rerun, rundir, stages, tiers
 from mvlib.driver import BAD_INPUT, FAILED, INTERRUPTED, OK, kernels, runfolder, verdicts
-from mvlib.driver.params import BadInput, parameters, profile_names, value_problems
+from mvlib.driver.params import BadInput, parameters, profile_names, seconds, value_problems
 from mvlib.driver.publish import publish, publish_from, publish_hint, publish_problems, variant_label
 
 EXIT_CODES = f"""exit codes:
@@ -88,17 +90,6 @@ def expose_tensorrt_libraries(decision: dict) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line arguments."""
     return parser().parse_args(argv)
-
-
-def seconds(text: str) -> int:
-    """A positive whole number of seconds (--timeout), or argparse's one-line refusal."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 3600")
-    return value
 
 
 def parser() -> argparse.ArgumentParser:
@@ -335,20 +326,23 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminated(signum: int, frame) -> None:
-    raise Terminated(signum)
+    logging.disable(logging.CRITICAL)  # what the libraries log while the kernels die is not for the console
+    raise KeyboardInterrupt if signum == signal.SIGINT else Terminated(signum)
 
 
 @contextlib.contextmanager
 def stops_as_ctrl_c():
-    """For the block, SIGTERM and SIGHUP end the run as Ctrl-C does (Terminated); a signal the process inherited as
-    ignored (SIGHUP under nohup) stays ignored: whoever started it asked for that."""
-    old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    """For the block, Ctrl-C, SIGTERM and SIGHUP end the run alike, with the libraries' logging off from then on
+    (nbclient's "Kernel died", asyncio's "Task exception was never retrieved"); one inherited as ignored stays so."""
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
     for s, handler in old.items():
         if handler is not signal.SIG_IGN:
             signal.signal(s, _terminated)
     try:
         yield
     finally:
+        gc.collect()  # an interrupted run's tasks log as they are collected: while logging is still off
+        logging.disable(logging.NOTSET)
         for s, handler in old.items():
             signal.signal(s, handler)
 

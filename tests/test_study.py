@@ -612,3 +612,20 @@ def test_make_says_the_drivers_exit_code(tmp_path, target, code, says):
                           timeout=120)
     assert proc.returncode == 2
     assert f"make: python -m mvlib.study exited {code} ({says}); make itself exits 2 on any failure" in proc.stderr
+
+
+def test_after_a_stop_signal_the_libraries_log_nothing_until_the_block_ends(caplog):
+    """Ctrl-C (or SIGTERM/SIGHUP) inside the driver's block: nbclient's "Kernel died while waiting for execute reply"
+    and asyncio's "Task exception was never retrieved" for the kernels the driver then stops once surrounded its one
+    line (a CI run caught it); logging is off from the signal to the block's end, and on again after it."""
+    import logging
+    import signal
+    import time
+    with study.stops_as_ctrl_c():
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        logging.getLogger("asyncio").error("Task exception was never retrieved")
+    assert "never retrieved" not in caplog.text
+    logging.getLogger("asyncio").error("logging is back")
+    assert "logging is back" in caplog.text

@@ -6,6 +6,7 @@ checked by tests/driver/test_params.py), and the full profile gives it the same 
 
 Serves: the driver (the notebooks' parameters cells are its table).
 """
+import argparse
 import ast
 import difflib
 import functools
@@ -180,3 +181,14 @@ def parameters(profile: str, overrides: list[tuple[str, str]]) -> tuple[dict, li
         except BadInput as err:
             problems.append(str(err))
     return params, problems
+
+
+def seconds(text: str) -> int:
+    """A positive whole number of seconds (--timeout), or argparse's one-line refusal."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds, e.g. 3600")
+    return value
