@@ -40,9 +40,15 @@ def test_both_venvs_install_torch_and_torchvision_in_one_command():
 
 
 def test_importing_mvlib_prints_no_warning():
-    code = "import warnings; warnings.simplefilter('default'); import mvlib, timm"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and not proc.stderr.strip(), proc.stderr
+    """mvlib's import adds no warning to what timm's own prints (nothing at today's versions; at the floors, timm
+    1.0.3's hrnet calls torch.jit.interface, which torch 2.13 deprecates: timm's, not ours)."""
+    def stderr(code: str) -> str:
+        proc = subprocess.run([sys.executable, "-c", "import warnings; warnings.simplefilter('default'); " + code],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr.strip()
+    assert stderr("import mvlib, timm") == stderr("import timm")
+    assert stderr("import mvlib") == ""
 
 
 def test_the_profiles_are_declared_package_data(tmp_path):
