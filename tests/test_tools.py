@@ -70,3 +70,64 @@ def test_stage_table_command_prints_the_table_or_one_line_why_not(tmp_path):
 def test_stage_table_reads_only_numbers_as_seconds(value):
     st = _tool("stage_table")
     assert st.stage_seconds({"stages": {"01_export/x": {"seconds": value}}}) == {"01_export/x": None}
+
+
+def test_window_agreement_times_a_cpu_row_both_ways_and_writes_its_tables(tmp_path):
+    """The tool's own functions on the pytorch_cpu row (the GPU rows go through the same ones on the GPU)."""
+    import torch
+
+    from mvlib import bench, bench_windows
+    from mvlib.skips import StageSkipped
+    wa = _tool("window_agreement")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.SiLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(8, 10))
+
+    def missing(settings):
+        raise StageSkipped("model.fp8.onnx not found\n(second line)")
+
+    quick = bench_windows.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)  # settles at its first check
+    s = bench.Settings(img_size=32, seconds=0.3, repeats=2, warmup_s=0.0, rule=quick)
+    specs = [("pytorch_cpu", bench.pytorch_cpu, (net,), {}), ("onnxruntime_cuda_fp8", missing, (), {})]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on a shared 2-core machine two threads wait on each other: 0.06 ms launches took 30
+    try:
+        table = wa.agreement_table(specs, [1, 2], s)
+    finally:
+        torch.set_num_threads(threads)
+    assert list(table.columns) == wa.COLUMNS and list(table.row) == ["pytorch_cpu"] * 2 + ["onnxruntime_cuda_fp8"]
+    timed, skipped = table.iloc[:2], table.iloc[2]
+    assert list(timed.batch) == [1, 2] and (timed.not_timed == "").all()
+    assert skipped.not_timed == "StageSkipped: model.fp8.onnx not found"
+    assert (timed.fixed_wall_s >= 2 * 0.3).all() and (timed.rule_wall_s < timed.fixed_wall_s / 3).all()
+    assert (timed.fixed_samples > timed.rule_samples).all() and (timed.rule_samples >= 2 * s.min_iters).all()
+    assert timed.median_diff_pct.tolist() == pytest.approx(
+        (100 * (timed.rule_median_ms / timed.fixed_median_ms - 1)).tolist())
+    worst = timed[["median_diff_pct", "throughput_diff_pct"]].abs().max(axis=1)
+    assert (timed.within_2pct == (worst <= 2.0)).all()
+
+    csv, md = wa.write(table, s, tmp_path / "out")
+    back = __import__("pandas").read_csv(csv, keep_default_na=False)
+    assert list(back.columns) == wa.COLUMNS and len(back) == 3
+    text = md.read_text().splitlines()
+    assert "stops when the median's 95% CI is within" in text[0] and "every window runs 0.3 s" in text[0]
+    assert text[2].startswith("| row | batch | fixed median ms | stop-rule median ms | difference % |")
+    first = [c.strip() for c in text[4].split("|")[1:-1]]
+    assert first[:2] == ["pytorch_cpu", "1"] and first[-2] == ("yes" if timed.within_2pct.iloc[0] else "no")
+    assert float(first[2]) == pytest.approx(timed.fixed_median_ms.iloc[0], rel=1e-3)
+    assert int(first[5]) == timed.fixed_samples.iloc[0] and first[-1] == ""
+    assert text[6].startswith("| onnxruntime_cuda_fp8 |") and text[6].endswith("| StageSkipped: model.fp8.onnx "
+                                                                                "not found |")
+    code, line = wa.verdict(table)
+    assert code == (0 if timed.within_2pct.all() else 1)
+    assert line.startswith(f"2 row-batches timed both ways, {int(timed.within_2pct.sum())} agree")
+    assert line.endswith("; 1 rows not timed")
+
+
+def test_window_agreement_without_cuda_says_so_in_one_line():
+    """This machine has no GPU: the tool says why in one line and exits 2, before it exports or times anything."""
+    tool = str(paths.ROOT / "tools" / "window_agreement.py")
+    got = subprocess.run([sys.executable, tool, "--out", "build/tests/window_agreement"], capture_output=True,
+                         text=True)
+    assert got.returncode == 2, got.stderr
+    assert got.stdout.count("\n") == 1 and got.stdout.startswith("window_agreement: needs a CUDA GPU: ")
+    assert not (paths.ROOT / "build" / "tests" / "window_agreement").exists()
