@@ -245,9 +245,15 @@ def swap_accuracy(model: torch.nn.Module, img_size: int, dtypes: Iterable[str] =
 
 
 def swap_throughput(model: torch.nn.Module, batches: Iterable[int], settings, dtypes: Iterable[str] = ("float16",),
-                    modes: Iterable[str] = ("eager", "compile")) -> pd.DataFrame:
-    """img/s of the original model and of the swapped one (direct call, and through torch.ops in eager), per mode."""
-    _gpu()
+                    modes: Iterable[str] = ("eager", "compile"), factory: Callable | None = None) -> pd.DataFrame:
+    """img/s of the original model and of the swapped one (direct call, and through torch.ops in eager), per mode.
+
+    Every row is timed as notebook 06's (bench.measure_all: warm-up, then `settings.repeats` windows that stop
+    once the study's rule says the median is known, at `settings.seconds` at the latest). `factory` makes the
+    backend (bench.pytorch_cuda; a test passes one that runs on the CPU)."""
+    if factory is None:
+        _gpu()
+        factory = bench.pytorch_cuda
     variants = {"original (nn.SiLU)": None, "ours (MvSiLU)": "direct", "ours via torch.ops (MvSiLU)": "op"}
     frames = []
     for dtype in dtypes:
@@ -258,7 +264,7 @@ def swap_throughput(model: torch.nn.Module, batches: Iterable[int], settings, dt
                 net = copy.deepcopy(model)
                 if dispatch:
                     torch_op.swap_silu(net, dispatch)
-                frame = bench.measure_all(bench.pytorch_cuda, batches, settings, net,
+                frame = bench.measure_all(factory, batches, settings, net,
                                           precision=precisions.of_torch_dtype(dtype).name,
                                           compile_mode="default" if mode == "compile" else None)
                 frame.insert(0, "model", label)

@@ -79,6 +79,35 @@ def test_every_gpu_check_skips_with_the_reason_without_a_gpu():
             fn(*args)
 
 
+def test_swap_throughput_times_every_model_and_mode_with_the_studys_stop_rule():
+    """Each (dtype, mode, model) is one bench.measure_all, windows stopped by the settings' rule and capped by
+    bench_seconds as notebook 06's rows; the table keeps its columns. A CPU backend stands in for the GPU's."""
+    from mvlib import bench, bench_windows
+    from mvlib.silu import torch_op
+    calls = []
+
+    def factory(settings, net, precision, compile_mode):
+        silu = sorted({type(m).__name__ + (f"({m.dispatch})" if hasattr(m, "dispatch") else "")
+                       for m in net.modules() if isinstance(m, (torch.nn.SiLU, torch_op.MvSiLU))})
+        calls.append((silu, precision, compile_mode, settings))
+        return bench.Backend("fake", "cpu", precision, "fake", lambda b: (lambda: sum(range(2000))), "perf_counter")
+
+    lenient = bench_windows.StopRule(max_noise_pct=1e6, max_drift_pct=1e6, min_s=0.02)  # settled at its first check
+    s = bench.Settings(seconds=2.0, repeats=2, warmup_s=0.0, rule=lenient)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.SiLU(), torch.nn.Flatten())
+    table = gpu_checks.swap_throughput(net, [1, 4], s, factory=factory)
+    assert [c[:3] for c in calls] == [(["SiLU"], "fp16", None), (["MvSiLU(direct)"], "fp16", None),
+                                      (["MvSiLU(op)"], "fp16", None), (["SiLU"], "fp16", "default"),
+                                      (["MvSiLU(direct)"], "fp16", "default")]
+    assert all(c[3] is s for c in calls) and [type(m) for m in net] == [torch.nn.Conv2d, torch.nn.SiLU,
+                                                                         torch.nn.Flatten]  # swapped copies only
+    assert list(table.columns) == ["model", "mode", "dtype", *bench.COLUMNS, "vs_original"] and len(table) == 10
+    assert (table.window == s.describe_window() + "; 2 of 2 stopped early").all()
+    assert (table.wall_s < s.seconds).all()  # two windows of a 2 s cap each: both stopped early
+    original = table[table.model == "original (nn.SiLU)"]
+    assert (original.vs_original == 1.0).all() and table.vs_original.notna().all()
+
+
 # --- on a GPU ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def built_kernel():
