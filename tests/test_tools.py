@@ -114,7 +114,8 @@ def test_window_agreement_times_a_cpu_row_both_ways_and_writes_its_tables(tmp_pa
     first = [c.strip() for c in text[4].split("|")[1:-1]]
     assert first[:2] == ["pytorch_cpu", "1"] and first[-2] == ("yes" if timed.within_2pct.iloc[0] else "no")
     assert float(first[2]) == pytest.approx(timed.fixed_median_ms.iloc[0], rel=1e-3)
-    assert int(first[5]) == timed.fixed_samples.iloc[0] and first[-1] == ""
+    assert first[4] == f"{timed.median_diff_pct.iloc[0]:+.2f}" and int(first[5]) == timed.fixed_samples.iloc[0]
+    assert first[-1] == "" and "| within 2 % (median and throughput) | not timed |" in text[2]
     assert text[6].startswith("| onnxruntime_cuda_fp8 |") and text[6].endswith("| StageSkipped: model.fp8.onnx "
                                                                                 "not found |")
     code, line = wa.verdict(table)

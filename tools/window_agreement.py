@@ -30,7 +30,7 @@ HEADERS = {"row": "row", "batch": "batch", "fixed_median_ms": "fixed median ms",
            "rule_median_ms": "stop-rule median ms",
            "median_diff_pct": "difference %", "fixed_samples": "fixed samples", "rule_samples": "stop-rule samples",
            "throughput_diff_pct": "throughput difference %", "fixed_wall_s": "fixed s", "rule_wall_s": "stop-rule s",
-           "within_2pct": f"within {bench.AGREEMENT_PCT:g} %"}
+           "within_2pct": f"within {bench.AGREEMENT_PCT:g} % (median and throughput)"}
 
 
 def gpu_rows(p: dict) -> list[tuple]:
@@ -75,7 +75,7 @@ INTEGERS = ("batch", "fixed_samples", "rule_samples")
 
 
 def _cell(value) -> str:
-    """One markdown cell: numbers rounded, agreement as yes / no, nothing as empty."""
+    """One markdown cell: 4 significant digits below 1, else 2 decimals; agreement as yes / no."""
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, float):
@@ -95,7 +95,8 @@ def markdown(table: pd.DataFrame, settings: bench.Settings) -> str:
         if why:
             cells = [r["row"]] + [""] * (len(cols) - 1) + [why]
         else:
-            cells = [_cell(int(r[c]) if c in INTEGERS else r[c]) for c in cols] + [""]
+            cells = [f"{r[c]:+.2f}" if c.endswith("_pct") else _cell(int(r[c]) if c in INTEGERS else r[c])
+                     for c in cols] + [""]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(head + lines) + "\n"
 
