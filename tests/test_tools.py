@@ -66,6 +66,14 @@ def test_stage_table_command_prints_the_table_or_one_line_why_not(tmp_path):
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "cannot read a manifest" in bad.stderr
 
 
+def test_stage_table_sorts_untimed_notebooks_by_their_stages():
+    st = _tool("stage_table")
+    published = {"stages": {"01_export/export": {"seconds": 1.0}, "02_graph/a": {"seconds": 3.0},
+                            "02_graph/b": {"seconds": 2.0}, "03_fp16/a": {"seconds": 4.0}}}  # no timing
+    names = [r["name"] for r in st.rows(published, published) if r["kind"] == "notebook"]
+    assert names == ["02_graph", "03_fp16", "01_export"]
+
+
 @pytest.mark.parametrize("value", [True, "3", None])
 def test_stage_table_reads_only_numbers_as_seconds(value):
     st = _tool("stage_table")

@@ -2,7 +2,8 @@
 
 Reads two run folders (or their manifest.json files): `timing.total_s` and `timing.notebooks_s` (the driver's wall
 seconds) and `stages[name]['seconds']` (each stage's own). Notebooks are listed slowest first (by the before run),
-each followed by its stages, slowest first; the totals close the table. A stage one run lacks, or one that was
+each followed by its stages, slowest first (a notebook the driver did not time, such as in a published manifest,
+sorts by its stages' sum); the totals close the table. A stage one run lacks, or one that was
 skipped without seconds, shows `-`. From the repository root:
 
     python tools/stage_table.py build/runs/full_before build/runs/full
@@ -48,8 +49,16 @@ def rows(before: dict, after: dict) -> list[dict]:
     sb, sa = stage_seconds(before), stage_seconds(after)
     nb_b, nb_a = notebook_seconds(before), notebook_seconds(after)
     books = list(dict.fromkeys([*nb_b, *nb_a, *(n.split("/")[0] for n in [*sb, *sa])]))
+    def summed(seconds: dict, nb: str) -> float | None:  # a notebook's stages, where the driver did not time it
+        found = [v for k, v in seconds.items() if k.split("/")[0] == nb and v is not None]
+        return sum(found) if found else None
+
+    def order(nb: str) -> tuple:
+        b, a = nb_b.get(nb), nb_a.get(nb)
+        return _key(summed(sb, nb) if b is None else b, summed(sa, nb) if a is None else a)
+
     out = []
-    for nb in sorted(books, key=lambda n: _key(nb_b.get(n), nb_a.get(n))):
+    for nb in sorted(books, key=order):
         out.append({"kind": "notebook", "name": nb, "before_s": nb_b.get(nb), "after_s": nb_a.get(nb)})
         names = [n for n in dict.fromkeys([*sb, *sa]) if n.split("/")[0] == nb]
         for name in sorted(names, key=lambda n: _key(sb.get(n), sa.get(n))):
