@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import fp8, io, ort_providers, precisions
+from mvlib import calib_speed, fp8, io, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.autocast import captured_logs, to_fp16
 from mvlib.export import ARTIFACTS
@@ -125,7 +125,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         with tempfile.TemporaryDirectory(prefix=f"mvlib-{precision}-") as tmp:
             src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / chosen_name(precision)  # scratch copies
             shutil.copyfile(onnx_path, src)
-            with captured_logs():
+            with captured_logs(), calib_speed.parallel_histograms():  # same bytes, faster (entropy)
                 modelopt_quantize(str(src), quantize_mode=precision,
                                   calibration_data={INPUT: calib[:1] if scales_from else calib},
                                   calibration_method=method, calibration_eps=eps,
