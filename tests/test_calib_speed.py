@@ -133,3 +133,17 @@ def test_entropy_models_are_byte_identical_both_ways(xxs, tmp_path, monkeypatch)
                 assert quant.reusable(xxs[0].onnx, out, calib, "entropy", prec)
     assert states[:2] == [None, None] and [s.batches for s in states[2:]] == [CALIB_N, CALIB_N]
     assert [p for p in quant.PRECISIONS if files["slow", p] != files["fast", p]] == []
+
+
+def test_calibrate_all_gives_the_entropy_calibrations_the_cores_for_histograms(xxs, tmp_path, monkeypatch):
+    """On 16 cores the two entropy calibrations (INT8, FP8) make their histograms on 8 threads each, while ONNX
+    Runtime's threads stay split over the four processes; the max ones make no histograms."""
+    from mvlib.export import Exported
+    (tmp_path / "model.onnx").write_bytes(xxs[0].onnx.read_bytes())
+    exp = Exported(tmp_path, tmp_path / "model.onnx", {"tag": "t"}, {})
+    calls = []
+    monkeypatch.setattr(quant.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(quant, "_calibrate", lambda *args: calls.append(args) or 0.0)
+    made = quant.calibrate_all(exp, np.zeros((2, 3, 256, 256), np.float32), workers=1)  # in this process: seen
+    assert set(made.status) == {"made"}
+    assert {(c[3], c[-1]) for c in calls} == {("entropy", 8), ("max", 1)}  # 16 cores // 2 entropy calibrations
