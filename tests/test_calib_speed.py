@@ -17,7 +17,7 @@ def _batches(seed: int = 0, n: int = 6) -> list[dict]:
     from batch to batch (so the histograms widen, merge_histogram's hardest case), one tensor all zeros."""
     rng = np.random.default_rng(seed)
     shapes = {f"t{i}": (1, 8 * (1 + i % 5), 16 + 7 * i, 16) for i in range(12)}
-    return [{name: [(rng.standard_normal(shape) * (1 + b) ** 1.5 * (name != "t3")).astype(np.float32)]
+    return [{name: [(rng.standard_normal(shape) * (1 + b) ** 0.5 * (name != "t3")).astype(np.float32)]
              for name, shape in shapes.items()} for b in range(n)]
 
 
