@@ -36,7 +36,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import fp8, io, ort_providers, precisions
+from mvlib import calib_speed, fp8, io, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.autocast import captured_logs, to_fp16
 from mvlib.export import ARTIFACTS
@@ -93,7 +93,8 @@ def variant_path(exported, policy: str, method: str, precision: str = "int8") ->
 # ---------------------------------------------------------------- quantization
 def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str = "entropy",
              exclude_nodes: Sequence[str] = (), exclude_op_types: Sequence[str] = (),
-             scales_from: Path | str | None = None, precision: str = "int8") -> dict:
+             scales_from: Path | str | None = None, precision: str = "int8",
+             histogram_threads: int | None = None) -> dict:
     """ModelOpt PTQ to `precision` (int8, fp8) with explicit Q/DQ, calibrated on the CUDA EP where it runs, else the
     CPU (mvlib.ort_providers.calibration_eps); excluded nodes read floats.
 
@@ -107,7 +108,8 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     input is copied to a private folder first because ModelOpt writes intermediate files
     beside its input; the result is written atomically, in canonical form (same graph,
     same bytes). A result made from the same input bytes, images, method, precision,
-    exclusions, scales and ModelOpt version is reused (io.cached keeps that key beside it).
+    exclusions, scales and ModelOpt version is reused (io.cached keeps that key beside it). `entropy` makes its
+    histograms on `histogram_threads` threads (default: every core; `mvlib.calib_speed`), the same bytes.
     """
     check_precision(precision)
     if method not in METHODS:
@@ -125,7 +127,7 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         with tempfile.TemporaryDirectory(prefix=f"mvlib-{precision}-") as tmp:
             src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / chosen_name(precision)  # scratch copies
             shutil.copyfile(onnx_path, src)
-            with captured_logs():
+            with captured_logs(), calib_speed.parallel_histograms(histogram_threads):
                 modelopt_quantize(str(src), quantize_mode=precision,
                                   calibration_data={INPUT: calib[:1] if scales_from else calib},
                                   calibration_method=method, calibration_eps=eps,
@@ -190,7 +192,8 @@ def calibrate_all(exported, calib: np.ndarray, precisions_: Sequence[str] = PREC
     process may use, each with its share of them as ONNX Runtime threads. The results are `quantize`'s own files
     and cache, so the policy steps that follow find them made, byte for byte what they would make. A failure is
     only reported here (its precision's own stage meets it again, so one precision's failure never costs the
-    other's). One row per model: made, reused or failed, and seconds.
+    other's). The entropy calibrations, the long ones, share all the cores for their histograms (mvlib.calib_speed)
+    while each process keeps its share as ONNX Runtime threads. One row per model: made, reused or failed, and seconds.
     """
     cores = len(os.sched_getaffinity(0))
     waves = [[p for p in policies if p == "all"], [p for p in policies if p != "all"]]
@@ -218,7 +221,9 @@ def calibrate_all(exported, calib: np.ndarray, precisions_: Sequence[str] = PREC
                 ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked ONNX Runtime threads
                 pool = stack.enter_context(ProcessPoolExecutor(n, mp_context=ctx, initializer=_limit_threads,
                                                                initargs=(threads,)))
-            calls = [(str(exported.onnx), str(out), str(images), m, p, *args) for _, p, m, out, args in todo]
+            hist = max(1, cores // max(1, sum(m == "entropy" for _, _, m, _, _ in todo)))
+            calls = [(str(exported.onnx), str(out), str(images), m, p, *args, hist if m == "entropy" else 1)
+                     for _, p, m, out, args in todo]  # max makes no histograms
             if pool is None:  # one core or one model: no process to start
                 results = [_attempt(_calibrate, *c) for c in calls]
             else:
@@ -254,10 +259,11 @@ def _limit_threads(threads: int) -> None:
 
 
 def _calibrate(src: str, out: str, images: str, method: str, precision: str, exclude_nodes: Sequence[str],
-               exclude_op_types: Sequence[str], scales_from: Path | None) -> float:
+               exclude_op_types: Sequence[str], scales_from: Path | None, histogram_threads: int) -> float:
     """One `quantize` in a worker process; its seconds."""
     start = time.perf_counter()
-    quantize(src, out, np.load(images), method, exclude_nodes, exclude_op_types, scales_from, precision)
+    quantize(src, out, np.load(images), method, exclude_nodes, exclude_op_types, scales_from, precision,
+             histogram_threads)
     return time.perf_counter() - start
 
 
