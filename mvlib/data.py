@@ -21,13 +21,14 @@ source picture).
 
 Serves: notebook 04 (calibration and evaluation images).
 """
+import contextlib
 import os
 import shutil
 import tarfile
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -212,13 +213,28 @@ def variation(im: Image.Image, k: int, seed: int) -> Image.Image:
     return out
 
 
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """Within: PyTorch's CPU ops on one thread (restored after)."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def load_items(items: Sequence[Item], tf: Callable, seed: int) -> np.ndarray:
     """Decode, vary and preprocess items into one float32 NCHW array."""
     arrays, cache = [], {}
-    for it in items:
-        if it.path not in cache:
-            cache = {it.path: open_image(it.path)}  # items of one picture are consecutive: keep one decoded
-        arrays.append(tf(variation(cache[it.path], it.variation, seed)))
+    # timm's transform is a few element-wise torch ops on one small image: a team of threads per op costs more than
+    # the op (the shipped images took 5x longer on 2 busy cores), and element-wise results do not depend on threads
+    with one_torch_thread():
+        for it in items:
+            if it.path not in cache:
+                cache = {it.path: open_image(it.path)}  # items of one picture are consecutive: keep one decoded
+            arrays.append(tf(variation(cache[it.path], it.variation, seed)))
     return np.stack(arrays).astype(np.float32)
 
 
