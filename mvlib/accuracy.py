@@ -88,20 +88,22 @@ def share(n_runners: int) -> int:
     return max(1, len(os.sched_getaffinity(0)) // n_runners)
 
 
-def run_apart(makers: Sequence[Callable[[], Any]], data: list[dict]) -> dict[str, list[dict]]:
-    """Each runner (`maker()`, picklable) in its own process with its share of the cores as threads, all on the
-    same feeds at once; each runner's outputs in feed order, by runner name, as `run` gives them.
+def run_apart(makers: Sequence[Callable[[], Any]], data: list[dict],
+              threads: Sequence[int] | None = None) -> dict[str, list[dict]]:
+    """Each runner (`maker()`, picklable) in its own process, PyTorch there on its `threads` (default: an even
+    share of the cores), all on the same feeds at once; each runner's outputs in feed order, by runner name, as
+    `run` gives them.
 
     One core (or one runner): in this process, one after the other. PyTorch's CPU results depend on its thread
     count in the last bits (1e-7 on mobilevit_s), ONNX Runtime's do not; so a runner gives here what `run` gives
-    it in a process with `share(len(makers))` threads.
+    it in a process with PyTorch on its `threads`.
     """
-    threads = share(len(makers))
+    threads = list(threads or [share(len(makers))] * len(makers))
     if len(makers) < 2 or len(os.sched_getaffinity(0)) < 2:
         return _outputs(run([m() for m in makers], data))
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or ONNX Runtime threads
     with ProcessPoolExecutor(len(makers), mp_context=ctx) as pool:
-        done = [f.result() for f in [pool.submit(_run_alone, m, data, threads) for m in makers]]
+        done = [f.result() for f in [pool.submit(_run_alone, m, data, t) for m, t in zip(makers, threads, strict=True)]]
     return {name: iters for d in done for name, iters in d.items()}
 
 

@@ -14,6 +14,7 @@ import functools
 import io as _io
 import logging
 import math
+import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -362,15 +363,25 @@ def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_im
     """PyTorch FP32, ONNX Runtime FP32 and FP16 (the file of `precision`) on the CPU, each against PyTorch FP32 at
     the same batch, each judged by its precision (runner onnxrt-<precision>)."""
     low = f"onnxrt-{precisions.get(precision).name}"
-    threads, providers = accuracy.share(3), ort_providers.providers_for_judging()  # the judge's EPs, chosen here
+    torch_threads, ort_threads = cpu_threads()
+    providers = ort_providers.providers_for_judging()  # chosen here: a spawned process starts with no on_cpu()
     makers = [functools.partial(accuracy.torch_runner, model, imgs.shape[-1], "pytorch-fp32"),
-              functools.partial(accuracy.onnxrt_runner, fp32_onnx, "onnxrt-fp32", threads, providers),
-              functools.partial(accuracy.onnxrt_runner, fp16_onnx, low, threads, providers)]
+              functools.partial(accuracy.onnxrt_runner, fp32_onnx, "onnxrt-fp32", ort_threads, providers),
+              functools.partial(accuracy.onnxrt_runner, fp16_onnx, low, ort_threads, providers)]
     judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", low: precision}
     # the three side by side, each on its share of the cores, not one after the other on all of them: ONNX Runtime's
     # numbers are the same either way, PyTorch's move in the last bits with its thread count (run_apart)
-    results = accuracy.run_apart(makers, batch_feeds(imgs, batches, n_images))
+    results = accuracy.run_apart(makers, batch_feeds(imgs, batches, n_images), [torch_threads, 1, 1])
     return score(results, "pytorch-fp32", batches, judged)
+
+
+def cpu_threads() -> tuple[int, int]:
+    """cpu_accuracy's threads for PyTorch and for each ONNX Runtime runner: a third of the cores each, or all but
+    two for PyTorch where ONNX Runtime judges on the CUDA EP (its runners then need a thread of their own only)."""
+    cores = len(os.sched_getaffinity(0))
+    if ort_providers.judge_on_gpu():
+        return max(1, cores - 2), 1
+    return accuracy.share(3), accuracy.share(3)
 
 
 def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,

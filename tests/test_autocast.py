@@ -206,7 +206,7 @@ def test_cpu_accuracy_side_by_side_gives_the_table_of_one_after_the_other(xxs, f
                        accuracy.onnxrt_runner(fp16_xxs.path, "onnxrt-fp16")]
     default = autocast.compare_runners(runners(), "pytorch-fp32", imgs, [1, 2], 3, judged)[0]
     before = torch.get_num_threads()
-    torch.set_num_threads(accuracy.share(3))  # PyTorch's last bits follow its thread count
+    torch.set_num_threads(autocast.cpu_threads()[0])  # PyTorch's last bits follow its thread count
     try:
         same, same_errors = autocast.compare_runners(runners(), "pytorch-fp32", imgs, [1, 2], 3, judged)
     finally:
