@@ -4,9 +4,14 @@ Serves notebooks 01 (export check), 02 (SiLU rewrite check), 03 (FP32 / FP16), 0
 engines). `judge` applies `mvlib.precisions`' criterion of a precision to logits against a reference; the runners
 of built engines come from the engines table (mvlib.tensorrt.table.runners).
 """
+import multiprocessing
+import os
+import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -23,10 +28,17 @@ def feeds(batches: Iterable[int], img_size: int, seed: int | None = None) -> lis
     return [{INPUT: rng.uniform(0.0, 1.0, size=(b, 3, img_size, img_size)).astype(np.float32)} for b in batches]
 
 
-def onnxrt_runner(onnx_path: Path | str, name: str):
-    """Polygraphy ONNX Runtime runner: on the CUDA EP where it runs, else the CPU (mvlib.ort_providers)."""
+def onnxrt_runner(onnx_path: Path | str, name: str, threads: int | None = None, providers: list | None = None):
+    """Polygraphy ONNX Runtime runner: on the CUDA EP where it runs, else the CPU (mvlib.ort_providers); with
+    `threads`, its session uses that many intra-op threads (ONNX Runtime's outputs do not depend on it)."""
     from polygraphy.backend.onnxrt import OnnxrtRunner, SessionFromOnnx
-    return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=ort_providers.providers_for_judging()), name=name)
+    providers = providers or ort_providers.providers_for_judging()
+    if threads is None:
+        return OnnxrtRunner(SessionFromOnnx(str(onnx_path), providers=providers), name=name)
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return OnnxrtRunner(lambda: ort.InferenceSession(str(onnx_path), opts, providers=providers), name=name)
 
 
 def torch_runner(model, img_size: int, name: str = "pytorch-fp32"):
@@ -69,6 +81,43 @@ def run(runners: Sequence, data: list[dict]):
     from polygraphy.logger import G_LOGGER
     G_LOGGER.module_severity = G_LOGGER.WARNING  # per-inference INFO lines drown a notebook
     return Comparator.run(list(runners), data_loader=data)
+
+
+def share(n_runners: int) -> int:
+    """Threads of each of `n_runners` runners side by side: an even share of the cores this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) // n_runners)
+
+
+def run_apart(makers: Sequence[Callable[[], Any]], data: list[dict],
+              threads: Sequence[int] | None = None) -> dict[str, list[dict]]:
+    """Each runner (`maker()`, picklable) in its own process, PyTorch there on its `threads` (default: an even
+    share of the cores), all on the same feeds at once; each runner's outputs in feed order, by runner name, as
+    `run` gives them.
+
+    One core (or one runner): in this process, one after the other. PyTorch's CPU results depend on its thread
+    count in the last bits (1e-7 on mobilevit_s), ONNX Runtime's do not; so a runner gives here what `run` gives
+    it in a process with PyTorch on its `threads`.
+    """
+    threads = list(threads or [share(len(makers))] * len(makers))
+    if len(makers) < 2 or len(os.sched_getaffinity(0)) < 2:
+        return _outputs(run([m() for m in makers], data))
+    ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked OpenMP or ONNX Runtime threads
+    with ProcessPoolExecutor(len(makers), mp_context=ctx) as pool:
+        done = [f.result() for f in [pool.submit(_run_alone, m, data, t) for m, t in zip(makers, threads, strict=True)]]
+    return {name: iters for d in done for name, iters in d.items()}
+
+
+def _run_alone(maker: Callable[[], Any], data: list[dict], threads: int) -> dict[str, list[dict]]:
+    """One runner on the feeds, in a process of its own, PyTorch (where the runner brought it) on `threads`."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    if "torch" in sys.modules:  # unpickling a PyTorch runner's model imported it; an ONNX Runtime runner needs none
+        sys.modules["torch"].set_num_threads(threads)
+    return _outputs(run([maker()], data))
+
+
+def _outputs(results) -> dict[str, list[dict]]:
+    """Polygraphy's run results as plain data: runner name -> its outputs per feed."""
+    return {name: [{OUTPUT: np.asarray(it[OUTPUT])} for it in iters] for name, iters in results.items()}
 
 
 def check(results, atol: float, rtol: float) -> bool:

@@ -10,9 +10,11 @@ variant stays an ONNX file that ONNX Runtime runs on the CPU, so its accuracy is
 TensorRT, by the one criterion of `mvlib.precisions`.
 """
 import contextlib
+import functools
 import io as _io
 import logging
 import math
+import os
 import re
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -23,7 +25,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, figures, io, metrics, precisions, tiers
+from mvlib import accuracy, figures, io, metrics, ort_providers, precisions, tiers
 from mvlib.quant_graph import canonical, constant_tensors
 from mvlib.quant_graph import save as save_canonical
 from mvlib.tensorrt import layers as trt_layers
@@ -266,7 +268,13 @@ def compare_runners(runners: Sequence, reference: str, imgs: np.ndarray, batches
     the first batch size it is the reference, at the others it is compared with itself at the first batch size
     (the batching noise floor).
     """
-    results = accuracy.run(list(runners), batch_feeds(imgs, batches, n_images))
+    return score(accuracy.run(list(runners), batch_feeds(imgs, batches, n_images)), reference, batches, judged,
+                 consistency)
+
+
+def score(results, reference: str, batches: Sequence[int], judged: dict[str, str],
+          consistency: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """compare_runners' tables from the runners' outputs (`results`: runner name -> outputs per feed)."""
     outs = {name: _by_batch(iters) for name, iters in results.items()}  # runners keep the names we gave
     ref = outs[reference]
     rows, errors = [], []
@@ -355,10 +363,25 @@ def cpu_accuracy(model, fp32_onnx: Path, fp16_onnx: Path, imgs: np.ndarray, n_im
     """PyTorch FP32, ONNX Runtime FP32 and FP16 (the file of `precision`) on the CPU, each against PyTorch FP32 at
     the same batch, each judged by its precision (runner onnxrt-<precision>)."""
     low = f"onnxrt-{precisions.get(precision).name}"
-    runners = [accuracy.torch_runner(model, imgs.shape[-1], "pytorch-fp32"),
-               accuracy.onnxrt_runner(fp32_onnx, "onnxrt-fp32"), accuracy.onnxrt_runner(fp16_onnx, low)]
+    torch_threads, ort_threads = cpu_threads()
+    providers = ort_providers.providers_for_judging()  # chosen here: a spawned process starts with no on_cpu()
+    makers = [functools.partial(accuracy.torch_runner, model, imgs.shape[-1], "pytorch-fp32"),
+              functools.partial(accuracy.onnxrt_runner, fp32_onnx, "onnxrt-fp32", ort_threads, providers),
+              functools.partial(accuracy.onnxrt_runner, fp16_onnx, low, ort_threads, providers)]
     judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", low: precision}
-    return compare_runners(runners, "pytorch-fp32", imgs, batches, n_images, judged)
+    # the three side by side, each on its share of the cores, not one after the other on all of them: ONNX Runtime's
+    # numbers are the same either way, PyTorch's move in the last bits with its thread count (run_apart)
+    results = accuracy.run_apart(makers, batch_feeds(imgs, batches, n_images), [torch_threads, 1, 1])
+    return score(results, "pytorch-fp32", batches, judged)
+
+
+def cpu_threads() -> tuple[int, int]:
+    """cpu_accuracy's threads for PyTorch and for each ONNX Runtime runner: a third of the cores each, or all but
+    two for PyTorch where ONNX Runtime judges on the CUDA EP (its runners then need a thread of their own only)."""
+    cores = len(os.sched_getaffinity(0))
+    if ort_providers.judge_on_gpu():
+        return max(1, cores - 2), 1
+    return accuracy.share(3), accuracy.share(3)
 
 
 def engine_accuracy(engines: pd.DataFrame | None, fp32_onnx: Path, imgs: np.ndarray, n_images: int,

@@ -11,7 +11,7 @@ import pytest
 import smoke
 import torch
 
-from mvlib import accuracy, autocast, io, metrics, paths, precisions, tiers
+from mvlib import accuracy, autocast, io, metrics, ort_providers, paths, precisions, tiers
 from mvlib.run import Run
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import flavours
@@ -186,6 +186,37 @@ def test_accuracy_table_numbers(xxs, fp16_xxs, tmp_path):
     fig = autocast.error_figure(tmp_path / "e.csv", tmp_path / "t.csv")
     assert len(fig.axes) == 2 and len(fig.axes[0].get_yticklabels()) == errors.groupby(["runner", "batch"]).ngroups
     assert plt.get_fignums() == open_before
+
+
+def test_cpu_accuracy_side_by_side_gives_the_table_of_one_after_the_other(xxs, fp16_xxs, monkeypatch):
+    import os
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: run_apart runs the runners in this process, one after the other")
+    exported, model = xxs
+    imgs = autocast.images(3, [1, 2], 256, seed=11)
+
+    def not_here(*_a, **_k):
+        raise AssertionError("the runners must run in processes of their own, not in this one")
+    judged = {"pytorch-fp32": "fp32", "onnxrt-fp32": "fp32", "onnxrt-fp16": "fp16"}
+    runners = lambda: [accuracy.torch_runner(model, 256, "pytorch-fp32"),  # noqa: E731
+                       accuracy.onnxrt_runner(exported.onnx, "onnxrt-fp32"),
+                       accuracy.onnxrt_runner(fp16_xxs.path, "onnxrt-fp16")]
+    with ort_providers.on_cpu():  # the CPU's bits on any machine (the CUDA EP's may vary between sessions)
+        with monkeypatch.context() as m:
+            m.setattr(accuracy, "run", not_here)  # spawned processes import their own, unpatched
+            apart, apart_errors = autocast.cpu_accuracy(model, exported.onnx, fp16_xxs.path, imgs, 3, [1, 2])
+        default = autocast.compare_runners(runners(), "pytorch-fp32", imgs, [1, 2], 3, judged)[0]
+        before = torch.get_num_threads()
+        torch.set_num_threads(autocast.cpu_threads()[0])  # PyTorch's last bits follow its thread count
+        try:
+            same, same_errors = autocast.compare_runners(runners(), "pytorch-fp32", imgs, [1, 2], 3, judged)
+        finally:
+            torch.set_num_threads(before)
+    pd.testing.assert_frame_equal(apart, same)  # byte for byte, at the same PyTorch thread count
+    pd.testing.assert_frame_equal(apart_errors, same_errors)
+    verdicts = ["runner", "reference", "batch", "n", "status", "passed", "samples_within_tol", "top1_agreement"]
+    pd.testing.assert_frame_equal(apart[verdicts], default[verdicts])  # and the same verdicts at any
+    np.testing.assert_allclose(apart["max_abs"].astype(float), default["max_abs"].astype(float), atol=1e-6)
 
 
 def test_skipped_rows_give_the_reason(monkeypatch):

@@ -203,3 +203,23 @@ def test_imagenette_download_checks_md5_and_extracts_only_val(tmp_path, monkeypa
     (tmp_path / "cache" / "val.ok").unlink()  # extracted again, from the archive it keeps: no second download
     monkeypatch.setattr(data, "_download", lambda *a: pytest.fail("downloaded the archive again"))
     assert data.imagenette_val(tmp_path / "cache") == val
+
+
+def test_images_are_preprocessed_on_one_torch_thread_into_the_same_arrays(xxs):
+    import torch
+    tf = data.transform(xxs[1], 256)
+    seen = []
+    counted = lambda im: (seen.append(torch.get_num_threads()), tf(im))[1]  # noqa: E731
+    files = data.shipped_files()[:2]
+    items = [data.Item(p, None, k) for p in files for k in range(3)]
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # a team of threads per tiny op made the full profile's images stage 5x slower
+    try:
+        fast = data.load_items(items, counted, seed=0)
+        assert torch.get_num_threads() == 2, "the caller's thread count must come back"
+        slow = np.stack([tf(data.variation(data.open_image(it.path), it.variation, 0)) for it in items])
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1] * len(items)
+    digest = lambda a: hashlib.sha256(np.ascontiguousarray(a, dtype=np.float32).tobytes()).hexdigest()  # noqa: E731
+    assert digest(fast) == digest(slow), "one thread must give the very same pixels"
