@@ -4,7 +4,8 @@ Rows are keyed by (`notebook`, `engine`). Each group of columns has one writer, 
 (tests/tensorrt/test_table.py checks it), so a rerun of one stage leaves the others' columns as they were:
 
 - build (`BUILD_COLUMNS`: the builder's words, `compute_precision`, the runtime's `validity`, `path`): `record`,
-  from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows.
+  from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows. `Builds`
+  runs TensorRT-RTX's builds side by side and gives the rows and printed lines of one after another.
 - accuracy (`accuracy`): `record_accuracy`, from the engine accuracy stages of 03, 04 and 05.
 - jit (`JIT_COLUMNS`: TensorRT-RTX's JIT, timing.jit): `record_jit`, from the `engines_jit` stage of 03, 04 and 05
   (`measure_jit`: a stage of its own, so the manifest gives the build and the JIT their own seconds).
