@@ -364,6 +364,8 @@ def test_stop_all_ends_every_side_by_side_build(tmp_path, xxs, monkeypatch):
         time.sleep(0.05)
     table.stop_all()
     assert all(f.done() for f in builds.futures.values())
+    engine, err, _ = builds.futures[0].result()  # the smoke model's build (seconds long) was running: killed
+    assert engine is None and "signal SIGKILL" in str(err), err
     assert not _children() and not cache.LIVE
 
 
