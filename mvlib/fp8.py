@@ -85,8 +85,18 @@ def build_target(trt_flavour: str = "auto", fp8_target: str = "auto") -> str:
 def build_engines(notebook: str, specs: list, profile, trt_flavour: str = "auto", fp8_target: str = "auto",
                   workspace_gb: float = 4) -> pd.DataFrame:
     """The engines-table rows of FP8 engines: `build_all` of the engines table, for the FP8 target (`build_target`)."""
-    return engines_table.build_all(notebook, specs, profile, trt_flavour, build_target(trt_flavour, fp8_target),
-                                   workspace_gb)
+    return start_engines(notebook, specs, profile, trt_flavour, fp8_target, workspace_gb).table()
+
+
+def start_engines(notebook: str, specs: list, profile, trt_flavour: str = "auto", fp8_target: str = "auto",
+                  workspace_gb: float = 4) -> engines_table.Builds:
+    """FP8's engine builds started now (engines_table.Builds), so that they run beside INT8's; their `table()` is
+    build_engines' rows, and raises what stopped them (no FP8 target) inside the stage that awaits it."""
+    try:
+        target = build_target(trt_flavour, fp8_target)
+    except Exception as err:
+        return engines_table.Builds(notebook, specs, profile, error=err)
+    return engines_table.Builds(notebook, specs, profile, trt_flavour, target, workspace_gb)
 
 
 def runnable(engine):

@@ -19,8 +19,9 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,10 @@ BUILD_TIMEOUT_S = 3600  # one engine's build; MobileViT's take seconds to minute
 PLAN_MAGIC = {"tensorrt": b"ftrt", "tensorrt_rtx": b"vtrt"}  # the first bytes of a serialized plan, per flavour
 RECORDED = ("layers_by_type", "network_layers", "plugin_layers", "profiling_verbosity", "strongly_typed", "tf32",
             "inspected", "compute_precision")  # what the child reports that the build record keeps
+
+
+LIVE: set[subprocess.Popen] = set()  # the build children running now, from any thread (run_child)
+_LIVE_LOCK = threading.Lock()
 
 
 class BuildFailed(RuntimeError):
@@ -158,13 +163,14 @@ def load(engine_path: Path | str) -> Engine:
 
 def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = None, target: str = "auto",
                  plugins: Sequence[Path | str] = (), workspace_gb: float = 4,
-                 check: plugin_libs.Check | None = None, force: str = "") -> Engine:
+                 check: plugin_libs.Check | None = None, force: str = "", say: Callable[[str], None] = print) -> Engine:
     """Build a strongly typed engine for `onnx_path`, or reuse a valid cached one;
     BuildFailed with the builder's words. `force`: why a cached engine must be built again although its files
     are whole (the runtime called its plan INVALID: runner.usable).
 
     `check` runs on each plugin library before TensorRT loads it, here and wherever the engine is loaded later
-    (its build record names it)."""
+    (its build record names it). `say` prints its lines (table.Builds collects a side-by-side build's, to print
+    them in spec order)."""
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         maker = stages.PRODUCERS.get(onnx_path.name, "that writes it")
@@ -176,27 +182,29 @@ def build_engine(onnx_path: Path | str, profile: Profile, fl: Flavour | None = N
     parts = key_parts(onnx_path, profile, fl, target, plugins, workspace_gb)
     out = paths.ENGINES / engine_key(onnx_path, parts)
     with io.lock(out.with_name(f".{out.name}.lock"), f"building {out.name}"):  # one build of an entry at a time
-        return _reuse_or_build(onnx_path, out, parts, fl, plugins, check, force)
+        return _reuse_or_build(onnx_path, out, parts, fl, plugins, check, force, say)
 
 
-def _reuse_or_build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins, check, force: str) -> Engine:
+def _reuse_or_build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins, check, force: str,
+                    say: Callable[[str], None] = print) -> Engine:
     """The engine in cache entry `out` if valid, else built there (the caller holds the entry's lock)."""
     problem = cache_problem(out) or force or None
     if problem is None:
-        print(f"reusing engine {out.name}")
+        say(f"reusing engine {out.name}")
         return Engine(out / PLAN, io.read_json(out / BUILD_INFO), reused=True)
     if problem != "not built yet":
-        print(f"engine {out.name}: the cached engine cannot be used ({problem}); rebuilding it")
+        say(f"engine {out.name}: the cached engine cannot be used ({problem}); rebuilding it")
     recorded = {**parts, **({"plugin_check": plugin_libs.check_name(check)} if check is not None else {})}
-    engine = build(onnx_path, out, recorded, fl, plugin_libs.check_plugins(plugins))
+    engine = build(onnx_path, out, recorded, fl, plugin_libs.check_plugins(plugins), say)
     engine.rebuilt = "" if problem == "not built yet" else problem
     for old in superseded(out):
         shutil.rmtree(old, ignore_errors=True)
-        print(f"removed {old.name} from the engine cache: superseded by {out.name}")
+        say(f"removed {old.name} from the engine cache: superseded by {out.name}")
     return engine
 
 
-def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[str]) -> Engine:
+def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[str],
+          say: Callable[[str], None] = print) -> Engine:
     """Build in a child process; write plan, layer information and build record atomically (record last)."""
     out.mkdir(parents=True, exist_ok=True)
     (out / BUILD_INFO).unlink(missing_ok=True)  # from here on the old plan is not trusted
@@ -207,9 +215,8 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
         spec_path.write_text(json.dumps(spec))
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
-                                  env=child_env(fl), capture_output=True, text=True,
-                                  timeout=BUILD_TIMEOUT_S)
+            proc = run_child([sys.executable, "-m", "mvlib.tensorrt", "build", str(spec_path), str(result_path)],
+                             child_env(fl))
         except subprocess.TimeoutExpired as err:  # one engine fails; build_all records it and goes on
             said = output_tail(err.stderr, 8)
             raise BuildFailed(f"{fl.label} could not build {onnx_path.name} for {parts['target']}: the builder "
@@ -228,9 +235,39 @@ def build(onnx_path: Path, out: Path, parts: dict, fl: Flavour, plugins: list[st
                                      "build_seconds": round(seconds, 2), "messages": messages,
                                      **{k: result.get(k) for k in RECORDED},
                                      "plan_bytes": plan.stat().st_size, "plan_sha256": io.sha256(plan)})
-    print(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
+    say(f"built {out.name} with {fl.label} for {parts['target']} in {seconds:.1f} s"
           + (f" ({len(messages)} builder messages)" if messages else ""))
     return Engine(plan, io.read_json(out / BUILD_INFO))
+
+
+def run_child(cmd: list[str], environ: dict) -> subprocess.CompletedProcess:
+    """subprocess.run of a build child (output captured, BUILD_TIMEOUT_S), listed in LIVE while it runs, so that
+    stop_builds can end the side-by-side builds of a notebook that was interrupted."""
+    with subprocess.Popen(cmd, env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        with _LIVE_LOCK:
+            LIVE.add(proc)
+        try:
+            out, err = proc.communicate(timeout=BUILD_TIMEOUT_S)
+        except subprocess.TimeoutExpired as exc:
+            proc.kill()
+            exc.stdout, exc.stderr = proc.communicate()
+            raise
+        except BaseException:  # an interrupt: the child goes with the build that started it
+            proc.kill()
+            raise
+        finally:
+            with _LIVE_LOCK:
+                LIVE.discard(proc)
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def stop_builds() -> int:
+    """Kill every build child running now (their builds fail with 'signal SIGKILL'); how many there were."""
+    with _LIVE_LOCK:
+        running = list(LIVE)
+    for proc in running:
+        proc.kill()
+    return len(running)
 
 
 def child_env(fl: Flavour) -> dict:

@@ -4,7 +4,8 @@ Rows are keyed by (`notebook`, `engine`). Each group of columns has one writer, 
 (tests/tensorrt/test_table.py checks it), so a rerun of one stage leaves the others' columns as they were:
 
 - build (`BUILD_COLUMNS`: the builder's words, `compute_precision`, the runtime's `validity`, `path`): `record`,
-  from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows.
+  from the build stages of 03, 04 and 05 (`build_all`, through glue.record_engines); it owns the rows. `Builds`
+  runs TensorRT-RTX's builds side by side and gives the rows and printed lines of one after another.
 - accuracy (`accuracy`): `record_accuracy`, from the engine accuracy stages of 03, 04 and 05.
 - jit (`JIT_COLUMNS`: TensorRT-RTX's JIT, timing.jit): `record_jit`, from the `engines_jit` stage of 03, 04 and 05
   (`measure_jit`: a stage of its own, so the manifest gives the build and the JIT their own seconds).
@@ -19,8 +20,12 @@ Serves: notebooks 03 to 06.
 """
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +53,10 @@ TEXT_COLUMNS = ("accuracy", "timing", "messages", "ran", "jit", "compute_precisi
 # what each group's text starts with where the engine really ran here (`ran` is derived from these)
 RAN_WORDS = {"accuracy": ("passed", "FAILED"), "jit": ("measured",), "timing": ("timed",)}
 BUILT = ("built", "reused", "rebuilt")  # the statuses of an engines-table row that holds a usable engine
+JOBS_ENV = "MVLIB_BUILD_JOBS"  # how many engine builds may run side by side (build_jobs)
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_STARTED: weakref.WeakSet = weakref.WeakSet()  # the Builds whose side-by-side builds may still run (stop_all)
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,11 @@ def _run_here(eng: cache.Engine, rebuild) -> tuple[cache.Engine, dict]:
     return eng, {"validity": eng.validity}
 
 
-def _built_row(notebook: str, spec: EngineSpec, base: dict, make) -> dict:
+def _built_row(notebook: str, spec: EngineSpec, base: dict, make, first=None) -> dict:
     """The engines-table row of one spec: built (or reused, or rebuilt) and, where it runs here, judged;
-    failed with the builder's words."""
+    failed with the builder's words. `first`: the engine a side-by-side build made (Builds), else make("")."""
     try:
-        eng, ran = _run_here(make(""), make)
+        eng, ran = _run_here(first() if first else make(""), make)
     except cache.BuildFailed as err:
         return {**base, "status": "failed", "messages": " | ".join(err.messages) or str(err)}
     if eng.rebuilt:
@@ -110,27 +119,126 @@ def _built_row(notebook: str, spec: EngineSpec, base: dict, make) -> dict:
     return {**_row(spec, eng, base), **ran}
 
 
-def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str | None = "auto",
-              trt_target: str = "auto", workspace_gb: float = 4) -> pd.DataFrame:
-    """Build (or reuse) every engine of a notebook; one engines-table row each (the build columns), failures with
-    the builder's words. It only builds: the JIT (measure_jit), accuracy and timing are stages of their own."""
-    fl = select(trt_flavour)
-    target = fl.resolve_target(trt_target)
-    rows = []
-    print(f"{len(specs)} engines with {fl.label} for {target}")
-    for spec in progress(specs, f"engines ({fl.label}, {target})", unit="engine", lines=False):
-        base = {"notebook": notebook, "engine": spec.name, "onnx": Path(spec.onnx).name, "flavour": fl.name,
-                "flavour_version": fl.version, "target": target, "plugin_nodes_in_onnx": plugin_nodes_in(spec.onnx)
-                if Path(spec.onnx).is_file() else None}
-        if not Path(spec.onnx).is_file():
-            rows.append({**base, "status": "skipped", "messages": f"{Path(spec.onnx).name} not found"})
-            continue
+def build_jobs() -> int:
+    """How many engine builds run side by side: MVLIB_BUILD_JOBS, else the cores this process may use (one
+    TensorRT-RTX build keeps under one core busy: 5 s of CPU in a 14 s build of mobilevit_xxs, 2026-12-07)."""
+    wanted = os.environ.get(JOBS_ENV, "").strip()
+    if not wanted:
+        return len(os.sched_getaffinity(0))
+    if not wanted.isdigit() or int(wanted) < 1:
+        raise ValueError(f"{JOBS_ENV}={wanted!r}: give how many engine builds may run at once, e.g. {JOBS_ENV}=4")
+    return int(wanted)
 
-        def make(why: str, spec=spec) -> cache.Engine:
-            return cache.build_engine(spec.onnx, profile, fl, target, spec.plugins, workspace_gb, check=spec.check,
-                                      force=why)
-        rows.append(_built_row(notebook, spec, base, make))
-    return pd.DataFrame(rows).reindex(columns=KEY + BUILD_COLUMNS).astype({"validity": object})
+
+def _pool(jobs: int) -> ThreadPoolExecutor:
+    """The threads that wait on side-by-side build children, one pool per size for the whole process, so two
+    notebooks' Builds started together (04's INT8 and FP8) share `jobs` builds between them, first come first."""
+    with _POOLS_LOCK:
+        if jobs not in _POOLS:
+            _POOLS[jobs] = ThreadPoolExecutor(jobs, thread_name_prefix="engine-build")
+        return _POOLS[jobs]
+
+
+class Builds:
+    """A notebook's engine builds, started at once; `table()` waits for them in spec order and gives build_all's
+    rows. With TensorRT-RTX (which builds ahead of time, on the CPU) up to `jobs` (build_jobs) build children run
+    side by side, each in a thread of its own here; full TensorRT times tactics on the GPU, so its builds run one
+    after another, in `table()`. What stops the start (no builder, a bad target) is raised by `table()`, inside
+    the stage that awaits it."""
+
+    def __init__(self, notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str | None = "auto",
+                 trt_target: str = "auto", workspace_gb: float = 4, jobs: int | None = None, error=None):
+        self.notebook, self.specs, self.profile, self.workspace_gb = notebook, list(specs), profile, workspace_gb
+        self.error, self.futures = error, {}
+        if error is not None:
+            return
+        try:
+            self.fl = select(trt_flavour)
+            self.target = self.fl.resolve_target(trt_target)
+            jobs = jobs or build_jobs()
+        except Exception as err:  # raised where the stage awaits these builds
+            self.error = err
+            return
+        if jobs > 1 and self.fl.rtx:
+            pool = _pool(jobs)
+            self.futures = {i: pool.submit(self._side_by_side, spec) for i, spec in enumerate(self.specs)
+                            if Path(spec.onnx).is_file()}
+            _STARTED.add(self)
+
+    def _make(self, spec: EngineSpec, why: str = "", say=print) -> cache.Engine:
+        """Build (or reuse) one spec's engine (cache.build_engine); `why`: force a rebuild."""
+        return cache.build_engine(spec.onnx, self.profile, self.fl, self.target, spec.plugins, self.workspace_gb,
+                                  check=spec.check, force=why, say=say)
+
+    def _side_by_side(self, spec: EngineSpec) -> tuple:
+        """(engine or None, error or None, the lines the build said) of one spec, in a pool thread."""
+        said: list[str] = []
+        try:
+            return self._make(spec, "", said.append), None, said
+        except Exception as err:  # given to table(), which says it in spec order
+            return None, err, said
+
+    def _awaited(self, i: int) -> cache.Engine:
+        """Spec `i`'s side-by-side build, awaited: its lines printed, its error raised."""
+        eng, err, said = self.futures[i].result()
+        for line in said:
+            print(line)
+        if err is not None:
+            raise err
+        return eng
+
+    def table(self) -> pd.DataFrame:
+        """build_all's rows, in spec order; an interrupt stops every side-by-side build (stop_all)."""
+        if self.error is not None:
+            raise self.error
+        print(f"{len(self.specs)} engines with {self.fl.label} for {self.target}")
+        rows = []
+        try:
+            for i, spec in enumerate(progress(self.specs, f"engines ({self.fl.label}, {self.target})", unit="engine",
+                                              lines=False)):
+                rows.append(self._spec_row(i, spec))
+        except BaseException:
+            stop_all()
+            raise
+        finally:
+            _STARTED.discard(self)
+        return pd.DataFrame(rows).reindex(columns=KEY + BUILD_COLUMNS).astype({"validity": object})
+
+    def _spec_row(self, i: int, spec: EngineSpec) -> dict:
+        """The row of spec `i`: skipped where its ONNX file is missing, else built (here or side by side)."""
+        onnx = Path(spec.onnx)
+        base = {"notebook": self.notebook, "engine": spec.name, "onnx": onnx.name, "flavour": self.fl.name,
+                "flavour_version": self.fl.version, "target": self.target,
+                "plugin_nodes_in_onnx": plugin_nodes_in(onnx) if onnx.is_file() else None}
+        if not onnx.is_file():
+            return {**base, "status": "skipped", "messages": f"{onnx.name} not found"}
+        return _built_row(self.notebook, spec, base, lambda why: self._make(spec, why),
+                          (lambda: self._awaited(i)) if i in self.futures else None)
+
+    def stop(self) -> None:
+        """Cancel the builds not started yet."""
+        for fut in self.futures.values():
+            fut.cancel()
+
+
+def stop_all() -> None:
+    """Stop every side-by-side build of this process: queued ones cancelled, running children killed, and back
+    only when none is left."""
+    started = list(_STARTED)
+    for builds in started:
+        builds.stop()
+    running = [f for b in started for f in b.futures.values() if not f.done()]
+    while running:
+        cache.stop_builds()
+        running = list(wait(running, timeout=0.5).not_done)
+
+
+def build_all(notebook: str, specs: Sequence[EngineSpec], profile: Profile, trt_flavour: str | None = "auto",
+              trt_target: str = "auto", workspace_gb: float = 4, jobs: int | None = None) -> pd.DataFrame:
+    """Build (or reuse) every engine of a notebook; one engines-table row each (the build columns), failures with
+    the builder's words. It only builds: the JIT (measure_jit), accuracy and timing are stages of their own.
+    `jobs`: builds side by side (Builds; default build_jobs())."""
+    return Builds(notebook, specs, profile, trt_flavour, trt_target, workspace_gb, jobs).table()
 
 
 def measure_jit(*tables: pd.DataFrame | None) -> pd.DataFrame:

@@ -1,12 +1,14 @@
 """The engines table and its prose (mvlib.tensorrt.table): one writer per column group, the JIT stage, INT8, the one
 engine loop (`runners`)."""
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import tensorrt_models as models
 
 from mvlib import io, onnxmodel, paths, tiers
 from mvlib.skips import StageSkipped
-from mvlib.tensorrt import flavours, shapes, table, timing
+from mvlib.tensorrt import cache, flavours, shapes, table, timing
 
 HAS_BUILDER, BUILDER = flavours.builder_status()
 
@@ -257,3 +259,122 @@ def test_runners_make_one_runner_per_built_engine_that_runs(tmp_path, monkeypatc
     assert row.engine == "fp32" and runner.name == "trt-fp32" and engine.profile.max == 4
     with pytest.raises(ValueError, match="outside the engine's optimization profile"):
         table.runners(engines, runnable=lambda e: e, batches=(8,))
+
+
+# --- builds side by side (Builds): the serial path's rows, files and lines ----------------------------------------
+def _children() -> list[int]:
+    """The pids of this process's live child processes (/proc: the test needs no psutil)."""
+    import os
+    kids = []
+    for stat in __import__("pathlib").Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def _refused(path):
+    """A valid ONNX file the builder refuses: one op no importer or plugin knows."""
+    import onnx
+    from onnx import TensorProto, helper
+    x, y = (helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 8]) for n in ("input", "y"))
+    graph = helper.make_graph([helper.make_node("NoSuchOp", ["input"], ["y"], name="n")], "g", [x], [y])
+    onnx.save(onnxmodel.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _smoke_specs(tmp_path, xxs):
+    """Three engines: the smoke model (mobilevit_xxs), a file the builder refuses between, and a small INT8 one."""
+    onnx = tmp_path / "model.onnx"
+    onnx.write_bytes(xxs[0].onnx.read_bytes())
+    return [table.EngineSpec("fp32", onnx), table.EngineSpec("bad", _refused(tmp_path / "model.bad.onnx")),
+            table.EngineSpec("int8", models.conv(tmp_path / "model.int8.onnx", int8=True))]
+
+
+def _comparable(rows: pd.DataFrame) -> pd.DataFrame:
+    """build_all's rows without what differs between two builds of the same engine: seconds and the cache root."""
+    return rows.drop(columns=["build_seconds", "path"]).fillna("")
+
+
+def _quiet_numbers(text: str) -> list[str]:
+    """Printed lines with their numbers (seconds, counts) blanked."""
+    import re
+    return [re.sub(r"\d+(\.\d+)?", "N", ln) for ln in text.splitlines()]
+
+
+@pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
+def test_side_by_side_builds_give_the_serial_rows_files_and_lines(tmp_path, xxs, monkeypatch, capsys):
+    """The smoke model's engines built one after another (jobs=1) and side by side (jobs=3), each into a cache of
+    its own: the same rows in spec order (the refused file's with the builder's words, the others built), the
+    same cache keys, byte-identical plans (TensorRT-RTX's builds are deterministic), the same printed lines; no
+    build child is left running."""
+    specs = _smoke_specs(tmp_path, xxs)
+    got = {}
+    for jobs in (1, 3):
+        monkeypatch.setattr(paths, "ENGINES", tmp_path / f"engines{jobs}")
+        capsys.readouterr()
+        got[jobs] = table.build_all("03_fp32_fp16", specs, shapes.Profile(1, 2, 4), "tensorrt_rtx", "sm86", 1, jobs)
+        got[jobs, "out"] = capsys.readouterr().out
+        assert not _children() and not cache.LIVE
+    serial, side = got[1], got[3]
+    assert list(side.engine) == ["fp32", "bad", "int8"] and list(side.status) == ["built", "failed", "built"]
+    assert "PARSER: In node 0 with name: n and operator: NoSuchOp" in side.messages[1], side.messages[1]
+    pd.testing.assert_frame_equal(_comparable(serial), _comparable(side))
+    for a, b in zip(serial.path, side.path, strict=True):
+        if isinstance(a, str):
+            assert Path(a).parent.name == Path(b).parent.name  # the same cache key
+            assert io.sha256(a) == io.sha256(b), f"{Path(a).parent.name}: the plans differ"
+    assert _quiet_numbers(got[1, "out"]) == _quiet_numbers(got[3, "out"])
+    assert "built model-b" in got[3, "out"]  # cache.build's lines, printed by the notebook's thread in spec order
+
+
+@pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
+def test_int8_and_fp8_builds_overlap_and_a_failed_fp8_start_leaves_int8s(tmp_path, monkeypatch):
+    """Notebook 04 starts INT8's and FP8's builds together: FP8's are under way before INT8's stage returns. An FP8
+    start that cannot build (a target without FP8) raises in FP8's own stage, not at the start, and INT8's rows
+    are whole."""
+    from mvlib import fp8
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    int8 = [table.EngineSpec("int8", models.conv(tmp_path / "model.int8.onnx", int8=True))]
+    fp8_specs = [table.EngineSpec("fp8", models.conv(tmp_path / "model.fp8.onnx", seed=1))]
+    profile = shapes.Profile(1, 2, 4)
+    builds = table.Builds("04_int8", int8, profile, "tensorrt_rtx", "sm86", 1, jobs=2)
+    builds8 = fp8.start_engines("04_int8", fp8_specs, profile, "tensorrt_rtx", "sm89", 1)
+    refused = fp8.start_engines("04_int8", fp8_specs, profile, "tensorrt_rtx", "sm86", 1)
+    rows = builds.table()
+    assert builds8.futures[0].running() or builds8.futures[0].done()  # started beside INT8's, not after
+    assert list(rows.status) == ["built"]
+    assert list(builds8.table().target) == ["sm89"] and not _children()
+    with pytest.raises(ValueError, match="sm86"):
+        refused.table()
+
+
+@pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
+def test_stop_all_ends_every_side_by_side_build(tmp_path, xxs, monkeypatch):
+    """An interrupt while a notebook awaits its builds (stop_all): queued builds are cancelled and running build
+    children killed; none is left."""
+    import time
+    monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
+    specs = _smoke_specs(tmp_path, xxs)
+    builds = table.Builds("03_fp32_fp16", specs, shapes.Profile(1, 2, 4), "tensorrt_rtx", "sm86", 1, jobs=2)
+    while not cache.LIVE and not builds.futures[0].done():  # a build child is running
+        time.sleep(0.05)
+    table.stop_all()
+    assert all(f.done() for f in builds.futures.values())
+    engine, err, _ = builds.futures[0].result()  # the smoke model's build (seconds long) was running: killed
+    assert engine is None and "signal SIGKILL" in str(err), err
+    assert not _children() and not cache.LIVE
+
+
+def test_build_jobs_default_to_the_cores_this_process_may_use(monkeypatch):
+    import os
+    monkeypatch.delenv(table.JOBS_ENV, raising=False)
+    assert table.build_jobs() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv(table.JOBS_ENV, "3")
+    assert table.build_jobs() == 3
+    monkeypatch.setenv(table.JOBS_ENV, "0")
+    with pytest.raises(ValueError, match="MVLIB_BUILD_JOBS=4"):
+        table.build_jobs()
