@@ -263,15 +263,17 @@ def test_runners_make_one_runner_per_built_engine_that_runs(tmp_path, monkeypatc
 
 # --- builds side by side (Builds): the serial path's rows, files and lines ----------------------------------------
 def _children() -> list[int]:
-    """The pids of this process's live child processes (/proc: the test needs no psutil)."""
+    """The pids of this process's live child processes that are builders (/proc: the test needs no psutil); other
+    tests' helpers (multiprocessing's resource tracker, which lives as long as the session) are not counted."""
     import os
     kids = []
     for stat in __import__("pathlib").Path("/proc").glob("[0-9]*/stat"):
         try:
             fields = stat.read_text().rsplit(")", 1)[1].split()
+            cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"resource_tracker" not in cmdline:
             kids.append(int(stat.parent.name))
     return kids
 
