@@ -23,6 +23,7 @@ from onnx import TensorProto, helper
 from mvlib import graph, io, onnxmodel, paths
 
 ROOT = paths.ROOT
+pytestmark = pytest.mark.venv  # `make lab` runs JupyterLab from the project's .venv
 
 
 def _free_port() -> int:

@@ -116,6 +116,7 @@ def _git(repo, *args, **kw):
     return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, check=True, **kw)
 
 
+@pytest.mark.venv  # `make hooks` runs nbstripout from the project's .venv
 def test_make_hooks_strips_outputs_on_git_add(tmp_path):
     """`make hooks` in a clone: committed notebooks pass the filter unchanged, a saved one loses its outputs."""
     pytest.importorskip("nbstripout")
