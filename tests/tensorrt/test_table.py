@@ -262,9 +262,10 @@ def test_runners_make_one_runner_per_built_engine_that_runs(tmp_path, monkeypatc
 
 
 # --- builds side by side (Builds): the serial path's rows, files and lines ----------------------------------------
-def _children() -> list[int]:
-    """The pids of this process's live child processes that are builders (/proc: the test needs no psutil); other
-    tests' helpers (multiprocessing's resource tracker, which lives as long as the session) are not counted."""
+def _children(before: frozenset = frozenset()) -> list[int]:
+    """The pids of this process's live child processes (/proc: the test needs no psutil) not in `before`, the ones
+    alive when the test began (make test's background smoke run is a child of pytest); multiprocessing's resource
+    tracker, which an earlier test's spawned pool leaves for the session, is not counted."""
     import os
     kids = []
     for stat in __import__("pathlib").Path("/proc").glob("[0-9]*/stat"):
@@ -273,8 +274,10 @@ def _children() -> list[int]:
             cmdline = (stat.parent / "cmdline").read_bytes()
         except OSError:
             continue
-        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"resource_tracker" not in cmdline:
-            kids.append(int(stat.parent.name))
+        pid = int(stat.parent.name)
+        if int(fields[1]) == os.getpid() and fields[0] != "Z" and b"resource_tracker" not in cmdline \
+                and pid not in before:
+            kids.append(pid)
     return kids
 
 
@@ -313,6 +316,7 @@ def test_side_by_side_builds_give_the_serial_rows_files_and_lines(tmp_path, xxs,
     its own: the same rows in spec order (the refused file's with the builder's words, the others built), the
     same cache keys, byte-identical plans (TensorRT-RTX's builds are deterministic), the same printed lines; no
     build child is left running."""
+    before = frozenset(_children())
     specs = _smoke_specs(tmp_path, xxs)
     got = {}
     for jobs in (1, 3):
@@ -320,7 +324,7 @@ def test_side_by_side_builds_give_the_serial_rows_files_and_lines(tmp_path, xxs,
         capsys.readouterr()
         got[jobs] = table.build_all("03_fp32_fp16", specs, shapes.Profile(1, 2, 4), "tensorrt_rtx", "sm86", 1, jobs)
         got[jobs, "out"] = capsys.readouterr().out
-        assert not _children() and not cache.LIVE
+        assert not _children(before) and not cache.LIVE
     serial, side = got[1], got[3]
     assert list(side.engine) == ["fp32", "bad", "int8"] and list(side.status) == ["built", "failed", "built"]
     assert "PARSER: In node 0 with name: n and operator: NoSuchOp" in side.messages[1], side.messages[1]
@@ -338,6 +342,7 @@ def test_int8_and_fp8_builds_overlap_and_a_failed_fp8_start_leaves_int8s(tmp_pat
     """Notebook 04 starts INT8's and FP8's builds together: FP8's are under way before INT8's stage returns. An FP8
     start that cannot build (a target without FP8) raises in FP8's own stage, not at the start, and INT8's rows
     are whole."""
+    before = frozenset(_children())
     from mvlib import fp8
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     int8 = [table.EngineSpec("int8", models.conv(tmp_path / "model.int8.onnx", int8=True))]
@@ -349,7 +354,7 @@ def test_int8_and_fp8_builds_overlap_and_a_failed_fp8_start_leaves_int8s(tmp_pat
     rows = builds.table()
     assert builds8.futures[0].running() or builds8.futures[0].done()  # started beside INT8's, not after
     assert list(rows.status) == ["built"]
-    assert list(builds8.table().target) == ["sm89"] and not _children()
+    assert list(builds8.table().target) == ["sm89"] and not _children(before)
     with pytest.raises(ValueError, match="sm86"):
         refused.table()
 
@@ -358,6 +363,7 @@ def test_int8_and_fp8_builds_overlap_and_a_failed_fp8_start_leaves_int8s(tmp_pat
 def test_stop_all_ends_every_side_by_side_build(tmp_path, xxs, monkeypatch):
     """An interrupt while a notebook awaits its builds (stop_all): queued builds are cancelled and running build
     children killed; none is left."""
+    before = frozenset(_children())
     import time
     monkeypatch.setattr(paths, "ENGINES", tmp_path / "engines")
     specs = _smoke_specs(tmp_path, xxs)
@@ -368,7 +374,7 @@ def test_stop_all_ends_every_side_by_side_build(tmp_path, xxs, monkeypatch):
     assert all(f.done() for f in builds.futures.values())
     engine, err, _ = builds.futures[0].result()  # the smoke model's build (seconds long) was running: killed
     assert engine is None and "signal SIGKILL" in str(err), err
-    assert not _children() and not cache.LIVE
+    assert not _children(before) and not cache.LIVE
 
 
 def test_build_jobs_default_to_the_cores_this_process_may_use(monkeypatch):
