@@ -204,6 +204,7 @@ def test_cpu_accuracy_side_by_side_gives_the_table_of_one_after_the_other(xxs, f
     with ort_providers.on_cpu():  # the CPU's bits on any machine (the CUDA EP's may vary between sessions)
         with monkeypatch.context() as m:
             m.setattr(accuracy, "run", not_here)  # spawned processes import their own, unpatched
+            m.setattr(accuracy, "APART_MIN_IMAGES", 0)  # 7 images: apart all the same
             apart, apart_errors = autocast.cpu_accuracy(model, exported.onnx, fp16_xxs.path, imgs, 3, [1, 2])
         default = autocast.compare_runners(runners(), "pytorch-fp32", imgs, [1, 2], 3, judged)[0]
         before = torch.get_num_threads()
@@ -217,6 +218,15 @@ def test_cpu_accuracy_side_by_side_gives_the_table_of_one_after_the_other(xxs, f
     verdicts = ["runner", "reference", "batch", "n", "status", "passed", "samples_within_tol", "top1_agreement"]
     pd.testing.assert_frame_equal(apart[verdicts], default[verdicts])  # and the same verdicts at any
     np.testing.assert_allclose(apart["max_abs"].astype(float), default["max_abs"].astype(float), atol=1e-6)
+
+
+def test_run_apart_keeps_a_small_job_in_this_process(monkeypatch):
+    """Fewer images than APART_MIN_IMAGES: no process is spawned (its start would cost more than the job)."""
+    calls = []
+    monkeypatch.setattr(accuracy, "run", lambda runners, data: calls.append(len(runners)) or {})
+    rng = np.random.default_rng(0)
+    feeds = [{accuracy.INPUT: rng.random((b, 3, 8, 8), np.float32)} for b in (1, 4, 4)]
+    assert accuracy.run_apart([lambda: "a", lambda: "b", lambda: "c"], feeds) == {} and calls == [3]
 
 
 def test_skipped_rows_give_the_reason(monkeypatch):
