@@ -132,6 +132,27 @@ def test_window_agreement_times_a_cpu_row_both_ways_and_writes_its_tables(tmp_pa
     assert line.endswith("; 1 rows not timed")
 
 
+def test_window_agreement_main_times_the_profiles_rows_into_its_folder(tmp_path, monkeypatch):
+    """main past its CUDA check (faked), on a CPU row in place of the GPU rows: the profile's settings are made as
+    the notebooks make them, and the tables are written."""
+    import torch
+
+    from mvlib import bench, env
+    wa = _tool("window_agreement")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    monkeypatch.setattr(env, "cuda_status", lambda: (True, ""))
+    monkeypatch.setattr(wa, "gpu_rows", lambda p: [("pytorch_cpu", bench.pytorch_cpu, (net,), {})])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = wa.main(["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--out", str(tmp_path / "o")])
+    finally:
+        torch.set_num_threads(threads)
+    assert code in (0, 1) and (tmp_path / "o" / "agreement.csv").is_file()
+    s = wa.profile_settings({"img_size": 64, "bench_seconds": 2.0, "bench_repeats": 3, "seed": 5, "variant": "v"})
+    assert (s.img_size, s.seconds, s.repeats, s.seed, s.variant, s.warmup_s) == (64, 2.0, 3, 5, "v", bench.WARMUP_S)
+
+
 def test_window_agreement_without_cuda_says_so_in_one_line(tmp_path):
     """This machine has no GPU: the tool says why in one line and exits 2, before it exports or times anything."""
     tool = str(paths.ROOT / "tools" / "window_agreement.py")

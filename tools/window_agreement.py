@@ -10,6 +10,7 @@ ONNX files (notebooks 01 to 05 of a run); rows that cannot run there are listed 
     python tools/window_agreement.py --rows pytorch_cuda_fp32 torch_compile_fp16 --batches 1 32
 """
 import argparse
+import dataclasses
 import sys
 import traceback
 from collections.abc import Iterable
@@ -85,9 +86,9 @@ def _cell(value) -> str:
 
 def markdown(table: pd.DataFrame, settings: bench.Settings) -> str:
     """The table in markdown, after a line naming the two windows."""
-    rule = settings.rule or bench.StopRule()
-    head = [f"Fixed: every window runs {settings.seconds:g} s; stop rule: {rule.describe(settings.seconds)}. "
-            f"{settings.repeats} windows of each, interleaved, per row and batch.", ""]
+    fixed = dataclasses.replace(settings, rule=None).describe_window()  # the rows' own words (bench.agreement's)
+    rule = dataclasses.replace(settings, rule=settings.rule or bench.StopRule()).describe_window()
+    head = [f"{fixed}; stop rule: {rule}. {settings.repeats} windows of each, interleaved, per row and batch.", ""]
     cols = [c for c in HEADERS if c in table]
     lines = ["| " + " | ".join(HEADERS[c] for c in cols) + " | not timed |", "|" + " --- |" * (len(cols) + 1)]
     for r in table.to_dict("records"):
@@ -121,6 +122,12 @@ def verdict(table: pd.DataFrame) -> tuple[int, str]:
     return (0 if len(ran) and agree == len(ran) else 1), line
 
 
+def profile_settings(p: dict, seconds: float | None = None) -> bench.Settings:
+    """The timing settings of profile values `p`, as notebooks 05 and 06 make them; `seconds` overrides the cap."""
+    return bench.Settings(img_size=p["img_size"], seconds=seconds or p["bench_seconds"], repeats=p["bench_repeats"],
+                          seed=p["seed"], variant=p["variant"])
+
+
 def main(argv: list[str] | None = None) -> int:
     """Time the rows both ways, write the tables; 2 without CUDA, 1 if a timed row disagrees."""
     from mvlib import env
@@ -139,9 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = params.load_profile(args.profile)
     p["variant"] = args.variant or p["variant"]
-    settings = bench.Settings(img_size=p["img_size"], seconds=args.seconds or p["bench_seconds"],
-                              repeats=p["bench_repeats"], seed=p["seed"], variant=p["variant"],
-                              warmuprecs=p.get("warmuprecs", bench.WARMUP_S))
+    settings = profile_settings(p, args.seconds)
     specs = [s for s in gpu_rows(p) if not args.rows or s[0] in args.rows]
     table = agreement_table(specs, args.batches or p["gpu_batches"], settings)
     csv, md = write(table, settings, args.out)
