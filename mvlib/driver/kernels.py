@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from mvlib import io, paths
+from mvlib.driver import ahead
 from mvlib.driver.params import declared
 
 _KERNELS: list = []  # kernel managers of this process's notebooks, to stop their kernels on Ctrl-C
@@ -104,12 +105,25 @@ def papermill_into(nb: Path, executed: Path, **kw) -> None:
         settle(partial, executed)
 
 
-def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict) -> list[dict]:
+def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict,
+            compile_ahead: bool = False) -> list[dict]:
     """Run the selected notebooks with papermill; a report per notebook that failed (stops at the first unless
     --keep-going). `state` says which notebook is running (for an interruption) and, under `seconds`, how long
-    each one took. A full disk is raised, not a notebook's failure: the driver says it in one line."""
+    each one took. A full disk is raised, not a notebook's failure: the driver says it in one line.
+
+    With `compile_ahead`, the timed notebooks' torch.compile configurations compile in a child meanwhile
+    (mvlib.driver.ahead; `state['compile_ahead']` says how long it took and was waited for)."""
+    with ahead.plan(selected, params, run, compile_ahead) as warm:
+        state["compile_ahead"] = warm.state
+        return _execute(selected, params, run, args, state, warm)
+
+
+def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict,
+             warm: ahead.Ahead) -> list[dict]:
+    """execute's loop."""
     failed: list[dict] = []
     for nb in selected:
+        warm.before(nb.stem)
         wanted = declared(nb)
         nb_params = {k: v for k, v in params.items() if k in wanted}
         nb_params["run_dir"] = str(run)

@@ -1,0 +1,147 @@
+"""Compiling ahead (mvlib.driver.ahead): the child compiles what the timed rows compile, a later process then
+finds Inductor's cache warm, the run waits for the child before timing anything and leaves no process behind."""
+import ast
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mvlib import paths
+from mvlib.driver import ahead, params
+from mvlib.silu import gpu_checks
+
+HELPERS = Path(__file__).resolve().parent.parent / "helpers"
+STEMS = ["01_export", "02_graph", "03_fp32_fp16", "04_int8", "05_silu_plugin", "06_benchmark"]
+
+
+@pytest.fixture
+def child_env(tmp_path, monkeypatch):
+    """The child and later processes import the helper factories and share one fresh pair of compile caches."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(HELPERS), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path / "triton"))
+    return tmp_path
+
+
+def _ahead(tmp_path, *todo) -> ahead.Ahead:
+    """An Ahead over the smoke profile's parameters with these (factory, batches) jobs."""
+    jobs = [{"row": f"job{i}", "factory": f"ahead_factories:{f}", "kwargs": {}, "batches": b}
+            for i, (f, b) in enumerate(todo)]
+    return ahead.Ahead(jobs, params.defaults() | params.load_profile("smoke"), tmp_path / "logs" / "ahead.log")
+
+
+def test_wanted_only_on_a_gpu_machine_and_not_when_turned_off():
+    assert not ahead.wanted("cpu", {})
+    assert ahead.wanted("gpu", {}) and ahead.wanted("trt", {})
+    assert not ahead.wanted("gpu", {"MVLIB_COMPILE_AHEAD": "0"})
+
+
+def test_jobs_of_the_full_profile():
+    full = params.load_profile("full")
+    got = {j["row"]: (j["kwargs"], j["batches"]) for j in ahead.jobs(STEMS, full)}
+    fp16 = {"precision": "fp16", "channels_last": True}
+    assert got == {
+        "05_silu_plugin/swap_throughput (original, compile) float16": ({"compile_mode": "default",
+                                                                         "precision": "fp16"}, [1, 32]),
+        "06_benchmark/torch_compile_fp16": (fp16 | {"compile_mode": "default"}, [1, 16, 32, 256]),
+        "06_benchmark/torch_compile_cudagraphs_fp16": (fp16 | {"compile_mode": "reduce-overhead"}, [1, 16, 32, 256]),
+        "06_benchmark/torch_compile_cudagraphs_fp8": ({}, [1, 16, 32, 256])}
+    assert ahead.jobs(STEMS[:4], full) == []  # nothing timed selected: nothing to compile ahead
+    assert not ahead.plan([paths.NOTEBOOKS / f"{s}.ipynb" for s in STEMS], full, Path("r"), enabled=False).jobs
+
+
+def _stage_calls(notebook: Path) -> dict[str, tuple[str, dict]]:
+    """run.stage calls of a notebook's code cells: row name -> (factory as module:function, literal kwargs)."""
+    modules = {"bench": "mvlib.bench", "fp8_torch": "mvlib.fp8_torch"}
+    found = {}
+    for cell in json.loads(notebook.read_text())["cells"]:
+        if cell["cell_type"] != "code":
+            continue
+        for node in ast.walk(ast.parse("".join(cell["source"]))):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "stage" and len(node.args) > 3:
+                factory = node.args[3]
+                if isinstance(factory, ast.Attribute) and factory.value.id in modules:
+                    kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg != "accuracy"}
+                    found[node.args[0].value] = (f"{modules[factory.value.id]}:{factory.attr}", kwargs, node)
+    return found
+
+
+def test_the_rows_are_notebook_06s_own_calls():
+    calls = _stage_calls(paths.NOTEBOOKS / "06_benchmark.ipynb")
+    for notebook, row, factory, kwargs, batches in ahead.ROWS:
+        if notebook != "06_benchmark":
+            continue
+        got_factory, got_kwargs, node = calls[row]
+        assert (got_factory, got_kwargs) == (factory, kwargs), row
+        assert [a.id for a in node.args[4:5]] == [batches], row  # the batches it times are the ones compiled
+
+
+def test_the_swap_row_is_notebook_05s_original_compile():
+    """swap_throughput's first compiled backend is the unswapped model with the job's kwargs."""
+    import torch
+    seen = []
+
+    def factory(settings, net, **kwargs):
+        seen.append((any(isinstance(m, torch.nn.SiLU) for m in net.modules()), kwargs))
+        raise StopIteration
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU())
+    with pytest.raises(StopIteration):
+        gpu_checks.swap_throughput(net, [1], None, ("float16",), modes=("compile",), factory=factory)
+    job = ahead.jobs(["05_silu_plugin"], params.load_profile("full"))[0]
+    assert seen == [(True, job["kwargs"])]
+
+
+def test_before_starts_after_the_first_notebook_and_waits_before_the_timed_ones(tmp_path, monkeypatch):
+    calls = []
+    warm = _ahead(tmp_path, ("sleepy", [1]))
+    monkeypatch.setattr(warm, "start", lambda: calls.append("start") or setattr(warm, "proc", object()))
+    monkeypatch.setattr(warm, "wait", lambda: calls.append("wait"))
+    for stem in STEMS:
+        calls.append(stem)
+        warm.before(stem)
+    assert calls == ["01_export", "02_graph", "start", "03_fp32_fp16", "04_int8", "05_silu_plugin", "wait",
+                     "06_benchmark", "wait"]
+
+
+@pytest.mark.slow
+def test_a_later_process_finds_the_childs_compile_in_the_cache(child_env):
+    """The premise, on real Inductor (CPU): what the child compiled is an FX-graph cache hit in a fresh process,
+    a shape it did not compile is a miss."""
+    warm = _ahead(child_env, ("cpu_compiled", [2]))
+    warm.before("02_graph")
+    warm.before("06_benchmark")
+    log = warm.log.read_text()
+    assert warm.state["exit"] == 0, log
+    assert "job0 batch 2:" in log and warm.state["rows"] == ["job0"]
+
+    def counts(batch):
+        out = subprocess.run([sys.executable, str(HELPERS / "ahead_factories.py"), str(batch)], check=True,
+                             capture_output=True, text=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    assert counts(2) == {"hit": 1, "miss": 0}
+    assert counts(3) == {"hit": 0, "miss": 1}
+
+
+@pytest.mark.slow
+def test_a_job_that_cannot_compile_is_logged_and_the_next_still_runs(child_env):
+    warm = _ahead(child_env, ("failing", [1]), ("cpu_compiled", [1]))
+    warm.before("02_graph")
+    warm.before("05_silu_plugin")
+    log = warm.log.read_text()
+    assert "job0: not compiled ahead (RuntimeError: no FP8 on this GPU)" in log
+    assert "job1 batch 1:" in log and warm.state["exit"] == 1
+
+
+def test_an_interrupted_run_leaves_no_child(child_env):
+    with pytest.raises(KeyboardInterrupt):
+        with _ahead(child_env, ("sleepy", [1])) as warm:
+            warm.before("02_graph")
+            time.sleep(0.5)
+            raise KeyboardInterrupt
+    assert warm.proc.poll() is not None
+    with pytest.raises(ProcessLookupError):
+        os.killpg(warm.proc.pid, 0)  # its whole session is gone (compile workers included)
