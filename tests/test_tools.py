@@ -149,6 +149,20 @@ def test_window_agreement_main_times_the_profiles_rows_into_its_folder(tmp_path,
     finally:
         torch.set_num_threads(threads)
     assert code in (0, 1) and (tmp_path / "o" / "agreement.csv").is_file()
+    assert "halves agree within 0.5%" in (tmp_path / "o" / "agreement.md").read_text()  # the study's own rule
+    torch.set_num_threads(1)
+    try:
+        wa.main(["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--max-drift", "1.5", "--out",
+                 str(tmp_path / "c")])
+    finally:
+        torch.set_num_threads(threads)
+    head = (tmp_path / "c" / "agreement.md").read_text().splitlines()[0]
+    assert "within +-0.5% and its halves agree within 1.5%" in head  # a candidate rule, the rest the study's
+    s0 = bench.Settings()
+    assert wa.with_rule(s0, None, None) is s0
+    r = wa.with_rule(s0, 1.0, None).rule
+    assert (r.max_noise_pct, r.max_drift_pct, r.min_samples, r.min_s) == (1.0, s0.rule.max_drift_pct,
+                                                                         s0.rule.min_samples, s0.rule.min_s)
     s = wa.profile_settings({"img_size": 64, "bench_seconds": 2.0, "bench_repeats": 3, "seed": 5, "variant": "v"})
     assert (s.img_size, s.seconds, s.repeats, s.seed, s.variant, s.warmup_s) == (64, 2.0, 3, 5, "v", bench.WARMUP_S)
 

@@ -8,6 +8,7 @@ ONNX files (notebooks 01 to 05 of a run); rows that cannot run there are listed 
 
     python tools/window_agreement.py --seconds 3 --out build/window_agreement
     python tools/window_agreement.py --rows pytorch_cuda_fp32 torch_compile_fp16 --batches 1 32
+    python tools/window_agreement.py --max-drift 1.5     # a candidate rule against the same fixed windows
 """
 import argparse
 import dataclasses
@@ -128,6 +129,17 @@ def profile_settings(p: dict, seconds: float | None = None) -> bench.Settings:
                           seed=p["seed"], variant=p["variant"])
 
 
+def with_rule(settings: bench.Settings, max_noise: float | None, max_drift: float | None) -> bench.Settings:
+    """`settings` with a candidate stop rule: the study's rule with the bounds given (None keeps its own)."""
+    if max_noise is None and max_drift is None:
+        return settings
+    from mvlib.bench_windows import StopRule
+    base = settings.rule or StopRule()
+    rule = dataclasses.replace(base, max_noise_pct=base.max_noise_pct if max_noise is None else max_noise,
+                               max_drift_pct=base.max_drift_pct if max_drift is None else max_drift)
+    return dataclasses.replace(settings, rule=rule)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Time the rows both ways, write the tables; 2 without CUDA, 1 if a timed row disagrees."""
     from mvlib import env
@@ -139,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, help="the fixed window and the rule's cap (default bench_seconds)")
     ap.add_argument("--rows", nargs="+", help="only these rows (notebook 06's stage names)")
     ap.add_argument("--out", default="build/window_agreement", help="folder of agreement.csv and agreement.md")
+    ap.add_argument("--max-noise", type=float, help="a candidate rule: the median's 95%% CI bound in %% (default "
+                    "the study's rule, bench_windows.StopRule)")
+    ap.add_argument("--max-drift", type=float, help="a candidate rule: how far the window's halves' medians may "
+                    "differ, in %% (default the study's rule)")
     args = ap.parse_args(argv)
     ok, why = env.cuda_status()
     if not ok:
@@ -146,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = params.load_profile(args.profile)
     p["variant"] = args.variant or p["variant"]
-    settings = profile_settings(p, args.seconds)
+    settings = with_rule(profile_settings(p, args.seconds), args.max_noise, args.max_drift)
     specs = [s for s in gpu_rows(p) if not args.rows or s[0] in args.rows]
     table = agreement_table(specs, args.batches or p["gpu_batches"], settings)
     csv, md = write(table, settings, args.out)
