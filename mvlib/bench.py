@@ -179,9 +179,14 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         sync = torch.cuda.synchronize
+    compiled = backend.backend.startswith("torch.compile")
+    caches = cache_counts() if compiled else {}
     t0 = time.perf_counter()
     launch = backend.prepare(batch)
     prime_s = time.perf_counter() - t0 + warm_up(launch, settings.warmup_s, sync)
+    if compiled:  # a compile that found the caches warm primes in seconds; a cold one in tens of seconds
+        print(f"{backend.label} batch {batch}: compiled and warmed up in {prime_s:.1f} s; "
+              f"{describe_caches(caches, cache_counts())}")
     timer = time_cuda if cuda else time_host
     windows, timings, early = energy.Windows(meter), [], 0
     for _ in range(settings.repeats):
@@ -364,6 +369,24 @@ def compile_caches() -> dict[str, str]:
         if os.environ.get(name) in (None, "", default):
             os.environ[name] = str(folder)
     return {name: os.environ[name] for name in wanted}
+
+
+CACHES = {"fxgraph": ("inductor", "fxgraph_cache"), "aot": ("aot_autograd", "autograd_cache")}
+
+
+def cache_counts() -> dict[str, int]:
+    """Inductor's FX-graph and AOTAutograd cache hits, misses and bypasses so far in this process (torch's own
+    counters): whether a compile found what an earlier one left (mvlib.driver.ahead) or compiled cold."""
+    from torch._dynamo.utils import counters
+    return {f"{short}_{what}": int(counters[group][f"{name}_{what}"])
+            for short, (group, name) in CACHES.items() for what in ("hit", "miss", "bypass")}
+
+
+def describe_caches(before: dict[str, int], after: dict[str, int]) -> str:
+    """The cache counts between two cache_counts() readings, in words."""
+    d = {k: after[k] - before.get(k, 0) for k in after}
+    return "; ".join(f"{label} cache {d[f'{short}_hit']} hit, {d[f'{short}_miss']} miss, {d[f'{short}_bypass']} bypass"
+                     for short, label in (("fxgraph", "FX-graph"), ("aot", "AOTAutograd")))
 
 
 def pytorch_cuda(settings: Settings, model, precision: str = "fp32", channels_last: bool = False,

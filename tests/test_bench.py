@@ -375,3 +375,11 @@ def test_pytorch_on_the_gpu_runs_only_the_precisions_the_table_gives_a_torch_typ
         bench.pytorch_cuda(settings, None, precision="int8")
     with pytest.raises(ValueError, match=f"unknown precision '{unknown_precision}'"):
         bench.pytorch_cuda(settings, None, precision=unknown_precision)
+
+
+def test_describe_caches_counts_between_two_readings():
+    before = {"fxgraph_hit": 2, "fxgraph_miss": 5, "fxgraph_bypass": 0, "aot_hit": 1, "aot_miss": 5, "aot_bypass": 1}
+    after = {"fxgraph_hit": 3, "fxgraph_miss": 5, "fxgraph_bypass": 0, "aot_hit": 1, "aot_miss": 6, "aot_bypass": 1}
+    assert bench.describe_caches(before, after) == ("FX-graph cache 1 hit, 0 miss, 0 bypass; "
+                                                    "AOTAutograd cache 0 hit, 1 miss, 0 bypass")
+    assert set(bench.cache_counts()) == set(after)  # torch's counters under the names describe_caches reads

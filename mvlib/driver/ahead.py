@@ -78,6 +78,7 @@ class Ahead:
     state: dict = field(default_factory=dict)  # what the manifest records (the run's timing)
     proc: subprocess.Popen | None = None
     started: float = 0.0
+    tuned: set = field(default_factory=set)  # the autotuning picks in the cache before the child started
 
     def before(self, stem: str) -> None:
         """Called before each notebook: start the child (after FIRST), or wait for it (before a TIMED one)."""
@@ -88,13 +89,16 @@ class Ahead:
 
     def start(self) -> None:
         """The child, in a session of its own (its compile workers go with it), logging to `log`."""
-        payload = {"params": self.params, "jobs": self.jobs}
-        env = dict(os.environ, MVLIB_AHEAD=json.dumps(payload, default=str),
+        payload = {"params": self.params, "jobs": self.jobs, "driver": os.getpid()}
+        # MVLIB_BUILD made absolute: the kernels run in notebooks/, so a relative one would name another cache
+        env = dict(os.environ, MVLIB_AHEAD=json.dumps(payload, default=str), MVLIB_BUILD=str(paths.BUILD),
                    PYTHONPATH=os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.tuned = autotuned()
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "mvlib.driver.ahead"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+                                         cwd=paths.ROOT)
         self.started = time.perf_counter()
         print(f"    compiling {len(self.jobs)} torch.compile configurations ahead in the background (log: {self.log})")
 
@@ -108,11 +112,19 @@ class Ahead:
         except subprocess.TimeoutExpired:
             self.stop()
             code = f"stopped after {WAIT_LIMIT_S} s"
+        self.forget_tuning()
         now = time.perf_counter()
         self.state.update(seconds=round(now - self.started, 1), waited_s=round(now - waited, 1), exit=code,
                           rows=[j["row"] for j in self.jobs])
         print(f"    compiled ahead in {now - self.started:.0f} s (waited {now - waited:.0f} s for it; exit {code}; "
               f"log: {self.log})")
+
+    def forget_tuning(self) -> None:
+        """Remove the autotuning picks the child wrote (Inductor's *.best_config): it benchmarked its kernels while
+        04 shared the GPU, so the timed rows pick again on an idle GPU, as a cold compile does. Only files that
+        were not there before the child started go."""
+        for path in autotuned() - self.tuned:
+            path.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """End the child and its compile workers (an interrupted or finished run leaves none behind)."""
@@ -131,6 +143,13 @@ class Ahead:
         self.stop()
 
 
+def autotuned() -> set[Path]:
+    """Inductor's saved autotuning picks (*.best_config) in the study's cache folder (bench.compile_caches)."""
+    from mvlib import bench
+    folder = Path(bench.compile_caches()["TORCHINDUCTOR_CACHE_DIR"])  # the folder the child and the kernels use
+    return set(folder.rglob("*.best_config")) if folder.is_dir() else set()
+
+
 def plan(selected: list[Path], params: dict, run: Path, enabled: bool) -> Ahead:
     """The run's compile-ahead (no jobs where not `enabled` or no compiled row is selected)."""
     stems = [nb.stem for nb in selected]
@@ -144,8 +163,16 @@ def resolve(spec: str):
     return getattr(importlib.import_module(module), name)
 
 
-def compile_all(params: dict, todo: list[dict]) -> int:
-    """In the child: run each job's first launch at each batch (that compiles it into the caches); 0 if all did."""
+def orphaned(driver: int) -> None:
+    """Exit the child if the driver that started it is gone (killed without unwinding: nobody waits for it)."""
+    if driver and os.getppid() != driver:
+        print("the driver is gone: stopping", flush=True)
+        os._exit(3)
+
+
+def compile_all(params: dict, todo: list[dict], driver: int = 0) -> int:
+    """In the child: run each job's first launch at each batch (that compiles it into the caches); 0 if all did.
+    `driver`: the driver's PID (the child stops once it is gone)."""
     import torch
 
     from mvlib import bench, model
@@ -158,14 +185,19 @@ def compile_all(params: dict, todo: list[dict]) -> int:
         try:
             backend = resolve(job["factory"])(settings, net, **job["kwargs"])
             for batch in job["batches"]:
-                tb = time.perf_counter()
+                orphaned(driver)
+                tb, caches = time.perf_counter(), bench.cache_counts()
                 backend.prepare(int(batch))()
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
-                print(f"{job['row']} batch {batch}: {time.perf_counter() - tb:.1f} s", flush=True)
+                print(f"{job['row']} batch {batch}: {time.perf_counter() - tb:.1f} s; "
+                      f"{bench.describe_caches(caches, bench.cache_counts())}", flush=True)
+                torch._dynamo.reset()  # frees this batch's compiled code and CUDA-graph pool before the next
+                torch.cuda.empty_cache()  # notebook 04 shares the GPU (ONNX Runtime's CUDA EP)
         except Exception as err:  # noqa: BLE001 (the row compiles in its notebook as before)
             failed += 1
-            print(f"{job['row']}: not compiled ahead ({type(err).__name__}: {str(err).splitlines()[0]})", flush=True)
+            print(f"{job['row']}: not compiled ahead ({type(err).__name__}: {str(err).partition(chr(10))[0]})",
+                  flush=True)
         finally:
             backend = None
             torch.cuda.empty_cache()
@@ -177,7 +209,8 @@ def main() -> int:
     """The child's entry: its jobs come in MVLIB_AHEAD (JSON: {'params', 'jobs'})."""
     os.nice(NICE)
     payload = json.loads(os.environ["MVLIB_AHEAD"])
-    return compile_all(payload["params"], payload["jobs"])
+    orphaned(payload["driver"])
+    return compile_all(payload["params"], payload["jobs"], payload["driver"])
 
 
 if __name__ == "__main__":

@@ -122,18 +122,41 @@ def test_a_later_process_finds_the_childs_compile_in_the_cache(child_env):
         out = subprocess.run([sys.executable, str(HELPERS / "ahead_factories.py"), str(batch)], check=True,
                              capture_output=True, text=True).stdout
         return json.loads(out.strip().splitlines()[-1])
-    assert counts(2) == {"hit": 1, "miss": 0}
-    assert counts(3) == {"hit": 0, "miss": 1}
+    warm_, cold = counts(2), counts(3)
+    assert (warm_["fxgraph_hit"], warm_["fxgraph_miss"], warm_["aot_hit"], warm_["aot_miss"]) == (1, 0, 1, 0)
+    assert (cold["fxgraph_hit"], cold["fxgraph_miss"], cold["aot_hit"], cold["aot_miss"]) == (0, 1, 0, 1)
+    assert "job0 batch 2:" in log and "FX-graph cache 0 hit, 1 miss" in log  # the child's own compile was cold
 
 
 @pytest.mark.slow
 def test_a_job_that_cannot_compile_is_logged_and_the_next_still_runs(child_env):
-    warm = _ahead(child_env, ("failing", [1]), ("cpu_compiled", [1]))
+    warm = _ahead(child_env, ("failing", [1]), ("silent", [1]), ("cpu_compiled", [1]))
     warm.before("02_graph")
     warm.before("05_silu_plugin")
     log = warm.log.read_text()
     assert "job0: not compiled ahead (RuntimeError: no FP8 on this GPU)" in log
-    assert "job1 batch 1:" in log and warm.state["exit"] == 1
+    assert "job1: not compiled ahead (AssertionError: )" in log
+    assert "job2 batch 1:" in log and warm.state["exit"] == 1
+
+
+def test_the_childs_autotuning_picks_go_and_older_ones_stay(child_env):
+    """The child benchmarked its kernels beside notebook 04: its *.best_config files go once it is done."""
+    folder = child_env / "inductor" / "ab"
+    folder.mkdir(parents=True)
+    (folder / "old.best_config").write_text("{}")
+    warm = _ahead(child_env, ("cpu_compiled", [1]))
+    warm.tuned = ahead.autotuned()
+    (folder / "new.best_config").write_text("{}")
+    (folder / "new.py").write_text("")
+    warm.forget_tuning()
+    assert sorted(p.name for p in folder.iterdir()) == ["new.py", "old.best_config"]
+
+
+def test_a_child_whose_driver_is_gone_stops_at_once(tmp_path):
+    payload = {"params": {}, "jobs": [{"row": "x"}], "driver": 1}  # PID 1 is nobody's driver here
+    got = subprocess.run([sys.executable, "-m", "mvlib.driver.ahead"], capture_output=True, text=True, timeout=60,
+                         env=dict(os.environ, MVLIB_AHEAD=json.dumps(payload)), cwd=paths.ROOT)
+    assert (got.returncode, got.stdout.strip()) == (3, "the driver is gone: stopping")
 
 
 def test_an_interrupted_run_leaves_no_child(child_env):

@@ -49,11 +49,15 @@ def failing(settings, net) -> bench.Backend:
     raise RuntimeError("no FP8 on this GPU")
 
 
+def silent(settings, net) -> bench.Backend:
+    """A configuration that fails with an exception that has no message."""
+    raise AssertionError()
+
+
 def cache_counts(batch: int) -> dict:
-    """In a fresh process: compile Small at `batch` and return Inductor's FX-graph cache hits and misses."""
-    from torch._dynamo.utils import counters
+    """In a fresh process: compile Small at `batch`; the compile caches' counts (bench.cache_counts)."""
     cpu_compiled(None, None).prepare(batch)()
-    return {k: counters["inductor"][f"fxgraph_cache_{k}"] for k in ("hit", "miss")}
+    return bench.cache_counts()
 
 
 if __name__ == "__main__":
