@@ -100,9 +100,8 @@ def run_apart(makers: Sequence[Callable[[], Any]], data: list[dict],
     `run` gives them.
 
     One core, one runner or fewer than APART_MIN_IMAGES images in the feeds: in this process, one after the other.
-    PyTorch's CPU results depend on its thread
-    count in the last bits (1e-7 on mobilevit_s), ONNX Runtime's do not; so a runner gives here what `run` gives
-    it in a process with PyTorch on its `threads`.
+    PyTorch's CPU results depend on its thread count in the last bits (1e-7 on mobilevit_s), ONNX Runtime's do
+    not; so a runner gives here what `run` gives it in a process with PyTorch on its `threads`.
     """
     threads = list(threads or [share(len(makers))] * len(makers))
     images = sum(len(next(iter(feed.values()))) for feed in data)

@@ -108,6 +108,13 @@ class Settings:
                              f"and min_iters >= 1 (got {self.min_iters})")
 
 
+def profile_settings(p: dict, seconds: float | None = None) -> Settings:
+    """The timing settings of parameter values `p`, as notebooks 05 and 06 make them; `seconds` overrides the cap
+    (tools/window_agreement.py, the compile-ahead child)."""
+    return Settings(img_size=p["img_size"], seconds=seconds or p["bench_seconds"], repeats=p["bench_repeats"],
+                    seed=p["seed"], variant=p["variant"])
+
+
 # backends -----------------------------------------------------------------------------------------
 @dataclasses.dataclass
 class Backend:

@@ -163,7 +163,7 @@ def test_window_agreement_main_times_the_profiles_rows_into_its_folder(tmp_path,
     r = wa.with_rule(s0, 1.0, None).rule
     assert (r.max_noise_pct, r.max_drift_pct, r.min_samples, r.min_s) == (1.0, s0.rule.max_drift_pct,
                                                                          s0.rule.min_samples, s0.rule.min_s)
-    s = wa.profile_settings({"img_size": 64, "bench_seconds": 2.0, "bench_repeats": 3, "seed": 5, "variant": "v"})
+    s = bench.profile_settings({"img_size": 64, "bench_seconds": 2.0, "bench_repeats": 3, "seed": 5, "variant": "v"})
     assert (s.img_size, s.seconds, s.repeats, s.seed, s.variant, s.warmup_s) == (64, 2.0, 3, 5, "v", bench.WARMUP_S)
 
 

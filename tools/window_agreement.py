@@ -123,12 +123,6 @@ def verdict(table: pd.DataFrame) -> tuple[int, str]:
     return (0 if len(ran) and agree == len(ran) else 1), line
 
 
-def profile_settings(p: dict, seconds: float | None = None) -> bench.Settings:
-    """The timing settings of profile values `p`, as notebooks 05 and 06 make them; `seconds` overrides the cap."""
-    return bench.Settings(img_size=p["img_size"], seconds=seconds or p["bench_seconds"], repeats=p["bench_repeats"],
-                          seed=p["seed"], variant=p["variant"])
-
-
 def with_rule(settings: bench.Settings, max_noise: float | None, max_drift: float | None) -> bench.Settings:
     """`settings` with a candidate stop rule: the study's rule with the bounds given (None keeps its own)."""
     if max_noise is None and max_drift is None:
@@ -162,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     p = params.load_profile(args.profile)
     p["variant"] = args.variant or p["variant"]
-    settings = with_rule(profile_settings(p, args.seconds), args.max_noise, args.max_drift)
+    settings = with_rule(bench.profile_settings(p, args.seconds), args.max_noise, args.max_drift)
     specs = [s for s in gpu_rows(p) if not args.rows or s[0] in args.rows]
     table = agreement_table(specs, args.batches or p["gpu_batches"], settings)
     csv, md = write(table, settings, args.out)

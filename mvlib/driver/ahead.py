@@ -50,12 +50,10 @@ def wanted(have: str, environ=os.environ) -> bool:
     return tiers.rank(have) >= tiers.rank("gpu") and environ.get("MVLIB_COMPILE_AHEAD", "1") != "0"
 
 
-def jobs(selected: list[str], params: dict) -> list[dict]:
-    """The compile jobs of the selected notebooks (stems), with their batches and kwargs made concrete: the run's
-    parameters, else the notebooks' own defaults (as papermill leaves them)."""
+def jobs(selected: list[str], values: dict) -> list[dict]:
+    """The compile jobs of the selected notebooks (stems), with their batches and kwargs made concrete from
+    `values`: every parameter, the run's over the notebooks' own defaults (as papermill leaves them; see plan)."""
     from mvlib import precisions
-    from mvlib.driver.params import defaults
-    values = defaults() | params
     out = []
     for notebook, row, factory, kwargs, batches in ROWS:
         if notebook not in selected or not values.get(batches):
@@ -152,9 +150,12 @@ def autotuned() -> set[Path]:
 
 def plan(selected: list[Path], params: dict, run: Path, enabled: bool) -> Ahead:
     """The run's compile-ahead (no jobs where not `enabled` or no compiled row is selected)."""
-    stems = [nb.stem for nb in selected]
+    log = run / "logs" / "compile_ahead.log"
+    if not enabled:
+        return Ahead([], params, log)
     from mvlib.driver.params import defaults
-    return Ahead(jobs(stems, params) if enabled else [], defaults() | params, run / "logs" / "compile_ahead.log")
+    values = defaults() | params  # the parameters the notebooks will see, for the jobs and the child alike
+    return Ahead(jobs([nb.stem for nb in selected], values), values, log)
 
 
 def resolve(spec: str):
@@ -176,8 +177,7 @@ def compile_all(params: dict, todo: list[dict], driver: int = 0) -> int:
     import torch
 
     from mvlib import bench, model
-    settings = bench.Settings(img_size=params["img_size"], seconds=params["bench_seconds"],
-                              repeats=params["bench_repeats"], seed=params["seed"], variant=params["variant"])
+    settings = bench.profile_settings(params)
     net, _ = model.load_model(params["variant"], str(params["weights"]), params["seed"])
     failed = 0
     for job in todo:

@@ -41,7 +41,7 @@ def test_wanted_only_on_a_gpu_machine_and_not_when_turned_off():
 
 
 def test_jobs_of_the_full_profile():
-    full = params.load_profile("full")
+    full = params.defaults() | params.load_profile("full")
     got = {j["row"]: (j["kwargs"], j["batches"]) for j in ahead.jobs(STEMS, full)}
     fp16 = {"precision": "fp16", "channels_last": True}
     assert got == {
@@ -51,7 +51,10 @@ def test_jobs_of_the_full_profile():
         "06_benchmark/torch_compile_cudagraphs_fp16": (fp16 | {"compile_mode": "reduce-overhead"}, [1, 16, 32, 256]),
         "06_benchmark/torch_compile_cudagraphs_fp8": ({}, [1, 16, 32, 256])}
     assert ahead.jobs(STEMS[:4], full) == []  # nothing timed selected: nothing to compile ahead
-    assert not ahead.plan([paths.NOTEBOOKS / f"{s}.ipynb" for s in STEMS], full, Path("r"), enabled=False).jobs
+    books = [paths.NOTEBOOKS / f"{s}.ipynb" for s in STEMS]
+    assert not ahead.plan(books, full, Path("r"), enabled=False).jobs
+    planned = ahead.plan(books, params.load_profile("full"), Path("r"), enabled=True)  # the notebooks' defaults added
+    assert planned.jobs == ahead.jobs(STEMS, full) and planned.params == full
 
 
 def _stage_calls(notebook: Path) -> dict[str, tuple[str, dict]]:
@@ -91,7 +94,7 @@ def test_the_swap_row_is_notebook_05s_original_compile():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU())
     with pytest.raises(StopIteration):
         gpu_checks.swap_throughput(net, [1], None, ("float16",), modes=("compile",), factory=factory)
-    job = ahead.jobs(["05_silu_plugin"], params.load_profile("full"))[0]
+    job = ahead.jobs(["05_silu_plugin"], params.defaults() | params.load_profile("full"))[0]
     assert seen == [(True, job["kwargs"])]
 
 
