@@ -44,17 +44,34 @@ def _front_line(ax, xs: list[float], ys: list[float]) -> None:
 
 
 def _points(ax, d: pd.DataFrame, y: str, scale: float | None) -> None:
-    """One marker per row (colour: device, shape: precision, area: J/image where `scale`), numbered by its key."""
-    for k, r in enumerate(d.itertuples()):
+    """One marker per row (colour: device, shape: precision, area: J/image where `scale`), numbered afterwards (_numbers)."""
+    for r in d.itertuples():
         j = number(r.j_per_image)
         size = 45 if scale is None else (30 + 400 * j / scale if j is not None else 45)
         hollow = scale is not None and j is None
         colour = COLOURS.get(r.device, "0.5")
         ax.scatter(r.best_throughput_ips, getattr(r, y), s=size, marker=precisions.get(r.precision).marker,
                    facecolors="none" if hollow else colour, edgecolors=colour, alpha=0.85, zorder=3)
-        # neighbours at the same height get their numbers staggered, so clusters stay readable
-        ax.annotate(str(r.key), (r.best_throughput_ips, getattr(r, y)), xytext=(5, 4 + 8 * (k % 3)),
-                    textcoords="offset points", fontsize=8, fontweight="bold", zorder=4)
+
+
+# Where a marker's number may go, in points from the marker: right-up first, then the other corners, then farther.
+OFFSETS = [(5, 4), (5, -12), (-12, 4), (-12, -12), (5, 14), (-12, 14), (5, -22), (-12, -22), (14, -4), (-22, -4)]
+
+
+def _numbers(ax, d: pd.DataFrame, y: str) -> None:
+    """Each row's key beside its marker, at the first of OFFSETS where it overlaps no number placed before (call it
+    once the figure's layout is final: the boxes are compared on the drawn canvas)."""
+    renderer = ax.figure.canvas.get_renderer()
+    boxes = []
+    for r in d.itertuples():
+        for dx, dy in OFFSETS:
+            text = ax.annotate(str(r.key), (r.best_throughput_ips, getattr(r, y)), xytext=(dx, dy),
+                               textcoords="offset points", fontsize=8, fontweight="bold", zorder=4)
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in boxes) or (dx, dy) == OFFSETS[-1]:
+                boxes.append(box)
+                break
+            text.remove()
 
 
 def _reasons(d: pd.DataFrame, column: str) -> list[str]:
@@ -177,4 +194,8 @@ def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
     fig.subplots_adjust(bottom=below / fig.get_figheight(), top=1 - 0.75 / fig.get_figheight(), wspace=0.22,
                         left=0.06, right=0.98)
     _key(fig, columns, text)
+    fig.canvas.draw()  # the final layout, where the numbers are placed apart
+    _numbers(ax, placed, "top1_pct")
+    if len(measured):
+        _numbers(ax2, measured, "j")
     return fig

@@ -70,11 +70,12 @@ def _ratio_label(v: float, _=None) -> str:
 
 def throughput(df: pd.DataFrame) -> Figure:
     """Throughput against batch per backend (log-log); bars span the repeats' min..max."""
-    fig, ax = figures.new(size=(8, 5))
-    for label in _labels(df):
+    labels = _labels(df)
+    fig, ax = figures.new(size=(11, 5))
+    for label, colour in zip(labels, _colours(len(labels)), strict=True):
         d = df[df.label == label].sort_values("batch")
         err = np.vstack([d.throughput_ips - d.throughput_min_ips, d.throughput_max_ips - d.throughput_ips])
-        ax.errorbar(d.batch, d.throughput_ips, yerr=err, marker="o", ms=4, capsize=3, label=label,
+        ax.errorbar(d.batch, d.throughput_ips, yerr=err, marker="o", ms=4, capsize=3, label=label, color=colour,
                     linestyle="--" if d.device.iloc[0] == "cpu" else "-")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
@@ -86,9 +87,18 @@ def throughput(df: pd.DataFrame) -> Figure:
     ax.set_ylabel("throughput (images/s)")
     ax.set_title(f"{_subject(df)}throughput against batch\n{measured(df, dashed_cpu=True)}", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
-    _margins(fig)
+    # beside the axes, not over them: a dozen rows leave no corner of the plot free
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+    _margins(fig, right=0.66)
     return fig
+
+
+def _colours(n: int) -> list:
+    """n colours, no two alike: the default cycle's ten, tab20's twenty beyond that, then repeating."""
+    from matplotlib import colormaps
+    if n <= 10:
+        return [f"C{k}" for k in range(n)]
+    return [colormaps["tab20"](k % 20) for k in range(n)]
 
 
 def latency_b1(df: pd.DataFrame) -> Figure:

@@ -88,22 +88,30 @@ RESULTS = paths.ROOT / "data" / "results"
 FOOTER = "NVIDIA H200 | tier gpu | random weights (seed 0, fallback) | run full 2026-11-24 | mvlib abcdef0"
 
 
+def _one_precision(table, precision):
+    """One precision's rows of a sensitivity table, as notebook 04 draws each (an older table is INT8 only)."""
+    return table[table.precision == precision] if "precision" in table else table.assign(precision="int8")
+
+
 def _accuracy_table():
-    """Notebook 04's accuracy table as a full run writes it: the committed INT8 rows, and FP8 rows like them
-    (every policy x method, then the chosen FP8 model), so six labels of four bars each."""
+    """Notebook 04's accuracy table as a full run writes it: the committed table where it has FP8 rows; an older,
+    INT8-only one completed with FP8 rows like them (every policy x method, then the chosen FP8 model)."""
     import pandas as pd
-    int8 = pd.read_csv(RESULTS / "04_int8_accuracy.csv").assign(precision="int8")
+    table = pd.read_csv(RESULTS / "04_int8_accuracy.csv")
+    if "precision" in table and (table.precision == "fp8").any():
+        return table
+    int8 = table.assign(precision="int8")
     fp8 = int8.assign(precision="fp8", file=int8.file.str.replace("int8", "fp8"))
     return pd.concat([int8, fp8[fp8.file != "model.fp8.onnx"], fp8[fp8.file == "model.fp8.onnx"].iloc[:1]],
                      ignore_index=True)
 
 
 def _committed_figures():
-    """Notebooks 02-06's figures (06_decision aside), each a function drawing it from the committed tables (04's
-    accuracy table completed as a full run has it)."""
+    """Notebooks 02-06's figures, each a function drawing it from the committed tables (an older run's 04 accuracy
+    table completed as a full run has it)."""
     import pandas as pd
 
-    from mvlib import autocast, graph, quant_plots
+    from mvlib import autocast, decision_plots, graph, io, quant_plots
     from mvlib.silu import gpu_checks
     title = ("mobilevit_s, INT8 and FP8 vs FP32 on 256 evaluation images: shipped sample images "
              "(10 public-domain/CC0 pictures + variations)")
@@ -115,14 +123,17 @@ def _committed_figures():
                                                                       pd.read_csv(RESULTS / "02_block_edges.csv")),
             "03_errors": lambda: autocast.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
             "04_int8_accuracy": lambda: quant_plots.plot_accuracy(_accuracy_table(), title),
-            "04_sensitivity": lambda: quant_plots.plot_sensitivity(
-                sensitivity if "precision" in sensitivity else sensitivity.assign(precision="int8"), "sensitivity"),
+            "04_sensitivity": lambda: quant_plots.plot_sensitivity(_one_precision(sensitivity, "int8"), "sensitivity"),
+            "04_fp8_sensitivity": lambda: quant_plots.plot_sensitivity(_one_precision(sensitivity, "fp8"),
+                                                                       "FP8 sensitivity"),
             "05_kernel_bandwidth": lambda: gpu_checks.bandwidth_figure(RESULTS / "05_kernel_bandwidth.csv"),
             "06_throughput": lambda: plots.throughput(bench),
             "06_latency_b1": lambda: plots.latency_b1(bench),
             "06_speedup": lambda: plots.speedup(pd.read_csv(RESULTS / "06_speedup.csv")),
             "06_roofline": lambda: plots.roofline(bench, pd.read_csv(RESULTS / "06_ceilings.csv"),
-                                                  pd.read_csv(RESULTS / "06_model_cost.csv"))}
+                                                  pd.read_csv(RESULTS / "06_model_cost.csv")),
+            "06_decision": lambda: decision_plots.tradeoffs(pd.read_csv(RESULTS / "06_decision.csv"),
+                                                            io.read_json(RESULTS / "manifest.json"))}
 
 
 def test_the_overlap_check_sees_texts_that_collide():
@@ -140,7 +151,8 @@ def test_the_overlap_check_sees_texts_that_collide():
 
 
 FIGURES = ["02_op_census", "02_block_before_after", "03_errors", "04_int8_accuracy", "04_sensitivity",
-           "05_kernel_bandwidth", "06_throughput", "06_latency_b1", "06_speedup", "06_roofline"]
+           "04_fp8_sensitivity", "05_kernel_bandwidth", "06_throughput", "06_latency_b1", "06_speedup", "06_roofline",
+           "06_decision"]
 
 
 @pytest.mark.parametrize("name", FIGURES)

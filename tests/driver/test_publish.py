@@ -8,6 +8,7 @@ from mvlib import io, paths, stages, study
 from mvlib.driver import params, publish, runfolder
 
 H200 = {"gpu": "NVIDIA H200", "capability": "9.0"}
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "capability": "9.0"}
 
 
 def _state(*folders):
@@ -18,7 +19,7 @@ def _state(*folders):
 
 @pytest.fixture
 def published(tmp_path, monkeypatch):
-    """A copy of the committed figures/ and data/results/ (an H200 run, tier gpu, and the mobilevit_xxs variant)
+    """A copy of the committed figures/ and data/results/ (a GPU run, tier gpu, and the mobilevit_xxs variant)
     standing in for the real ones."""
     figures, results = tmp_path / "figures", tmp_path / "data" / "results"
     shutil.copytree(paths.FIGURES, figures)
@@ -53,7 +54,8 @@ def test_the_readmes_first_command_changes_no_committed_file(tmp_path, monkeypat
     assert _state(paths.FIGURES, paths.RESULTS) == before
     out = capsys.readouterr().out
     assert "not published" in out and f"--publish-from {tmp_path / 'run'}" in out
-    assert "NVIDIA H200" in out and "--publish-over" in out  # the committed run is the H200's
+    committed_gpu = io.read_json(paths.RESULTS / "manifest.json")["gpu"]["gpu"]  # the committed run is on a GPU
+    assert committed_gpu.startswith("NVIDIA") and committed_gpu in out and "--publish-over" in out
 
 
 def test_a_partial_run_is_never_published(tmp_path, monkeypatch, published, capsys):
@@ -75,15 +77,19 @@ def test_a_partial_run_is_never_published(tmp_path, monkeypatch, published, caps
 def test_publish_never_replaces_another_gpus_run_or_a_higher_tier_unless_asked_by_name(tmp_path, published,
                                                                                        capsys):
     before = _state(*published)
+    gpu = io.read_json(published[1] / "manifest.json")["gpu"]  # the committed run's GPU
     laptop = _complete_run(tmp_path / "laptop")
     assert publish.publish_from(str(laptop), over=False) == study.BAD_INPUT
     err = capsys.readouterr().err
-    assert "NVIDIA H200" in err and "no GPU" in err and "--publish-over" in err
-    lower = _complete_run(tmp_path / "lower", gpu=H200, tier="cpu")
+    assert gpu["gpu"] in err and "no GPU" in err and "--publish-over" in err
+    other = _complete_run(tmp_path / "other", gpu=H200 if gpu["gpu"] != H200["gpu"] else H100, tier="gpu")
+    assert publish.publish_from(str(other), over=False) == study.BAD_INPUT
+    assert "--publish-over" in capsys.readouterr().err
+    lower = _complete_run(tmp_path / "lower", gpu=gpu, tier="cpu")
     assert publish.publish_from(str(lower), over=False) == study.BAD_INPUT
     assert "tier gpu" in capsys.readouterr().err
     assert _state(*published) == before
-    same = _complete_run(tmp_path / "same", gpu=H200, tier="gpu")
+    same = _complete_run(tmp_path / "same", gpu=gpu, tier="gpu")
     assert publish.publish_from(str(same), over=False) == study.OK
 
 
