@@ -117,7 +117,7 @@ def latency_b1(df: pd.DataFrame) -> Figure:
     grid = fig.add_gridspec(len(devices), 1, height_ratios=counts, hspace=0.35)
     for k, dev in enumerate(devices):
         _latency_panel(fig.add_subplot(grid[k]), d[d.device == dev], DEVICE_NAMES[dev], legend=k == 0)
-    _margins(fig, 0.8, top=1 - 0.55 / fig.get_figheight())
+    _margins(fig, 0.8, top=1 - 0.8 / fig.get_figheight())  # the title, then the legend above the first panel
     return fig
 
 
@@ -142,8 +142,9 @@ def _latency_panel(ax, d: pd.DataFrame, device: str, legend: bool) -> None:
     ax.set_xlim(0, top * 1.15)  # from zero, room for the value labels
     ax.set_xlabel(f"{device}: latency per launch at batch 1 (ms)", fontsize=8)
     ax.grid(True, axis="x", alpha=0.3)
-    if legend:
-        ax.legend(fontsize=7, loc="lower right")
+    if legend:  # one line above the panel: inside, it would hide the longest bars and their values
+        ax.legend(fontsize=7, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncols=len(PCT), frameon=False,
+                  borderaxespad=0.2)
 
 
 def speedup(sp: pd.DataFrame) -> Figure:
