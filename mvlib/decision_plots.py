@@ -44,7 +44,7 @@ def _front_line(ax, xs: list[float], ys: list[float]) -> None:
 
 
 def _points(ax, d: pd.DataFrame, y: str, scale: float | None) -> None:
-    """One marker per row (colour: device, shape: precision, area: J/image where `scale`), numbered afterwards (_numbers)."""
+    """One marker per row (colour: device, shape: precision, area: J/image where `scale`); _numbers numbers them."""
     for r in d.itertuples():
         j = number(r.j_per_image)
         size = 45 if scale is None else (30 + 400 * j / scale if j is not None else 45)

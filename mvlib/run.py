@@ -31,7 +31,7 @@ def recorded_parameters(notebook: str, names: dict) -> dict:
     Notebooks pass globals() so the parameters are written once, in the parameters cell, and the manifest
     records what papermill injected. For a name-less interactive run, `names` is taken as given.
     """
-    declared = stages.parameters(notebook)
+    declared = stages.parameter_names(notebook)
     if declared is None:
         return dict(names)
     return {k: names[k] for k in declared if k in names and k != "run_dir"}

@@ -77,6 +77,21 @@ def parameters(notebook: str | Path) -> dict[str, dict] | None:
     return papermill.inspect_notebook(str(path))
 
 
+def parameter_names(notebook: str | Path) -> list[str] | None:
+    """The names a notebook's `parameters` cell assigns, in order, read with `ast` (what `parameters` gives, without
+    importing papermill and nbformat: seconds in every notebook's first cell); None where there is no notebook."""
+    path = notebook if isinstance(notebook, Path) else paths.NOTEBOOKS / f"{notebook}.ipynb"
+    if not path.is_file():
+        return None
+    import ast
+    import json
+    cells = json.loads(path.read_text(encoding="utf-8")).get("cells", [])
+    source = next(("".join(c["source"]) for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    names = [t.id for node in ast.parse(source).body if isinstance(node, ast.Assign | ast.AnnAssign)
+             for t in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(t, ast.Name)]
+    return list(dict.fromkeys(names))
+
+
 def select(only: str = "") -> list[Path]:
     """The notebooks in order, or those `only` names by stem or short name ('01,02', '1,2', '01_export');
     ValueError naming the notebooks there are."""

@@ -51,3 +51,27 @@ def test_every_precisions_files_have_their_maker_from_the_table_of_precisions():
         assert stages.producer(p.artifact) == p.notebook
         assert p.plugin_artifact is None or (  # a precision may have no plugin model
             stages.producer(p.plugin_artifact) == (stages.GRAPH if p.name == "fp32" else stages.PLUGIN))
+
+
+@pytest.mark.parametrize("notebook", [nb.stem for nb in stages.all_notebooks()])
+def test_parameter_names_are_papermills_names_without_papermill(notebook):
+    """The notebooks' first cell reads its parameters' names with ast (papermill and nbformat take seconds to
+    import): the same names, in the same order, as papermill's own reading of the cell."""
+    assert stages.parameter_names(notebook) == list(stages.parameters(notebook))
+
+
+def test_parameter_names_of_a_cell_with_annotations_comments_and_no_parameters(tmp_path):
+    """Annotated and plain assignments count, comments and other statements do not; no tagged cell: no names."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell('# parameters\nvariant: str = "mobilevit_s"  # a comment\nseed = 0\n'
+                                     'seed = 1\nprint(seed)\n')
+    cell.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_code_cell("x = 1"), cell]
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert stages.parameter_names(path) == ["variant", "seed"]
+    nb.cells = [nb.cells[0]]
+    nbformat.write(nb, path)
+    assert stages.parameter_names(path) == []
+    assert stages.parameter_names(tmp_path / "missing.ipynb") is None

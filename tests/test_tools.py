@@ -174,3 +174,27 @@ def test_window_agreement_without_cuda_says_so_in_one_line(tmp_path):
     assert got.returncode == 2, got.stderr
     assert got.stdout.count("\n") == 1 and got.stdout.startswith("window_agreement: needs a CUDA GPU: ")
     assert not (tmp_path / "out").exists()
+
+
+def test_window_agreement_cpu_times_the_cpu_rows_without_a_gpu(tmp_path, monkeypatch):
+    """--cpu: no GPU needed, the CPU rows at the profile's cpu_batches, a candidate rule in the table's words."""
+    import pandas as pd
+    import torch
+
+    from mvlib import bench, env
+    from mvlib.driver import params
+    wa = _tool("window_agreement")
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    monkeypatch.setattr(env, "cuda_status", lambda: (False, "no GPU here"))
+    monkeypatch.setattr(wa, "cpu_rows", lambda p: [("pytorch_cpu", bench.pytorch_cpu, (net,), {})])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = wa.main(["--cpu", "--profile", "smoke", "--seconds", "0.05", "--max-noise", "3",
+                        "--out", str(tmp_path / "o")])
+    finally:
+        torch.set_num_threads(threads)
+    table = pd.read_csv(tmp_path / "o" / "agreement.csv")
+    assert code in (0, 1) and list(table.batch) == params.load_profile("smoke")["cpu_batches"]
+    head = (tmp_path / "o" / "agreement.md").read_text().splitlines()[0]
+    assert "within +-3% and its halves agree within 0.5%" in head  # the candidate, the rest the study's rule

@@ -1,14 +1,15 @@
 """Every GPU-bound row of notebook 06 timed two ways in one process: the study's stop rule (bench_windows.StopRule,
 capped by `bench_seconds`) against the old fixed window of exactly `bench_seconds`, interleaved on the same warm
 launch (bench.agreement); a CSV and a markdown table of the median launch times, their difference and whether the
-two agree within 2 % (issue 29).
+two agree within 2 % (issue 29). `--cpu`: notebook 06's CPU rows instead, at its `cpu_batches`.
 
-Run it on the GPU machine (a CPU-only machine is told so, exit 2). The ONNX and TensorRT rows need the study's
-ONNX files (notebooks 01 to 05 of a run); rows that cannot run there are listed with the reason:
+Run it on the GPU machine (a CPU-only machine is told so, exit 2, unless `--cpu`). The ONNX and TensorRT rows need
+the study's ONNX files (notebooks 01 to 05 of a run); rows that cannot run there are listed with the reason:
 
     python tools/window_agreement.py --seconds 3 --out build/window_agreement
     python tools/window_agreement.py --rows pytorch_cuda_fp32 torch_compile_fp16 --batches 1 32
     python tools/window_agreement.py --max-drift 1.5     # a candidate rule against the same fixed windows
+    python tools/window_agreement.py --cpu --profile smoke --seconds 3    # the CPU rows, on any machine
 """
 import argparse
 import dataclasses
@@ -54,6 +55,15 @@ def gpu_rows(p: dict) -> list[tuple]:
     specs += [(f"tensorrt_{precision}", trt_timing.tensorrt, (exported.model(precision), precision, profile), trt)
               for precision in export.PRECISIONS]
     return specs
+
+
+def cpu_rows(p: dict) -> list[tuple]:
+    """(row, factory, args, kwargs) of notebook 06's CPU rows (`--cpu`), named as its stages, for profile values `p`."""
+    from mvlib import export
+    exported, model = export.ensure_exported(p["variant"], p["weights"], p["img_size"], p["opset"], seed=p["seed"])
+    return [("pytorch_cpu", bench.pytorch_cpu, (model,), {}),
+            ("onnxruntime_cpu_fp32", bench.onnxruntime_cpu, (exported.onnx, "fp32"), {}),
+            ("onnxruntime_cpu_int8", bench.onnxruntime_cpu, (exported.model("int8"), "int8"), {})]
 
 
 def agreement_table(specs: Iterable[tuple], batches: Iterable[int], settings: bench.Settings) -> pd.DataFrame:
@@ -149,16 +159,19 @@ def main(argv: list[str] | None = None) -> int:
                     "the study's rule, bench_windows.StopRule)")
     ap.add_argument("--max-drift", type=float, help="a candidate rule: how far the window's halves' medians may "
                     "differ, in %% (default the study's rule)")
+    ap.add_argument("--cpu", action="store_true", help="notebook 06's CPU rows (at cpu_batches) in place of its GPU "
+                    "rows; needs no GPU, and 04's INT8 model for its INT8 row")
     args = ap.parse_args(argv)
     ok, why = env.cuda_status()
-    if not ok:
-        print(f"window_agreement: needs a CUDA GPU: {why}")
+    if not ok and not args.cpu:
+        print(f"window_agreement: needs a CUDA GPU: {why} (--cpu times the CPU rows)")
         return 2
     p = params.load_profile(args.profile)
     p["variant"] = args.variant or p["variant"]
+    cuda = not args.cpu
     settings = with_rule(bench.profile_settings(p, args.seconds), args.max_noise, args.max_drift)
-    specs = [s for s in gpu_rows(p) if not args.rows or s[0] in args.rows]
-    table = agreement_table(specs, args.batches or p["gpu_batches"], settings)
+    specs = [s for s in (gpu_rows(p) if cuda else cpu_rows(p)) if not args.rows or s[0] in args.rows]
+    table = agreement_table(specs, args.batches or p["gpu_batches" if cuda else "cpu_batches"], settings)
     csv, md = write(table, settings, args.out)
     code, line = verdict(table)
     print(f"{csv}, {md}: {line}")
