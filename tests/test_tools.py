@@ -132,6 +132,17 @@ def test_window_agreement_times_a_cpu_row_both_ways_and_writes_its_tables(tmp_pa
     assert line.endswith("; 1 rows not timed")
 
 
+def _one_thread(fn, *args):
+    """fn(*args) with torch on one thread: on a shared 2-core machine two threads wait on each other."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fn(*args)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_window_agreement_main_times_the_profiles_rows_into_its_folder(tmp_path, monkeypatch):
     """main past its CUDA check (faked), on a CPU row in place of the GPU rows: the profile's settings are made as
     the notebooks make them, and the tables are written."""
@@ -142,20 +153,12 @@ def test_window_agreement_main_times_the_profiles_rows_into_its_folder(tmp_path,
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     monkeypatch.setattr(env, "cuda_status", lambda: (True, ""))
     monkeypatch.setattr(wa, "gpu_rows", lambda p: [("pytorch_cpu", bench.pytorch_cpu, (net,), {})])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = wa.main(["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--out", str(tmp_path / "o")])
-    finally:
-        torch.set_num_threads(threads)
+    code = _one_thread(wa.main, ["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--out",
+                                  str(tmp_path / "o")])
     assert code in (0, 1) and (tmp_path / "o" / "agreement.csv").is_file()
     assert "halves agree within 0.5%" in (tmp_path / "o" / "agreement.md").read_text()  # the study's own rule
-    torch.set_num_threads(1)
-    try:
-        wa.main(["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--max-drift", "1.5", "--out",
-                 str(tmp_path / "c")])
-    finally:
-        torch.set_num_threads(threads)
+    _one_thread(wa.main, ["--profile", "smoke", "--batches", "1", "--seconds", "0.05", "--max-drift", "1.5",
+                          "--out", str(tmp_path / "c")])
     head = (tmp_path / "c" / "agreement.md").read_text().splitlines()[0]
     assert "within +-0.5% and its halves agree within 1.5%" in head  # a candidate rule, the rest the study's
     s0 = bench.Settings()
@@ -187,13 +190,8 @@ def test_window_agreement_cpu_times_the_cpu_rows_without_a_gpu(tmp_path, monkeyp
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     monkeypatch.setattr(env, "cuda_status", lambda: (False, "no GPU here"))
     monkeypatch.setattr(wa, "cpu_rows", lambda p: [("pytorch_cpu", bench.pytorch_cpu, (net,), {})])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        code = wa.main(["--cpu", "--profile", "smoke", "--seconds", "0.05", "--max-noise", "3",
-                        "--out", str(tmp_path / "o")])
-    finally:
-        torch.set_num_threads(threads)
+    code = _one_thread(wa.main, ["--cpu", "--profile", "smoke", "--seconds", "0.05", "--max-noise", "3",
+                                  "--out", str(tmp_path / "o")])
     table = pd.read_csv(tmp_path / "o" / "agreement.csv")
     assert code in (0, 1) and list(table.batch) == params.load_profile("smoke")["cpu_batches"]
     head = (tmp_path / "o" / "agreement.md").read_text().splitlines()[0]
