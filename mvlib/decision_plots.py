@@ -124,15 +124,30 @@ def _rows(columns: list[list[str]]) -> int:
     return max((len(c) for c in columns), default=0)
 
 
-def _idle(manifest: dict) -> tuple[str, list[str]]:
-    """('GPU idle 71 W; CPU idle not measured', [why, per device]) from the manifest's energy entry."""
+def _idle(manifest: dict) -> tuple[str, list[tuple[str, str]]]:
+    """('GPU idle 71 W; CPU idle not measured', [(device name, why not measured)]) from the manifest's energy
+    entry."""
     parts, why = [], []
     for dev, v in sorted(((manifest or {}).get("energy") or {}).items(), reverse=True):  # cuda before cpu
         name, w = "GPU" if dev == "cuda" else "CPU", number(v.get("idle_w"))
         parts.append(f"{name} idle " + (f"{w:.0f} W" if w is not None else "not measured"))
         if w is None:
-            why.append(f"{name} idle draw {v.get('idle_w')}")
+            why.append((name, str(v.get("idle_w")).removeprefix(NOT_MEASURED)))
     return "; ".join(parts), why
+
+
+def _with_idle(notes: list[str], idle_why: list[tuple[str, str]]) -> list[str]:
+    """The notes, each idle draw not measured folded into the note that gives the same reason (the CPU rows' energy
+    and the CPU's idle draw both lack RAPL), else a line of its own."""
+    notes = list(notes)
+    for name, why in idle_why:
+        same = [k for k, line in enumerate(notes) if line.endswith(f": {why}")]
+        if same:
+            head, _, tail = notes[same[0]].rpartition(f": {why}")
+            notes[same[0]] = f"{head}, nor the {name} idle draw: {why}{tail}"
+        else:
+            notes.append(f"{name} idle draw not measured: {why}")
+    return notes
 
 
 def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
@@ -188,7 +203,7 @@ def tradeoffs(decision: pd.DataFrame, manifest: dict | None = None) -> Figure:
     notes = [f"not on the left (no accuracy): {line}" for line in _reasons(d, "top1_agreement")]
     if len(measured):
         notes += [f"not on the right (no energy): {line}" for line in _reasons(d, "j_per_image")]
-    columns, text = _key_lines(d, notes + idle_why)
+    columns, text = _key_lines(d, _with_idle(notes, idle_why))
     below = FOOTER_IN + _key_height(columns, text) + LINE_IN + AXIS_IN  # inches under the panels
     fig.set_figheight(PANELS_IN + below)
     fig.subplots_adjust(bottom=below / fig.get_figheight(), top=1 - 0.75 / fig.get_figheight(), wspace=0.22,

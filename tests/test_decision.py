@@ -297,7 +297,7 @@ def test_figure_shows_the_front_energy_and_what_it_leaves_out(tmp_path):
     # energy panel: GPU rows on log axes, the idle draw in its title, CPU rows left out with their reason
     assert energy_ax.get_yscale() == "log" and "GPU idle 22 W" in energy_ax.get_title()
     assert sorted(t.get_text() for t in energy_ax.texts) == [str(k) for k in range(4, 9)]
-    assert "(no energy): 1, 2, 3: RAPL: no package counters" in key_text
+    assert "(no energy): 1, 2, 3, nor the CPU idle draw: RAPL: no package counters" in key_text  # said once
     sizes = [c.get_sizes()[0] for c in acc_ax.collections[:-1]]  # the last collection rings the front
     assert max(sizes) > min(sizes) and not any(math.isnan(x) for x in sizes)  # marker area follows J/image
     path = run.save_figure(fig, "06_decision.png")
@@ -375,3 +375,17 @@ def test_a_new_float_precision_s_cpu_accuracy_is_read_from_the_table_its_row_nam
     want = decision.accuracy(decision.Tables(run.results, manifest), "ONNX Runtime CPU FP16", "onnxruntime", "cpu",
                              "fp16")
     assert got["accuracy_source"].startswith("03_accuracy.csv") and got["cosine_mean"] == want["cosine_mean"]
+
+
+def test_an_idle_draw_not_measured_for_the_cpu_rows_reason_is_said_once():
+    """The CPU rows' energy and the CPU's idle draw both lack RAPL: one line under the figure says both; an idle
+    draw missing for a reason of its own keeps a line of its own."""
+    from mvlib import decision_plots
+    rapl = "RAPL: no package counters under /sys/class/powercap/intel-rapl:*"
+    notes = [f"not on the right (no energy): 1, 2, 3: {rapl}"]
+    assert decision_plots._with_idle(notes, [("CPU", rapl)]) == [
+        f"not on the right (no energy): 1, 2, 3, nor the CPU idle draw: {rapl}"]
+    assert decision_plots._with_idle(notes, [("GPU", "NVML: no energy counter")]) == [
+        *notes, "GPU idle draw not measured: NVML: no energy counter"]
+    _, why = decision_plots._idle({"energy": {"cpu": {"idle_w": f"not measured: {rapl}"}, "cuda": {"idle_w": 71.0}}})
+    assert why == [("CPU", rapl)]
