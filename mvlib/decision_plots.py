@@ -143,8 +143,7 @@ def _with_idle(notes: list[str], idle_why: list[tuple[str, str]]) -> list[str]:
     for name, why in idle_why:
         same = [k for k, line in enumerate(notes) if line.endswith(f": {why}")]
         if same:
-            head, _, tail = notes[same[0]].rpartition(f": {why}")
-            notes[same[0]] = f"{head}, nor the {name} idle draw: {why}{tail}"
+            notes[same[0]] = f"{notes[same[0]].removesuffix(f': {why}')}, nor the {name} idle draw: {why}"
         else:
             notes.append(f"{name} idle draw not measured: {why}")
     return notes

@@ -67,11 +67,17 @@ def all_notebooks() -> list[Path]:
     return sorted(nb for nb in paths.NOTEBOOKS.glob("*.ipynb") if not nb.name.startswith("."))
 
 
+def _notebook(notebook: str | Path) -> Path | None:
+    """A notebook's file: `notebook` is a stem of notebooks/ or a path (None where there is no such notebook)."""
+    path = notebook if isinstance(notebook, Path) else paths.NOTEBOOKS / f"{notebook}.ipynb"
+    return path if path.is_file() else None
+
+
 def parameters(notebook: str | Path) -> dict[str, dict] | None:
     """papermill's reading of a notebook's `parameters` cell: name -> {default (source text), help (the line's
     comment), ...}; `notebook` is a stem of notebooks/ or a path (None where there is no such notebook)."""
-    path = notebook if isinstance(notebook, Path) else paths.NOTEBOOKS / f"{notebook}.ipynb"
-    if not path.is_file():
+    path = _notebook(notebook)
+    if path is None:
         return None
     import papermill  # here: slow to import, and only runs and the driver ask
     return papermill.inspect_notebook(str(path))
@@ -80,8 +86,8 @@ def parameters(notebook: str | Path) -> dict[str, dict] | None:
 def parameter_names(notebook: str | Path) -> list[str] | None:
     """The names a notebook's `parameters` cell assigns, in order, read with `ast` (what `parameters` gives, without
     importing papermill and nbformat: seconds in every notebook's first cell); None where there is no notebook."""
-    path = notebook if isinstance(notebook, Path) else paths.NOTEBOOKS / f"{notebook}.ipynb"
-    if not path.is_file():
+    path = _notebook(notebook)
+    if path is None:
         return None
     import ast
     import json

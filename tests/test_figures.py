@@ -88,27 +88,9 @@ RESULTS = paths.ROOT / "data" / "results"
 FOOTER = "NVIDIA H200 | tier gpu | random weights (seed 0, fallback) | run full 2026-11-24 | mvlib abcdef0"
 
 
-def _one_precision(table, precision):
-    """One precision's rows of a sensitivity table, as notebook 04 draws each (an older table is INT8 only)."""
-    return table[table.precision == precision] if "precision" in table else table.assign(precision="int8")
-
-
-def _accuracy_table():
-    """Notebook 04's accuracy table as a full run writes it: the committed table where it has FP8 rows; an older,
-    INT8-only one completed with FP8 rows like them (every policy x method, then the chosen FP8 model)."""
-    import pandas as pd
-    table = pd.read_csv(RESULTS / "04_int8_accuracy.csv")
-    if "precision" in table and (table.precision == "fp8").any():
-        return table
-    int8 = table.assign(precision="int8")
-    fp8 = int8.assign(precision="fp8", file=int8.file.str.replace("int8", "fp8"))
-    return pd.concat([int8, fp8[fp8.file != "model.fp8.onnx"], fp8[fp8.file == "model.fp8.onnx"].iloc[:1]],
-                     ignore_index=True)
-
-
 def _committed_figures():
-    """Notebooks 02-06's figures, each a function drawing it from the committed tables (an older run's 04 accuracy
-    table completed as a full run has it)."""
+    """Notebooks 02-06's figures, each a function drawing it from the committed tables (each sensitivity figure
+    from its precision's rows, as notebook 04 draws them)."""
     import pandas as pd
 
     from mvlib import autocast, decision_plots, graph, io, quant_plots
@@ -122,9 +104,10 @@ def _committed_figures():
             "02_block_before_after": lambda: graph.block_before_after(pd.read_csv(RESULTS / "02_block_nodes.csv"),
                                                                       pd.read_csv(RESULTS / "02_block_edges.csv")),
             "03_errors": lambda: autocast.error_figure(RESULTS / "03_errors.csv", RESULTS / "03_accuracy.csv"),
-            "04_int8_accuracy": lambda: quant_plots.plot_accuracy(_accuracy_table(), title),
-            "04_sensitivity": lambda: quant_plots.plot_sensitivity(_one_precision(sensitivity, "int8"), "sensitivity"),
-            "04_fp8_sensitivity": lambda: quant_plots.plot_sensitivity(_one_precision(sensitivity, "fp8"),
+            "04_int8_accuracy": lambda: quant_plots.plot_accuracy(pd.read_csv(RESULTS / "04_int8_accuracy.csv"), title),
+            "04_sensitivity": lambda: quant_plots.plot_sensitivity(sensitivity[sensitivity.precision == "int8"],
+                                                                   "sensitivity"),
+            "04_fp8_sensitivity": lambda: quant_plots.plot_sensitivity(sensitivity[sensitivity.precision == "fp8"],
                                                                        "FP8 sensitivity"),
             "05_kernel_bandwidth": lambda: gpu_checks.bandwidth_figure(RESULTS / "05_kernel_bandwidth.csv"),
             "06_throughput": lambda: plots.throughput(bench),

@@ -45,7 +45,7 @@ def profile_names() -> list[str]:
 
 def declared(nb: Path) -> set[str]:
     """Names declared in a notebook's `parameters` cell."""
-    return set(stages.parameters(nb) or {})
+    return set(stages.parameter_names(nb) or [])
 
 
 def declarations(notebooks: list[Path]) -> dict[str, dict[str, Param]]:
