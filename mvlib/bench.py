@@ -34,6 +34,7 @@ import pandas as pd
 from mvlib import energy, metrics, paths, precisions, stages
 from mvlib.bench_windows import (
     FIXED,
+    HOST_RULE,
     IN_FLIGHT,
     MIB,
     MIN_ITERS,
@@ -98,6 +99,13 @@ class Settings:
     def describe_window(self) -> str:
         """The rule every window of these settings follows, in words."""
         return self.rule.describe(self.seconds) if self.rule else FIXED.format(cap=self.seconds, n=self.min_iters)
+
+    def on(self, device: str) -> "Settings":
+        """The settings a row on `device` is timed with: a CPU row stops at HOST_RULE's bound where these settings
+        use the study's default rule (a fixed window, or another rule, stays as it is)."""
+        if device == "cpu" and self.rule == StopRule():
+            return dataclasses.replace(self, rule=HOST_RULE)
+        return self
 
     def __post_init__(self):
         if self.repeats < 2:
@@ -179,6 +187,7 @@ def measure(backend: Backend, batch: int, settings: Settings, reference: Referen
     """Prepare one batch, warm up, measure `settings.repeats` times with the energy counter read around each
     window (`meter`: the device's, by default); check the logits against `reference`; one results-table row."""
     cuda = backend.device == "cuda"
+    settings = settings.on(backend.device)
     meter = energy.meter(backend.device) if meter is None else meter
     sync: Callable[[], None] = lambda: None  # noqa: E731
     if cuda:
@@ -267,9 +276,9 @@ def agreement(factory: Callable[..., Backend], batches: Iterable[int], settings:
     rule...), so drift hits both alike: the stopping rule's throughput against the fixed `bench_seconds` window's,
     agreeing within AGREEMENT_PCT, and so must the median launch times. One AGREEMENT_COLUMNS row per batch
     (diff_pct: throughput's; samples: launches over all repeats); batches it cannot run are left out."""
-    rule = settings if settings.rule else dataclasses.replace(settings, rule=StopRule())
-    fixed = dataclasses.replace(settings, rule=None)
     backend = factory(settings, *args, **kwargs)
+    rule = (settings if settings.rule else dataclasses.replace(settings, rule=StopRule())).on(backend.device)
+    fixed = dataclasses.replace(settings, rule=None)
     cuda = backend.device == "cuda"
     sync: Callable[[], None] = lambda: None  # noqa: E731
     if cuda:

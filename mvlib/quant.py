@@ -57,6 +57,7 @@ from mvlib.tensorrt import table as engines_table
 
 PRECISIONS = precisions.QUANTIZED
 METHODS = ("max", "entropy")
+SPIN = "session.intra_op.allow_spinning"  # ONNX Runtime's session config key: "0" = idle workers block
 POLICIES = OrderedDict([
     ("all", "everything quantizable"),
     ("fp_attention", "LayerNorm, Softmax, attention MatMuls unquantized"),
@@ -118,9 +119,8 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     if calib.ndim != 4 or len(calib) == 0:
         raise ValueError(f"calibration images must be a non-empty [N, 3, H, W] array, got shape {calib.shape}")
     excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
-    eps = ort_providers.calibration_eps()  # the CUDA EP where it runs: its scales differ slightly, so it is in the key
-    key = {**_quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from),
-           **({"calibration_eps": eps} if eps != ["cpu"] else {})}
+    eps = ort_providers.calibration_eps()
+    key = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from, eps)
 
     def make(out: Path) -> None:
         from modelopt.onnx.quantization import quantize as modelopt_quantize
@@ -148,13 +148,15 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
 
 
 def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precision: str, excluded: Sequence[str],
-                  op_types: Sequence[str], scales_from: Path | str | None) -> dict:
-    """Everything a quantized model depends on, as hashes and names (the reuse key of `quantize`)."""
+                  op_types: Sequence[str], scales_from: Path | str | None, eps: Sequence[str]) -> dict:
+    """Everything a quantized model depends on, as hashes and names (the reuse key of `quantize`); `eps`: the
+    calibration's execution providers (the CUDA EP's scales differ slightly from the CPU's, so it is in the key)."""
     return {"source_sha256": io.sha256(onnx_path), "calib_shape": list(calib.shape),
             "calib_sha256": hashlib.sha256(calib.tobytes()).hexdigest(), "method": method, "precision": precision,
             "excluded": sorted(excluded), "op_types": sorted(op_types),
             "scales_sha256": io.sha256(scales_from) if scales_from else None,
-            "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
+            "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__,
+            **({"calibration_eps": list(eps)} if list(eps) != ["cpu"] else {})}
 
 
 def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str,
@@ -167,7 +169,8 @@ def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     except (OSError, ValueError):
         return False
     excluded = resolve(onnx.load(str(onnx_path)), exclude_nodes, exclude_op_types)
-    want = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from)
+    want = _quantize_key(onnx_path, calib, method, precision, excluded, exclude_op_types, scales_from,
+                         ort_providers.calibration_eps())
     want = json.loads(json.dumps(want, sort_keys=True, default=str))  # as io.cached stores it
     return Path(out_path).is_file() and saved.get("key") == want and saved.get("sha256") == io.sha256(out_path)
 
@@ -245,16 +248,21 @@ def _attempt(fn, *args) -> tuple[float, str]:
 
 
 def _limit_threads(threads: int) -> None:
-    """In a calibration process: ONNX Runtime sessions (ModelOpt's and its calibrators') use `threads` threads."""
+    """In a calibration process: ONNX Runtime sessions (ModelOpt's and its calibrators') use `threads` threads,
+    which block instead of spinning when idle."""
     import onnxruntime as ort
     os.environ["OMP_NUM_THREADS"] = str(threads)
 
     class Limited(ort.SessionOptions):
-        """SessionOptions with this process's share of the cores."""
+        """SessionOptions with this process's share of the cores, and no spinning."""
 
         def __init__(self):
             super().__init__()
             self.intra_op_num_threads = threads
+            # ONNX Runtime's idle workers spin by default. Side by side on the CUDA EP the model runs on the GPU
+            # and only a few shape ops run on these threads, so 4 processes' spinning workers held most of the
+            # cores the histogram threads need (mvlib.calib_speed); a blocking worker computes the same values.
+            self.add_session_config_entry(SPIN, "0")
     ort.SessionOptions = Limited
 
 

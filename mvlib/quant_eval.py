@@ -8,6 +8,7 @@ excludes the worst until the model passes.
 """
 from collections import OrderedDict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from mvlib.progress import progress
 from mvlib.quant_graph import count_ops, isolate, quantized_nodes
 
 GRANULARITIES = ("stage", "block", "layer")
+JUDGES_AT_ONCE = 4  # sensitivity groups judged at a time on the CUDA EP (each its own session and evaluation images)
 
 
 # ---------------------------------------------------------------- evaluation
@@ -154,10 +156,8 @@ def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block", n
     qnodes = quantized_nodes(model)
     grouped = groups(qnodes, granularity)
     rows = []
-    for order, (g, names) in enumerate(progress(list(grouped.items()), f"sensitivity, one {granularity} at a time",
-                                                unit="group")):
-        inside = set(names)
-        m = ev.evaluate(isolate(model, [n for n in qnodes if n not in inside]), precision, n_images)
+    for order, ((g, names), m) in enumerate(zip(grouped.items(), _alone_each(model, qnodes, grouped, ev, precision,
+                                                                             n_images, granularity), strict=True)):
         rows.append({"group": g, "order": order, "nodes": len(names), "ops": _ops(model, names),
                      "error_alone": 1.0 - m["cosine_mean"], "cosine_alone": m["cosine_mean"],
                      "top1_agreement_alone": m["top1_agreement"], "max_abs_alone": m["max_abs"]})
@@ -183,6 +183,24 @@ def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block", n
     table.insert(0, "precision", precision)
     table["n_images"] = len(ev.images[:n_images])
     return table, excluded
+
+
+def _alone_each(model: onnx.ModelProto, qnodes: Sequence[str], grouped: "OrderedDict[str, list[str]]",
+                ev: Evaluator, precision: str, n_images: int | None, granularity: str) -> list[dict]:
+    """Each group's metrics with only that group quantized, in the groups' order. On the CUDA EP, JUDGES_AT_ONCE
+    groups are judged at a time (each in its own session: ONNX Runtime lets go of the GIL while it builds and runs
+    one); on the CPU one at a time, as each session already has every core."""
+    def alone(names: Sequence[str]) -> dict:
+        inside = set(names)
+        return ev.evaluate(isolate(model, [n for n in qnodes if n not in inside]), precision, n_images)
+    with ThreadPoolExecutor(_judges(), thread_name_prefix="mvlib-sensitivity") as pool:
+        pending = [pool.submit(alone, names) for names in grouped.values()]
+        return [f.result() for f in progress(pending, f"sensitivity, one {granularity} at a time", unit="group")]
+
+
+def _judges() -> int:
+    """How many groups are judged at a time: JUDGES_AT_ONCE on the CUDA EP, else one."""
+    return JUDGES_AT_ONCE if ort_providers.judge_on_gpu() else 1
 
 
 def _ops(model: onnx.ModelProto, names: Sequence[str]) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvlib import env, io, rerun, rundir, stages, tiers
-from mvlib.driver import BAD_INPUT, FAILED, INTERRUPTED, OK, ahead, kernels, runfolder, verdicts
+from mvlib.driver import BAD_INPUT, FAILED, INTERRUPTED, OK, ahead, calibrate, kernels, runfolder, verdicts
 from mvlib.driver.params import BadInput, parameters, profile_names, seconds, value_problems
 from mvlib.driver.publish import publish, publish_from, publish_hint, publish_problems, variant_label
 
@@ -261,8 +261,9 @@ def record_timing(manifest: dict, state: dict) -> None:
     if state.get("notebook"):
         books[state["notebook"]] = round(time.perf_counter() - state["start"], 1)
     manifest["timing"] = {"total_s": round(time.perf_counter() - state["began"], 1), "notebooks_s": books}
-    if state.get("compile_ahead"):  # the torch.compile child's seconds, and how long the run waited for it
-        manifest["timing"]["compile_ahead"] = state["compile_ahead"]
+    for child in ("compile_ahead", "calibrate_ahead"):  # each child's seconds, and how long the run waited for it
+        if state.get(child):
+            manifest["timing"][child] = state[child]
 
 
 def print_stages(manifest: dict, run: Path) -> None:
@@ -458,7 +459,7 @@ def run_locked(plan: Plan, args: argparse.Namespace) -> int:
               + (f" for {plan.tensorrt['trt_target']}" if plan.tensorrt.get("trt_target") else "")
               + f"; writing {staging}, which becomes {plan.run} once complete")
         failures = kernels.execute(plan.selected, plan.params, staging, args, state,
-                                   compile_ahead=ahead.wanted(plan.have))
+                                   compile_ahead=ahead.wanted(plan.have), calibrate_ahead=calibrate.wanted())
         return finish(plan, staging, failures, before, args, state)
     except KeyboardInterrupt as stop:
         return interrupted(plan, staging, state, stop)

@@ -158,6 +158,23 @@ def test_rows_state_their_window_rule():
     assert fixed.describe_window() == "fixed: every window runs 0.05 s (and >= 10 launches)"
 
 
+def test_cpu_rows_stop_at_the_host_rule_and_gpu_rows_at_the_studys():
+    """A CPU row's window stops at BenchmarkDotNet's 2 % where the study's 0.5 % would run on: a host stream whose
+    median is known within 2 % but not 0.5 %; a fixed window or a rule someone chose is left as it is."""
+    s = bench.Settings()
+    assert s.on("cpu").rule == bench_windows.HOST_RULE and s.on("cuda") is s
+    assert bench.Settings(rule=None).on("cpu").rule is None
+    own = bench_windows.StopRule(max_noise_pct=0.1)
+    assert bench.Settings(rule=own).on("cpu").rule == own
+    r = np.random.default_rng(7)
+    lat = 20.0 * (1 + 0.08 * r.standard_normal(20000).clip(-3, 3))  # 20 ms CPU launches, 8 % jitter
+    n, elapsed, early = _window(lat, 3.0, bench_windows.HOST_RULE)
+    assert early and elapsed < 2.5
+    assert not _window(lat, 3.0, bench_windows.StopRule())[2]  # the study's bound: the full 3 s
+    assert np.median(lat[:n]) == pytest.approx(np.median(lat[:150]), rel=0.02)
+    assert "within +-2%" in s.on("cpu").describe_window()
+
+
 def test_agreement_times_each_batch_both_ways_on_one_backend():
     """The table the lead's GPU check writes (tools/window_agreement.py): fixed and rule windows, interleaved."""
     made = []

@@ -1,6 +1,7 @@
 """mvlib.quant_eval: the evaluator judged by each quantized precision's criterion, groups and sensitivity."""
 import numpy as np
 import onnx
+import pandas as pd
 import pytest
 
 from mvlib import precisions, quant_eval, quant_graph
@@ -39,6 +40,16 @@ def test_sensitivity_ranks_groups_and_stops_when_it_passes(q_all, ev):
         assert last.checked_on == len(ev.images) and bool(last.passes_after) == final["passes"]
         if k > 1:  # one group fewer did not pass on the set it was checked on
             assert not table.passes_after.iloc[k - 2] or table.checked_on.iloc[k - 2] < len(ev.images)
+
+
+def test_groups_judged_several_at_a_time_give_the_same_table(q_all, ev, monkeypatch):
+    """On the CUDA EP the groups are judged JUDGES_AT_ONCE at a time; the table and the exclusions are the ones
+    judged one by one (here on the CPU, with the same thread pool)."""
+    one = quant_eval.sensitivity(q_all[0], ev, "stage", n_images=4)
+    monkeypatch.setattr(quant_eval, "_judges", lambda: quant_eval.JUDGES_AT_ONCE)
+    many = quant_eval.sensitivity(q_all[0], ev, "stage", n_images=4)
+    pd.testing.assert_frame_equal(one[0], many[0])
+    assert one[1] == many[1]
 
 
 def test_criterion_boundaries():

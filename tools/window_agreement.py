@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = with_rule(bench.profile_settings(p, args.seconds), args.max_noise, args.max_drift)
     specs = [s for s in (gpu_rows(p) if cuda else cpu_rows(p)) if not args.rows or s[0] in args.rows]
     table = agreement_table(specs, args.batches or p["gpu_batches" if cuda else "cpu_batches"], settings)
-    csv, md = write(table, settings, args.out)
+    csv, md = write(table, settings.on("cuda" if cuda else "cpu"), args.out)  # CPU rows: bench.HOST_RULE
     code, line = verdict(table)
     print(f"{csv}, {md}: {line}")
     return code

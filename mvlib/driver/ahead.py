@@ -19,7 +19,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mvlib import paths, tiers
@@ -29,6 +28,11 @@ TIMED = ("05_silu_plugin", "06_benchmark")
 # The first notebook: it resolves the weights and exports; the child starts once it is done.
 FIRST = "01_export"
 NICE = 10
+# Compiling processes side by side: Dynamo's tracing and Inductor's lowering keep about one core busy each (their
+# Triton compiles go to worker pools), so one process took 338 s for the full profile's 14 compiles on an H100's
+# 16 cores, longer than notebooks 01-04 once they were made faster; three share those cores' idle time.
+PROCESSES = 3
+CORES_PER_PROCESS = 4  # fewer cores than this per process: fewer processes
 WAIT_LIMIT_S = 1200  # a child still compiling after this long is stopped; its rows compile as before
 FP16_CL = {"precision": "fp16", "channels_last": True}
 
@@ -67,55 +71,129 @@ def jobs(selected: list[str], values: dict) -> list[dict]:
     return out
 
 
-@dataclass
-class Ahead:
-    """The compile-ahead child of one run: started after FIRST, waited for before a TIMED notebook, stopped on exit."""
-    jobs: list[dict]
-    params: dict
-    log: Path
-    state: dict = field(default_factory=dict)  # what the manifest records (the run's timing)
-    proc: subprocess.Popen | None = None
-    started: float = 0.0
-    tuned: set = field(default_factory=set)  # the autotuning picks in the cache before the child started
+class Child:
+    """A background child of one run: `module` run once per payload (JSON in the environment variable `variable`),
+    started once after FIRST, waited for before the notebooks in `until`, stopped on exit; `state` is what the
+    manifest records (its seconds, how long the run waited for it, its exit)."""
+    module = "mvlib.driver.ahead"
+    variable = "MVLIB_AHEAD"
+    until: tuple[str, ...] = TIMED
+    did = "compiled ahead"  # the line printed once it is done
+
+    def __init__(self, log: Path):
+        self.log = log
+        self.state: dict = {}
+        self.procs: list[subprocess.Popen] = []
+        self.started = 0.0
+
+    def payloads(self) -> list[dict]:
+        """What each process of the child is given ([]: nothing to do)."""
+        raise NotImplementedError
+
+    def announce(self) -> str:
+        """The line printed when the child starts."""
+        raise NotImplementedError
+
+    def finished(self) -> dict:
+        """Called once the child has ended: what else the manifest records of it."""
+        return {}
+
+    def environment(self) -> dict:
+        """Variables the child's processes get besides the driver's own."""
+        return {}
 
     def before(self, stem: str) -> None:
-        """Called before each notebook: start the child (after FIRST), or wait for it (before a TIMED one)."""
-        if stem in TIMED:
+        """Called before each notebook: start the child (after FIRST), or wait for it (before one in `until`)."""
+        if stem in self.until:
             self.wait()
-        elif stem != FIRST and self.proc is None and self.jobs and not self.state:
+        elif stem != FIRST and not self.procs and not self.state and self.payloads():
             self.start()
 
     def start(self) -> None:
-        """The child, in a session of its own (its compile workers go with it), logging to `log`."""
-        payload = {"params": self.params, "jobs": self.jobs, "driver": os.getpid()}
+        """The child's processes, each in a session of its own (its workers go with it), logging to `log`."""
         # MVLIB_BUILD made absolute: the kernels run in notebooks/, so a relative one would name another cache
-        env = dict(os.environ, MVLIB_AHEAD=json.dumps(payload, default=str), MVLIB_BUILD=str(paths.BUILD),
-                   PYTHONPATH=os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        env = dict(os.environ, MVLIB_BUILD=str(paths.BUILD),
+                   PYTHONPATH=os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+                   **self.environment())
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        self.tuned = autotuned()
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "mvlib.driver.ahead"], env=env, stdout=out,
-                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-                                         cwd=paths.ROOT)
+        for payload in self.payloads():
+            env[self.variable] = json.dumps({**payload, "driver": os.getpid()}, default=str)
+            with open(self.log, "ab") as out:  # appended to by each process, a whole line at a time
+                self.procs.append(subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=out,
+                                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                                   start_new_session=True, cwd=paths.ROOT))
         self.started = time.perf_counter()
-        print(f"    compiling {len(self.jobs)} torch.compile configurations ahead in the background (log: {self.log})")
+        print(f"    {self.announce()} in the background (log: {self.log})")
 
     def wait(self) -> None:
-        """Wait for the child (at most WAIT_LIMIT_S), so that nothing timed shares the machine with it."""
-        if self.proc is None or self.state:
+        """Wait for the child's processes (at most WAIT_LIMIT_S from their start); its exit: the first non-zero."""
+        if not self.procs or self.state:
             return
         waited = time.perf_counter()
         try:
-            code = self.proc.wait(timeout=max(1.0, WAIT_LIMIT_S - (waited - self.started)))
+            codes = [p.wait(timeout=max(1.0, WAIT_LIMIT_S - (time.perf_counter() - self.started)))
+                     for p in self.procs]
+            code = next((c for c in codes if c), 0)
         except subprocess.TimeoutExpired:
             self.stop()
             code = f"stopped after {WAIT_LIMIT_S} s"
-        self.forget_tuning()
+        more = self.finished()
         now = time.perf_counter()
-        self.state.update(seconds=round(now - self.started, 1), waited_s=round(now - waited, 1), exit=code,
-                          rows=[j["row"] for j in self.jobs])
-        print(f"    compiled ahead in {now - self.started:.0f} s (waited {now - waited:.0f} s for it; exit {code}; "
+        self.state.update(seconds=round(now - self.started, 1), waited_s=round(now - waited, 1), exit=code, **more)
+        print(f"    {self.did} in {now - self.started:.0f} s (waited {now - waited:.0f} s for it; exit {code}; "
               f"log: {self.log})")
+
+    def stop(self) -> None:
+        """End the child's processes and their workers (an interrupted or finished run leaves none behind)."""
+        for proc in self.procs:
+            if proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class Ahead(Child):
+    """The compile-ahead child of one run: `workers` processes started after FIRST, each compiling its share of the
+    jobs' (configuration, batch) pairs, waited for before a TIMED notebook, stopped on exit."""
+
+    def __init__(self, jobs: list[dict], params: dict, log: Path, workers: int = 1):
+        super().__init__(log)
+        self.jobs, self.params, self.workers = jobs, params, workers
+        self.tuned: set = set()  # the autotuning picks in the cache before the child started
+
+    def payloads(self) -> list[dict]:
+        """The parameters and each process's share of the compile jobs ([] when there are none)."""
+        return [{"params": self.params, "jobs": part} for part in split(self.jobs, self.workers)]
+
+    def announce(self) -> str:
+        """The start line."""
+        compiles = sum(len(j["batches"]) for j in self.jobs)
+        return f"compiling {compiles} torch.compile configurations and batches ahead in {len(self.procs)} processes"
+
+    def start(self) -> None:
+        """The processes, once the autotuning picks already in the cache are known."""
+        self.tuned = autotuned()
+        super().start()
+
+    def environment(self) -> dict:
+        """Each process's share of the cores for Inductor's compile workers (a setting Inductor leaves out of its
+        cache key, so the rows still hit), unless the user set it."""
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.payloads())))
+        return {"TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS") or str(threads)}
+
+    def finished(self) -> dict:
+        """Its autotuning picks forgotten; the rows it compiled."""
+        self.forget_tuning()
+        return {"rows": [j["row"] for j in self.jobs], "processes": len(self.procs)}
 
     def forget_tuning(self) -> None:
         """Remove the autotuning picks the child wrote (Inductor's *.best_config): it benchmarked its kernels while
@@ -124,21 +202,14 @@ class Ahead:
         for path in autotuned() - self.tuned:
             path.unlink(missing_ok=True)
 
-    def stop(self) -> None:
-        """End the child and its compile workers (an interrupted or finished run leaves none behind)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait()
 
-    def __enter__(self) -> "Ahead":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+def split(jobs: list[dict], n: int) -> list[list[dict]]:
+    """The jobs' (configuration, batch) pairs dealt round-robin into at most `n` shares, one job per pair."""
+    pairs = [{**job, "batches": [batch]} for job in jobs for batch in job["batches"]]
+    shares: list[list[dict]] = [[] for _ in range(max(1, min(n, len(pairs))))]
+    for k, pair in enumerate(pairs):
+        shares[k % len(shares)].append(pair)
+    return [s for s in shares if s]
 
 
 def autotuned() -> set[Path]:
@@ -155,7 +226,8 @@ def plan(selected: list[Path], params: dict, run: Path, enabled: bool) -> Ahead:
         return Ahead([], params, log)
     from mvlib.driver.params import defaults
     values = defaults() | params  # the parameters the notebooks will see, for the jobs and the child alike
-    return Ahead(jobs([nb.stem for nb in selected], values), values, log)
+    workers = max(1, min(PROCESSES, len(os.sched_getaffinity(0)) // CORES_PER_PROCESS))
+    return Ahead(jobs([nb.stem for nb in selected], values), values, log, workers)
 
 
 def resolve(spec: str):

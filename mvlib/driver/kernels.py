@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from mvlib import io, paths
-from mvlib.driver import ahead
+from mvlib.driver import ahead, calibrate
 from mvlib.driver.params import declared
 
 _KERNELS: list = []  # kernel managers of this process's notebooks, to stop their kernels on Ctrl-C
@@ -106,24 +106,28 @@ def papermill_into(nb: Path, executed: Path, **kw) -> None:
 
 
 def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict,
-            compile_ahead: bool = False) -> list[dict]:
+            compile_ahead: bool = False, calibrate_ahead: bool = False) -> list[dict]:
     """Run the selected notebooks with papermill; a report per notebook that failed (stops at the first unless
     --keep-going). `state` says which notebook is running (for an interruption) and, under `seconds`, how long
     each one took. A full disk is raised, not a notebook's failure: the driver says it in one line.
 
     With `compile_ahead`, the timed notebooks' torch.compile configurations compile in a child meanwhile
-    (mvlib.driver.ahead; `state['compile_ahead']` says how long it took and was waited for)."""
-    with ahead.plan(selected, params, run, compile_ahead) as warm:
-        state["compile_ahead"] = warm.state
-        return _execute(selected, params, run, args, state, warm)
+    (mvlib.driver.ahead); with `calibrate_ahead`, notebook 04's calibrations are made in another
+    (mvlib.driver.calibrate). `state['compile_ahead']` and `state['calibrate_ahead']` say how long each took and
+    was waited for."""
+    with ahead.plan(selected, params, run, compile_ahead) as warm, \
+            calibrate.plan(selected, params, run, calibrate_ahead) as calib:
+        state["compile_ahead"], state["calibrate_ahead"] = warm.state, calib.state
+        return _execute(selected, params, run, args, state, [warm, calib])
 
 
 def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict,
-             warm: ahead.Ahead) -> list[dict]:
+             children: list[ahead.Child]) -> list[dict]:
     """execute's loop."""
     failed: list[dict] = []
     for nb in selected:
-        warm.before(nb.stem)
+        for child in children:
+            child.before(nb.stem)
         wanted = declared(nb)
         nb_params = {k: v for k, v in params.items() if k in wanted}
         nb_params["run_dir"] = str(run)

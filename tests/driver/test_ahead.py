@@ -55,6 +55,19 @@ def test_jobs_of_the_full_profile():
     assert not ahead.plan(books, full, Path("r"), enabled=False).jobs
     planned = ahead.plan(books, params.load_profile("full"), Path("r"), enabled=True)  # the notebooks' defaults added
     assert planned.jobs == ahead.jobs(STEMS, full) and planned.params == full
+    assert 1 <= planned.workers <= ahead.PROCESSES
+
+
+def test_the_compiles_are_dealt_into_shares_of_one_batch_each():
+    jobs = [{"row": "a", "batches": [1, 16, 32, 256]}, {"row": "b", "batches": [1, 32]}]
+    shares = ahead.split(jobs, 3)
+    assert [[(j["row"], j["batches"]) for j in s] for s in shares] == [
+        [("a", [1]), ("a", [256])], [("a", [16]), ("b", [1])], [("a", [32]), ("b", [32])]]
+    assert ahead.split(jobs, 1) == [[{"row": r, "batches": [b]} for r, bs in (("a", [1, 16, 32, 256]), ("b", [1, 32]))
+                                     for b in bs]]
+    assert len(ahead.split(jobs, 10)) == 6 and ahead.split([], 3) == []
+    warm = ahead.Ahead(jobs, {}, Path("r"), workers=3)
+    assert [p["jobs"] for p in warm.payloads()] == shares and warm.environment()["TORCHINDUCTOR_COMPILE_THREADS"]
 
 
 def _stage_calls(notebook: Path) -> dict[str, tuple[str, dict]]:
@@ -101,7 +114,7 @@ def test_the_swap_row_is_notebook_05s_original_compile():
 def test_before_starts_after_the_first_notebook_and_waits_before_the_timed_ones(tmp_path, monkeypatch):
     calls = []
     warm = _ahead(tmp_path, ("sleepy", [1]))
-    monkeypatch.setattr(warm, "start", lambda: calls.append("start") or setattr(warm, "proc", object()))
+    monkeypatch.setattr(warm, "start", lambda: calls.append("start") or warm.procs.append(object()))
     monkeypatch.setattr(warm, "wait", lambda: calls.append("wait"))
     for stem in STEMS:
         calls.append(stem)
@@ -168,6 +181,7 @@ def test_an_interrupted_run_leaves_no_child(child_env):
             warm.before("02_graph")
             time.sleep(0.5)
             raise KeyboardInterrupt
-    assert warm.proc.poll() is not None
-    with pytest.raises(ProcessLookupError):
-        os.killpg(warm.proc.pid, 0)  # its whole session is gone (compile workers included)
+    assert warm.procs and all(p.poll() is not None for p in warm.procs)
+    for proc in warm.procs:
+        with pytest.raises(ProcessLookupError):
+            os.killpg(proc.pid, 0)  # its whole session is gone (compile workers included)
