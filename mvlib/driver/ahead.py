@@ -1,6 +1,7 @@
-"""Compiling ahead: the torch.compile configurations that notebooks 05 and 06 time, compiled in a child process
-while the notebooks before them run (02-04 export, check accuracy and calibrate: nothing there is timed), so the
-timed rows find Inductor's on-disk caches warm and compile nothing they have not compiled already.
+"""Compiling ahead: the torch.compile configurations that notebooks 05 and 06 time, compiled in child processes
+(up to PROCESSES, each with its share of the configuration-batch pairs) while the notebooks before them run
+(02-04 export, check accuracy and calibrate: nothing there is timed), so the timed rows find Inductor's on-disk
+caches warm and compile nothing they have not compiled already.
 
 Why: on an H100 the full profile's cold compiles took about 265 s of notebook 06 (three configurations x four
 batches, about 21 s each) and 04 about 325 s of CPU work in which the GPU sits idle. The child compiles exactly
@@ -8,7 +9,9 @@ what the rows compile (the same factory, model, kwargs, batch), so the rows' ker
 only where the compile time is spent moves. The child runs at a lower priority (`nice`), and the driver waits
 for it before the first notebook that times anything, so no timed window shares the machine with it. A
 configuration the child cannot compile (no FP8 GPU, a cache that will not hit) costs only the child's time: the
-row compiles as before. `MVLIB_COMPILE_AHEAD=0` turns it off.
+row compiles as before. 05's swapped model calls the study's kernel: the child builds its own copy of the library
+(`own_kernel`). `Child` is the process handling this shares with the calibrating child (mvlib.driver.calibrate).
+`MVLIB_COMPILE_AHEAD=0` turns it off.
 
 Serves: the driver (kernels.execute).
 """
@@ -40,6 +43,8 @@ FP16_CL = {"precision": "fp16", "channels_last": True}
 # tests/driver/test_ahead.py holds these against the notebooks' own calls.
 ROWS = [
     ("05_silu_plugin", "swap_throughput (original, compile)", "mvlib.bench:pytorch_cuda",
+     {"compile_mode": "default"}, "swap_batches"),
+    ("05_silu_plugin", "swap_throughput (ours, compile)", "mvlib.driver.ahead:swapped_pytorch_cuda",
      {"compile_mode": "default"}, "swap_batches"),
     ("06_benchmark", "torch_compile_fp16", "mvlib.bench:pytorch_cuda",
      {**FP16_CL, "compile_mode": "default"}, "gpu_batches"),
@@ -228,6 +233,40 @@ def plan(selected: list[Path], params: dict, run: Path, enabled: bool) -> Ahead:
     values = defaults() | params  # the parameters the notebooks will see, for the jobs and the child alike
     workers = max(1, min(PROCESSES, len(os.sched_getaffinity(0)) // CORES_PER_PROCESS))
     return Ahead(jobs([nb.stem for nb in selected], values), values, log, workers)
+
+
+def swapped_pytorch_cuda(settings, net, **kwargs):
+    """Notebook 05's compiled "ours" rows: bench.pytorch_cuda on a copy of `net` whose SiLUs call the study's
+    kernel (torch_op.swap_silu, as gpu_checks.swap_throughput does), the kernel being the child's own build
+    (`own_kernel`). What Inductor caches is the graph calling torch.ops.mvlib.silu, the same with 05's build."""
+    import copy
+
+    from mvlib import bench
+    from mvlib.silu import torch_op
+    own_kernel()
+    swapped = copy.deepcopy(net)
+    torch_op.swap_silu(swapped, "direct")
+    return bench.pytorch_cuda(settings, swapped, **kwargs)
+
+
+KERNEL_BUILD = paths.BUILD / "cache" / "compile_ahead"  # the child's own build of the kernel library
+
+
+def own_kernel() -> None:
+    """In the child, once: build the kernel library into KERNEL_BUILD (silu_plugin/build.sh) and have the op load it
+    from there, so the library notebook 05 builds with `%%bash` stays the notebook's own."""
+    from mvlib.silu import build, torch_op
+    if getattr(build.library_path, "compile_ahead", False):
+        return
+    build.build(build_root=KERNEL_BUILD)
+    notebooks = build.library_path
+
+    def library_path(name: str = build.KERNEL_LIB, build_root: Path | str | None = None) -> Path:
+        """build.library_path, in the child's own build unless told otherwise."""
+        return notebooks(name, build_root or KERNEL_BUILD)
+    library_path.compile_ahead = True
+    build.library_path = library_path
+    torch_op.kernel_library.cache_clear()
 
 
 def resolve(spec: str):

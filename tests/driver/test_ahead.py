@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mvlib import paths
@@ -47,6 +48,8 @@ def test_jobs_of_the_full_profile():
     assert got == {
         "05_silu_plugin/swap_throughput (original, compile) float16": ({"compile_mode": "default",
                                                                          "precision": "fp16"}, [1, 32]),
+        "05_silu_plugin/swap_throughput (ours, compile) float16": ({"compile_mode": "default",
+                                                                     "precision": "fp16"}, [1, 32]),
         "06_benchmark/torch_compile_fp16": (fp16 | {"compile_mode": "default"}, [1, 16, 32, 256]),
         "06_benchmark/torch_compile_cudagraphs_fp16": (fp16 | {"compile_mode": "reduce-overhead"}, [1, 16, 32, 256]),
         "06_benchmark/torch_compile_cudagraphs_fp8": ({}, [1, 16, 32, 256])}
@@ -96,19 +99,55 @@ def test_the_rows_are_notebook_06s_own_calls():
         assert [a.id for a in node.args[4:5]] == [batches], row  # the batches it times are the ones compiled
 
 
-def test_the_swap_row_is_notebook_05s_original_compile():
-    """swap_throughput's first compiled backend is the unswapped model with the job's kwargs."""
+def test_the_swap_rows_are_notebook_05s_compiles():
+    """swap_throughput's compiled backends: the unswapped model, then the swapped one, with the jobs' kwargs; the
+    swapped job's factory swaps a copy of the model the same way and leaves the model alone."""
     import torch
+
+    from mvlib.silu import torch_op
     seen = []
 
     def factory(settings, net, **kwargs):
-        seen.append((any(isinstance(m, torch.nn.SiLU) for m in net.modules()), kwargs))
-        raise StopIteration
+        seen.append(([type(m).__name__ for m in net.modules() if "SiLU" in type(m).__name__], kwargs))
+        if len(seen) == 2:
+            raise StopIteration
+        return None
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.SiLU())
-    with pytest.raises(StopIteration):
+    def measure_all(factory, batches, settings, net, **kwargs):
+        factory(settings, net, **kwargs)
+        return pd.DataFrame([{"batch": 1, "throughput_ips": 1.0}])
+    with pytest.raises(StopIteration), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(gpu_checks.bench, "measure_all", measure_all)
         gpu_checks.swap_throughput(net, [1], None, ("float16",), modes=("compile",), factory=factory)
-    job = ahead.jobs(["05_silu_plugin"], params.defaults() | params.load_profile("full"))[0]
-    assert seen == [(True, job["kwargs"])]
+    jobs = ahead.jobs(["05_silu_plugin"], params.defaults() | params.load_profile("full"))
+    assert seen == [(["SiLU"], jobs[0]["kwargs"]), (["MvSiLU"], jobs[1]["kwargs"])]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ahead, "own_kernel", lambda: None)
+        mp.setattr(gpu_checks.bench, "pytorch_cuda", lambda s, n, **kw: (n, kw))
+        swapped, kwargs = ahead.resolve(jobs[1]["factory"])(None, net, **jobs[1]["kwargs"])
+    assert [type(m).__name__ for m in swapped.modules()][-1] == "MvSiLU" and kwargs == jobs[1]["kwargs"]
+    assert type(net[1]) is torch.nn.SiLU and torch_op.MvSiLU  # the model itself keeps nn.SiLU
+
+
+def test_the_child_loads_its_own_kernel_build(tmp_path, monkeypatch):
+    """own_kernel builds into KERNEL_BUILD (here a fake build) and points the op's library there, once."""
+    from mvlib.silu import build
+    monkeypatch.setattr(build, "library_path", build.library_path)  # restored after the test
+    monkeypatch.setattr(ahead, "KERNEL_BUILD", tmp_path / "own")
+    built = []
+
+    def fake_build(build_root=None, **kw):
+        built.append(build_root)
+        lib = build.build_dir(build_root) / build.KERNEL_LIB
+        lib.parent.mkdir(parents=True)
+        lib.write_bytes(b"")
+    monkeypatch.setattr(build, "build", fake_build)
+    ahead.own_kernel()
+    ahead.own_kernel()
+    assert built == [tmp_path / "own"]
+    assert build.library_path() == tmp_path / "own" / "silu_plugin" / build.KERNEL_LIB
+    with pytest.raises(FileNotFoundError, match="other"):  # a build root given is still the one looked in
+        build.library_path(build.KERNEL_LIB, tmp_path / "other")
 
 
 def test_before_starts_after_the_first_notebook_and_waits_before_the_timed_ones(tmp_path, monkeypatch):
