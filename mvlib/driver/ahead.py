@@ -241,9 +241,12 @@ def swapped_pytorch_cuda(settings, net, **kwargs):
     (`own_kernel`). What Inductor caches is the graph calling torch.ops.mvlib.silu, the same with 05's build."""
     import copy
 
+    import torch
+
     from mvlib import bench
     from mvlib.silu import torch_op
-    own_kernel()
+    if torch.cuda.is_available():  # without a GPU bench.pytorch_cuda says why, as for the other rows: no build first
+        own_kernel()
     swapped = copy.deepcopy(net)
     torch_op.swap_silu(swapped, "direct")
     return bench.pytorch_cuda(settings, swapped, **kwargs)
