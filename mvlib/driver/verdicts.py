@@ -93,12 +93,18 @@ def selection(manifest: dict) -> list[str]:
     return list((manifest.get("run") or {}).get("notebooks") or [nb.name for nb in stages.all_notebooks()])
 
 
+CHILDREN = {"calibrate_ahead": "calibrating ahead", "compile_ahead": "compiling ahead"}  # the manifest's timing keys
+
+
 def timing_lines(manifest: dict, n: int = 5) -> str:
     """Where the run's time went: its total and each notebook's wall seconds, then its `n` slowest stages."""
     timing = manifest.get("timing") or {}
     books = timing.get("notebooks_s") or {}
+    waits = [f"waited {timing[c]['waited_s']:.0f} s for {what}" for c, what in CHILDREN.items()
+             if (timing.get(c) or {}).get("waited_s", 0) >= 1]  # time in the total that no notebook's seconds hold
+    parts = [", ".join(f"{stages.short(nb)} {s:.0f} s" for nb, s in books.items())] if books else []
     lines = [f"time: {timing.get('total_s', 0):.0f} s in all"
-             + (" (" + ", ".join(f"{stages.short(nb)} {s:.0f} s" for nb, s in books.items()) + ")" if books else "")]
+             + (" (" + "; ".join(parts + waits) + ")" if parts or waits else "")]
     timed = sorted(((st["seconds"], name) for name, st in manifest.get("stages", {}).items()
                     if isinstance(st.get("seconds"), (int, float))), reverse=True)[:n]
     if timed:

@@ -113,3 +113,12 @@ def test_a_missing_nvcc_is_the_machines_lack_not_a_missing_builder(tmp_path):
     for stage in manifest["stages"].values():
         del stage["no_compiler"]  # the same skips without the mark: a build stage and a cpu stage that failed
     assert len(verdicts.stage_problems(manifest, "cpu")) == 2
+
+
+def test_the_time_line_names_the_waits_for_the_children():
+    """The run's total holds the waits for the children, which no notebook's seconds do: the line says them."""
+    timing = {"total_s": 680.1, "notebooks_s": {"01_export": 13.1, "04_int8": 128.1},
+              "calibrate_ahead": {"waited_s": 103.6}, "compile_ahead": {"waited_s": 0.0}}
+    assert verdicts.timing_lines({"timing": timing}) == \
+        "time: 680 s in all (01 13 s, 04 128 s; waited 104 s for calibrating ahead)"
+    assert verdicts.timing_lines({"timing": {"total_s": 5}}) == "time: 5 s in all"
