@@ -261,7 +261,7 @@ def record_timing(manifest: dict, state: dict) -> None:
     if state.get("notebook"):
         books[state["notebook"]] = round(time.perf_counter() - state["start"], 1)
     manifest["timing"] = {"total_s": round(time.perf_counter() - state["began"], 1), "notebooks_s": books}
-    for child in ("compile_ahead", "calibrate_ahead"):  # each child's seconds, and how long the run waited for it
+    for child in verdicts.CHILDREN:  # each child's seconds, and how long the run waited for it
         if state.get(child):
             manifest["timing"][child] = state[child]
 

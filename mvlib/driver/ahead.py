@@ -79,11 +79,11 @@ def jobs(selected: list[str], values: dict) -> list[dict]:
 class Child:
     """A background child of one run: `module` run once per payload (JSON in the environment variable `variable`),
     started once after FIRST, waited for before the notebooks in `until`, stopped on exit; `state` is what the
-    manifest records (its seconds, how long the run waited for it, its exit)."""
-    module = "mvlib.driver.ahead"
-    variable = "MVLIB_AHEAD"
-    until: tuple[str, ...] = TIMED
-    did = "compiled ahead"  # the line printed once it is done
+    manifest records (its seconds, how long the run waited for it, its exit). A subclass names these four."""
+    module: str  # the child's entry (python -m)
+    variable: str  # the environment variable its payload comes in
+    until: tuple[str, ...]  # the notebooks it is waited for before
+    did: str  # the line printed once it is done
 
     def __init__(self, log: Path):
         self.log = log
@@ -103,8 +103,8 @@ class Child:
         """Called once the child has ended: what else the manifest records of it."""
         return {}
 
-    def environment(self) -> dict:
-        """Variables the child's processes get besides the driver's own."""
+    def environment(self, processes: int) -> dict:
+        """Variables the child's `processes` processes get besides the driver's own."""
         return {}
 
     def before(self, stem: str) -> None:
@@ -117,11 +117,12 @@ class Child:
     def start(self) -> None:
         """The child's processes, each in a session of its own (its workers go with it), logging to `log`."""
         # MVLIB_BUILD made absolute: the kernels run in notebooks/, so a relative one would name another cache
+        payloads = self.payloads()
         env = dict(os.environ, MVLIB_BUILD=str(paths.BUILD),
                    PYTHONPATH=os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                   **self.environment())
+                   **self.environment(len(payloads)))
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        for payload in self.payloads():
+        for payload in payloads:
             env[self.variable] = json.dumps({**payload, "driver": os.getpid()}, default=str)
             with open(self.log, "ab") as out:  # appended to by each process, a whole line at a time
                 self.procs.append(subprocess.Popen([sys.executable, "-m", self.module], env=env, stdout=out,
@@ -169,6 +170,10 @@ class Child:
 class Ahead(Child):
     """The compile-ahead child of one run: `workers` processes started after FIRST, each compiling its share of the
     jobs' (configuration, batch) pairs, waited for before a TIMED notebook, stopped on exit."""
+    module = "mvlib.driver.ahead"
+    variable = "MVLIB_AHEAD"
+    until = TIMED
+    did = "compiled ahead"
 
     def __init__(self, jobs: list[dict], params: dict, log: Path, workers: int = 1):
         super().__init__(log)
@@ -189,10 +194,10 @@ class Ahead(Child):
         self.tuned = autotuned()
         super().start()
 
-    def environment(self) -> dict:
+    def environment(self, processes: int) -> dict:
         """Each process's share of the cores for Inductor's compile workers (a setting Inductor leaves out of its
         cache key, so the rows still hit), unless the user set it."""
-        threads = max(1, len(os.sched_getaffinity(0)) // max(1, len(self.payloads())))
+        threads = max(1, len(os.sched_getaffinity(0)) // max(1, processes))
         return {"TORCHINDUCTOR_COMPILE_THREADS": os.environ.get("TORCHINDUCTOR_COMPILE_THREADS") or str(threads)}
 
     def finished(self) -> dict:

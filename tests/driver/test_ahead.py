@@ -70,7 +70,7 @@ def test_the_compiles_are_dealt_into_shares_of_one_batch_each():
                                      for b in bs]]
     assert len(ahead.split(jobs, 10)) == 6 and ahead.split([], 3) == []
     warm = ahead.Ahead(jobs, {}, Path("r"), workers=3)
-    assert [p["jobs"] for p in warm.payloads()] == shares and warm.environment()["TORCHINDUCTOR_COMPILE_THREADS"]
+    assert [p["jobs"] for p in warm.payloads()] == shares and warm.environment(3)["TORCHINDUCTOR_COMPILE_THREADS"]
 
 
 def _stage_calls(notebook: Path) -> dict[str, tuple[str, dict]]:
