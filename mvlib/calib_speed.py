@@ -1,4 +1,5 @@
-"""Histogram (entropy) calibration spread over threads, exactly: the same histograms, thresholds and model bytes.
+"""Histogram (entropy) calibration spread over threads or processes, exactly: the same histograms, thresholds and
+model bytes.
 
 Serves notebook 04 through `mvlib.quant.quantize`. ModelOpt's ONNX `entropy` calibration runs ONNX Runtime's
 HistogramCalibrater: for every calibration batch (one image: the export's batch is dynamic, so ModelOpt feeds
@@ -19,23 +20,53 @@ collect and the threshold search wait for them first), so the model runs and the
 cores already busy with other work the 64-image calibration above took 84 s instead of 97 s for the same CPU
 seconds; the gain grows with the cores (quant.calibrate_all gives the entropy calibrations all of them).
 
+Threads help little beyond two: `collect_value`'s Python between numpy calls holds the GIL (on 16 cores the
+full model's entropy calibration took as long on 8 threads as on 2, 165 s). From PROCESSES_FROM workers on, the
+groups go to processes instead: the batch's arrays are written once into a shared-memory block, each process maps
+its group's arrays and runs the same `collect_value` (and `merge_histogram`) on a copy of the collector holding
+the group's histograms, and sends those back; the parent still holds every histogram between batches, so which
+process takes which group does not matter, and the arithmetic is again the library's own. A batch goes to
+threads instead (the state's `fallback` says why; quant.quantize prints it) where the processes cannot take it:
+a collect_value that cannot be sent to a process, or a /dev/shm too small for two batches (a container's default
+64 MiB; writing past it would kill the calibration with SIGBUS). `MVLIB_HISTOGRAM_PROCESSES=0` keeps threads;
+`tools/histogram_speed.py` times one calibration both ways on a machine.
+
 It patches ONNX Runtime's `HistogramCollector` (collect, compute_collection_result, get_histogram_dict) only
 inside the context manager, restores them after, and only where the class has the members this relies on
 (`unsupported` says which is missing); otherwise the library's own sequential path runs.
 """
 import contextlib
+import copy
+import importlib
+import io
+import multiprocessing
 import os
+import pickle
+import shutil
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from multiprocessing import shared_memory
+
+import numpy as np
 
 HISTOGRAM_METHODS = ("entropy", "distribution")  # the methods whose collect goes through collect_value
 _NEEDED = ("collect", "collect_value", "compute_collection_result", "get_histogram_dict", "merge_histogram")
 _GROUPS_PER_THREAD = 2  # more groups than threads, so one big tensor does not hold the batch up alone
+PROCESSES_FROM = 4  # from this many workers on, processes: below it a worker's start (imports ~5 s) is not repaid
+_SHIPPED = ("collect_value", "merge_histogram")  # the collector's methods a process must run as the parent does
+SHARED = "/dev/shm"  # where Python's SharedMemory blocks live on Linux
+_WARM = ("onnxruntime.quantization.calibrate", "modelopt.onnx.quantization.ort_patching")  # a worker's imports
 
 
 def default_threads() -> int:
     """Histogram threads of a calibration: every core this process may use."""
     return len(os.sched_getaffinity(0))
+
+
+def use_processes(workers: int, environ=os.environ) -> bool:
+    """Whether `workers` histogram workers are processes: from PROCESSES_FROM on, unless MVLIB_HISTOGRAM_PROCESSES=0
+    (threads, as before processes came)."""
+    return workers >= PROCESSES_FROM and environ.get("MVLIB_HISTOGRAM_PROCESSES", "1") != "0"
 
 
 def unsupported() -> str:
@@ -48,15 +79,80 @@ def unsupported() -> str:
     return f"HistogramCollector has no {', '.join(missing)}" if missing else ""
 
 
-class _Group:
-    """The collector as one group's `collect_value` sees it: the group's own histograms, the rest the real one's."""
+def _stand_in(collector, names):
+    """A shallow copy of the collector holding only the group's histograms (what `collect_value` updates)."""
+    part = copy.copy(collector)
+    part.histogram_dict = {n: collector.histogram_dict[n] for n in names if n in collector.histogram_dict}
+    return part
 
-    def __init__(self, real, names):
-        self._real = real
-        self.histogram_dict = {n: real.histogram_dict[n] for n in names if n in real.histogram_dict}
 
-    def __getattr__(self, name):
-        return getattr(self._real, name)
+def _local(collect_value, part, name_to_arr: dict) -> dict:
+    """One group's histograms on a thread: the installed collect_value on its stand-in; the group's histograms."""
+    collect_value(part, name_to_arr)
+    return part.histogram_dict
+
+
+def _warm(modules: tuple[str, ...]) -> None:
+    """A histogram process's first act: the imports its groups will need (ModelOpt's, where installed)."""
+    for name in modules:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
+def _remote(methods: dict, part, block: str, layout: dict) -> dict:
+    """One group's histograms in a process: its arrays mapped from the batch's shared block, the parent's
+    collect_value and merge_histogram on its stand-in; the group's histograms."""
+    for name, fn in methods.items():
+        setattr(type(part), name, fn)  # this process's class does what the parent's does
+    shm = shared_memory.SharedMemory(name=block)
+    try:
+        arrays = {n: [np.ndarray(shape, dtype, buffer=shm.buf, offset=off) for off, shape, dtype in parts]
+                  for n, parts in layout.items()}
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            methods["collect_value"](part, arrays)  # ModelOpt's shows a progress bar per batch: not wanted here
+        del arrays  # no view may outlive the block
+        return part.histogram_dict
+    finally:
+        shm.close()
+
+
+def _arrays(name_to_arr: dict) -> dict[str, list[np.ndarray]]:
+    """Each tensor's arrays as a list (the calibrator hands over a list per tensor, or one array)."""
+    return {n: [np.asarray(a) for a in (v if isinstance(v, list) else [v])] for n, v in name_to_arr.items()}
+
+
+def _aligned(nbytes: int) -> int:
+    """An array's room in a shared block: its bytes rounded up to 64 (each array starts on a cache line)."""
+    return -(-nbytes // 64) * 64
+
+
+def _nbytes(name_to_arr: dict) -> int:
+    """The shared block a batch needs."""
+    return sum(_aligned(a.nbytes) for arrs in _arrays(name_to_arr).values() for a in arrs)
+
+
+def _free_shared() -> int:
+    """Bytes free where shared-memory blocks live (a container's /dev/shm is often 64 MiB: writing past it kills
+    the process with SIGBUS, so the batch must fit before it is written)."""
+    try:
+        return shutil.disk_usage(SHARED).free
+    except OSError:
+        return 0
+
+
+def _share(name_to_arr: dict) -> tuple[shared_memory.SharedMemory, dict]:
+    """The batch's arrays copied into one new shared-memory block; the block and each tensor's (offset, shape,
+    dtype) parts in it."""
+    items = _arrays(name_to_arr)
+    shm = shared_memory.SharedMemory(create=True, size=max(1, _nbytes(name_to_arr)))
+    layout, off = {}, 0
+    for n, arrs in items.items():
+        layout[n] = []
+        for a in arrs:
+            np.ndarray(a.shape, a.dtype, buffer=shm.buf, offset=off)[...] = a
+            layout[n].append((off, a.shape, a.dtype.str))
+            off += _aligned(a.nbytes)
+    return shm, layout
 
 
 def _groups(name_to_arr: dict, n: int) -> list[list[str]]:
@@ -72,48 +168,123 @@ def _groups(name_to_arr: dict, n: int) -> list[list[str]]:
 
 
 class _Parallel:
-    """The patched methods' state: the pool, the batch still being collected, and a count of batches."""
+    """The patched methods' state: the pool (threads or processes), each collector's batch still being collected
+    (with its shared block, for processes), and a count of batches."""
 
-    def __init__(self, pool: ThreadPoolExecutor, threads: int):
-        self.pool, self.threads = pool, threads
-        self.pending: dict[int, tuple[list[str], list[tuple[_Group, Future]]]] = {}  # id(collector) -> its batch
+    def __init__(self, pool: Executor, threads: int, processes: bool):
+        self.pool, self.threads, self.processes = pool, threads, processes
+        self.pending: dict[int, tuple[list[str], list[Future], object]] = {}  # id(collector) -> its batch
         self.batches = 0
+        self.fallback = ""  # why a batch went to threads instead of the processes (the first reason)
+        self.threads_pool: ThreadPoolExecutor | None = None
 
     def finish(self, collector) -> None:
         """Wait for the collector's batch in flight and put its histograms back in the original tensor order."""
-        order, parts = self.pending.pop(id(collector), ([], []))
-        made = {}
-        for group, future in parts:
-            future.result()  # raises the group's error here, in the caller
-            made.update(group.histogram_dict)
+        order, futures, block = self.pending.pop(id(collector), ([], [], None))
+        try:
+            made = {}
+            for future in futures:
+                made.update(future.result())  # raises the group's error here, in the caller
+        finally:
+            _release(block, futures)
         for name in order:
             collector.histogram_dict[name] = made[name]
+
+    def release(self) -> None:
+        """Every batch still in flight dropped and its shared block freed (the block's end, error or not)."""
+        for _, futures, block in self.pending.values():
+            _release(block, futures)
+        self.pending.clear()
+        if self.threads_pool is not None:
+            self.threads_pool.shutdown()
 
     def collect(self, collector, name_to_arr: dict) -> None:
         """Start one batch's histograms on the pool (after the previous batch's are in)."""
         self.finish(collector)
-        collect_value = type(collector).collect_value  # what ModelOpt installed at this call
-        parts = []
-        for names in _groups(name_to_arr, self.threads * _GROUPS_PER_THREAD):
-            group = _Group(collector, names)
-            parts.append((group, self.pool.submit(collect_value, group, {n: name_to_arr[n] for n in names})))
-        self.pending[id(collector)] = (list(name_to_arr), parts)
+        methods = {name: getattr(type(collector), name) for name in _SHIPPED}  # what ModelOpt installed now
+        groups = _groups(name_to_arr, self.threads * _GROUPS_PER_THREAD)
+        block = None
+        if self.processes and self._shipping(methods, name_to_arr):
+            block, layout = _share(name_to_arr)
+            futures = [self.pool.submit(_remote, methods, _stand_in(collector, names), block.name,
+                                        {n: layout[n] for n in names}) for names in groups]
+        else:
+            futures = [self._thread_pool().submit(_local, methods["collect_value"], _stand_in(collector, names),
+                                                  {n: name_to_arr[n] for n in names}) for names in groups]
+        self.pending[id(collector)] = (list(name_to_arr), futures, block)
         self.batches += 1
+
+    def _shipping(self, methods: dict, name_to_arr: dict) -> bool:
+        """Whether this batch can go to the processes; if not, its groups go to threads and `fallback` says why."""
+        why = ""
+        if not _shippable(methods):
+            why = f"{methods['collect_value'].__qualname__} cannot be sent to a process"
+        else:
+            need, free = 2 * _nbytes(name_to_arr), _free_shared()  # this block, and another calibration's
+            if need > free:
+                why = f"{SHARED} has {free / 2**20:.0f} MiB free and a batch needs {need / 2**20:.0f} MiB"
+        self.fallback = self.fallback or why
+        return not why
+
+    def _thread_pool(self) -> Executor:
+        """The pool for groups on threads: the pool itself, or (for processes that cannot take a batch) a
+        thread pool made the first time."""
+        if not self.processes:
+            return self.pool
+        if self.threads_pool is None:
+            self.threads_pool = ThreadPoolExecutor(self.threads, thread_name_prefix="mvlib-histogram")
+        return self.threads_pool
+
+
+def _shippable(methods: dict) -> bool:
+    """Whether a process can receive these functions (module-level ones pickle by name; local ones do not)."""
+    try:
+        pickle.dumps(methods)
+        return True
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return False
+
+
+def _release(block, futures) -> None:
+    """A batch's shared block freed once no process still reads it."""
+    if block is None:
+        return
+    for future in futures:
+        if not future.cancel():
+            with contextlib.suppress(Exception):
+                future.exception()  # wait: a running group still maps the block
+    block.close()
+    block.unlink()
+
+
+def _pool(threads: int, processes: bool) -> Executor:
+    """The histogram pool: `threads` threads, or as many spawned processes, each warmed with the imports."""
+    if not processes:
+        return ThreadPoolExecutor(threads, thread_name_prefix="mvlib-histogram")
+    # spawn: a fresh interpreter (no forked ONNX Runtime threads), which imports ONNX Runtime's and ModelOpt's
+    # calibration modules while ModelOpt is still preparing the model
+    pool = ProcessPoolExecutor(threads, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_warm, initargs=(_WARM,))
+    for _ in range(threads):
+        pool.submit(int)  # start the processes now, not at the first batch
+    return pool
 
 
 @contextlib.contextmanager
-def parallel_histograms(threads: int | None = None) -> Iterator[_Parallel | None]:
-    """Within: histogram calibrations collect each batch's tensors on `threads` threads (default: every core), the
-    next model run overlapping; yields the state (its `batches` counts the batches so collected), or None where the
-    library's own sequential path runs (one thread, or `unsupported()`)."""
+def parallel_histograms(threads: int | None = None, processes: bool | None = None) -> Iterator[_Parallel | None]:
+    """Within: histogram calibrations collect each batch's tensors on `threads` workers (default: every core),
+    processes from PROCESSES_FROM on (or as `processes` says), the next model run overlapping; yields the state (its
+    `batches` counts the batches so collected), or None where the library's own sequential path runs (one worker,
+    or `unsupported()`)."""
     threads = threads or default_threads()
     if threads <= 1 or unsupported():
         yield None
         return
+    processes = use_processes(threads) if processes is None else processes
     from onnxruntime.quantization.calibrate import HistogramCollector as HC
     saved = {name: HC.__dict__[name] for name in ("collect", "compute_collection_result", "get_histogram_dict")}
-    with ThreadPoolExecutor(threads, thread_name_prefix="mvlib-histogram") as pool:
-        state = _Parallel(pool, threads)
+    with _pool(threads, processes) as pool:
+        state = _Parallel(pool, threads, processes)
 
         def collect(self, name_to_arr):
             """ONNX Runtime's collect, the histogram methods' tensors in parallel (mvlib.calib_speed)."""
@@ -136,5 +307,6 @@ def parallel_histograms(threads: int | None = None) -> Iterator[_Parallel | None
         try:
             yield state
         finally:
+            state.release()
             for name, fn in saved.items():
                 setattr(HC, name, fn)

@@ -110,7 +110,8 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
     beside its input; the result is written atomically, in canonical form (same graph,
     same bytes). A result made from the same input bytes, images, method, precision,
     exclusions, scales and ModelOpt version is reused (io.cached keeps that key beside it). `entropy` makes its
-    histograms on `histogram_threads` threads (default: every core; `mvlib.calib_speed`), the same bytes.
+    histograms on `histogram_threads` workers (default: every core; processes from 4; `mvlib.calib_speed`), the
+    same bytes.
     """
     check_precision(precision)
     if method not in METHODS:
@@ -127,13 +128,17 @@ def quantize(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, met
         with tempfile.TemporaryDirectory(prefix=f"mvlib-{precision}-") as tmp:
             src, dst = Path(tmp) / ARTIFACTS["fp32"], Path(tmp) / chosen_name(precision)  # scratch copies
             shutil.copyfile(onnx_path, src)
-            with captured_logs(), calib_speed.parallel_histograms(histogram_threads):
+            # histograms only for a histogram method's real pass (a transplant's one image is not worth a pool)
+            hist = histogram_threads if method in calib_speed.HISTOGRAM_METHODS and not scales_from else 1
+            with captured_logs(), calib_speed.parallel_histograms(hist) as histograms:
                 modelopt_quantize(str(src), quantize_mode=precision,
                                   calibration_data={INPUT: calib[:1] if scales_from else calib},
                                   calibration_method=method, calibration_eps=eps,
                                   nodes_to_exclude=[re.escape(n) + "$" for n in excluded] or None,
                                   op_types_to_exclude=list(exclude_op_types) or None,
                                   high_precision_dtype="fp32", output_path=str(dst), log_level="ERROR")
+            if histograms and histograms.fallback:  # outside the captured logs: the reader sees it
+                print(f"histograms on threads, not processes: {histograms.fallback}")
             model = onnx.load(str(dst))
         if scales_from:
             transplant_scales(model, scales_from)

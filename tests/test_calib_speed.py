@@ -1,6 +1,8 @@
 """mvlib.calib_speed: entropy calibration's histograms on a thread pool give ONNX Runtime's and ModelOpt's very
-histograms, thresholds and model files; the library's own path where the patch cannot apply; nothing left patched."""
+histograms, thresholds and model files, on threads and on processes; the library's own path where the patch
+cannot apply; nothing left patched or left in shared memory."""
 import contextlib
+import os
 import warnings
 
 import numpy as np
@@ -21,17 +23,20 @@ def _batches(seed: int = 0, n: int = 6) -> list[dict]:
              for name, shape in shapes.items()} for b in range(n)]
 
 
-def _collect(batches, threads: int | None, method: str = "entropy") -> tuple[list, dict, int]:
-    """A real HistogramCollector fed `batches`, the parallel way (threads) or the library's own (None): the
-    histograms in order, the thresholds, and the batches the parallel path collected."""
+def _collect(batches, threads: int | None, method: str = "entropy", processes: bool = False,
+             why: bool = False) -> tuple:
+    """A real HistogramCollector fed `batches`, the parallel way (threads workers, processes or threads) or the
+    library's own (None): the histograms in order, the thresholds, the batches the parallel path collected (and
+    with `why`, why batches went to threads instead of processes)."""
     col = HistogramCollector(method=method, symmetric=True, num_bins=128, num_quantized_bins=128, percentile=99.99,
                              scenario="same")
-    with (calib_speed.parallel_histograms(threads) if threads else contextlib.nullcontext()) as state:
+    with (calib_speed.parallel_histograms(threads, processes) if threads else contextlib.nullcontext()) as state:
         for batch in batches:
             col.collect(batch)
         result = col.compute_collection_result()
         hists = list(col.get_histogram_dict().items())
-    return hists, result, state.batches if state else 0
+    out = hists, result, state.batches if state else 0
+    return (*out, state.fallback) if why else out
 
 
 def _same(a, b) -> bool:
@@ -44,16 +49,32 @@ def _same(a, b) -> bool:
     return type(a) is type(b) and a_np.dtype == b_np.dtype and a_np.tobytes() == b_np.tobytes()
 
 
-@pytest.mark.parametrize("collect_value", ["onnxruntime", "modelopt"])
-def test_parallel_histograms_equal_the_librarys_to_the_bit(monkeypatch, collect_value):
+@pytest.fixture
+def light_workers(monkeypatch):
+    """Histogram processes that import only what their work unpickles (not ModelOpt, unless the test installs
+    its collect_value): a test's pool starts in about a second."""
+    monkeypatch.setattr(calib_speed, "_WARM", ())
+
+
+def _segments() -> set[str]:
+    """The shared-memory blocks this machine holds now."""
+    return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+
+
+@pytest.mark.parametrize(("collect_value", "processes"),
+                         [("onnxruntime", False), ("modelopt", False), ("onnxruntime", True), ("modelopt", True)])
+def test_parallel_histograms_equal_the_librarys_to_the_bit(monkeypatch, light_workers, collect_value, processes):
     """Every histogram (counts, edges, min, max, threshold, in the collector's order) and every entropy threshold
-    is the sequential path's, under ONNX Runtime's collect_value and under the copy ModelOpt installs."""
+    is the sequential path's, under ONNX Runtime's collect_value and under the copy ModelOpt installs, on threads
+    and on processes (which leave no shared block behind)."""
     if collect_value == "modelopt":
         from modelopt.onnx.quantization import ort_patching
         monkeypatch.setattr(HistogramCollector, "collect_value", ort_patching._collect_value)
     batches = _batches()
     slow, slow_result, none = _collect(batches, None)
-    fast, fast_result, collected = _collect(batches, 3)
+    before = _segments()
+    fast, fast_result, collected = _collect(batches, 3, processes=processes)
+    assert _segments() <= before
     assert none == 0 and collected == len(batches)
     assert max(len(h[0]) for _, h in slow) > 128  # the histograms did widen
     assert _same(slow, fast) and _same(slow_result, fast_result)
@@ -85,6 +106,53 @@ def test_an_error_in_a_histogram_thread_reaches_the_caller(monkeypatch):
         _collect(_batches(n=2), 2)
 
 
+def test_an_error_in_a_histogram_process_reaches_the_caller_and_frees_the_block(light_workers):
+    """In a process too: the installed collect_value (ONNX Runtime's or ModelOpt's) meets a tensor of text in the
+    worker; the caller gets that error and no shared block stays behind."""
+    batches = _batches(n=2)
+    batches[1]["t5"] = [np.array(["no", "numbers", "here"])]
+    before = _segments()
+    with pytest.raises(TypeError):
+        _collect(batches, 2, processes=True)
+    assert _segments() <= before
+
+
+def test_a_local_collect_value_goes_to_threads_instead_of_processes(monkeypatch, light_workers):
+    """A collect_value no process can import (a local function) still runs in parallel, on threads, said once."""
+    calls = []
+    original = HistogramCollector.collect_value
+
+    def local(self, name_to_arr):
+        calls.append(len(name_to_arr))
+        return original(self, name_to_arr)
+    monkeypatch.setattr(HistogramCollector, "collect_value", local)
+    slow, _, _ = _collect(_batches(n=2), None)
+    fast, _, collected, why = _collect(_batches(n=2), 2, processes=True, why=True)
+    assert collected == 2 and sum(calls) == 4 * 12 and _same(slow, fast) and "cannot be sent to a process" in why
+
+
+def test_a_batch_larger_than_the_shared_memory_goes_to_threads(monkeypatch, light_workers):
+    """Where /dev/shm cannot hold two batches (a container's 64 MiB) nothing is written there (SIGBUS): the
+    groups go to threads, the histograms are the same, and the line says why."""
+    monkeypatch.setattr(calib_speed, "_free_shared", lambda: 2**20)
+    batches = _batches(n=3)
+    slow, _, _ = _collect(batches, None)
+    before = _segments()
+    fast, _, collected, why = _collect(batches, 2, processes=True, why=True)
+    assert collected == 3 and _same(slow, fast) and _segments() <= before
+    assert why.startswith("/dev/shm has 1 MiB free and a batch needs")
+
+
+def test_processes_from_four_workers(light_workers):
+    """Below PROCESSES_FROM workers the pool is threads (a process's start is not repaid), from it processes,
+    unless MVLIB_HISTOGRAM_PROCESSES=0."""
+    for threads, processes in ((2, False), (calib_speed.PROCESSES_FROM, True)):
+        with calib_speed.parallel_histograms(threads) as state:
+            assert state.processes is processes
+    assert not calib_speed.use_processes(16, {"MVLIB_HISTOGRAM_PROCESSES": "0"})
+    assert calib_speed.use_processes(16, {"MVLIB_HISTOGRAM_PROCESSES": "1"}) and calib_speed.use_processes(16, {})
+
+
 def test_a_collector_without_a_needed_member_takes_the_librarys_path(monkeypatch):
     """The feature check names what is missing, and the block then patches nothing (the slow path runs)."""
     assert calib_speed.unsupported() == ""
@@ -104,10 +172,10 @@ def test_one_thread_is_the_librarys_path():
 CALIB_N = 12  # enough batches for the histograms to widen, few enough for a quick test
 
 
-def test_entropy_models_are_byte_identical_both_ways(xxs, tmp_path, monkeypatch):
-    """Issue 29: the INT8 and FP8 entropy models of mobilevit_xxs made with the parallel histograms are the files
-    of the library's own path (forced here through the fallback), byte for byte, and quant.reusable still
-    recognises them."""
+def test_entropy_models_are_byte_identical_every_way(xxs, tmp_path, monkeypatch):
+    """Issue 29: the INT8 and FP8 entropy models of mobilevit_xxs made with the histograms on threads and on
+    processes are the files of the library's own path (forced here through the fallback), byte for byte, and
+    quant.reusable still recognises them."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the fallback banner
         calib = data.load(xxs[1], 256, calib_images=CALIB_N, eval_images=1, seed=0, imagenette=False).calib
@@ -115,15 +183,17 @@ def test_entropy_models_are_byte_identical_both_ways(xxs, tmp_path, monkeypatch)
     real = calib_speed.parallel_histograms
 
     @contextlib.contextmanager
-    def spy(threads=None):
-        with real(threads) as state:
+    def spy(threads=None, processes=None):
+        with real(threads, processes) as state:
             states.append(state)
             yield state
     monkeypatch.setattr(calib_speed, "parallel_histograms", spy)
-    monkeypatch.setattr(calib_speed, "default_threads", lambda: 3)
     files = {}
-    for way in ("slow", "fast"):
+    ways = {"slow": (3, 99), "threads": (3, 99), "processes": (2, 2)}  # (workers, PROCESSES_FROM)
+    for way, (workers, processes_from) in ways.items():
         with monkeypatch.context() as m:
+            m.setattr(calib_speed, "default_threads", lambda w=workers: w)
+            m.setattr(calib_speed, "PROCESSES_FROM", processes_from)
             if way == "slow":
                 m.setattr(calib_speed, "unsupported", lambda: "forced by the test")
             for prec in quant.PRECISIONS:
@@ -131,8 +201,10 @@ def test_entropy_models_are_byte_identical_both_ways(xxs, tmp_path, monkeypatch)
                 quant.quantize(xxs[0].onnx, out, calib, "entropy", precision=prec)
                 files[way, prec] = out.read_bytes()
                 assert quant.reusable(xxs[0].onnx, out, calib, "entropy", prec)
-    assert states[:2] == [None, None] and [s.batches for s in states[2:]] == [CALIB_N, CALIB_N]
-    assert [p for p in quant.PRECISIONS if files["slow", p] != files["fast", p]] == []
+    assert states[:2] == [None, None] and [s.batches for s in states[2:]] == [CALIB_N] * 4
+    assert [s.processes for s in states[2:]] == [False, False, True, True]
+    assert [(w, p) for w in ("threads", "processes") for p in quant.PRECISIONS
+            if files["slow", p] != files[w, p]] == []
 
 
 def test_calibrate_all_gives_the_entropy_calibrations_the_cores_for_histograms(xxs, tmp_path, monkeypatch):

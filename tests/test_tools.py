@@ -1,4 +1,5 @@
-"""The evidence tools in tools/: the stage table of two runs, the window agreement table (on the CPU row)."""
+"""The evidence tools in tools/: the stage table of two runs, the window agreement table (on the CPU row), the
+histogram speed table."""
 import importlib.util
 import json
 import subprocess
@@ -196,3 +197,17 @@ def test_window_agreement_cpu_times_the_cpu_rows_without_a_gpu(tmp_path, monkeyp
     assert code in (0, 1) and list(table.batch) == params.load_profile("smoke")["cpu_batches"]
     head = (tmp_path / "o" / "agreement.md").read_text().splitlines()[0]
     assert "within +-3% and its halves agree within 0.5%" in head  # the candidate, the rest the study's rule
+
+
+def test_histogram_speed_times_both_ways_and_finds_the_same_file(xxs, tmp_path, capsys):
+    """tools/histogram_speed.py calibrates mobilevit_xxs with its histograms on threads and on processes: a row
+    each, the same file (exit 0), the CSV in its folder and nothing else there but the two models and their keys."""
+    tool = _tool("histogram_speed")
+    out = tmp_path / "hs"
+    assert tool.main(["--variant", "mobilevit_xxs", "--weights", "random", "--images", "3", "--workers", "2",
+                      "--out", str(out)]) == 0
+    table = __import__("pandas").read_csv(out / "histogram_speed.csv")
+    assert list(table.way) == ["threads", "processes"] and table.same_file.all() and (table.seconds > 0).all()
+    models = [f"mobilevit_xxs.int8.{way}.onnx{key}" for way in ("processes", "threads") for key in ("", ".key.json")]
+    assert sorted(p.name for p in out.iterdir()) == ["histogram_speed.csv", *models]
+    assert "processes:" in capsys.readouterr().out
