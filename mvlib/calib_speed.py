@@ -28,7 +28,9 @@ the group's histograms, and sends those back; the parent still holds every histo
 process takes which group does not matter, and the arithmetic is again the library's own. A batch goes to
 threads instead (the state's `fallback` says why; quant.quantize prints it) where the processes cannot take it:
 a collect_value that cannot be sent to a process, or a /dev/shm too small for two batches (a container's default
-64 MiB; writing past it would kill the calibration with SIGBUS). `MVLIB_HISTOGRAM_PROCESSES=0` keeps threads;
+64 MiB; writing past it would kill the calibration with SIGBUS). The blocks are named after the process that made
+them, and `sweep` (at each pool's start, and when the driver kills an interrupted run's processes) removes those of
+processes that no longer run. `MVLIB_HISTOGRAM_PROCESSES=0` keeps threads;
 `tools/histogram_speed.py` times one calibration both ways on a machine.
 
 It patches ONNX Runtime's `HistogramCollector` (collect, compute_collection_result, get_histogram_dict) only
@@ -39,6 +41,7 @@ import contextlib
 import copy
 import importlib
 import io
+import itertools
 import multiprocessing
 import os
 import pickle
@@ -55,6 +58,8 @@ _GROUPS_PER_THREAD = 2  # more groups than threads, so one big tensor does not h
 PROCESSES_FROM = 4  # from this many workers on, processes: below it a worker's start (imports ~5 s) is not repaid
 _SHIPPED = ("collect_value", "merge_histogram")  # the collector's methods a process must run as the parent does
 SHARED = "/dev/shm"  # where Python's SharedMemory blocks live on Linux
+BLOCK_PREFIX = "mvlib-histograms-"  # + the creating process's pid + a count: `sweep` knows its own
+_BLOCKS = itertools.count()
 _WARM = ("onnxruntime.quantization.calibrate", "modelopt.onnx.quantization.ort_patching")  # a worker's imports
 
 
@@ -140,11 +145,44 @@ def _free_shared() -> int:
         return 0
 
 
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs: it exists and is no zombie (a killed process stays one until it is reaped, and
+    the driver sweeps right after its SIGKILL). Another user's process counts as running."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def sweep(folder: str | None = None) -> list[str]:
+    """Remove the shared blocks a killed calibration left (named BLOCK_PREFIX + its pid, which no longer runs):
+    SIGKILL, as the driver sends an interrupted run's children, runs no cleanup. Only this module's names, only
+    of dead processes; the names removed."""
+    folder = folder or SHARED
+    gone = []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir(folder):
+            pid = entry[len(BLOCK_PREFIX):].split("-")[0] if entry.startswith(BLOCK_PREFIX) else ""
+            if pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(folder, entry))
+                    gone.append(entry)
+    return gone
+
+
 def _share(name_to_arr: dict) -> tuple[shared_memory.SharedMemory, dict]:
     """The batch's arrays copied into one new shared-memory block; the block and each tensor's (offset, shape,
     dtype) parts in it."""
     items = _arrays(name_to_arr)
-    shm = shared_memory.SharedMemory(create=True, size=max(1, _nbytes(name_to_arr)))
+    name = f"{BLOCK_PREFIX}{os.getpid()}-{next(_BLOCKS)}"
+    shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, _nbytes(name_to_arr)))
     layout, off = {}, 0
     for n, arrs in items.items():
         layout[n] = []
@@ -261,6 +299,7 @@ def _pool(threads: int, processes: bool) -> Executor:
     """The histogram pool: `threads` threads, or as many spawned processes, each warmed with the imports."""
     if not processes:
         return ThreadPoolExecutor(threads, thread_name_prefix="mvlib-histogram")
+    sweep()  # a killed calibration's blocks would hold the memory this one needs
     # spawn: a fresh interpreter (no forked ONNX Runtime threads), which imports ONNX Runtime's and ModelOpt's
     # calibration modules while ModelOpt is still preparing the model
     pool = ProcessPoolExecutor(threads, mp_context=multiprocessing.get_context("spawn"),

@@ -3,6 +3,9 @@ histograms, thresholds and model files, on threads and on processes; the library
 cannot apply; nothing left patched or left in shared memory."""
 import contextlib
 import os
+import subprocess
+import sys
+import time
 import warnings
 
 import numpy as np
@@ -219,3 +222,35 @@ def test_calibrate_all_gives_the_entropy_calibrations_the_cores_for_histograms(x
     made = quant.calibrate_all(exp, np.zeros((2, 3, 256, 256), np.float32), workers=1)  # in this process: seen
     assert set(made.status) == {"made"}
     assert {(c[3], c[-1]) for c in calls} == {("entropy", 8), ("max", 1)}  # 16 cores // 2 entropy calibrations
+
+
+def test_sweep_removes_only_the_blocks_of_processes_that_no_longer_run(tmp_path):
+    """A killed calibration's blocks (its pid gone, or a zombie not yet reaped) go; a running process's, and
+    anything not named by this module, stay."""
+    done = subprocess.Popen([sys.executable, "-c", "pass"])
+    done.wait()
+    zombie = subprocess.Popen([sys.executable, "-c", "pass"])  # exits; not waited for: a zombie
+    for _ in range(100):
+        if calib_speed._alive(zombie.pid) is False:
+            break
+        time.sleep(0.05)
+    names = {f"{calib_speed.BLOCK_PREFIX}{done.pid}-0": False, f"{calib_speed.BLOCK_PREFIX}{zombie.pid}-3": False,
+             f"{calib_speed.BLOCK_PREFIX}{os.getpid()}-1": True, "psm_other": True, "mvlib-histograms-x-1": True}
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    gone = calib_speed.sweep(str(tmp_path))
+    zombie.wait()
+    assert sorted(gone) == sorted(n for n, stays in names.items() if not stays)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n, stays in names.items() if stays)
+
+
+def test_an_interrupted_calibrations_blocks_are_swept_by_the_driver(tmp_path, monkeypatch):
+    """The driver's stop of a child it had to kill sweeps /dev/shm: a block named after the killed child goes."""
+    from mvlib.driver import ahead
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    (tmp_path / f"{calib_speed.BLOCK_PREFIX}{proc.pid}-0").write_bytes(b"x")
+    monkeypatch.setattr(calib_speed, "SHARED", str(tmp_path))
+    child = ahead.Child.__new__(ahead.Child)
+    child.procs = [proc]
+    child.stop()
+    assert proc.returncode is not None and list(tmp_path.iterdir()) == []

@@ -150,15 +150,21 @@ class Child:
               f"log: {self.log})")
 
     def stop(self) -> None:
-        """End the child's processes and their workers (an interrupted or finished run leaves none behind)."""
+        """End the child's processes and their workers (an interrupted or finished run leaves none behind, nor the
+        shared blocks of a calibration killed mid-image)."""
+        killed = False
         for proc in self.procs:
             if proc.poll() is not None:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
+                killed = True
             except ProcessLookupError:
                 pass
             proc.wait()
+        if killed:
+            from mvlib import calib_speed
+            calib_speed.sweep()
 
     def __enter__(self):
         return self
