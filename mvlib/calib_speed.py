@@ -229,7 +229,7 @@ class _Parallel:
             collector.histogram_dict[name] = made[name]
 
     def release(self) -> None:
-        """Every batch still in flight dropped and its shared block freed (the block's end, error or not)."""
+        """Every batch still in flight dropped and its shared block freed (at the with-block's end, error or not)."""
         for _, futures, block in self.pending.values():
             _release(block, futures)
         self.pending.clear()

@@ -6,6 +6,7 @@ evaluation images. The sensitivity analysis quantizes one group (stage, block or
 fully quantized model's Q/DQ (`quant_graph.isolate`), ranks the groups by the output error each causes, and
 excludes the worst until the model passes.
 """
+import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,7 +16,7 @@ import numpy as np
 import onnx
 import pandas as pd
 
-from mvlib import accuracy, metrics, ort_providers, precisions
+from mvlib import accuracy, io, metrics, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
 from mvlib.progress import progress
 from mvlib.quant_graph import count_ops, isolate, quantized_nodes
@@ -78,6 +79,15 @@ class Evaluator:
     def evaluate(self, model: onnx.ModelProto | Path | str, precision: str, n: int | None = None) -> dict:
         """Run a model and measure it against `precision`'s criterion."""
         return self.metrics(self.logits(model, n), precision)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what every verdict depends on besides the model: the images, the FP32 logits, the labels."""
+        h = hashlib.sha256()
+        for part in (self.images, self.reference, self.labels):
+            arr = np.ascontiguousarray(part if part is not None else np.empty(0))
+            h.update(f"{arr.dtype.str}{arr.shape}".encode())
+            h.update(arr.tobytes())
+        return h.hexdigest()
 
 
 def criterion(precision: str) -> dict:
@@ -142,6 +152,28 @@ def groups(names: Sequence[str], granularity: str) -> "OrderedDict[str, list[str
 
 def sensitivity(q_path: Path | str, ev: Evaluator, granularity: str = "block", n_images: int | None = None,
                 precision: str = "int8") -> tuple[pd.DataFrame, list[str]]:
+    """`analyse`'s table and exclusions, kept beside the model (`<model>.sensitivity.<granularity>.csv`): a rerun
+    with the same model bytes, evaluator (images, FP32 logits, labels), settings, criterion and ONNX Runtime
+    (version and judging providers) reads them back instead of judging every group again (io.cached keeps the
+    key). A fresh analysis is read back from its file too, so a reuse returns the very same table."""
+    import onnxruntime as ort
+    q_path = Path(q_path)
+    out = q_path.with_name(f"{q_path.stem}.sensitivity.{granularity}.csv")
+    key = {"model_sha256": io.sha256(q_path), "evaluator": ev.fingerprint(), "granularity": granularity,
+           "n_images": n_images, "precision": precision, "criterion": criterion(precision),
+           "onnxruntime": ort.__version__, "providers": str(ort_providers.providers_for_judging())}
+
+    def make(tmp: Path) -> dict:
+        table, excluded = analyse(q_path, ev, granularity, n_images, precision)
+        table.to_csv(tmp, index=False)
+        return {"excluded": excluded}
+    io.cached(out, key, make, f"{precisions.label(precision)} sensitivity analysis")
+    table = pd.read_csv(out, keep_default_na=False, na_values=[""], float_precision="round_trip")
+    return table, list(io.stored_record(out)["excluded"])
+
+
+def analyse(q_path: Path | str, ev: Evaluator, granularity: str = "block", n_images: int | None = None,
+            precision: str = "int8") -> tuple[pd.DataFrame, list[str]]:
     """Rank groups by the error each causes quantized alone; exclude the worst until the model passes.
 
     Both steps work on the fully quantized model by rewiring Q/DQ (`isolate`), so

@@ -45,11 +45,35 @@ def test_sensitivity_ranks_groups_and_stops_when_it_passes(q_all, ev):
 def test_groups_judged_several_at_a_time_give_the_same_table(q_all, ev, monkeypatch):
     """On the CUDA EP the groups are judged JUDGES_AT_ONCE at a time; the table and the exclusions are the ones
     judged one by one (here on the CPU, with the same thread pool)."""
-    one = quant_eval.sensitivity(q_all[0], ev, "stage", n_images=4)
+    one = quant_eval.analyse(q_all[0], ev, "stage", n_images=4)  # the analysis itself, never a kept result
     monkeypatch.setattr(quant_eval, "_judges", lambda: quant_eval.JUDGES_AT_ONCE)
-    many = quant_eval.sensitivity(q_all[0], ev, "stage", n_images=4)
+    many = quant_eval.analyse(q_all[0], ev, "stage", n_images=4)
     pd.testing.assert_frame_equal(one[0], many[0])
     assert one[1] == many[1]
+
+
+def test_a_rerun_reads_the_kept_analysis_and_a_changed_input_judges_again(q_all, ev, tmp_path, monkeypatch,
+                                                                          capsys):
+    """Issue 29 (no work done twice): the second analysis of the same model with the same evaluator judges no group
+    and returns the very table and exclusions; other evaluation images, or other settings, judge again."""
+    model = tmp_path / "model.int8.all.max.onnx"
+    model.write_bytes(q_all[0].read_bytes())
+    judged = []
+    real = quant_eval.analyse
+    monkeypatch.setattr(quant_eval, "analyse", lambda *a, **k: judged.append(a[0]) or real(*a, **k))
+    first = quant_eval.sensitivity(model, ev, "stage", n_images=4)
+    again = quant_eval.sensitivity(model, ev, "stage", n_images=4)
+    assert len(judged) == 1 and "reusing" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first[0], again[0])
+    assert first[1] == again[1] and first[0].excluded.dtype == bool and first[0].cosine_alone.dtype == float
+    fresh = real(model, ev, "stage", n_images=4)  # what was kept is what the analysis gives
+    pd.testing.assert_frame_equal(first[0], fresh[0], check_exact=True)
+    assert first[1] == fresh[1]
+    assert (tmp_path / "model.int8.all.max.sensitivity.stage.csv").is_file()
+    other = quant_eval.Evaluator(ev.images[::-1].copy(), ev.reference[::-1].copy(), None)
+    quant_eval.sensitivity(model, other, "stage", n_images=4)  # other images: judged again
+    quant_eval.sensitivity(model, ev, "stage", n_images=3)  # other settings: judged again
+    assert len(judged) == 3
 
 
 def test_criterion_boundaries():

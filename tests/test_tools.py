@@ -4,7 +4,9 @@ import importlib.util
 import json
 import subprocess
 import sys
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from mvlib import paths
@@ -199,15 +201,25 @@ def test_window_agreement_cpu_times_the_cpu_rows_without_a_gpu(tmp_path, monkeyp
     assert "within +-3% and its halves agree within 0.5%" in head  # the candidate, the rest the study's rule
 
 
-def test_histogram_speed_times_both_ways_and_finds_the_same_file(xxs, tmp_path, capsys):
-    """tools/histogram_speed.py calibrates mobilevit_xxs with its histograms on threads and on processes: a row
-    each, the same file (exit 0), the CSV in its folder and nothing else there but the two models and their keys."""
+@pytest.mark.parametrize("same", [True, False])
+def test_histogram_speed_times_both_ways_and_compares_the_files(xxs, tmp_path, monkeypatch, capsys, same):
+    """tools/histogram_speed.py makes the model once with each way forced (threads, then processes), a row each,
+    and exits 0 only when the two files are the same bytes; the CSV lies in its folder. (quantize is a stand-in
+    here: that both ways make the same bytes is test_calib_speed's proof, on real calibrations.)"""
+    from mvlib import calib_speed, quant
     tool = _tool("histogram_speed")
+    ways = []
+
+    def fake_quantize(src, out, calib, method, precision, histogram_threads):
+        ways.append((calib_speed.use_processes(histogram_threads), method, precision, histogram_threads, len(calib)))
+        Path(out).write_bytes(b"model" if same else str(len(ways)).encode())
+    monkeypatch.setattr(quant, "quantize", fake_quantize)
     out = tmp_path / "hs"
-    assert tool.main(["--variant", "mobilevit_xxs", "--weights", "random", "--images", "3", "--workers", "2",
-                      "--out", str(out)]) == 0
-    table = __import__("pandas").read_csv(out / "histogram_speed.csv")
-    assert list(table.way) == ["threads", "processes"] and table.same_file.all() and (table.seconds > 0).all()
-    models = [f"mobilevit_xxs.int8.{way}.onnx{key}" for way in ("processes", "threads") for key in ("", ".key.json")]
-    assert sorted(p.name for p in out.iterdir()) == ["histogram_speed.csv", *models]
+    code = tool.main(["--variant", "mobilevit_xxs", "--weights", "random", "--images", "3", "--workers", "6",
+                      "--out", str(out)])
+    assert code == (0 if same else 1)
+    assert ways == [(False, "entropy", "int8", 6, 3), (True, "entropy", "int8", 6, 3)]
+    assert calib_speed.use_processes(6)  # the forced way is undone after
+    table = pd.read_csv(out / "histogram_speed.csv")
+    assert list(table.way) == ["threads", "processes"] and list(table.same_file) == [same, same]
     assert "processes:" in capsys.readouterr().out
