@@ -131,9 +131,9 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // 64) * 64
 
 
-def _nbytes(name_to_arr: dict) -> int:
-    """The shared block a batch needs."""
-    return sum(_aligned(a.nbytes) for arrs in _arrays(name_to_arr).values() for a in arrs)
+def _nbytes(items: dict[str, list[np.ndarray]]) -> int:
+    """The shared block a batch needs (its arrays as `_arrays` lists them)."""
+    return sum(_aligned(a.nbytes) for arrs in items.values() for a in arrs)
 
 
 def _free_shared() -> int:
@@ -177,12 +177,11 @@ def sweep(folder: str | None = None) -> list[str]:
     return gone
 
 
-def _share(name_to_arr: dict) -> tuple[shared_memory.SharedMemory, dict]:
-    """The batch's arrays copied into one new shared-memory block; the block and each tensor's (offset, shape,
-    dtype) parts in it."""
-    items = _arrays(name_to_arr)
+def _share(items: dict[str, list[np.ndarray]]) -> tuple[shared_memory.SharedMemory, dict]:
+    """The batch's arrays (as `_arrays` lists them) copied into one new shared-memory block; the block and each
+    tensor's (offset, shape, dtype) parts in it."""
     name = f"{BLOCK_PREFIX}{os.getpid()}-{next(_BLOCKS)}"
-    shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, _nbytes(name_to_arr)))
+    shm = shared_memory.SharedMemory(name=name, create=True, size=max(1, _nbytes(items)))
     layout, off = {}, 0
     for n, arrs in items.items():
         layout[n] = []
@@ -242,8 +241,8 @@ class _Parallel:
         methods = {name: getattr(type(collector), name) for name in _SHIPPED}  # what ModelOpt installed now
         groups = _groups(name_to_arr, self.threads * _GROUPS_PER_THREAD)
         block = None
-        if self.processes and self._shipping(methods, name_to_arr):
-            block, layout = _share(name_to_arr)
+        if self.processes and self._shipping(methods, items := _arrays(name_to_arr)):  # listed once per batch
+            block, layout = _share(items)
             futures = [self.pool.submit(_remote, methods, _stand_in(collector, names), block.name,
                                         {n: layout[n] for n in names}) for names in groups]
         else:
@@ -252,13 +251,13 @@ class _Parallel:
         self.pending[id(collector)] = (list(name_to_arr), futures, block)
         self.batches += 1
 
-    def _shipping(self, methods: dict, name_to_arr: dict) -> bool:
+    def _shipping(self, methods: dict, items: dict[str, list[np.ndarray]]) -> bool:
         """Whether this batch can go to the processes; if not, its groups go to threads and `fallback` says why."""
         why = ""
         if not _shippable(methods):
             why = f"{methods['collect_value'].__qualname__} cannot be sent to a process"
         else:
-            need, free = 2 * _nbytes(name_to_arr), _free_shared()  # this block, and another calibration's
+            need, free = 2 * _nbytes(items), _free_shared()  # this block, and another calibration's
             if need > free:
                 why = f"{SHARED} has {free / 2**20:.0f} MiB free and a batch needs {need / 2**20:.0f} MiB"
         self.fallback = self.fallback or why

@@ -152,19 +152,16 @@ class Child:
     def stop(self) -> None:
         """End the child's processes and their workers (an interrupted or finished run leaves none behind, nor the
         shared blocks of a calibration killed mid-image)."""
-        killed = False
         for proc in self.procs:
             if proc.poll() is not None:
                 continue
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
             except ProcessLookupError:
                 pass
             proc.wait()
-        if killed:
-            from mvlib import calib_speed
-            calib_speed.sweep()
+        from mvlib import calib_speed
+        calib_speed.sweep()  # only blocks of processes that no longer run: nothing when none was killed mid-image
 
     def __enter__(self):
         return self

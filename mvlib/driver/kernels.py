@@ -37,18 +37,15 @@ def kernel_manager(log: Path):
 def stop_kernels() -> None:
     """Kill what the run's kernels still run (each kernel leads a process group of its own), once interrupted, and
     the shared blocks a calibration so killed leaves."""
-    killed = False
     while _KERNELS:
         proc = getattr(getattr(_KERNELS.pop(), "provisioner", None), "process", None)
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                killed = True
             except (ProcessLookupError, PermissionError):
                 pass
-    if killed:
-        from mvlib import calib_speed
-        calib_speed.sweep()
+    from mvlib import calib_speed
+    calib_speed.sweep()  # only blocks of processes that no longer run
 
 
 def cell_failure(executed: Path, err: Exception) -> dict:
