@@ -348,7 +348,8 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     variant fail, its FP32-float variant (which passed) is written instead and the JSON
     says why. If no policy passes, no model.<precision>.onnx is left (an older one is
     removed) and the JSON says so (passes: false), so no later notebook picks up a
-    model that failed.
+    model that failed. The FP16 conversion is reused while the chosen variant's bytes are the same (`fp16_floats`);
+    the written model is evaluated on every call.
     """
     if high_precision not in ("fp16", "fp32"):
         raise ValueError(f"high_precision must be 'fp16' or 'fp32', not {high_precision!r}")
@@ -359,6 +360,7 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
             "policies": list(mine.policy.unique())}
     if best is None:
         target.unlink(missing_ok=True)
+        io.key_path(target).unlink(missing_ok=True)
         meta.update(passes=False, file=None, reason="no policy/method passes the criterion on the evaluation images")
         io.write_json(meta_path, meta)
         print(f"NO {precisions.label(precision)} POLICY PASSES: {meta['reason']}; {target.name} not written")
@@ -366,13 +368,14 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     src = exported.path(best["file"])
     rows, note = [], ""
     if high_precision == "fp16":
-        to_fp16(src, target, rules=False)
+        fp16_floats(src, target)
         m = ev.evaluate(target, precision)
         rows.append({**best.to_dict(), **m, "high_precision": "fp16", "file": target.name})
         if not m["passes"]:
             note = f"the FP16 conversion fails ({m['fails']}); written with FP32 float parts instead"
             print("WARNING: " + note)
     if high_precision == "fp32" or note:
+        io.key_path(target).unlink(missing_ok=True)  # no longer AutoCast's output: a rerun must not take it for one
         io.write_bytes(target, src.read_bytes())
         m = ev.evaluate(target, precision)
         rows.append({**best.to_dict(), **m, "high_precision": "fp32", "file": target.name})
@@ -385,6 +388,17 @@ def write_chosen(exported, table: pd.DataFrame, ev: Evaluator, high_precision: s
     print(f"wrote {target} ({best['policy']}, {best['method']}, float parts {written['high_precision']}): "
           + ("passes" if m["passes"] else f"FAILS ({m['fails']})"))
     return pd.concat([table, pd.DataFrame(rows)], ignore_index=True), meta
+
+
+def fp16_floats(src: Path, target: Path) -> bool:
+    """`src` (a Q/DQ model) with every float node FP16 (`to_fp16` without rules) written to `target`; reused when made
+    from the same bytes by the same ModelOpt and onnx (AutoCast's cleanup takes seconds even on mobilevit_xxs, and
+    the conversion is deterministic: tests/test_quant.py). Whether it was reused."""
+    key = {"source_sha256": io.sha256(src), "float_parts": "fp16", "rules": False,
+           "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
+    _, reused = io.cached(target, key, lambda tmp: to_fp16(src, tmp, rules=False),
+                          "AutoCast: the Q/DQ model's float parts in FP16")
+    return reused
 
 
 # ---------------------------------------------------------------- one precision's failure

@@ -14,6 +14,11 @@ TEST_BUILD = Path(os.environ.get("MVLIB_TEST_BUILD") or ROOT / "build" / "tests"
 # driver, papermill kernels, engine builds) inherit it.
 os.environ["MVLIB_BUILD"] = str(TEST_BUILD)
 os.environ["MVLIB_OFFLINE"] = "1"  # tests use seeded random weights unless a test says otherwise
+# The smoke run goes on in the background on the cores the tests use. OpenMP threads (PyTorch's libgomp) spin while
+# they wait, by default, burning the cores the other side needs: waiting passively took the smoke run from 149-160 s
+# to 134 s and tests beside it from 200-203 s to 182-191 s on 2 cores (docs/findings.md). Set before any import of
+# torch (libgomp reads it once); the children inherit it; a value of the user's is kept.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _early = sys.modules.get("mvlib.paths")  # imported before this file ran: it read the environment too early
 if _early is not None and _early.BUILD != TEST_BUILD:
     raise pytest.UsageError(f"mvlib.paths was imported before tests/conftest.py and builds into {_early.BUILD}; "

@@ -1,5 +1,7 @@
 """mvlib.quant: INT8 and FP8 with ModelOpt: unquantized exclusions, reused scales, choice, engines, notebook 04."""
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pandas as pd
@@ -132,6 +134,40 @@ def test_write_chosen_falls_back_to_fp32_floats_when_fp16_fails(tmp_path, xxs, e
     assert exp.artifact("int8").read_bytes() == xxs[0].onnx.read_bytes()
     written = io.read_json(exp.artifact("int8_record"))
     assert written["file"] == exp.artifact("int8").name and written["policy"] == "sensitivity"
+
+
+def test_the_chosen_models_fp16_conversion_is_kept_until_its_source_changes(tmp_path, xxs, ev, q_all, monkeypatch):
+    """A rerun of notebook 04 converts nothing again (AutoCast's cleanup takes seconds even on mobilevit_xxs):
+    model.int8.onnx is reused while the variant it came from has the same bytes, made again when they change, and
+    an FP32-float fallback drops the conversion's record, so it is never taken for a conversion."""
+    exp = _fake_exported(tmp_path, xxs[0].onnx)
+    src = exp.path("model.int8.sensitivity.max.onnx")
+    src.write_bytes(xxs[0].onnx.read_bytes())  # passes: it is FP32 itself
+    made = []
+
+    def convert(s, dst, **kw):  # a stand-in for AutoCast that counts its calls
+        made.append(Path(s).read_bytes())
+        io.write_bytes(dst, Path(s).read_bytes())
+    monkeypatch.setattr(quant, "to_fp16", convert)
+    table = pd.DataFrame([{"precision": "int8", "policy": "sensitivity", "method": "max", "high_precision": "fp32",
+                           "file": src.name, "passes": True, "quantized_weighted_ops": 1, "cosine_mean": 1.0,
+                           "excluded_nodes": 0, "quantized_nodes": 1}])
+    for _ in range(2):
+        assert quant.write_chosen(exp, table, ev, "fp16")[1]["high_precision"] == "fp16"
+    assert len(made) == 1
+    changed = onnx.load(str(src))
+    changed.doc_string = "the same graph, other bytes"
+    onnx.save(changed, str(src))
+    quant.write_chosen(exp, table, ev, "fp16")
+    assert len(made) == 2 and made[-1] == src.read_bytes() == exp.artifact("int8").read_bytes()
+    changed.doc_string = "other bytes again"
+    onnx.save(changed, str(src))
+    monkeypatch.setattr(quant, "to_fp16", lambda s, dst, **kw: io.write_bytes(dst, q_all[0].read_bytes()))  # fails
+    assert quant.write_chosen(exp, table, ev, "fp16")[1]["high_precision"] == "fp32"
+    assert not io.key_path(exp.artifact("int8")).exists()
+    monkeypatch.setattr(quant, "to_fp16", convert)
+    quant.write_chosen(exp, table, ev, "fp16")
+    assert len(made) == 3, "the FP32-float fallback was taken for a conversion"
 
 
 def test_choose_prefers_more_quantized_ops_among_passing_rows():

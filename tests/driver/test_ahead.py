@@ -163,9 +163,16 @@ def test_before_starts_after_the_first_notebook_and_waits_before_the_timed_ones(
 
 
 @pytest.mark.slow
-def test_a_later_process_finds_the_childs_compile_in_the_cache(child_env):
-    """The premise, on real Inductor (CPU): what the child compiled is an FX-graph cache hit in a fresh process,
-    a shape it did not compile is a miss."""
+def test_a_later_process_finds_the_childs_compile_in_the_cache(child_env, monkeypatch):
+    """The premise, on real Inductor (CPU) and the study's own cache folders (issue 29: under build/cache/torch, not
+    a temporary folder): what the child compiled is an FX-graph cache hit in a fresh process, a shape it did not
+    compile is a miss."""
+    build = child_env / "build"
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"):  # unset: bench.compile_caches chooses, as in a run
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(paths, "BUILD", build)  # the child's MVLIB_BUILD
+    monkeypatch.setattr(paths, "CACHE", build / "cache")  # this process's (ahead.autotuned reads the folder)
+    monkeypatch.setenv("MVLIB_BUILD", str(build))  # the later processes'
     warm = _ahead(child_env, ("cpu_compiled", [2]))
     warm.before("02_graph")
     warm.before("06_benchmark")
@@ -181,6 +188,7 @@ def test_a_later_process_finds_the_childs_compile_in_the_cache(child_env):
     assert (warm_["fxgraph_hit"], warm_["fxgraph_miss"], warm_["aot_hit"], warm_["aot_miss"]) == (1, 0, 1, 0)
     assert (cold["fxgraph_hit"], cold["fxgraph_miss"], cold["aot_hit"], cold["aot_miss"]) == (0, 1, 0, 1)
     assert "job0 batch 2:" in log and "FX-graph cache 0 hit, 1 miss" in log  # the child's own compile was cold
+    assert any((build / "cache" / "torch" / "inductor").rglob("*")), "the compiled graph was not written under build/"
 
 
 @pytest.mark.slow
