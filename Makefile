@@ -22,11 +22,11 @@ TORCH_CU12_INDEX ?= https://download.pytorch.org/whl/cu126
 # $(call torch_pair_ok,PYTHON): whether torchvision's C++ ops run beside that torch
 torch_pair_ok = $(1) -c "import torch, torchvision; torchvision.ops.nms(torch.zeros(1, 4), torch.zeros(1), 0.5)" \
 	>/dev/null 2>&1
-# pip installs with --no-compile (PIP_INSTALL): pip byte-compiles every module it installs, tens of seconds for torch
-# alone on 2 cores, while Python compiles a module on its first import, so only the modules used are compiled.
-PIP_INSTALL = -m pip install -q --no-compile
+# pip byte-compiles what it installs (tens of seconds for torch on 2 cores); keep it: where PYTHONDONTWRITEBYTECODE is
+# set (CI's machine) Python writes no .pyc, so with pip's --no-compile every process compiled every module it imported
+# again, and make test took 1444 s against 1205 s.
 # $(call torch_pair,PYTHON,PIP OPTIONS): install the pair (a mismatched one, as older venvs have, is replaced)
-pip_pair = PIP_FIND_LINKS=" " $(1) $(PIP_INSTALL) $(2) "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
+pip_pair = PIP_FIND_LINKS=" " $(1) -m pip install -q $(2) "$(TORCH_SPEC)" "$(TORCHVISION_SPEC)"
 torch_pair = if $(1) -m pip show -q torch >/dev/null 2>&1 && ! $(call torch_pair_ok,$(1)); then \
 	$(1) -m pip uninstall -q -y torch torchvision; fi; \
 	if [ -n "$(TORCH_INDEX)" ]; then $(call pip_pair,$(1),$(2)) --index-url "$(TORCH_INDEX)" || exit 1; \
@@ -104,7 +104,7 @@ $(FLOORS_VENV)/.installed: pyproject.toml constraints/floors.txt
 	rm -rf $(FLOORS_VENV)
 	$(PYTHON) -m venv $(FLOORS_VENV)
 	$(call torch_pair,$(FLOORS_VENV)/bin/python,-c constraints/floors.txt)
-	$(FLOORS_VENV)/bin/python $(PIP_INSTALL) -c constraints/floors.txt -e ".[dev,ort-cpu]"
+	$(FLOORS_VENV)/bin/python -m pip install -q -c constraints/floors.txt -e ".[dev,ort-cpu]"
 	touch $@
 
 # --no-deps: everything else is the project's venv's; --target keeps that venv as `make env` left it.
@@ -124,13 +124,13 @@ $(VENV)/.installed: pyproject.toml
 	if $(PY) -m pip show -q $(ORT_UNWANTED) >/dev/null 2>&1; then $(PY) -m pip uninstall -q -y onnxruntime onnxruntime-gpu; fi
 # one resolve for the project, its ONNX Runtime and (x86_64) TensorRT-RTX: a pip run per extra costs CI a minute
 ifeq ($(RTX_WHEELS),1)
-	$(PY) $(PIP_INSTALL) -e ".[dev,$(ORT_EXTRA),$(RTX_EXTRA)]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA),$(RTX_EXTRA)]" "$(TORCH_SPEC)"
 else
-	$(PY) $(PIP_INSTALL) -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev,$(ORT_EXTRA)]" "$(TORCH_SPEC)"
 	@echo "NOTE: TensorRT-RTX has no wheels for $(ARCH); engines are built only where TensorRT is installed."
 endif
 ifeq ($(HAS_GPU),1)
-	$(PY) $(PIP_INSTALL) -e ".[$(TRT_EXTRA)]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 7.5, 8.6, 8.9 and 12.x."
+	$(PY) -m pip install -q -e ".[$(TRT_EXTRA)]" "$(TORCH_SPEC)" || echo "WARNING: full TensorRT did not install (it comes from NVIDIA's index); TensorRT-RTX builds the engines, and runs them on compute capability 7.5, 8.6, 8.9 and 12.x."
 endif
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
 	touch $@
