@@ -16,8 +16,9 @@ os.environ["MVLIB_BUILD"] = str(TEST_BUILD)
 os.environ["MVLIB_OFFLINE"] = "1"  # tests use seeded random weights unless a test says otherwise
 # The smoke run goes on in the background on the cores the tests use. OpenMP threads (PyTorch's libgomp) spin while
 # they wait, by default, burning the cores the other side needs: waiting passively took the smoke run from 149-160 s
-# to 134 s and tests beside it from 200-203 s to 182-191 s on 2 cores (docs/findings.md). Set before any import of
-# torch (libgomp reads it once); the children inherit it; a value of the user's is kept.
+# to 134 s and tests beside it from 200-203 s to 182-191 s on 2 cores (docs/findings.md; alone, PyTorch is slower
+# waiting passively, so the study does not set it). Set before any import of torch (libgomp reads it once); the
+# children inherit it; a value of the user's is kept.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _early = sys.modules.get("mvlib.paths")  # imported before this file ran: it read the environment too early
 if _early is not None and _early.BUILD != TEST_BUILD:
@@ -25,6 +26,7 @@ if _early is not None and _early.BUILD != TEST_BUILD:
                             "run the tests with `python -m pytest`, not from a process that imported mvlib")
 
 SMOKE_FIXTURE = "smoke_run"
+TWICE_FIXTURE = "twice_run"  # tests/test_notebooks.py: made in the background after the smoke run
 
 
 def needs_smoke(item) -> bool:
@@ -55,10 +57,13 @@ def pytest_collection_finish(session):
         shutil.rmtree(old, ignore_errors=True)  # the last session's run: this one must be made now, not compared
     smoke.BUILD.mkdir(parents=True, exist_ok=True)
     log = open(smoke.BUILD / "run.log", "w")  # noqa: SIM115 (closed by the fixture)
+    # the smoke run, then the twice-run where a test asks for it (tests/helpers/background.py): both beside the
+    # fast tests, so the twice-run takes the core the smoke run leaves instead of running after every test
+    twice = ["--twice"] if any(TWICE_FIXTURE in getattr(item, "fixturenames", ()) for item in session.items) else []
     session.config.stash[_SMOKE] = (subprocess.Popen(
-        [sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu", "--run-dir", str(smoke.RUN)],
+        [sys.executable, str(ROOT / "tests" / "helpers" / "background.py"), str(smoke.RUN), *twice],
         cwd=ROOT, env={**os.environ, "MVLIB_BUILD": str(smoke.BUILD)}, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True), log)  # never publishes: that takes --publish (and the full profile)
+        start_new_session=True), log)
 
 
 def pytest_sessionfinish(session):
@@ -94,13 +99,14 @@ def xxs():
 @pytest.fixture(scope="session")
 def smoke_run(request):
     """Every notebook run once with the smoke profile through the papermill driver (started at collection, in its
-    own build folder, smoke.BUILD); the run folder."""
+    own build folder, smoke.BUILD); the run folder. Waits for the whole background job (the twice-run too, where
+    one was asked for): the tests that read the smoke run also read or copy its build folder."""
     import smoke
     proc, log = request.config.stash[_SMOKE]
     try:
-        proc.wait(timeout=1500)
+        proc.wait(timeout=1800)
     except subprocess.TimeoutExpired:
-        pytest.fail(f"the smoke study ran past 25 min; see {log.name}")
+        pytest.fail(f"the smoke study (and the twice-run) ran past 30 min; see {log.name}")
     if proc.returncode != 0:
         log.flush()
         pytest.fail(f"smoke study failed ({proc.returncode}):\n{Path(log.name).read_text()[-12000:]}")

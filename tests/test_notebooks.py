@@ -7,15 +7,17 @@ A Creates cell lists files as `results/NN_x.csv` or `figures/NN_x.png`. A file l
 condition holds to the end of its paragraph or bullet, and the conditions met there add up.
 """
 import ast
+import json
 import os
 import re
 import shutil
 import subprocess
-import time
 
 import nbformat
 import pandas as pd
 import pytest
+import smoke
+from background import TWICE, TWICE_DIR, TWICE_RESULT, doubled
 
 from mvlib import fp8, io, paths, stages, tiers
 from mvlib.tensorrt import flavours
@@ -289,18 +291,6 @@ def test_the_prose_types_no_measured_number(notebook):
 
 
 # --- every cell twice in one kernel, for real --------------------------------------------------------------------
-def doubled(notebook: nbformat.NotebookNode) -> nbformat.NotebookNode:
-    """The notebook with each code cell run twice in a row: a copy follows it, untagged. The `parameters` cell's copy
-    goes before it, as papermill puts the injected parameters right after the tagged cell."""
-    cells = []
-    for cell in notebook.cells:
-        again = nbformat.v4.new_code_cell(cell.source)
-        again["id"] = f"{cell.get('id', len(cells))}-again"
-        tagged = "parameters" in cell.get("metadata", {}).get("tags", [])
-        cells += ([again, cell] if tagged else [cell, again]) if cell.cell_type == "code" else [cell]
-    return nbformat.v4.new_notebook(cells=cells, metadata=notebook.metadata)
-
-
 def test_doubled_runs_each_code_cell_twice_and_keeps_the_parameters_last():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# t"), nbformat.v4.new_code_cell("x = 1"),
                                          nbformat.v4.new_code_cell("y = x")])
@@ -311,39 +301,16 @@ def test_doubled_runs_each_code_cell_twice_and_keeps_the_parameters_last():
     assert len({c.id for c in cells}) == 5
 
 
-# Notebooks 03 and 04 re-run every cell at the cost of their whole smoke run again (AutoCast, ModelOpt, judging:
-# together about as long as the rest of the suite's smoke run), which would take `make test` past its 20 minutes;
-# their rerun hazards are the static check's (test_a_cell_run_again_does_not_read_its_own_result), which found
-# both of theirs (03 cell 9, 04 cells 10 and 12).
-TWICE = [n for n in NOTEBOOKS if stages.short(n) not in ("03", "04")]
-
-
 @pytest.fixture(scope="module")
-def twice_run(smoke_run, tmp_path_factory):
+def twice_run(smoke_run):
     """The smoke run's notebooks executed again in order, one kernel each, every code cell twice in a row, with the
-    smoke run's parameters and build folder (its models and engines are reused) into a run folder of its own:
-    (the run folder, {notebook: error})."""
-    import papermill
-    import smoke
-    work = tmp_path_factory.mktemp("twice")
-    run, errors, seconds = work / "run", {}, {}
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MVLIB_BUILD", str(smoke.BUILD))  # the kernels' build folder: the smoke run's
-        for name in TWICE:
-            executed = nbformat.read(smoke_run / "notebooks" / f"{name}.ipynb", as_version=4)
-            params = dict(executed.metadata.papermill.parameters) | {"run_dir": str(run)}
-            source = work / f"{name}.ipynb"
-            nbformat.write(doubled(nbformat.read(paths.NOTEBOOKS / f"{name}.ipynb", as_version=4)), source)
-            start = time.perf_counter()
-            try:
-                papermill.execute_notebook(str(source), str(work / f"{name}.out.ipynb"), parameters=params,
-                                           cwd=str(paths.NOTEBOOKS), kernel_name="python3", progress_bar=False,
-                                           execution_timeout=900)
-            except Exception as err:  # a cell that fails the second time, a dead kernel
-                errors[name] = f"{type(err).__name__}: {err}"[-3000:]
-            seconds[name] = round(time.perf_counter() - start)
-    print(f"every cell twice, seconds per notebook: {seconds}")
-    return run, errors
+    smoke run's parameters and build folder, into a run folder of their own: made in the background after the smoke
+    run (tests/helpers/background.py); (the run folder, {notebook: error})."""
+    if not TWICE_RESULT.is_file():
+        pytest.fail(f"the twice-run left no {TWICE_RESULT}; see {smoke.BUILD / 'run.log'}")
+    result = json.loads(TWICE_RESULT.read_text())
+    print(f"every cell twice, seconds per notebook: {result['seconds']}")
+    return TWICE_DIR / "run", result["errors"]
 
 
 def _run_files(run, notebook: str) -> dict[str, tuple[list[str], int] | None]:
