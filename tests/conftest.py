@@ -29,9 +29,14 @@ SMOKE_FIXTURE = "smoke_run"
 TWICE_FIXTURE = "twice_run"  # tests/test_notebooks.py: made in the background after the smoke run
 
 
+def uses(item, fixture: str) -> bool:
+    """Whether a collected test uses `fixture` (directly or through another fixture)."""
+    return fixture in getattr(item, "fixturenames", ())
+
+
 def needs_smoke(item) -> bool:
     """Whether a collected test uses the smoke_run fixture."""
-    return SMOKE_FIXTURE in getattr(item, "fixturenames", ())
+    return uses(item, SMOKE_FIXTURE)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marks
@@ -59,7 +64,7 @@ def pytest_collection_finish(session):
     log = open(smoke.BUILD / "run.log", "w")  # noqa: SIM115 (closed by the fixture)
     # the smoke run, then the twice-run where a test asks for it (tests/helpers/background.py): both beside the
     # fast tests, so the twice-run takes the core the smoke run leaves instead of running after every test
-    twice = ["--twice"] if any(TWICE_FIXTURE in getattr(item, "fixturenames", ()) for item in session.items) else []
+    twice = ["--twice"] if any(uses(item, TWICE_FIXTURE) for item in session.items) else []
     session.config.stash[_SMOKE] = (subprocess.Popen(
         [sys.executable, str(ROOT / "tests" / "helpers" / "background.py"), str(smoke.RUN), *twice],
         cwd=ROOT, env={**os.environ, "MVLIB_BUILD": str(smoke.BUILD)}, stdout=log, stderr=subprocess.STDOUT,

@@ -44,7 +44,7 @@ def twice(smoke_run: Path, work: Path = TWICE_DIR) -> dict:
     smoke run's parameters and build folder (its models and engines are reused) into `work`/run; written to
     `work`/result.json as {"errors": {notebook: error}, "seconds": {notebook: s}}."""
     import papermill
-    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)  # the last session's: this one's must be made now
     work.mkdir(parents=True)
     run, errors, seconds = work / "run", {}, {}
     for name in TWICE:
@@ -69,7 +69,6 @@ def twice(smoke_run: Path, work: Path = TWICE_DIR) -> dict:
 def main(argv: list[str]) -> int:
     """The smoke run into `argv[0]`; then the twice-run if `--twice` is given and the smoke run completed."""
     run = Path(argv[0])
-    shutil.rmtree(TWICE_DIR, ignore_errors=True)  # the last session's: this one's must be made now
     code = subprocess.call([sys.executable, "-m", "mvlib.study", "--profile", "smoke", "--tier", "cpu",
                             "--run-dir", str(run)], cwd=paths.ROOT)  # never publishes: that takes --publish
     if code == 0 and "--twice" in argv[1:]:
