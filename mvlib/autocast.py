@@ -11,6 +11,7 @@ TensorRT, by the one criterion of `mvlib.precisions`.
 """
 import contextlib
 import functools
+import importlib.metadata
 import io as _io
 import logging
 import math
@@ -211,14 +212,22 @@ def _count(model: onnx.ModelProto, op_type: str) -> int:
     return sum(n.op_type == op_type for n in model.graph.node)
 
 
+def tool_versions() -> dict:
+    """ModelOpt's and onnx's versions, part of the reuse key of every file ModelOpt converts or quantizes."""
+    return {"modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
+
+
+def conversion_key(src: Path | str, **settings) -> dict:
+    """What an AutoCast conversion of `src` depends on: its bytes, ModelOpt and onnx, and the conversion's settings."""
+    return {"source_sha256": io.sha256(src), **tool_versions(), **settings}
+
+
 def ensure_fp16(src: Path | str, seed: int = 0, data_max: float = DATA_MAX, precision: str = "fp16") -> Fp16Model:
     """model.fp16.onnx (the model file of `precision`) beside `src`, reused when made from the same bytes with the
     same ModelOpt and settings."""
-    import importlib.metadata
     src = Path(src)
     dst = src.with_name(precisions.get(precision).artifact)  # one file per precision: its cache key needs no name
-    key = {"source_sha256": io.sha256(src), "modelopt": importlib.metadata.version("nvidia-modelopt"),
-           "onnx": onnx.__version__, "seed": seed, "data_max": data_max, "keep_io_types": True}
+    key = conversion_key(src, seed=seed, data_max=data_max, keep_io_types=True)
 
     def make(tmp: Path) -> dict:
         made = convert_fp16(src, tmp, seed=seed, data_max=data_max, precision=precision)

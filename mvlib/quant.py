@@ -18,7 +18,6 @@ Q/DQ needs ONNX opset 19 for FP8 (and for FP16 scales); ModelOpt raises an older
 """
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -38,7 +37,7 @@ import pandas as pd
 
 from mvlib import calib_speed, fp8, io, ort_providers, precisions
 from mvlib.accuracy import INPUT, OUTPUT
-from mvlib.autocast import captured_logs, to_fp16
+from mvlib.autocast import captured_logs, conversion_key, to_fp16, tool_versions
 from mvlib.export import ARTIFACTS
 from mvlib.progress import progress
 from mvlib.quant_eval import Evaluator, criterion
@@ -160,8 +159,7 @@ def _quantize_key(onnx_path: Path | str, calib: np.ndarray, method: str, precisi
             "calib_sha256": hashlib.sha256(calib.tobytes()).hexdigest(), "method": method, "precision": precision,
             "excluded": sorted(excluded), "op_types": sorted(op_types),
             "scales_sha256": io.sha256(scales_from) if scales_from else None,
-            "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__,
-            **({"calibration_eps": list(eps)} if list(eps) != ["cpu"] else {})}
+            **tool_versions(), **({"calibration_eps": list(eps)} if list(eps) != ["cpu"] else {})}
 
 
 def reusable(onnx_path: Path | str, out_path: Path | str, calib: np.ndarray, method: str, precision: str,
@@ -394,8 +392,7 @@ def fp16_floats(src: Path, target: Path) -> bool:
     """`src` (a Q/DQ model) with every float node FP16 (`to_fp16` without rules) written to `target`; reused when made
     from the same bytes by the same ModelOpt and onnx (AutoCast's cleanup takes seconds even on mobilevit_xxs, and
     the conversion is deterministic: tests/test_quant.py). Whether it was reused."""
-    key = {"source_sha256": io.sha256(src), "float_parts": "fp16", "rules": False,
-           "modelopt": importlib.metadata.version("nvidia-modelopt"), "onnx": onnx.__version__}
+    key = conversion_key(src, float_parts="fp16", rules=False)
     _, reused = io.cached(target, key, lambda tmp: to_fp16(src, tmp, rules=False),
                           "AutoCast: the Q/DQ model's float parts in FP16")
     return reused
