@@ -22,6 +22,15 @@ RUNS = BUILD / "runs"
 CACHE = BUILD / "cache"
 
 
+def child_environment(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` (default this process's) for a process the study starts (a notebook's kernel, a child working ahead):
+    MVLIB_BUILD made absolute, as kernels start in notebooks/ where a relative one names another folder, and this
+    checkout first on PYTHONPATH, so an existing environment that never installed mvlib still imports it."""
+    env = dict(os.environ if env is None else env)
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and Path(p).resolve() != ROOT]
+    return env | {"MVLIB_BUILD": str(BUILD), "PYTHONPATH": os.pathsep.join([str(ROOT), *rest])}
+
+
 def run_dir(name: str = "") -> Path:
     """Folder of one study run (manifest, executed notebooks, tables, figures); default `build/runs/latest`."""
     return Path(name).resolve() if name else RUNS / "latest"

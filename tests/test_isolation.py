@@ -65,3 +65,14 @@ def test_smoke_tests_are_slow_and_make_test_fast_leaves_them_out():
     make = subprocess.run(["make", "-n", "-o", ".venv/.installed", "test-fast"], cwd=ROOT, capture_output=True,
                           text=True, timeout=60)
     assert make.returncode == 0 and "not slow" in make.stdout, make.stderr
+
+
+def test_children_get_the_build_folder_absolute_and_this_checkout_first_on_their_path():
+    """What the driver hands its kernels and children (paths.child_environment): they start in notebooks/, where a
+    relative MVLIB_BUILD names another folder, and an environment that never installed mvlib must still import it."""
+    env = {"PYTHONPATH": f"/opt/site{os.pathsep}{ROOT}{os.pathsep}", "MVLIB_BUILD": "relative/build", "HOME": "/home/u"}
+    got = paths.child_environment(env)
+    assert got["PYTHONPATH"].split(os.pathsep) == [str(ROOT), "/opt/site"]
+    assert got["MVLIB_BUILD"] == str(paths.BUILD) and Path(got["MVLIB_BUILD"]).is_absolute()
+    assert got["HOME"] == "/home/u" and env["MVLIB_BUILD"] == "relative/build"  # the caller's mapping is untouched
+    assert paths.child_environment({})["PYTHONPATH"] == str(ROOT)

@@ -279,6 +279,38 @@ def _notebook(path: Path, *cells: str) -> Path:
     return path
 
 
+def test_a_python3_kernelspec_runs_with_the_drivers_interpreter():
+    spec = ["/usr/bin/python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    assert kernels.kernel_command(spec) == [sys.executable, *spec[1:]]
+    other = ["/usr/lib/R/bin/R", "--slave", "-e", "IRkernel::main()", "--args", "{connection_file}"]
+    assert kernels.kernel_command(other) == other  # not a Python kernel: left as it is
+
+
+def test_kernels_run_in_the_drivers_environment_whatever_python3_kernelspec_jupyter_finds_first(tmp_path,
+                                                                                                 monkeypatch):
+    """A `python3` kernelspec of another environment, which Jupyter finds before this one's (JUPYTER_PATH, the
+    user's or the system's folders), and a relative MVLIB_BUILD: the notebook still runs with the driver's
+    interpreter, imports this checkout's mvlib and builds into the driver's build folder."""
+    spec = tmp_path / "jupyter" / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    io.write_json(spec / "kernel.json", {"argv": [str(tmp_path / "other-env" / "bin" / "python"), "-m",
+                                                  "ipykernel_launcher", "-f", "{connection_file}"],
+                                         "display_name": "Python 3 (another environment)", "language": "python"})
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("MVLIB_BUILD", "relative/build")
+    seen = tmp_path / "seen.json"
+    nb = _notebook(tmp_path / "probe.ipynb", 'run_dir = ""',
+                   "import json, os, sys\nimport mvlib\n"
+                   f"json.dump({{'python': sys.executable, 'mvlib': mvlib.__file__, 'build': os.environ['MVLIB_BUILD'],"
+                   f" 'path': os.environ['PYTHONPATH']}}, open({str(seen)!r}, 'w'))")
+    kernels.papermill_into(nb, tmp_path / "probe.out.ipynb", cwd=str(paths.NOTEBOOKS), kernel_name="python3",
+                           progress_bar=False, kernel_manager_class=kernels.kernel_manager(tmp_path / "kernel.log"))
+    got = json.loads(seen.read_text())
+    assert Path(got["python"]).resolve() == Path(sys.executable).resolve()
+    assert Path(got["mvlib"]).resolve() == paths.ROOT / "mvlib" / "__init__.py"
+    assert got["build"] == str(paths.BUILD) and got["path"].split(os.pathsep)[0] == str(paths.ROOT)
+
+
 @pytest.mark.slow  # a real kernel runs build.sh
 def test_a_script_error_reaches_the_console_and_the_manifest(tmp_path, capsys):
     """A bad TRT_INCLUDE: build.sh's own words on the console (not the cell as a bytes literal), the failed

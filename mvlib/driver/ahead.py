@@ -116,11 +116,8 @@ class Child:
 
     def start(self) -> None:
         """The child's processes, each in a session of its own (its workers go with it), logging to `log`."""
-        # MVLIB_BUILD made absolute: the kernels run in notebooks/, so a relative one would name another cache
         payloads = self.payloads()
-        env = dict(os.environ, MVLIB_BUILD=str(paths.BUILD),
-                   PYTHONPATH=os.pathsep.join([str(paths.ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                   **self.environment(len(payloads)))
+        env = paths.child_environment() | self.environment(len(payloads))
         self.log.parent.mkdir(parents=True, exist_ok=True)
         for payload in payloads:
             env[self.variable] = json.dumps({**payload, "driver": os.getpid()}, default=str)

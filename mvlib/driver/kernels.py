@@ -18,7 +18,9 @@ _KERNELS: list = []  # kernel managers of this process's notebooks, to stop thei
 
 
 def kernel_manager(log: Path):
-    """A kernel manager class whose kernels write their own output (not the notebook's) into `log`.
+    """A kernel manager class whose kernels run in the driver's environment (its interpreter: `kernel_command`; the
+    build folder and this checkout: `paths.child_environment`) and write their own output (not the notebook's) into
+    `log`.
 
     A kernel's process writes warnings of its own to its stderr (ipykernel's "running over TCP without
     encryption", "KeyboardInterrupt caught in kernel" when it is shut down mid-message, ONNX Runtime's C++ log
@@ -28,10 +30,21 @@ def kernel_manager(log: Path):
 
     class LoggedKernelManager(AsyncKernelManager):
         async def _async_launch_kernel(self, kernel_cmd, **kw):
+            env = paths.child_environment(kw.get("env"))
             with open(log, "ab") as out:  # the kernel holds its own copy of the descriptor
-                await super()._async_launch_kernel(kernel_cmd, **(kw | {"stdout": out, "stderr": out}))
+                await super()._async_launch_kernel(kernel_command(kernel_cmd),
+                                                   **(kw | {"stdout": out, "stderr": out, "env": env}))
             _KERNELS.append(self)
     return LoggedKernelManager
+
+
+def kernel_command(cmd: list[str]) -> list[str]:
+    """The `python3` kernelspec's command run by the driver's own interpreter: a kernelspec of that name from
+    another environment (installed for the system or the user, which Jupyter finds before this one's) would run
+    the notebooks with other packages than the ones the manifest records, or without mvlib."""
+    if len(cmd) >= 3 and cmd[1] == "-m" and cmd[2] in ("ipykernel_launcher", "ipykernel"):
+        return [sys.executable, *cmd[1:]]
+    return list(cmd)
 
 
 def stop_kernels() -> None:
