@@ -6,12 +6,14 @@ Serves: notebooks 01 to 06 and the driver, through run, tiers and the TensorRT p
 """
 import functools
 import importlib.metadata
+import importlib.util
 import os
 import platform
 import shutil
 import socket
 import subprocess
 import threading
+from pathlib import Path
 
 PACKAGES = ("torch", "timm", "onnx", "onnxruntime", "onnxruntime-extensions", "onnx-graphsurgeon",
             "nvidia-modelopt", "polygraphy", "papermill", "numpy")
@@ -40,14 +42,53 @@ def nvcc_path() -> str | None:
     return None
 
 
+# Other distributions that install the same module (tried before scanning every distribution's files).
+ALSO = {"onnxruntime": ("onnxruntime-gpu",)}
+# The module each package is imported as, where the names differ.
+MODULES = {"onnxruntime-extensions": "onnxruntime_extensions", "onnx-graphsurgeon": "onnx_graphsurgeon",
+           "nvidia-modelopt": "modelopt"}
+
+
+def provider(module: str, *names: str) -> importlib.metadata.Distribution | None:
+    """The installed distribution whose files this process imports `module` from, None where it does not import
+    (the distributions `names` are tried first).
+
+    Not the distribution named like the module: `onnxruntime` and `onnxruntime-gpu` install the same module, and
+    where both are (an image's CPU build, the GPU build ahead of it on PYTHONPATH), the one first on sys.path is
+    the one a run uses; `make` installs one only, and then `onnxruntime-gpu` alone holds the module.
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    origin = Path(spec.origin).resolve()
+
+    def holding(name: str) -> importlib.metadata.Distribution | None:
+        """The distribution `name` first on sys.path, if the imported module is among its files."""
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+        site = Path(dist.locate_file("")).resolve()
+        return dist if origin.is_relative_to(site / module) or origin.parent == site else None
+
+    for name in [*names, module.replace("_", "-"), *ALSO.get(module, ())]:
+        if dist := holding(name):
+            return dist
+    for name in importlib.metadata.packages_distributions().get(module, ()):  # reads every distribution: seconds
+        if dist := holding(name):
+            return dist
+    return None
+
+
 def versions() -> dict[str, str | None]:
-    """Installed versions of the packages a run depends on (None where absent)."""
+    """The version of each package a run depends on, read off the distribution its module imports from (None where
+    it does not import), and which distribution holds ONNX Runtime (`onnxruntime-dist`: its CPU or GPU build)."""
     out: dict[str, str | None] = {}
     for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
+        dist = provider(MODULES.get(name, name), name)
+        out[name] = dist.version if dist else None
+        if name == "onnxruntime":
+            out["onnxruntime-dist"] = dist.metadata["Name"] if dist else None
     return out
 
 

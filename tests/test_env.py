@@ -3,6 +3,8 @@ import importlib.metadata
 import os
 import shutil
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,12 +13,42 @@ from mvlib import env
 
 def test_versions_are_the_installed_distributions():
     found = env.versions()
-    assert set(found) == set(env.PACKAGES) and found["torch"] and found["onnx"]
-    for name, version in found.items():
+    assert set(found) == {*env.PACKAGES, "onnxruntime-dist"} and found["torch"] and found["onnx"]
+    for name in env.PACKAGES:  # one distribution of each here (ONNX Runtime's CPU build, installed by make)
         try:
-            assert version == importlib.metadata.version(name)
+            assert found[name] == importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
-            assert version is None, name
+            assert found[name] is None, name
+    assert found["onnxruntime-dist"] in ("onnxruntime", "onnxruntime-gpu")
+
+
+def _fake_site(site: Path, dist: str, version: str, module: str) -> Path:
+    """A site folder holding `module` (a package) installed by distribution `dist` at `version`."""
+    (site / module).mkdir(parents=True)
+    (site / module / "__init__.py").write_text(f"__version__ = {version!r}\n")
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "RECORD").write_text(f"{module}/__init__.py,,\n")
+    return site
+
+
+def test_onnxruntime_s_version_is_the_build_the_run_imports(tmp_path, monkeypatch):
+    """An image's CPU onnxruntime with onnxruntime-gpu ahead of it on the path (the two install the same module):
+    the version is the GPU build's, the one a run imports, not the distribution named `onnxruntime`."""
+    import importlib
+    cpu = _fake_site(tmp_path / "image", "onnxruntime", "1.30.0", "onnxruntime")
+    gpu = _fake_site(tmp_path / "carried", "onnxruntime-gpu", "1.31.0", "onnxruntime")
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)  # an imported module's own spec would answer
+    for first, version, dist in ((gpu, "1.31.0", "onnxruntime-gpu"), (cpu, "1.30.0", "onnxruntime")):
+        monkeypatch.setattr(sys, "path", [str(first), str(cpu if first == gpu else gpu), *sys.path])
+        importlib.invalidate_caches()
+        found = env.versions()
+        assert (found["onnxruntime"], found["onnxruntime-dist"]) == (version, dist)
+        assert found["torch"] == importlib.metadata.version("torch")  # the others as before
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if not p.startswith(str(tmp_path))])
+    importlib.invalidate_caches()
+    assert env.provider("no_such_module_here") is None
 
 
 def test_nvcc_is_found_on_the_path_then_in_the_usual_prefix(monkeypatch):
