@@ -7,7 +7,6 @@ A Creates cell lists files as `results/NN_x.csv` or `figures/NN_x.png`. A file l
 condition holds to the end of its paragraph or bullet, and the conditions met there add up.
 """
 import ast
-import json
 import os
 import re
 import shutil
@@ -308,7 +307,7 @@ def twice_run(smoke_run):
     run (tests/helpers/background.py); (the run folder, {notebook: error})."""
     if not TWICE_RESULT.is_file():
         pytest.fail(f"the twice-run left no {TWICE_RESULT}; see {smoke.BUILD / 'run.log'}")
-    result = json.loads(TWICE_RESULT.read_text())
+    result = io.read_json(TWICE_RESULT)
     print(f"every cell twice, seconds per notebook: {result['seconds']}")
     return TWICE_DIR / "run", result["errors"]
 

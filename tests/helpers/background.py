@@ -6,7 +6,6 @@ exits with the smoke run's code; the twice-run's outcome is `TWICE_RESULT` ({not
 twice_run fixture reads (tests/test_notebooks.py). Run as `python background.py RUN [--twice]` with MVLIB_BUILD set
 to the smoke build.
 """
-import json
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import nbformat
 import smoke
 
-from mvlib import paths, stages
+from mvlib import io, paths, stages
 
 TWICE_DIR = smoke.BUILD / "twice"  # the doubled notebooks, their outputs and their run folder
 TWICE_RESULT = TWICE_DIR / "result.json"
@@ -61,7 +60,7 @@ def twice(smoke_run: Path, work: Path = TWICE_DIR) -> dict:
             errors[name] = f"{type(err).__name__}: {err}"[-3000:]
         seconds[name] = round(time.perf_counter() - start)
     result = {"errors": errors, "seconds": seconds}
-    (work / TWICE_RESULT.name).write_text(json.dumps(result))
+    io.write_json(work / TWICE_RESULT.name, result)  # atomic: the fixture never reads half a file
     print(f"every cell twice, seconds per notebook: {seconds}", flush=True)
     return result
 
