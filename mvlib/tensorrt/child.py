@@ -19,7 +19,6 @@ from mvlib import io
 from mvlib.tensorrt import cache, layers, plugins
 from mvlib.tensorrt.flavours import installed
 from mvlib.tensorrt.runner import logger
-from mvlib.tensorrt.shapes import onnx_input
 
 PLUGIN_TYPES = ("PLUGIN", "PLUGIN_V2", "PLUGIN_V3")
 
@@ -39,9 +38,10 @@ def split_log(said: list[str]) -> tuple[list[str], str]:
     return kept, listing
 
 
-def inspect(fl, plan: bytes, plugin_paths, check) -> dict:
-    """The engine inspector's information where the engine runs here, else `inspected: not inspected: <why>`."""
-    runs, why = fl.runs_here()
+def inspect(fl, plan: bytes, plugin_paths, check, runs_here: tuple[bool, str]) -> dict:
+    """The engine inspector's information where the engine runs here (`runs_here`: the parent's verdict,
+    Flavour.runs_here), else `inspected: not inspected: <why>`."""
+    runs, why = runs_here
     if not runs:
         return {"inspected": f"not inspected: {why}"}
     try:
@@ -76,7 +76,7 @@ def build(spec: dict) -> dict:
     # Layer types and precisions in the inspector need DETAILED; the builder's default, LAYER_NAMES_ONLY, hides them.
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
     fl.configure(config, spec["target"])
-    name, shape = onnx_input(spec["onnx"])
+    name, shape = spec["input"], spec["shape"]
     lo, opt, hi = spec["profile"]
     profile = builder.create_optimization_profile()
     profile.set_shape(name, (lo, *shape[1:]), (opt, *shape[1:]), (hi, *shape[1:]))
@@ -97,7 +97,8 @@ def build(spec: dict) -> dict:
         io.write_bytes(tc_path, bytes(config.get_timing_cache().serialize()))
     builder_layers = layers.parse_builder_layers(listing)
     info = {"network": [{"name": network.get_layer(i).name, "type": types[i]} for i in range(len(types))],
-            "builder_layers": builder_layers, **inspect(fl, bytes(plan), spec["plugins"], spec.get("plugin_check"))}
+            "builder_layers": builder_layers,
+            **inspect(fl, bytes(plan), spec["plugins"], spec.get("plugin_check"), spec["runs_here"])}
     io.write_json(out / cache.LAYERS, info)
     result.update(ok=True, strongly_typed=True, tf32=False, profiling_verbosity=config.profiling_verbosity.name,
                   inspected=info["inspected"], compute_precision=layers.compute_precision(builder_layers))

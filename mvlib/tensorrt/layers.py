@@ -15,13 +15,15 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from mvlib import io
 from mvlib.skips import StageSkipped
 from mvlib.tensorrt import cache, runner
 from mvlib.tensorrt.flavours import Flavour
+
+if TYPE_CHECKING:  # pandas is imported where a table is made: the build child imports this module and makes none
+    import pandas as pd
 
 _PRECISIONS = (("FP8", "FP8"), ("BFLOAT16", "BF16"), ("BF16", "BF16"), ("FP16", "FP16"), ("HALF", "FP16"),
                ("FP32", "FP32"), ("FLOAT", "FP32"), ("INT8", "INT8"), ("INT32", "INT32"), ("INT64", "INT64"),
@@ -130,6 +132,7 @@ def layer_summary(engine_dir: Path | str) -> pd.DataFrame:
     """One row per engine layer from the engine inspector: type, ONNX nodes fused into it, precisions.
 
     An engine built elsewhere is inspected here first where it runs here."""
+    import pandas as pd
     path = Path(engine_dir) / cache.LAYERS
     info = io.read_json(path)
     if isinstance(info, dict) and info.get("inspected") is not True and "Layers" not in info:
@@ -170,6 +173,7 @@ def onnx_layers(metadata: str) -> list[str]:
 
 def layer_totals(layers: pd.DataFrame) -> dict:
     """How many layers, how many fused, how many ONNX nodes they cover, and layers per output precision."""
+    import pandas as pd
     return {"layers": len(layers), "fused_layers": int(layers["fused"].fillna(False).astype(bool).sum()),
             "onnx_nodes_covered": int(pd.to_numeric(layers["onnx_nodes"]).fillna(0).sum()),
             **{f"out_{p}": int(n) for p, n in layers["output_precision"].value_counts().items()}}

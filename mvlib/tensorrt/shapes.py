@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnx
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,7 @@ class Profile:
 
 def onnx_input(onnx_path: Path | str) -> tuple[str, tuple[int, ...]]:
     """Name and shape (batch dimension as -1) of the model's single image input."""
+    import onnx  # here, not at the top: the build child imports this module and is told the input (0.7 s of import)
     model = onnx.load(str(onnx_path), load_external_data=False)
     inits = {i.name for i in model.graph.initializer}
     inputs = [i for i in model.graph.input if i.name not in inits]

@@ -121,7 +121,7 @@ def _built_row(notebook: str, spec: EngineSpec, base: dict, make, first=None) ->
 
 def build_jobs() -> int:
     """How many engine builds run side by side: MVLIB_BUILD_JOBS, else the cores this process may use (one
-    TensorRT-RTX build keeps under one core busy: 5 s of CPU in a 14 s build of mobilevit_xxs, 2026-12-07)."""
+    TensorRT-RTX build keeps one core busy: 3.3 s of CPU in a 3.6 s build of mobilevit_xxs alone, 2026-12-08)."""
     wanted = os.environ.get(JOBS_ENV, "").strip()
     if not wanted:
         return len(os.sched_getaffinity(0))

@@ -12,19 +12,19 @@ HAS_BUILDER, BUILDER = flavours.builder_status()
 pytestmark = pytest.mark.skipif(not HAS_BUILDER, reason=f"no TensorRT builder: {BUILDER}")
 
 
-def spec(tmp_path, onnx_path) -> dict:
-    """A build spec as cache.build writes it."""
+def spec(tmp_path, onnx_path, runs_here=(False, "no GPU in this test")) -> dict:
+    """A build spec as cache.build writes it (the input as models.conv makes it)."""
     out = tmp_path / "engine"
     out.mkdir()
     return {"onnx": str(onnx_path), "flavour": flavours.select().name, "target": "sm86", "profile": [1, 2, 4],
-            "workspace_gb": 1.0, "plugins": [], "out": str(out), "timing_cache": None}
+            "workspace_gb": 1.0, "input": "input", "shape": [-1, 8, 16, 16], "runs_here": list(runs_here),
+            "plugins": [], "out": str(out), "timing_cache": None}
 
 
-def test_an_engine_that_cannot_be_inspected_is_still_built(tmp_path, monkeypatch):
+def test_an_engine_that_cannot_be_inspected_is_still_built(tmp_path):
     """Where the flavour should run but deserialization fails (here: the real runtime without a driver,
     as on an old driver or a wrong GPU), the build is kept and its layers say `not inspected: <why>`."""
-    monkeypatch.setattr(flavours.Flavour, "runs_here", lambda self: (True, ""))
-    s = spec(tmp_path, models.conv(tmp_path / "model.onnx"))
+    s = spec(tmp_path, models.conv(tmp_path / "model.onnx"), runs_here=(True, ""))
     result = child.build(s)
     assert result["ok"] is True and (tmp_path / "engine" / cache.PLAN).stat().st_size > 1000
     assert result["inspected"].startswith("not inspected: RuntimeError:") and "deserialize" in result["inspected"]
