@@ -102,13 +102,24 @@ def build_engines(exported, names: Sequence[str], profile, trt_flavour: str | No
 
     FP8 engines are built alone, for an FP8 target: `target` is then notebook 05's fp8_target, which
     fp8.build_target resolves; for the others it is trt_target."""
+    return start_engines(exported, names, profile, trt_flavour, target, workspace_gb).table()
+
+
+def start_engines(exported, names: Sequence[str], profile, trt_flavour: str | None = "auto", target: str = "auto",
+                  workspace_gb: float = 4) -> engines_table.Builds:
+    """build_engines' builds started now (engines_table.Builds), so that the FP8 one runs beside the others; their
+    `table()` is build_engines' rows, and raises what stopped them (a missing file, no plugin library) inside the
+    stage that awaits it."""
     if "fp8" in names and list(names) != ["fp8"]:
         raise ValueError("FP8 plugin engines have a target of their own (fp8_target): build them in a call of "
                          "their own, names=('fp8',)")
-    specs = engine_specs(exported, names, trt_flavour)
+    try:
+        specs = engine_specs(exported, names, trt_flavour)
+    except Exception as err:  # StageSkipped included: the awaiting stage records it
+        return engines_table.Builds(NOTEBOOK, [], profile, error=err)
     if list(names) == ["fp8"]:
-        return fp8.build_engines(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
-    return engines_table.build_all(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
+        return fp8.start_engines(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
+    return engines_table.Builds(NOTEBOOK, specs, profile, trt_flavour, target, workspace_gb)
 
 
 def _built(engines: pd.DataFrame | None) -> pd.DataFrame:

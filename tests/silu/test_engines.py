@@ -85,6 +85,10 @@ def test_a_missing_fp8_plugin_model_skips_its_engine_naming_the_file(tmp_path, x
     with pytest.raises(StageSkipped, match=r"model.fp8.silu.onnx not found.*model.fp8.onnx \(notebook 04_int8") as err:
         engines.engine_specs(_exported(tmp_path, xxs), ["fp8"])
     assert err.value.needs == ("model.fp8.onnx",)  # what a run without notebook 04 lacks
+    started = engines.start_engines(_exported(tmp_path, xxs), ["fp8"], shapes.Profile(1, 2, 4))
+    with pytest.raises(StageSkipped, match=r"model.fp8.silu.onnx not found") as err:  # in the stage awaiting it
+        started.table()
+    assert err.value.needs == ("model.fp8.onnx",) and not started.futures
 
 
 def test_the_timed_backend_skips_without_the_plugin_library(tmp_path, monkeypatch):
@@ -291,31 +295,48 @@ def test_the_build_child_runs_the_callers_check_on_a_plugin_of_another_major(tmp
 
 
 # --- notebook 05 ---------------------------------------------------------------------------------------------
+def _code(nb_path: Path) -> ast.Module:
+    """A notebook's code cells (not the %%bash ones), parsed."""
+    nb = json.loads(nb_path.read_text())
+    return ast.parse("\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and
+                               not "".join(c["source"]).startswith("%%")))
+
+
 def _stage_calls(nb_path: Path) -> dict[str, list[str]]:
     """Each `run.stage("<name>", tier, fn, *args)` of a notebook's code: name -> [fn, *args] as source text."""
-    nb = json.loads(nb_path.read_text())
-    code = "\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code" and
-                     not "".join(c["source"]).startswith("%%"))
     calls = {}
-    for node in ast.walk(ast.parse(code)):
+    for node in ast.walk(_code(nb_path)):
         if isinstance(node, ast.Call) and ast.unparse(node.func) == "run.stage":
             calls[node.args[0].value] = [ast.unparse(a) for a in node.args[2:]]
     return calls
 
 
+def _assigned_calls(nb_path: Path) -> dict[str, list[str]]:
+    """Each `name = fn(*args)` of a notebook's code: name -> [fn, *args] as source text."""
+    return {node.targets[0].id: [ast.unparse(node.value.func), *map(ast.unparse, node.value.args)]
+            for node in ast.walk(_code(nb_path)) if isinstance(node, ast.Assign) and
+            isinstance(node.value, ast.Call) and isinstance(node.targets[0], ast.Name)}
+
+
 def test_notebook_05_passes_each_precision_down_and_builds_fp8_for_fp8_target():
     """The plugin models and engines are named by precision; the plugin-FP8 engine gets fp8_target (not
-    trt_target) in build_engines' argument order, and is recorded with the other plugin engines in one call."""
+    trt_target) in start_engines' argument order, its builds start before the first stage awaits any, and it is
+    recorded with the other plugin engines in one call."""
     import inspect
     nb_path = paths.NOTEBOOKS / "05_silu_plugin.ipynb"
-    calls = _stage_calls(nb_path)
+    calls, started = _stage_calls(nb_path), _assigned_calls(nb_path)
     assert calls["rewrite"][:3] == ["silu_engines.rewrite_models", "exported", "precisions.EVERY_GPU"]
     assert calls["rewrite_fp8"][:3] == ["silu_engines.rewrite_models", "exported", "['fp8']"]
-    assert calls["plugin_engines"][:3] == ["silu_engines.build_engines", "exported", "precisions.EVERY_GPU"]
-    fn, *args = calls["plugin_fp8_engine"]
-    params = list(inspect.signature(engines.build_engines).parameters)
-    assert fn == "silu_engines.build_engines" and args[1] == "['fp8']"
+    assert calls["plugin_engines"] == ["builds.table"] and calls["plugin_fp8_engine"] == ["builds8.table"]
+    params = list(inspect.signature(engines.start_engines).parameters)
+    fn, *args = started["builds"]
+    assert fn == "silu_engines.start_engines" and args[:2] == ["exported", "precisions.EVERY_GPU"]
+    assert args[params.index("target")] == "trt_target"
+    fn, *args = started["builds8"]
+    assert fn == "silu_engines.start_engines" and args[1] == "['fp8']"
     assert args[params.index("target")] == "fp8_target"
+    code = ast.unparse(_code(nb_path))
+    assert code.index("builds8 = ") < code.index("engines = run.stage('plugin_engines'")  # side by side
     assert "fp8_target" in stages.parameters("05_silu_plugin")
     assert "engines8" not in calls["plugin_accuracy"]  # the FP8 engine runs only on an FP8 GPU it targets
 
