@@ -2,16 +2,21 @@
 
 Serves: notebooks 01 to 06 (glue.export is every notebook's first stage).
 """
+from __future__ import annotations
+
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
-import timm
-import torch
 
 from mvlib import accuracy, io, paths, precisions
-from mvlib.model import load_model
+
+# torch and timm are imported where a model is made: the processes that quantize import this module for its
+# artifact names only, and timm cost each of them 2 s of import
+if TYPE_CHECKING:
+    import torch
 
 MIN_OPSET = 17  # LayerNormalization stays one op from opset 17
 MAX_OPSET = 20  # TensorRT 10.0's ONNX parser takes opsets 9 to 20
@@ -76,6 +81,7 @@ def check_image_size(img_size: int) -> int:
 
 def export_onnx(model: torch.nn.Module, path: Path, img_size: int, opset: int) -> Path:
     """Export `model` to `path` with a dynamic batch axis and check it with onnx.checker (atomic)."""
+    import torch
     check_opset(opset)
     check_image_size(img_size)
     example = torch.from_numpy(accuracy.feeds([2], img_size, seed=1)[0][accuracy.INPUT])
@@ -90,6 +96,10 @@ def export_onnx(model: torch.nn.Module, path: Path, img_size: int, opset: int) -
 def ensure_exported(variant: str, weights: str = "auto", img_size: int = 256, opset: int = 17,
                     seed: int = 0) -> tuple[Exported, torch.nn.Module]:
     """Load the model and export it, reusing an existing export made with the same settings."""
+    import timm
+    import torch
+
+    from mvlib.model import load_model
     check_opset(opset)
     check_image_size(img_size)
     model, info = load_model(variant, weights, seed)
