@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 from mvlib import io, paths
-from mvlib.driver import ahead, calibrate
+from mvlib.driver import ahead, calibrate, warm
 from mvlib.driver.params import declared
 
 _KERNELS: list = []  # kernel managers of this process's notebooks, to stop their kernels on Ctrl-C
+WARM_UP_LIMIT_S = 600  # the longest a notebook waits for its warm kernel's imports (without --timeout)
 
 
 def kernel_manager(log: Path):
@@ -131,45 +132,71 @@ def execute(selected: list[Path], params: dict, run: Path, args: argparse.Namesp
     (mvlib.driver.ahead); with `calibrate_ahead`, notebook 04's calibrations are made in another
     (mvlib.driver.calibrate). `state['compile_ahead']` and `state['calibrate_ahead']` say how long each took and
     was waited for."""
-    with ahead.plan(selected, params, run, compile_ahead) as warm, \
+    with ahead.plan(selected, params, run, compile_ahead) as compiling, \
             calibrate.plan(selected, params, run, calibrate_ahead) as calib:
-        state["compile_ahead"], state["calibrate_ahead"] = warm.state, calib.state
-        return _execute(selected, params, run, args, state, [warm, calib])
+        state["compile_ahead"], state["calibrate_ahead"] = compiling.state, calib.state
+        return _execute(selected, params, run, args, state, [compiling, calib])
 
 
 def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Namespace, state: dict,
              children: list[ahead.Child]) -> list[dict]:
-    """execute's loop."""
+    """execute's loop; the next notebook's kernel warms up during each one that times nothing (mvlib.driver.warm)."""
     failed: list[dict] = []
-    for nb in selected:
-        for child in children:
-            child.before(nb.stem)
-        wanted = declared(nb)
-        nb_params = {k: v for k, v in params.items() if k in wanted}
-        nb_params["run_dir"] = str(run)
-        state.update(notebook=nb.stem, start=time.perf_counter())
-        print(f"--> {nb.name} ({', '.join(f'{k}={v}' for k, v in sorted(nb_params.items()) if k != 'run_dir')})")
-        executed, log = run / "notebooks" / nb.name, run / "logs" / f"{nb.stem}.log"
-        _KERNELS.clear()  # the previous notebook's kernel was shut down by papermill
-        try:
-            papermill_into(nb, executed, parameters=nb_params, cwd=str(paths.NOTEBOOKS), kernel_name="python3",
-                           execution_timeout=args.timeout, progress_bar=False,
-                           kernel_manager_class=kernel_manager(log))
-        except Exception as err:  # a cell's error, a dead kernel, a timeout: the run failed in this notebook
-            if io.disk_full(err):
-                raise
-            took(state, nb.stem)
-            report = {"notebook": nb.stem} | cell_failure(executed, err)
-            where = f" in cell [{report['cell']}] `{report['source']}`" if report["cell"] is not None else ""
-            print(f"study: {nb.name} failed{where}:\n    " + report["error"].replace("\n", "\n    ")
-                  + f"\n  executed notebook: {executed}\n  kernel log: {log}", file=sys.stderr)
-            failed.append(report)
-            if not args.keep_going:
-                return failed
-            continue
-        print(f"    done in {took(state, nb.stem):.0f} s")
+    warmed: warm.Warm | None = None
+    try:
+        for i, nb in enumerate(selected):
+            for child in children:
+                child.before(nb.stem)
+            state.update(notebook=nb.stem, start=time.perf_counter())  # a wait for its warm kernel is its time
+            manager = kernel_manager(run / "logs" / f"{nb.stem}.log")
+            if warmed is not None:  # its imports are done by now, as a rule; else this waits for them
+                manager = warmed.adopting(args.timeout or WARM_UP_LIMIT_S) or manager
+            warmed = None
+            if warm.wanted() and warm.warms_during(nb.stem) and i + 1 < len(selected):
+                after = selected[i + 1]
+                warmed = warm.Warm(after, kernel_manager(run / "logs" / f"{after.stem}.log"),
+                                   run / "logs" / f"{after.stem}.log")
+            report = _run_one(nb, params, run, args, state, manager)
+            if report is not None:
+                failed.append(report)
+                if not args.keep_going:
+                    return failed
+    finally:
+        if warmed is not None:
+            warmed.close()
     state["notebook"] = None
     return failed
+
+
+def _run_one(nb: Path, params: dict, run: Path, args: argparse.Namespace, state: dict, manager) -> dict | None:
+    """One notebook through papermill with kernel manager class `manager` (its time counted from `state['start']`);
+    the failure's report, None if it ran."""
+    wanted = declared(nb)
+    nb_params = {k: v for k, v in params.items() if k in wanted}
+    nb_params["run_dir"] = str(run)
+    print(f"--> {nb.name} ({', '.join(f'{k}={v}' for k, v in sorted(nb_params.items()) if k != 'run_dir')})")
+    executed, log = run / "notebooks" / nb.name, run / "logs" / f"{nb.stem}.log"
+    _forget_ended()
+    try:
+        papermill_into(nb, executed, parameters=nb_params, cwd=str(paths.NOTEBOOKS), kernel_name="python3",
+                       execution_timeout=args.timeout, progress_bar=False, kernel_manager_class=manager)
+    except Exception as err:  # a cell's error, a dead kernel, a timeout: the run failed in this notebook
+        if io.disk_full(err):
+            raise
+        took(state, nb.stem)
+        report = {"notebook": nb.stem} | cell_failure(executed, err)
+        where = f" in cell [{report['cell']}] `{report['source']}`" if report["cell"] is not None else ""
+        print(f"study: {nb.name} failed{where}:\n    " + report["error"].replace("\n", "\n    ")
+              + f"\n  executed notebook: {executed}\n  kernel log: {log}", file=sys.stderr)
+        return report
+    print(f"    done in {took(state, nb.stem):.0f} s")
+    return None
+
+
+def _forget_ended() -> None:
+    """Drop the kernels that have ended (papermill shut the previous notebook's down) from those stop_kernels kills."""
+    _KERNELS[:] = [km for km in _KERNELS
+                   if getattr(getattr(getattr(km, "provisioner", None), "process", None), "poll", lambda: 0)() is None]
 
 
 def took(state: dict, stem: str) -> float:

@@ -48,9 +48,11 @@ def fake_notebooks(monkeypatch, fail: str = "", tables: dict | None = None, inte
     monkeypatch.setattr(study, "expose_tensorrt_libraries", lambda decision: None)  # keep this process's environment
     monkeypatch.setenv("MVLIB_PROGRESS", "")
     monkeypatch.delenv("MVLIB_PROGRESS")
-    # no notebook runs, so no child compiles or calibrates ahead of one (a faked GPU would start them for real)
+    # no notebook runs, so no child compiles or calibrates ahead of one (a faked GPU would start them for real), and
+    # no kernel warms up for one
     monkeypatch.setenv("MVLIB_COMPILE_AHEAD", "0")
     monkeypatch.setenv("MVLIB_CALIBRATE_AHEAD", "0")
+    monkeypatch.setenv("MVLIB_WARM_KERNELS", "0")
     return got
 
 
