@@ -142,7 +142,7 @@ def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Names
              children: list[ahead.Child]) -> list[dict]:
     """execute's loop; the next notebook's kernel warms up during each one that times nothing (mvlib.driver.warm)."""
     failed: list[dict] = []
-    warmed: warm.Warm | None = None
+    warmed = taken = None
     try:
         for i, nb in enumerate(selected):
             for child in children:
@@ -150,22 +150,40 @@ def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Names
             state.update(notebook=nb.stem, start=time.perf_counter())  # a wait for its warm kernel is its time
             manager = kernel_manager(run / "logs" / f"{nb.stem}.log")
             if warmed is not None:  # its imports are done by now, as a rule; else this waits for them
-                manager = warmed.adopting(args.timeout or WARM_UP_LIMIT_S) or manager
-            warmed = None
+                taken, warmed = warmed, None
+                manager = taken.adopting(args.timeout or WARM_UP_LIMIT_S) or manager
             if warm.wanted() and warm.warms_during(nb.stem) and i + 1 < len(selected):
-                after = selected[i + 1]
-                warmed = warm.Warm(after, kernel_manager(run / "logs" / f"{after.stem}.log"),
-                                   run / "logs" / f"{after.stem}.log")
-            report = _run_one(nb, params, run, args, state, manager)
+                warmed = _warm(selected[i + 1], run)
+            try:
+                report = _run_one(nb, params, run, args, state, manager)
+            finally:
+                if taken is not None:  # papermill shut it down, unless it failed before running a cell
+                    taken.close()
+                    taken = None
             if report is not None:
                 failed.append(report)
                 if not args.keep_going:
                     return failed
     finally:
-        if warmed is not None:
-            warmed.close()
+        for left in (warmed, taken):
+            if left is not None:
+                left.close()
     state["notebook"] = None
     return failed
+
+
+def _warm(nb: Path, run: Path):
+    """Notebook `nb`'s kernel warming up (mvlib.driver.warm), or None where it could not start: papermill then
+    starts the notebook's kernel itself, as without warming (a full disk is raised: the driver says it)."""
+    log = run / "logs" / f"{nb.stem}.log"
+    try:
+        return warm.Warm(nb, kernel_manager(log), log)
+    except Exception as err:
+        if io.disk_full(err):
+            raise
+        print(f"    {nb.stem}'s kernel was not warmed ahead ({type(err).__name__}: {err}); papermill starts it",
+              file=sys.stderr)
+        return None
 
 
 def _run_one(nb: Path, params: dict, run: Path, args: argparse.Namespace, state: dict, manager) -> dict | None:

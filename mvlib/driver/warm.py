@@ -14,9 +14,11 @@ Serves: the driver (kernels.execute).
 """
 import ast
 import datetime
+import importlib.metadata
 import json
 import os
 import queue
+import re
 import time
 from pathlib import Path
 
@@ -30,9 +32,25 @@ HISTORY = "--HistoryManager.hist_file=:memory:"
 POLL_S = 1.0  # how often a wait for the warm-up checks that the kernel still lives
 
 
+# nbclient makes a client for a kernel it did not start from 0.6.6 (jupyter/nbclient#241; before, a notebook given
+# one failed); jupyter_client 8 starts kernels through jupyter_core's run_sync, as this module does.
+NEEDS = {"nbclient": (0, 6, 6), "jupyter_client": (8, 0, 0)}
+
+
+def release(version: str) -> tuple[int, ...]:
+    """(0, 6, 6) for '0.6.6' (a pre-release's suffix dropped: '8.0.0rc1' is (8, 0, 0))."""
+    return tuple(int(re.match(r"\d*", part).group() or 0) for part in version.split(".")[:3])
+
+
+def too_old(version=importlib.metadata.version) -> str:
+    """Which of NEEDS is older than warm kernels need ('' if none)."""
+    old = [f"{name} {version(name)}" for name, least in NEEDS.items() if release(version(name)) < least]
+    return ", ".join(old)
+
+
 def wanted(environ=os.environ) -> bool:
-    """Whether to warm kernels ahead, unless MVLIB_WARM_KERNELS=0."""
-    return environ.get(ENV, "1") != "0"
+    """Whether to warm kernels ahead: unless MVLIB_WARM_KERNELS=0, or nbclient or jupyter_client is too old."""
+    return environ.get(ENV, "1") != "0" and not too_old()
 
 
 def warms_during(stem: str) -> bool:
@@ -73,13 +91,18 @@ class Warm:
 
     def __init__(self, nb: Path, manager_class, log: Path):
         from jupyter_core.utils import run_sync
-        self.nb, self.log, self.adopted = nb, log, False
+        code = warm_code(imports(nb))  # before the kernel starts: a notebook that cannot be read starts none
+        self.nb, self.log, self.adopted, self.kc = nb, log, False, None
         self.began = datetime.datetime.now(datetime.timezone.utc)  # the kernel's reply is dated in UTC
         self.km = manager_class(kernel_name="python3")
         run_sync(self.km.start_kernel)(extra_arguments=[HISTORY], cwd=str(paths.NOTEBOOKS))
-        self.kc = self.km.blocking_client()
-        self.kc.start_channels(stdin=False, hb=False, control=False)
-        self.msg_id = self.kc.execute(warm_code(imports(nb)), silent=True, store_history=False)
+        try:
+            self.kc = self.km.blocking_client()
+            self.kc.start_channels(stdin=False, hb=False, control=False)
+            self.msg_id = self.kc.execute(code, silent=True, store_history=False)
+        except BaseException:
+            self.close()
+            raise
 
     def alive(self) -> bool:
         """Whether the kernel process still runs."""
@@ -142,14 +165,16 @@ class Warm:
         return Adopting
 
     def close(self) -> None:
-        """Shut the kernel down unless papermill took it (an interrupted or failed run leaves none behind)."""
-        if self.adopted:
-            return
+        """Shut the kernel down if it still runs: one nobody took (an interrupted or failed run), or one papermill
+        took but failed before it ran a cell (papermill shuts down the kernels it ran, and then this does nothing).
+        Safe to call again."""
         from jupyter_core.utils import run_sync
-        if self.kc.channels_running:
+        if self.kc is not None and self.kc.channels_running:
             self.kc.stop_channels()
+        if self.adopted and not self.km.has_kernel:
+            return
         try:
-            if self.alive():
+            if self.km.has_kernel and self.alive():
                 run_sync(self.km.shutdown_kernel)(now=True)
         finally:
             run_sync(self.km.cleanup_resources)()

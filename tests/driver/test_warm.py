@@ -36,7 +36,26 @@ def test_the_warm_up_is_the_notebooks_top_level_imports_and_binds_no_name(tmp_pa
 def test_kernels_warm_during_untimed_notebooks_only():
     assert warm.warms_during("04_int8") and not warm.warms_during("05_silu_plugin")
     assert not warm.warms_during("06_benchmark")
-    assert warm.wanted({}) and not warm.wanted({warm.ENV: "0"})
+    assert warm.wanted({}) and not warm.wanted({warm.ENV: "0"})  # this environment's nbclient is new enough
+
+
+def test_an_nbclient_that_cannot_take_a_started_kernel_warms_none():
+    """nbclient before 0.6.6 makes no client for a kernel it did not start: warming would fail every notebook."""
+    versions = {"nbclient": "0.6.5", "jupyter_client": "8.10.0"}
+    assert warm.too_old(versions.get) == "nbclient 0.6.5"
+    versions |= {"nbclient": "0.6.6", "jupyter_client": "8.0.0rc1"}
+    assert warm.too_old(versions.get) == ""
+    assert warm.too_old({"nbclient": "0.10.2", "jupyter_client": "7.4.9"}.get) == "jupyter_client 7.4.9"
+    assert warm.release("8.0.0rc1") == (8, 0, 0) and warm.release("0.10") == (0, 10)
+
+
+def test_a_notebook_that_cannot_be_read_starts_no_kernel_and_the_run_goes_on(tmp_path, capsys):
+    before = list(kernels._KERNELS)
+    with pytest.raises(FileNotFoundError):
+        warm.Warm(tmp_path / "missing.ipynb", kernels.kernel_manager(tmp_path / "k.log"), tmp_path / "k.log")
+    assert kernels._KERNELS == before  # no kernel was launched
+    assert kernels._warm(tmp_path / "missing.ipynb", tmp_path) is None  # the driver: papermill starts it instead
+    assert "missing's kernel was not warmed ahead (FileNotFoundError" in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two real kernels
@@ -84,6 +103,19 @@ def test_a_failed_warm_up_is_shut_down_and_left_to_the_notebook(tmp_path):
     assert proc.poll() is not None
     text = log.read_text()
     assert "kernel warmed ahead in" in text and ": error" in text
+
+
+@pytest.mark.slow  # a real kernel
+def test_a_taken_kernel_that_papermill_never_ran_is_shut_down(tmp_path):
+    """Papermill failed before it ran a cell of the notebook it was given the kernel for (it shuts down only the
+    kernels it ran): close() ends it, and a second close() does nothing."""
+    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import os")
+    started = warm.Warm(nb, kernels.kernel_manager(tmp_path / "kernel.log"), tmp_path / "kernel.log")
+    proc = started.km.provisioner.process
+    assert started.adopting(120) is not None and proc.poll() is None
+    started.close()
+    assert proc.poll() is not None
+    started.close()
 
 
 @pytest.mark.slow  # a real kernel
