@@ -13,6 +13,7 @@ import papermill
 import pytest
 import smoke
 from driver_fakes import RTX_REFUSES, fake_h100_with_both_flavours, fake_notebooks
+from tiny_notebooks import notebook
 
 from mvlib import io, paths, rundir, stages, study, tiers
 from mvlib.driver import kernels, params, runfolder, verdicts
@@ -269,14 +270,6 @@ def test_the_tier_follows_the_runs_tensorrt_choice(tmp_path, fake_papermill, h10
 
 
 # --- errors a user can read ------------------------------------------------------------------------------------
-def _notebook(path: Path, *cells: str) -> Path:
-    """A notebook of code cells, the first tagged `parameters`."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, str(path))
-    return path
 
 
 def test_a_python3_kernelspec_runs_with_the_drivers_interpreter():
@@ -299,10 +292,10 @@ def test_kernels_run_in_the_drivers_environment_whatever_python3_kernelspec_jupy
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("MVLIB_BUILD", "relative/build")
     seen = tmp_path / "seen.json"
-    nb = _notebook(tmp_path / "probe.ipynb", 'run_dir = ""',
-                   "import json, os, sys\nimport mvlib\n"
-                   f"json.dump({{'python': sys.executable, 'mvlib': mvlib.__file__, 'build': os.environ['MVLIB_BUILD'],"
-                   f" 'path': os.environ['PYTHONPATH']}}, open({str(seen)!r}, 'w'))")
+    nb = notebook(tmp_path / "probe.ipynb", 'run_dir = ""',
+                  "import json, os, sys\nimport mvlib\n"
+                  f"json.dump({{'python': sys.executable, 'mvlib': mvlib.__file__, 'build': os.environ['MVLIB_BUILD'],"
+                  f" 'path': os.environ['PYTHONPATH']}}, open({str(seen)!r}, 'w'))")
     kernels.papermill_into(nb, tmp_path / "probe.out.ipynb", cwd=str(paths.NOTEBOOKS), kernel_name="python3",
                            progress_bar=False, kernel_manager_class=kernels.kernel_manager(tmp_path / "kernel.log"))
     got = json.loads(seen.read_text())
@@ -316,9 +309,9 @@ def test_a_script_error_reaches_the_console_and_the_manifest(tmp_path, capsys):
     """A bad TRT_INCLUDE: build.sh's own words on the console (not the cell as a bytes literal), the failed
     stage in the manifest."""
     from mvlib.silu import build
-    nb = _notebook(tmp_path / "05_build.ipynb", 'run_dir = ""',
-                   f"%%bash\nTRT_INCLUDE={tmp_path / 'nowhere'} MVLIB_BUILD={tmp_path / 'b'} "
-                   f"bash {build.BUILD_SCRIPT}")
+    nb = notebook(tmp_path / "05_build.ipynb", 'run_dir = ""',
+                  f"%%bash\nTRT_INCLUDE={tmp_path / 'nowhere'} MVLIB_BUILD={tmp_path / 'b'} "
+                  f"bash {build.BUILD_SCRIPT}")
     run = tmp_path / "run"
     runfolder.start_run(run, "cpu", {"notebooks": [nb.name]})
     args = study.parse_args(["--profile", "smoke"])

@@ -1,10 +1,10 @@
 """Kernels warmed ahead (mvlib.driver.warm): real ipykernel kernels, run by papermill as the driver runs them."""
 import json
 import os
-from pathlib import Path
 
 import nbformat
 import pytest
+from tiny_notebooks import notebook
 
 from mvlib import paths
 from mvlib.driver import kernels, warm
@@ -12,20 +12,10 @@ from mvlib.driver import kernels, warm
 PROBE = "probe_module_warmed"  # a module only the notebook's import statement names
 
 
-def _notebook(path: Path, *cells: str) -> Path:
-    """A notebook of code cells, the first tagged `parameters`."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
-    nb.cells[0].metadata["tags"] = ["parameters"]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
-    nbformat.write(nb, str(path))
-    return path
-
-
 def test_the_warm_up_is_the_notebooks_top_level_imports_and_binds_no_name(tmp_path):
-    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""', "%%bash\necho import nothing",
-                   "import os\nfrom json import dumps as d\nx = 1", "def f():\n    import sys\n    return sys",
-                   "%matplotlib inline\nimport math", "from __future__ import annotations")
+    nb = notebook(tmp_path / "n.ipynb", 'run_dir = ""', "%%bash\necho import nothing",
+                  "import os\nfrom json import dumps as d\nx = 1", "def f():\n    import sys\n    return sys",
+                  "%matplotlib inline\nimport math", "from __future__ import annotations")
     assert warm.imports(nb) == ["import os", "from json import dumps as d"]  # magics' cells and nested ones left
     namespace: dict = {}
     exec(warm.warm_code(warm.imports(nb)), namespace)
@@ -66,13 +56,13 @@ def test_papermill_runs_the_notebook_in_the_warmed_kernel_numbered_from_one(tmp_
     (tmp_path / f"{PROBE}.py").write_text("import time\nLOADED_AT = time.time()\n")
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     seen = tmp_path / "seen.json"
-    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""',
-                   "import sys, time\nwas_there = 'probe_module_warmed' in sys.modules\n"
-                   "torch_there = 'torch' in sys.modules\n"
-                   "try:\n    probe_module_warmed\n    bound = True\nexcept NameError:\n    bound = False",
-                   f"import {PROBE}\nimport json, os\n"
-                   f"json.dump({{'pid': os.getpid(), 'was_there': was_there, 'bound': bound, 'torch': torch_there}},\n"
-                   f"          open({str(seen)!r}, 'w'))")
+    nb = notebook(tmp_path / "n.ipynb", 'run_dir = ""',
+                  "import sys, time\nwas_there = 'probe_module_warmed' in sys.modules\n"
+                  "torch_there = 'torch' in sys.modules\n"
+                  "try:\n    probe_module_warmed\n    bound = True\nexcept NameError:\n    bound = False",
+                  f"import {PROBE}\nimport json, os\n"
+                  f"json.dump({{'pid': os.getpid(), 'was_there': was_there, 'bound': bound, 'torch': torch_there}},\n"
+                  f"          open({str(seen)!r}, 'w'))")
     log = tmp_path / "kernel.log"
     started = warm.Warm(nb, kernels.kernel_manager(log), log)
     pid = started.km.provisioner.process.pid
@@ -95,7 +85,7 @@ def test_papermill_runs_the_notebook_in_the_warmed_kernel_numbered_from_one(tmp_
 def test_a_failed_warm_up_is_shut_down_and_left_to_the_notebook(tmp_path):
     """An import that fails ahead: the kernel is shut down and papermill is left to start its own (None), whose
     import cell then says what failed; the kernel log says it too."""
-    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import no_such_module_anywhere")
+    nb = notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import no_such_module_anywhere")
     log = tmp_path / "kernel.log"
     started = warm.Warm(nb, kernels.kernel_manager(log), log)
     proc = started.km.provisioner.process
@@ -109,7 +99,7 @@ def test_a_failed_warm_up_is_shut_down_and_left_to_the_notebook(tmp_path):
 def test_a_taken_kernel_that_papermill_never_ran_is_shut_down(tmp_path):
     """Papermill failed before it ran a cell of the notebook it was given the kernel for (it shuts down only the
     kernels it ran): close() ends it, and a second close() does nothing."""
-    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import os")
+    nb = notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import os")
     started = warm.Warm(nb, kernels.kernel_manager(tmp_path / "kernel.log"), tmp_path / "kernel.log")
     proc = started.km.provisioner.process
     assert started.adopting(120) is not None and proc.poll() is None
@@ -121,7 +111,7 @@ def test_a_taken_kernel_that_papermill_never_ran_is_shut_down(tmp_path):
 @pytest.mark.slow  # a real kernel
 def test_closing_a_warm_kernel_nobody_took_ends_its_process(tmp_path):
     """A run that stops before the next notebook (a failure, Ctrl-C): its warm kernel does not outlive it."""
-    nb = _notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import os")
+    nb = notebook(tmp_path / "n.ipynb", 'run_dir = ""', "import os")
     started = warm.Warm(nb, kernels.kernel_manager(tmp_path / "kernel.log"), tmp_path / "kernel.log")
     proc = started.km.provisioner.process
     assert started.alive()
