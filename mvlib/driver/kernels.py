@@ -48,11 +48,21 @@ def kernel_command(cmd: list[str]) -> list[str]:
     return list(cmd)
 
 
+def _process(km):
+    """The process of a kernel manager's kernel (None before it starts or once it is cleaned up)."""
+    return getattr(getattr(km, "provisioner", None), "process", None)
+
+
+def log_of(run: Path, nb: Path) -> Path:
+    """The log a notebook's kernel writes into (kernel_manager)."""
+    return run / "logs" / f"{nb.stem}.log"
+
+
 def stop_kernels() -> None:
     """Kill what the run's kernels still run (each kernel leads a process group of its own), once interrupted, and
     the shared blocks a calibration so killed leaves."""
     while _KERNELS:
-        proc = getattr(getattr(_KERNELS.pop(), "provisioner", None), "process", None)
+        proc = _process(_KERNELS.pop())
         if proc is not None and proc.poll() is None:
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
@@ -148,7 +158,7 @@ def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Names
             for child in children:
                 child.before(nb.stem)
             state.update(notebook=nb.stem, start=time.perf_counter())  # a wait for its warm kernel is its time
-            manager = kernel_manager(run / "logs" / f"{nb.stem}.log")
+            manager = kernel_manager(log_of(run, nb))
             if warmed is not None:  # its imports are done by now, as a rule; else this waits for them
                 taken, warmed = warmed, None
                 manager = taken.adopting(args.timeout or WARM_UP_LIMIT_S) or manager
@@ -175,7 +185,7 @@ def _execute(selected: list[Path], params: dict, run: Path, args: argparse.Names
 def _warm(nb: Path, run: Path):
     """Notebook `nb`'s kernel warming up (mvlib.driver.warm), or None where it could not start: papermill then
     starts the notebook's kernel itself, as without warming (a full disk is raised: the driver says it)."""
-    log = run / "logs" / f"{nb.stem}.log"
+    log = log_of(run, nb)
     try:
         return warm.Warm(nb, kernel_manager(log), log)
     except Exception as err:
@@ -193,7 +203,7 @@ def _run_one(nb: Path, params: dict, run: Path, args: argparse.Namespace, state:
     nb_params = {k: v for k, v in params.items() if k in wanted}
     nb_params["run_dir"] = str(run)
     print(f"--> {nb.name} ({', '.join(f'{k}={v}' for k, v in sorted(nb_params.items()) if k != 'run_dir')})")
-    executed, log = run / "notebooks" / nb.name, run / "logs" / f"{nb.stem}.log"
+    executed, log = run / "notebooks" / nb.name, log_of(run, nb)
     _forget_ended()
     try:
         papermill_into(nb, executed, parameters=nb_params, cwd=str(paths.NOTEBOOKS), kernel_name="python3",
@@ -213,8 +223,7 @@ def _run_one(nb: Path, params: dict, run: Path, args: argparse.Namespace, state:
 
 def _forget_ended() -> None:
     """Drop the kernels that have ended (papermill shut the previous notebook's down) from those stop_kernels kills."""
-    _KERNELS[:] = [km for km in _KERNELS
-                   if getattr(getattr(getattr(km, "provisioner", None), "process", None), "poll", lambda: 0)() is None]
+    _KERNELS[:] = [km for km in _KERNELS if _process(km) is not None and _process(km).poll() is None]
 
 
 def took(state: dict, stem: str) -> float:

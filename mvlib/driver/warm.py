@@ -92,7 +92,7 @@ class Warm:
     def __init__(self, nb: Path, manager_class, log: Path):
         from jupyter_core.utils import run_sync
         code = warm_code(imports(nb))  # before the kernel starts: a notebook that cannot be read starts none
-        self.nb, self.log, self.adopted, self.kc = nb, log, False, None
+        self.log, self.adopted, self.kc = log, False, None
         self.began = datetime.datetime.now(datetime.timezone.utc)  # the kernel's reply is dated in UTC
         self.km = manager_class(kernel_name="python3")
         run_sync(self.km.start_kernel)(extra_arguments=[HISTORY], cwd=str(paths.NOTEBOOKS))
